@@ -1,0 +1,118 @@
+/*
+ * engine.h: the engine's API, the only thing nbd/ and ctl/ see of volumes.
+ *
+ * A pool holds volumes.  A volume is served through views: a view is what an
+ * NBD export reads and writes.  Today a view is the live volume; the snapshot
+ * engine adds read-only views of snapshots ("VOL@SNAP") behind the same calls,
+ * and copy-on-write inside sv_view_pwrite and friends, so nbd/ never changes
+ * for it.  nbd/ knows nothing of copy-on-write; the engine knows nothing of
+ * sockets.
+ *
+ * Two error conventions (see common/error.h):
+ *  - control path (pools, volumes, opening views): return -1 with the
+ *    thread's last error set (sv_last_error(), sv_last_errno());
+ *  - data path (sv_view_* I/O): return -1 and store an errno value in *err
+ *    (EIO, ENOSPC, EINVAL, EPERM, ENOTSUP...), which nbd/ maps to the NBD
+ *    error codes.  Data-path calls log nothing for client mistakes.
+ *
+ * All calls are thread-safe.  Data-path calls on one view (or on several
+ * views of one volume, e.g. NBD multi-conn) may run concurrently.
+ */
+#ifndef SV_ENGINE_H
+#define SV_ENGINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "names.h"
+#include "store.h"
+
+#define SV_CHUNK_MIN     4096u
+#define SV_CHUNK_MAX     (1024u * 1024u)
+#define SV_CHUNK_DEFAULT 4096u
+/* Largest volume: offsets and lengths stay far from INT64_MAX, so off+len
+ * never overflows an off_t anywhere below. */
+#define SV_VOLUME_MAX_SIZE (UINT64_C(1) << 60)
+
+/* ---- pools ---- */
+
+struct sv_pool;
+
+#define SV_POOL_CREATE 0x1u  /* create the pool if it does not exist */
+
+/* Open a pool ("DIR", later "rados:NAME") and take its exclusive lock.  If
+ * another process holds it, fails with EWOULDBLOCK and a message saying so. */
+int sv_pool_open(const char *spec, unsigned flags, struct sv_pool **out);
+/* Sync and close every open volume, release the lock. */
+void sv_pool_close(struct sv_pool *pool);
+const char *sv_pool_describe(struct sv_pool *pool);
+
+/* ---- volumes ---- */
+
+struct sv_volume_info {
+	char name[SV_NAME_MAX + 1];
+	uint64_t size;        /* bytes */
+	uint32_t chunk_size;  /* bytes, power of 2 in [SV_CHUNK_MIN, SV_CHUNK_MAX] */
+	uint64_t created;     /* seconds since the Unix epoch */
+	uint64_t allocated;   /* bytes of space the volume's data holds */
+	unsigned open_views;  /* views open now (NBD connections) */
+	char origin_path[512]; /* where the raw image lives, if it is a local file ("" else) */
+};
+
+/* size must be > 0, a multiple of 512 and <= SV_VOLUME_MAX_SIZE; chunk_size
+ * 0 means SV_CHUNK_DEFAULT.  EEXIST, EINVAL with a clear message. */
+int sv_volume_create(struct sv_pool *pool, const char *name, uint64_t size, uint32_t chunk_size);
+/* EBUSY while any view of it is open; ENOENT if there is none. */
+int sv_volume_delete(struct sv_pool *pool, const char *name);
+int sv_volume_info(struct sv_pool *pool, const char *name, struct sv_volume_info *info);
+/* All volumes, sorted by name; *infos is malloc'd (free it). */
+int sv_volume_list(struct sv_pool *pool, struct sv_volume_info **infos, size_t *n);
+
+/* ---- views: what an export serves ---- */
+
+struct sv_view;
+
+/* Open the view an NBD export name names: "VOL" (the live volume,
+ * read-write) or "VOL@SNAP" (a snapshot, read-only).  The name need not be
+ * NUL-terminated and may hold any bytes (it comes from the network): it is
+ * validated here.  ENOENT for no such volume/snapshot, EINVAL for a malformed
+ * name, both with a message fit to send to the client. */
+int sv_view_open(struct sv_pool *pool, const char *export_name, size_t len, struct sv_view **out);
+void sv_view_close(struct sv_view *v);
+
+uint64_t sv_view_size(struct sv_view *v);
+bool sv_view_readonly(struct sv_view *v);
+uint32_t sv_view_chunk_size(struct sv_view *v);
+/* One line for NBD_INFO_DESCRIPTION and listings. */
+const char *sv_view_description(struct sv_view *v);
+
+/* I/O flags */
+#define SV_FUA       0x1u  /* durable before the call returns */
+#define SV_NO_HOLE   0x2u  /* zero: leave the range allocated */
+#define SV_FAST_ZERO 0x4u  /* zero: fail with ENOTSUP unless it is cheap */
+
+/* Callers have checked off+len <= size and that the view is writable for
+ * writes; the engine asserts it.  len may be 0 only where NBD allows it. */
+int sv_view_pread(struct sv_view *v, void *buf, uint32_t len, uint64_t off, int *err);
+/* If the whole range can be read straight from one file descriptor (for
+ * sendfile), return 0 and that fd and offset; else -1 (use sv_view_pread). */
+int sv_view_read_fd(struct sv_view *v, uint32_t len, uint64_t off, int *fd, uint64_t *fd_off);
+int sv_view_pwrite(struct sv_view *v, const void *buf, uint32_t len, uint64_t off, unsigned flags,
+		   int *err);
+int sv_view_trim(struct sv_view *v, uint32_t len, uint64_t off, unsigned flags, int *err);
+int sv_view_zero(struct sv_view *v, uint32_t len, uint64_t off, unsigned flags, int *err);
+/* Makes every write completed on any view of the volume durable. */
+int sv_view_flush(struct sv_view *v, int *err);
+int sv_view_cache(struct sv_view *v, uint32_t len, uint64_t off, int *err);
+/* base:allocation: fill up to max extents covering [off, off+len) from the
+ * start, in order, merged, never past off+len; at least one if len > 0. */
+int sv_view_extents(struct sv_view *v, uint32_t len, uint64_t off, struct sv_extent *ext,
+		    size_t max, size_t *n, int *err);
+
+/* For NBD_OPT_LIST: call fn for every export (volumes, and later snapshots). */
+int sv_pool_list_exports(struct sv_pool *pool,
+			 int (*fn)(void *opaque, const char *name, const char *description),
+			 void *opaque);
+
+#endif

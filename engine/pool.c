@@ -1,0 +1,79 @@
+/*
+ * pool.c: opening and closing a pool.
+ *
+ * Opening a pool takes its exclusive lock: one process (a server, or the
+ * CLI working without one) owns a pool at a time, so two servers can never
+ * write the same volume.  The lock is the store's (flock on a local pool).
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "internal.h"
+#include "log.h"
+#include "util.h"
+
+int
+sv_pool_open(const char *spec, unsigned flags, struct sv_pool **out)
+{
+	struct sv_store *st;
+	if (sv_store_open(spec, (flags & SV_POOL_CREATE) != 0, &st) == -1)
+		return -1;
+	const struct sv_store_ops *ops = sv_store_ops_of(st);
+	if (ops->struct_size < sizeof(struct sv_store_ops)) {
+		ops->close(st);
+		return sv_error(ENOTSUP, "store backend %s is too old for this snapvol", ops->name);
+	}
+	if (ops->lock(st) == -1) {
+		int e = errno;
+		ops->close(st);
+		if (e == EWOULDBLOCK)
+			return sv_error(EWOULDBLOCK,
+					"pool %s is in use by another snapvol process (a server, or "
+					"another command working on it)",
+					spec);
+		errno = e;
+		return sv_error_errno("pool %s: cannot lock", spec);
+	}
+	struct sv_pool *pool = calloc(1, sizeof *pool);
+	if (!pool) {
+		ops->close(st);
+		return sv_error(ENOMEM, "out of memory");
+	}
+	pool->st = st;
+	pool->ops = ops;
+	pthread_mutex_init(&pool->lock, NULL);
+	*out = pool;
+	return 0;
+}
+
+void
+sv_pool_close(struct sv_pool *pool)
+{
+	if (!pool)
+		return;
+	sv_lock_or_abort(&pool->lock);
+	struct sv_volume *v = pool->open;
+	while (v) {
+		struct sv_volume *next = v->next;
+		if (v->refs)
+			sv_log_warn("volume %s: closing with %u views still open", v->name, v->refs);
+		if (v->ops->obj_sync(v->origin) == -1)
+			sv_log_error("volume %s: sync at close: %m", v->name);
+		v->ops->obj_close(v->origin);
+		free(v);
+		v = next;
+	}
+	pool->open = NULL;
+	sv_unlock_or_abort(&pool->lock);
+	pthread_mutex_destroy(&pool->lock);
+	pool->ops->close(pool->st);
+	free(pool);
+}
+
+const char *
+sv_pool_describe(struct sv_pool *pool)
+{
+	return pool->ops->describe(pool->st);
+}

@@ -1,0 +1,241 @@
+/*
+ * view.c: views, what an NBD export serves.
+ *
+ * A view of "VOL" reads and writes the live volume.  Every data-path call
+ * lands here, so this is where the snapshot engine will stamp writes with
+ * their epoch and copy pre-images before the origin is touched; nbd/ needs
+ * no change for it.  Today the calls go straight to the origin object.
+ *
+ * Ranges were checked by the protocol layer; they are asserted again here,
+ * at the layer boundary (nbdkit's backend.c does the same), because a range
+ * past the end would write outside the volume.
+ */
+#include <assert.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "internal.h"
+#include "util.h"
+
+struct sv_view {
+	struct sv_volume *vol;
+	bool readonly;
+	char description[160];
+};
+
+int
+sv_view_open(struct sv_pool *pool, const char *export_name, size_t len, struct sv_view **out)
+{
+	char vol[SV_NAME_MAX + 1], snap[SV_NAME_MAX + 1];
+	bool has_snap;
+	if (len > 2 * SV_NAME_MAX + 1)
+		return sv_error(EINVAL, "export name is too long (volume names have at most %d bytes)",
+				SV_NAME_MAX);
+	if (sv_split_export_name(export_name, len, vol, snap, &has_snap) == -1)
+		return -1;
+	if (has_snap)
+		return sv_error(ENOENT, "volume %s has no snapshot %s", vol, snap);
+
+	struct sv_view *v = calloc(1, sizeof *v);
+	if (!v)
+		return sv_error(ENOMEM, "out of memory");
+	SV_LOCK_SCOPE(&pool->lock);
+	if (sv_volume_get_locked(pool, vol, &v->vol) == -1) {
+		free(v);
+		return -1;
+	}
+	char sz[32];
+	snprintf(v->description, sizeof v->description, "snapvol volume %s (%s, live)", vol,
+		 sv_format_size(v->vol->size, sz, sizeof sz));
+	*out = v;
+	return 0;
+}
+
+void
+sv_view_close(struct sv_view *v)
+{
+	if (!v)
+		return;
+	struct sv_pool *pool = v->vol->pool;
+	sv_lock_or_abort(&pool->lock);
+	sv_volume_put_locked(v->vol);
+	sv_unlock_or_abort(&pool->lock);
+	free(v);
+}
+
+uint64_t
+sv_view_size(struct sv_view *v)
+{
+	return v->vol->size;
+}
+
+bool
+sv_view_readonly(struct sv_view *v)
+{
+	return v->readonly;
+}
+
+uint32_t
+sv_view_chunk_size(struct sv_view *v)
+{
+	return v->vol->chunk_size;
+}
+
+const char *
+sv_view_description(struct sv_view *v)
+{
+	return v->description;
+}
+
+static inline void
+assert_range(struct sv_view *v, uint32_t len, uint64_t off)
+{
+	assert(off <= v->vol->size && len <= v->vol->size - off);
+	(void)v, (void)len, (void)off;
+}
+
+static inline int
+fail(int *err)
+{
+	*err = errno ? errno : EIO;
+	return -1;
+}
+
+int
+sv_view_pread(struct sv_view *v, void *buf, uint32_t len, uint64_t off, int *err)
+{
+	assert_range(v, len, off);
+	struct sv_volume *vol = v->vol;
+	if (vol->ops->obj_pread(vol->origin, buf, len, off) == -1)
+		return fail(err);
+	return 0;
+}
+
+int
+sv_view_read_fd(struct sv_view *v, uint32_t len, uint64_t off, int *fd, uint64_t *fd_off)
+{
+	assert_range(v, len, off);
+	int f = v->vol->ops->obj_fd(v->vol->origin);
+	if (f < 0)
+		return -1;
+	*fd = f;
+	*fd_off = off;
+	return 0;
+}
+
+int
+sv_view_pwrite(struct sv_view *v, const void *buf, uint32_t len, uint64_t off, unsigned flags,
+	       int *err)
+{
+	assert_range(v, len, off);
+	assert(!v->readonly);
+	struct sv_volume *vol = v->vol;
+	if (vol->ops->obj_pwrite(vol->origin, buf, len, off, (flags & SV_FUA) ? SV_STORE_FUA : 0) ==
+	    -1)
+		return fail(err);
+	return 0;
+}
+
+static int
+sync_if_fua(struct sv_view *v, unsigned flags, int *err)
+{
+	if ((flags & SV_FUA) && v->vol->ops->obj_sync(v->vol->origin) == -1)
+		return fail(err);
+	return 0;
+}
+
+int
+sv_view_trim(struct sv_view *v, uint32_t len, uint64_t off, unsigned flags, int *err)
+{
+	assert_range(v, len, off);
+	assert(!v->readonly);
+	struct sv_volume *vol = v->vol;
+	if (vol->ops->obj_punch(vol->origin, off, len) == -1)
+		return fail(err);
+	return sync_if_fua(v, flags, err);
+}
+
+int
+sv_view_zero(struct sv_view *v, uint32_t len, uint64_t off, unsigned flags, int *err)
+{
+	assert_range(v, len, off);
+	assert(!v->readonly);
+	struct sv_volume *vol = v->vol;
+	unsigned zf = 0;
+	if (!(flags & SV_NO_HOLE))
+		zf |= SV_ZERO_MAY_TRIM;
+	if (flags & SV_FAST_ZERO)
+		zf |= SV_ZERO_FAST_ONLY;
+	if (vol->ops->obj_zero(vol->origin, off, len, zf) == -1)
+		return fail(err);
+	return sync_if_fua(v, flags, err);
+}
+
+int
+sv_view_flush(struct sv_view *v, int *err)
+{
+	if (v->vol->ops->obj_sync(v->vol->origin) == -1)
+		return fail(err);
+	return 0;
+}
+
+int
+sv_view_cache(struct sv_view *v, uint32_t len, uint64_t off, int *err)
+{
+	assert_range(v, len, off);
+	if (v->vol->ops->obj_cache(v->vol->origin, off, len) == -1)
+		return fail(err);
+	return 0;
+}
+
+int
+sv_view_extents(struct sv_view *v, uint32_t len, uint64_t off, struct sv_extent *ext,
+		size_t max, size_t *n, int *err)
+{
+	assert_range(v, len, off);
+	struct sv_volume *vol = v->vol;
+	uint64_t end = off + len;
+	size_t k = 0;
+	while (off < end && max > 0) {
+		struct sv_extent e;
+		if (vol->ops->obj_extent(vol->origin, off, end - off, &e) == -1)
+			return fail(err);
+		if (e.length == 0)
+			break;
+		if (k > 0 && ext[k - 1].hole == e.hole) {
+			ext[k - 1].length += e.length;
+		} else {
+			if (k == max)
+				break;
+			ext[k++] = e;
+		}
+		off += e.length;
+	}
+	*n = k;
+	return 0;
+}
+
+
+int
+sv_pool_list_exports(struct sv_pool *pool,
+		     int (*fn)(void *opaque, const char *name, const char *description),
+		     void *opaque)
+{
+	struct sv_volume_info *infos;
+	size_t n;
+	if (sv_volume_list(pool, &infos, &n) == -1)
+		return -1;
+	int r = 0;
+	for (size_t i = 0; i < n && r == 0; i++) {
+		char sz[32], desc[160];
+		snprintf(desc, sizeof desc, "snapvol volume %s (%s, live)", infos[i].name,
+			 sv_format_size(infos[i].size, sz, sizeof sz));
+		r = fn(opaque, infos[i].name, desc);
+	}
+	free(infos);
+	return r;
+}

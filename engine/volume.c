@@ -1,0 +1,309 @@
+/*
+ * volume.c: creating, describing, deleting and opening volumes.
+ *
+ * A volume is its metadata blob (volume.meta: name, size, chunk size,
+ * creation time) and its origin object (the raw image).  It exists once its
+ * metadata exists: create makes the namespace and the origin first and
+ * writes the metadata last, delete removes the metadata first, so a crash in
+ * the middle of either leaves at worst a namespace without metadata, which
+ * listing ignores and a later create of the same name cleans up.
+ *
+ * Open volumes are shared by every view on them (multi-conn NBD clients
+ * write through one descriptor, so a flush on any covers all) and
+ * reference-counted under pool->lock.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "internal.h"
+#include "log.h"
+#include "util.h"
+
+#define VOLUME_FORMAT  "snapvol-volume"
+#define VOLUME_VERSION 1
+
+static const char ORIGIN[] = "origin";
+
+static int
+check_geometry(uint64_t size, uint32_t chunk_size)
+{
+	char b1[32], b2[32];
+	if (size == 0)
+		return sv_error(EINVAL, "volume size must be greater than 0");
+	if (size % 512)
+		return sv_error(EINVAL, "volume size %" PRIu64 " is not a multiple of 512 bytes", size);
+	if (size > SV_VOLUME_MAX_SIZE)
+		return sv_error(EINVAL, "volume size %s is larger than the maximum %s",
+				sv_format_size(size, b1, sizeof b1),
+				sv_format_size(SV_VOLUME_MAX_SIZE, b2, sizeof b2));
+	if (!sv_is_power_of_2(chunk_size) || chunk_size < SV_CHUNK_MIN || chunk_size > SV_CHUNK_MAX)
+		return sv_error(EINVAL, "chunk size %" PRIu32 " must be a power of 2 from 4 KiB to 1 MiB",
+				chunk_size);
+	return 0;
+}
+
+int
+sv_volume_meta_parse(json_t *body, const char *name, struct sv_volume_meta *m)
+{
+	const char *format = json_string_value(json_object_get(body, "format"));
+	json_t *ver = json_object_get(body, "version");
+	json_t *jname = json_object_get(body, "name");
+	json_t *size = json_object_get(body, "size");
+	json_t *chunk = json_object_get(body, "chunk_size");
+	json_t *created = json_object_get(body, "created");
+	if (!format || strcmp(format, VOLUME_FORMAT) != 0)
+		return sv_error(EUCLEAN, "volume %s: metadata is not a volume's", name);
+	if (!json_is_integer(ver) || json_integer_value(ver) != VOLUME_VERSION)
+		return sv_error(EUCLEAN, "volume %s: metadata version %" JSON_INTEGER_FORMAT
+				" is not supported by this snapvol (it reads version %d)",
+				name, json_integer_value(ver), VOLUME_VERSION);
+	if (!json_is_string(jname) || strcmp(json_string_value(jname), name) != 0)
+		return sv_error(EUCLEAN, "volume %s: metadata names another volume", name);
+	if (!json_is_integer(size) || !json_is_integer(chunk) || !json_is_integer(created) ||
+	    json_integer_value(size) <= 0 || json_integer_value(chunk) <= 0 ||
+	    json_integer_value(created) < 0)
+		return sv_error(EUCLEAN, "volume %s: metadata has a bad size, chunk size or time", name);
+	m->size = (uint64_t)json_integer_value(size);
+	m->chunk_size = (uint32_t)json_integer_value(chunk);
+	m->created = (uint64_t)json_integer_value(created);
+	if (check_geometry(m->size, m->chunk_size) == -1) {
+		sv_error_prefix("volume %s: metadata", name);
+		return -1;
+	}
+	return 0;
+}
+
+static int
+load_meta(struct sv_pool *pool, const char *name, struct sv_volume_meta *m)
+{
+	json_t *body;
+	if (sv_meta_load(pool, name, SV_META_VOLUME, &body) == -1) {
+		if (sv_last_errno() == ENOENT)
+			return sv_error(ENOENT, "volume %s does not exist", name);
+		return -1;
+	}
+	int r = sv_volume_meta_parse(body, name, m);
+	json_decref(body);
+	return r;
+}
+
+int
+sv_volume_create(struct sv_pool *pool, const char *name, uint64_t size, uint32_t chunk_size)
+{
+	if (chunk_size == 0)
+		chunk_size = SV_CHUNK_DEFAULT;
+	if (sv_check_name(name, "volume") == -1 || check_geometry(size, chunk_size) == -1)
+		return -1;
+
+	SV_LOCK_SCOPE(&pool->lock);
+	const struct sv_store_ops *ops = pool->ops;
+	if (ops->vol_create(pool->st, name) == -1) {
+		if (errno != EEXIST)
+			return sv_error_errno("volume %s: cannot create", name);
+		/* A namespace without metadata is the leftover of a crashed create
+		 * or delete: clean it up.  With metadata, the volume exists. */
+		json_t *body;
+		if (sv_meta_load(pool, name, SV_META_VOLUME, &body) == 0) {
+			json_decref(body);
+			return sv_error(EEXIST, "volume %s already exists", name);
+		}
+		if (sv_last_errno() != ENOENT)
+			return sv_error(EEXIST, "volume %s already exists (%s)", name, sv_last_error());
+		sv_log_warn("volume %s: removing the leftovers of an unfinished create or delete",
+			    name);
+		if (ops->vol_remove(pool->st, name) == -1 || ops->vol_create(pool->st, name) == -1)
+			return sv_error_errno("volume %s: cannot create", name);
+	}
+	struct sv_obj *origin;
+	if (ops->obj_open(pool->st, name, ORIGIN, size, SV_OBJ_CREATE | SV_OBJ_EXCL, &origin) ==
+	    -1) {
+		sv_error_errno("volume %s: cannot create its data", name);
+		goto undo;
+	}
+	ops->obj_close(origin);
+
+	json_t *body = json_pack("{s:s, s:i, s:s, s:I, s:I, s:I}", "format", VOLUME_FORMAT,
+				 "version", VOLUME_VERSION, "name", name, "size", (json_int_t)size,
+				 "chunk_size", (json_int_t)chunk_size, "created",
+				 (json_int_t)sv_realtime_s());
+	if (!body) {
+		sv_error(ENOMEM, "out of memory");
+		goto undo;
+	}
+	int r = sv_meta_store(pool, name, SV_META_VOLUME, body);
+	json_decref(body);
+	if (r == -1)
+		goto undo;
+	return 0;
+undo:;
+	int e = sv_last_errno();
+	char msg[1024];
+	strncpy(msg, sv_last_error(), sizeof msg - 1);
+	msg[sizeof msg - 1] = '\0';
+	ops->vol_remove(pool->st, name);
+	return sv_error(e, "%s", msg);
+}
+
+static struct sv_volume *
+find_open_locked(struct sv_pool *pool, const char *name)
+{
+	for (struct sv_volume *v = pool->open; v; v = v->next)
+		if (!strcmp(v->name, name))
+			return v;
+	return NULL;
+}
+
+int
+sv_volume_delete(struct sv_pool *pool, const char *name)
+{
+	if (sv_check_name(name, "volume") == -1)
+		return -1;
+	SV_LOCK_SCOPE(&pool->lock);
+	struct sv_volume *v = find_open_locked(pool, name);
+	if (v && v->refs)
+		return sv_error(EBUSY, "volume %s is in use by %u connection%s", name, v->refs,
+				v->refs == 1 ? "" : "s");
+	struct sv_volume_meta m;
+	if (load_meta(pool, name, &m) == -1)
+		return -1;
+	if (pool->ops->meta_remove(pool->st, name, SV_META_VOLUME) == -1)
+		return sv_error_errno("volume %s: cannot delete", name);
+	if (pool->ops->vol_remove(pool->st, name) == -1)
+		sv_log_warn("volume %s: deleted, but some of its files remain: %m", name);
+	return 0;
+}
+
+static int
+fill_info_locked(struct sv_pool *pool, const char *name, struct sv_volume_info *info)
+{
+	struct sv_volume_meta m;
+	if (load_meta(pool, name, &m) == -1)
+		return -1;
+	memset(info, 0, sizeof *info);
+	snprintf(info->name, sizeof info->name, "%s", name);
+	info->size = m.size;
+	info->chunk_size = m.chunk_size;
+	info->created = m.created;
+	struct sv_volume *v = find_open_locked(pool, name);
+	info->open_views = v ? v->refs : 0;
+	struct sv_obj *o = v ? v->origin : NULL;
+	bool opened = false;
+	if (!o) {
+		if (pool->ops->obj_open(pool->st, name, ORIGIN, m.size, SV_OBJ_RDONLY, &o) == -1)
+			return sv_error_errno("volume %s: cannot open its data", name);
+		opened = true;
+	}
+	int r = pool->ops->obj_allocated(o, &info->allocated);
+	if (opened)
+		pool->ops->obj_close(o);
+	if (r == -1)
+		return sv_error_errno("volume %s: cannot measure its data", name);
+	if (pool->ops->obj_locate(pool->st, name, ORIGIN, info->origin_path,
+				  sizeof info->origin_path) == -1)
+		info->origin_path[0] = '\0';
+	return 0;
+}
+
+int
+sv_volume_info(struct sv_pool *pool, const char *name, struct sv_volume_info *info)
+{
+	if (sv_check_name(name, "volume") == -1)
+		return -1;
+	SV_LOCK_SCOPE(&pool->lock);
+	return fill_info_locked(pool, name, info);
+}
+
+static int
+cmp_info(const void *a, const void *b)
+{
+	return strcmp(((const struct sv_volume_info *)a)->name,
+		      ((const struct sv_volume_info *)b)->name);
+}
+
+int
+sv_volume_list(struct sv_pool *pool, struct sv_volume_info **infos, size_t *n)
+{
+	SV_LOCK_SCOPE(&pool->lock);
+	char **names;
+	size_t cnt;
+	if (pool->ops->vol_list(pool->st, &names, &cnt) == -1)
+		return sv_error_errno("pool %s: cannot list volumes", sv_pool_describe(pool));
+	struct sv_volume_info *out = calloc(cnt ? cnt : 1, sizeof *out);
+	size_t k = 0;
+	int rc = out ? 0 : sv_error(ENOMEM, "out of memory");
+	for (size_t i = 0; i < cnt; i++) {
+		if (rc == 0) {
+			sv_clear_error();
+			if (sv_check_name(names[i], "volume") == -1) {
+				/* not ours: ignore */
+			} else if (fill_info_locked(pool, names[i], &out[k]) == 0) {
+				k++;
+			} else if (sv_last_errno() != ENOENT) {
+				/* damaged: say so, but list the others */
+				sv_log_warn("%s", sv_last_error());
+			}
+		}
+		free(names[i]);
+	}
+	free(names);
+	if (rc == -1)
+		return -1;
+	qsort(out, k, sizeof *out, cmp_info);
+	*infos = out;
+	*n = k;
+	return 0;
+}
+
+int
+sv_volume_get_locked(struct sv_pool *pool, const char *name, struct sv_volume **out)
+{
+	struct sv_volume *v = find_open_locked(pool, name);
+	if (v) {
+		v->refs++;
+		*out = v;
+		return 0;
+	}
+	struct sv_volume_meta m;
+	if (load_meta(pool, name, &m) == -1)
+		return -1;
+	v = calloc(1, sizeof *v);
+	if (!v)
+		return sv_error(ENOMEM, "out of memory");
+	if (pool->ops->obj_open(pool->st, name, ORIGIN, m.size, 0, &v->origin) == -1) {
+		free(v);
+		return sv_error_errno("volume %s: cannot open its data", name);
+	}
+	v->pool = pool;
+	v->ops = pool->ops;
+	snprintf(v->name, sizeof v->name, "%s", name);
+	v->size = m.size;
+	v->chunk_size = m.chunk_size;
+	v->created = m.created;
+	v->refs = 1;
+	v->next = pool->open;
+	pool->open = v;
+	*out = v;
+	return 0;
+}
+
+void
+sv_volume_put_locked(struct sv_volume *vol)
+{
+	if (--vol->refs > 0)
+		return;
+	/* Last view gone: close it.  Written data stays in the page cache and
+	 * reaches the disk as the kernel writes it back; FLUSH was the client's
+	 * way to make it durable. */
+	struct sv_pool *pool = vol->pool;
+	for (struct sv_volume **pp = &pool->open; *pp; pp = &(*pp)->next) {
+		if (*pp == vol) {
+			*pp = vol->next;
+			break;
+		}
+	}
+	vol->ops->obj_close(vol->origin);
+	free(vol);
+}

@@ -1,0 +1,28 @@
+/*
+ * store.c: choose a backend from a pool spec.
+ *
+ * A spec is a directory for the local-file backend.  "rados:POOL" is
+ * reserved for the Ceph backend of a later issue and is refused clearly
+ * until then, rather than being taken for a directory named "rados:POOL".
+ */
+#include <errno.h>
+#include <string.h>
+
+#include "error.h"
+#include "store.h"
+
+int
+sv_store_open(const char *spec, bool create, struct sv_store **out)
+{
+	if (spec == NULL || spec[0] == '\0')
+		return sv_error(EINVAL, "empty pool name");
+	if (strncmp(spec, "rados:", 6) == 0)
+		return sv_error(ENOTSUP, "pool '%s': RADOS pools are not supported by this build", spec);
+	const struct sv_store_ops *ops = &sv_store_file_ops;
+	if (ops->open(spec, create, out) == -1) {
+		if (errno == ENOENT && !create)
+			return sv_error(ENOENT, "pool %s does not exist", spec);
+		return sv_error_errno("pool %s", spec);
+	}
+	return 0;
+}

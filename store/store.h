@@ -1,0 +1,134 @@
+/*
+ * store.h: the storage backend, behind an ops table.
+ *
+ * The engine keeps everything a volume has in a store: its data objects
+ * (the live "origin", and later one pre-image object per epoch) and small
+ * metadata blobs (the volume's description, later snapshot lists and
+ * change bitmaps).  The engine never calls open(2) or a librados function
+ * itself: it calls these ops, as dm-snapshot calls its exception store, so
+ * that a Ceph RADOS backend (and test backends that inject faults or
+ * simulate a crash by dropping unsynced writes) slot in without the engine
+ * knowing.
+ *
+ * The contract each backend keeps:
+ *  - meta_write replaces a blob atomically and durably: after it returns,
+ *    a crash leaves the new contents; if it fails or the machine crashes
+ *    during it, the old contents.
+ *  - obj_pwrite is durable only after obj_sync (or with SV_STORE_FUA).
+ *  - obj_punch and obj_zero make a range read back as zeros; punch also
+ *    gives the space back.
+ *  - Every call returns 0 (or a count) on success, -1 with errno set on
+ *    failure.  Backends never print: the caller decides what to tell whom.
+ *  - Calls on one object may come from many threads at once.
+ *
+ * New ops are only ever appended, and each backend's table carries its
+ * struct size, so an older backend built against a shorter table is
+ * detected (nbdkit's plugin ABI does the same).
+ */
+#ifndef SV_STORE_H
+#define SV_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct sv_store;  /* an open pool in some backend */
+struct sv_obj;    /* an open data object */
+
+/* obj_open flags */
+#define SV_OBJ_CREATE   0x1u  /* create it (of the given size) if missing */
+#define SV_OBJ_EXCL     0x2u  /* with CREATE: fail with EEXIST if it exists */
+#define SV_OBJ_RDONLY   0x4u
+
+/* obj_pwrite flags */
+#define SV_STORE_FUA    0x1u  /* durable when the call returns */
+
+/* obj_zero flags */
+#define SV_ZERO_MAY_TRIM   0x1u  /* punching a hole is fine */
+#define SV_ZERO_FAST_ONLY  0x2u  /* fail with ENOTSUP rather than write zeros */
+
+/* One run of an object, from obj_extent. */
+struct sv_extent {
+	uint64_t offset;
+	uint64_t length;
+	bool hole;  /* reads as zeros and holds no space */
+};
+
+struct sv_store_ops {
+	size_t struct_size;  /* sizeof(struct sv_store_ops) when built */
+	const char *name;    /* "file", ... */
+
+	/* Pool.  location is backend-specific (a directory for "file"). */
+	int (*open)(const char *location, bool create, struct sv_store **out);
+	void (*close)(struct sv_store *st);
+	/* Take the pool's exclusive lock (one server, or one CLI working
+	 * directly, at a time).  EWOULDBLOCK if someone else holds it.  Held
+	 * until close. */
+	int (*lock)(struct sv_store *st);
+	/* A human-readable location, for messages ("./data"). */
+	const char *(*describe)(struct sv_store *st);
+
+	/* Volume namespaces. */
+	int (*vol_list)(struct sv_store *st, char ***names, size_t *n); /* free each, then array */
+	int (*vol_create)(struct sv_store *st, const char *vol);  /* EEXIST if present */
+	int (*vol_remove)(struct sv_store *st, const char *vol);  /* removes every object and blob */
+
+	/* Metadata blobs: small (< 64 MiB), replaced atomically. */
+	int (*meta_read)(struct sv_store *st, const char *vol, const char *key, char **buf,
+			 size_t *len);  /* ENOENT if none; *buf is malloc'd */
+	int (*meta_write)(struct sv_store *st, const char *vol, const char *key, const void *buf,
+			  size_t len);
+	int (*meta_remove)(struct sv_store *st, const char *vol, const char *key);
+
+	/* Data objects: sparse byte arrays of fixed size. */
+	int (*obj_open)(struct sv_store *st, const char *vol, const char *obj, uint64_t size,
+			unsigned flags, struct sv_obj **out);
+	void (*obj_close)(struct sv_obj *o);
+	int (*obj_remove)(struct sv_store *st, const char *vol, const char *obj);
+	uint64_t (*obj_size)(struct sv_obj *o);
+	int (*obj_pread)(struct sv_obj *o, void *buf, size_t len, uint64_t off);
+	int (*obj_pwrite)(struct sv_obj *o, const void *buf, size_t len, uint64_t off,
+			  unsigned flags);
+	int (*obj_sync)(struct sv_obj *o);
+	int (*obj_punch)(struct sv_obj *o, uint64_t off, uint64_t len);
+	int (*obj_zero)(struct sv_obj *o, uint64_t off, uint64_t len, unsigned flags);
+	/* Describe the run that starts at off (at most len bytes of it). */
+	int (*obj_extent)(struct sv_obj *o, uint64_t off, uint64_t len, struct sv_extent *ext);
+	int (*obj_cache)(struct sv_obj *o, uint64_t off, uint64_t len);  /* prefetch hint */
+	/* A file descriptor whose bytes at the same offsets are the object's,
+	 * for zero-copy sends (sendfile); -1 if the backend has none. */
+	int (*obj_fd)(struct sv_obj *o);
+	/* Bytes of space the object holds (allocated, not apparent). */
+	int (*obj_allocated)(struct sv_obj *o, uint64_t *bytes);
+	/* Where a user finds the object outside snapvol (a file path), for
+	 * "snapvol info"; ENOTSUP if it has no such place. */
+	int (*obj_locate)(struct sv_store *st, const char *vol, const char *obj, char *buf,
+			  size_t len);
+};
+
+/* The local-file backend: a pool is a directory (see store-file.c). */
+extern const struct sv_store_ops sv_store_file_ops;
+
+/* Every open store starts with this header so the engine can find its ops. */
+struct sv_store_base {
+	const struct sv_store_ops *ops;
+};
+struct sv_obj_base {
+	const struct sv_store_ops *ops;
+};
+
+/* Pick the backend from a pool spec ("DIR", later "rados:POOL") and open it. */
+int sv_store_open(const char *spec, bool create, struct sv_store **out);
+
+static inline const struct sv_store_ops *
+sv_store_ops_of(struct sv_store *st)
+{
+	return ((struct sv_store_base *)st)->ops;
+}
+static inline const struct sv_store_ops *
+sv_obj_ops_of(struct sv_obj *o)
+{
+	return ((struct sv_obj_base *)o)->ops;
+}
+
+#endif
