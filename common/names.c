@@ -30,12 +30,15 @@ check_bytes(const char *name, size_t len, const char *what)
 		if (c == '/')
 			return sv_error(EINVAL, "%s name may not contain '/'", what);
 		if (c == '@')
-			return sv_error(EINVAL, "%s name may not contain '@' (it separates volume and snapshot)",
-					what);
+			return sv_error(
+			    EINVAL,
+			    "%s name may not contain '@' (it separates volume and snapshot)", what);
 		if (c < 0x20 || c == 0x7f)
-			return sv_error(EINVAL, "%s name may not contain control character 0x%02x", what, c);
+			return sv_error(EINVAL, "%s name may not contain control character 0x%02x",
+					what, c);
 		return sv_error(EINVAL,
-				"%s name may not contain '%c' (allowed: letters, digits, '.', '_', '-', '+', ':')",
+				"%s name may not contain '%c' (allowed: letters, digits, '.', '_', "
+				"'-', '+', ':')",
 				what, c >= 0x80 ? '?' : c);
 	}
 	return 0;

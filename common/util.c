@@ -1,6 +1,7 @@
 /*
  * util.c: see util.h.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -95,7 +96,8 @@ sv_parse_size(const char *s, uint64_t *out)
 	const char *p = s;
 	uint64_t v = 0;
 	if (*p < '0' || *p > '9')
-		return sv_error(EINVAL, "'%s' is not a size (expected a number like 512, 4K or 20G)", s);
+		return sv_error(EINVAL,
+				"'%s' is not a size (expected a number like 512, 4K or 20G)", s);
 	while (*p >= '0' && *p <= '9') {
 		unsigned d = (unsigned)(*p - '0');
 		if (v > (UINT64_MAX - d) / 10)
@@ -104,20 +106,16 @@ sv_parse_size(const char *s, uint64_t *out)
 		p++;
 	}
 	unsigned shift = 0;
-	switch (*p) {
-	case '\0':
-		break;
-	case 'b': case 'B':
+	static const char units[] = "KMGTPE"; /* 2^10, 2^20, ... */
+	const char *u = *p ? strchr(units, toupper((unsigned char)*p)) : NULL;
+	if (u) {
+		shift = 10 * (unsigned)(u - units + 1);
 		p++;
-		break;
-	case 'k': case 'K': shift = 10; p++; break;
-	case 'm': case 'M': shift = 20; p++; break;
-	case 'g': case 'G': shift = 30; p++; break;
-	case 't': case 'T': shift = 40; p++; break;
-	case 'p': case 'P': shift = 50; p++; break;
-	case 'e': case 'E': shift = 60; p++; break;
-	default:
-		return sv_error(EINVAL, "'%s' is not a size: unknown suffix '%s' (use K, M, G, T, P)", s, p);
+	} else if (*p == 'b' || *p == 'B') {
+		p++;
+	} else if (*p != '\0') {
+		return sv_error(
+		    EINVAL, "'%s' is not a size: unknown suffix '%s' (use K, M, G, T, P)", s, p);
 	}
 	if (shift && (*p == 'i') && p[1] == 'B')
 		p += 2;
@@ -156,7 +154,8 @@ sv_parse_duration(const char *s, uint64_t *ns_out)
 	else if (!strcmp(p, "h"))
 		mult = 3600000000000ull;
 	else
-		return sv_error(EINVAL, "'%s' is not a duration: unknown unit '%s' (use ms, s, m, h)", s, p);
+		return sv_error(
+		    EINVAL, "'%s' is not a duration: unknown unit '%s' (use ms, s, m, h)", s, p);
 	if (v > UINT64_MAX / mult)
 		return sv_error(ERANGE, "duration '%s' is too large", s);
 	*ns_out = v * mult;

@@ -28,8 +28,8 @@ int sv_parse_duration(const char *s, uint64_t *ns_out);
 /* "20 GiB", "4 KiB", "123 B" into buf. */
 const char *sv_format_size(uint64_t bytes, char *buf, size_t len);
 
-uint64_t sv_now_ns(void);      /* CLOCK_MONOTONIC */
-uint64_t sv_realtime_s(void);  /* seconds since the epoch */
+uint64_t sv_now_ns(void);     /* CLOCK_MONOTONIC */
+uint64_t sv_realtime_s(void); /* seconds since the epoch */
 
 static inline bool
 sv_is_power_of_2(uint64_t v)
@@ -55,8 +55,8 @@ sv_cleanup_unlock(pthread_mutex_t **ptr)
  * a lock that cannot be taken means memory is corrupt. */
 #define SV_LOCK_SCOPE(m)                                                                           \
 	__attribute__((cleanup(sv_cleanup_unlock))) pthread_mutex_t *SV_UNIQUE(_lk) =              \
-		sv_lock_or_abort(m)
-#define SV_UNIQUE(x)  SV_UNIQUE2(x, __COUNTER__)
+	    sv_lock_or_abort(m)
+#define SV_UNIQUE(x)	 SV_UNIQUE2(x, __COUNTER__)
 #define SV_UNIQUE2(x, n) SV_UNIQUE3(x, n)
 #define SV_UNIQUE3(x, n) x##n
 

@@ -31,12 +31,12 @@ struct sv_nbd_server;
 struct sv_ctl_context {
 	struct sv_pool *pool;
 	struct sv_nbd_server *nbd;
-	const char *nbd_socket;           /* unix socket path, or NULL */
-	const char *const *nbd_tcp;       /* TCP "HOST:PORT" listeners */
+	const char *nbd_socket;	    /* unix socket path, or NULL */
+	const char *const *nbd_tcp; /* TCP "HOST:PORT" listeners */
 	unsigned n_nbd_tcp;
-	const char *control_socket;       /* path, or NULL */
-	uint64_t started;                 /* server start, seconds since the Unix epoch */
-	uint64_t started_ns;              /* the same, sv_now_ns() (for the uptime) */
+	const char *control_socket; /* path, or NULL */
+	uint64_t started;	    /* server start, seconds since the Unix epoch */
+	uint64_t started_ns;	    /* the same, sv_now_ns() (for the uptime) */
 };
 
 /* Run one command; always returns a new reply object ({"return":..} or

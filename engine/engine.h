@@ -28,8 +28,8 @@
 #include "names.h"
 #include "store.h"
 
-#define SV_CHUNK_MIN     4096u
-#define SV_CHUNK_MAX     (1024u * 1024u)
+#define SV_CHUNK_MIN	 4096u
+#define SV_CHUNK_MAX	 (1024u * 1024u)
 #define SV_CHUNK_DEFAULT 4096u
 /* Largest volume: offsets and lengths stay far from INT64_MAX, so off+len
  * never overflows an off_t anywhere below. */
@@ -39,7 +39,7 @@
 
 struct sv_pool;
 
-#define SV_POOL_CREATE 0x1u  /* create the pool if it does not exist */
+#define SV_POOL_CREATE 0x1u /* create the pool if it does not exist */
 
 /* Open a pool ("DIR", later "rados:NAME") and take its exclusive lock.  If
  * another process holds it, fails with EWOULDBLOCK and a message saying so. */
@@ -52,11 +52,11 @@ const char *sv_pool_describe(struct sv_pool *pool);
 
 struct sv_volume_info {
 	char name[SV_NAME_MAX + 1];
-	uint64_t size;        /* bytes */
-	uint32_t chunk_size;  /* bytes, power of 2 in [SV_CHUNK_MIN, SV_CHUNK_MAX] */
-	uint64_t created;     /* seconds since the Unix epoch */
-	uint64_t allocated;   /* bytes of space the volume's data holds */
-	unsigned open_views;  /* views open now (NBD connections) */
+	uint64_t size;	       /* bytes */
+	uint32_t chunk_size;   /* bytes, power of 2 in [SV_CHUNK_MIN, SV_CHUNK_MAX] */
+	uint64_t created;      /* seconds since the Unix epoch */
+	uint64_t allocated;    /* bytes of space the volume's data holds */
+	unsigned open_views;   /* views open now (NBD connections) */
 	char origin_path[512]; /* where the raw image lives, if it is a local file ("" else) */
 };
 
@@ -88,9 +88,9 @@ uint32_t sv_view_chunk_size(struct sv_view *v);
 const char *sv_view_description(struct sv_view *v);
 
 /* I/O flags */
-#define SV_FUA       0x1u  /* durable before the call returns */
-#define SV_NO_HOLE   0x2u  /* zero: leave the range allocated */
-#define SV_FAST_ZERO 0x4u  /* zero: fail with ENOTSUP unless it is cheap */
+#define SV_FUA	     0x1u /* durable before the call returns */
+#define SV_NO_HOLE   0x2u /* zero: leave the range allocated */
+#define SV_FAST_ZERO 0x4u /* zero: fail with ENOTSUP unless it is cheap */
 
 /* Callers have checked off+len <= size and that the view is writable for
  * writes; the engine asserts it.  len may be 0 only where NBD allows it. */

@@ -18,10 +18,10 @@ struct sv_volume {
 	uint64_t size;
 	uint32_t chunk_size;
 	uint64_t created;
-	struct sv_obj *origin;     /* the live data */
+	struct sv_obj *origin; /* the live data */
 	const struct sv_store_ops *ops;
-	unsigned refs;             /* open views; protected by pool->lock */
-	struct sv_volume *next;    /* pool->open list; protected by pool->lock */
+	unsigned refs;		/* open views; protected by pool->lock */
+	struct sv_volume *next; /* pool->open list; protected by pool->lock */
 };
 
 struct sv_pool {

@@ -67,11 +67,14 @@ sv_meta_decode(const char *buf, size_t len, json_t **body)
 	const char *b = nl + 1;
 	size_t have = len - (size_t)(b - buf);
 	if (have != blen)
-		return sv_error(EUCLEAN, "metadata is %zu bytes long, header says %zu (torn write?)",
-				have, blen);
+		return sv_error(EUCLEAN,
+				"metadata is %zu bytes long, header says %zu (torn write?)", have,
+				blen);
 	uint32_t got = (uint32_t)crc32(0L, (const Bytef *)b, (uInt)blen);
 	if (got != crc)
-		return sv_error(EUCLEAN, "metadata checksum mismatch (0x%08" PRIx32 ", expected 0x%08" PRIx32 ")",
+		return sv_error(EUCLEAN,
+				"metadata checksum mismatch (0x%08" PRIx32 ", expected 0x%08" PRIx32
+				")",
 				got, crc);
 	json_error_t jerr;
 	json_t *j = json_loadb(b, blen, 0, &jerr);

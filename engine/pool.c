@@ -29,10 +29,11 @@ sv_pool_open(const char *spec, unsigned flags, struct sv_pool **out)
 		int e = errno;
 		ops->close(st);
 		if (e == EWOULDBLOCK)
-			return sv_error(EWOULDBLOCK,
-					"pool %s is in use by another snapvol process (a server, or "
-					"another command working on it)",
-					spec);
+			return sv_error(
+			    EWOULDBLOCK,
+			    "pool %s is in use by another snapvol process (a server, or "
+			    "another command working on it)",
+			    spec);
 		errno = e;
 		return sv_error_errno("pool %s: cannot lock", spec);
 	}
@@ -58,7 +59,8 @@ sv_pool_close(struct sv_pool *pool)
 	while (v) {
 		struct sv_volume *next = v->next;
 		if (v->refs)
-			sv_log_warn("volume %s: closing with %u views still open", v->name, v->refs);
+			sv_log_warn("volume %s: closing with %u views still open", v->name,
+				    v->refs);
 		if (v->ops->obj_sync(v->origin) == -1)
 			sv_log_error("volume %s: sync at close: %m", v->name);
 		v->ops->obj_close(v->origin);

@@ -33,7 +33,8 @@ sv_view_open(struct sv_pool *pool, const char *export_name, size_t len, struct s
 	char vol[SV_NAME_MAX + 1], snap[SV_NAME_MAX + 1];
 	bool has_snap;
 	if (len > 2 * SV_NAME_MAX + 1)
-		return sv_error(EINVAL, "export name is too long (volume names have at most %d bytes)",
+		return sv_error(EINVAL,
+				"export name is too long (volume names have at most %d bytes)",
 				SV_NAME_MAX);
 	if (sv_split_export_name(export_name, len, vol, snap, &has_snap) == -1)
 		return -1;
@@ -193,8 +194,8 @@ sv_view_cache(struct sv_view *v, uint32_t len, uint64_t off, int *err)
 }
 
 int
-sv_view_extents(struct sv_view *v, uint32_t len, uint64_t off, struct sv_extent *ext,
-		size_t max, size_t *n, int *err)
+sv_view_extents(struct sv_view *v, uint32_t len, uint64_t off, struct sv_extent *ext, size_t max,
+		size_t *n, int *err)
 {
 	assert_range(v, len, off);
 	struct sv_volume *vol = v->vol;
@@ -218,7 +219,6 @@ sv_view_extents(struct sv_view *v, uint32_t len, uint64_t off, struct sv_extent 
 	*n = k;
 	return 0;
 }
-
 
 int
 sv_pool_list_exports(struct sv_pool *pool,

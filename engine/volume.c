@@ -34,13 +34,15 @@ check_geometry(uint64_t size, uint32_t chunk_size)
 	if (size == 0)
 		return sv_error(EINVAL, "volume size must be greater than 0");
 	if (size % 512)
-		return sv_error(EINVAL, "volume size %" PRIu64 " is not a multiple of 512 bytes", size);
+		return sv_error(EINVAL, "volume size %" PRIu64 " is not a multiple of 512 bytes",
+				size);
 	if (size > SV_VOLUME_MAX_SIZE)
 		return sv_error(EINVAL, "volume size %s is larger than the maximum %s",
 				sv_format_size(size, b1, sizeof b1),
 				sv_format_size(SV_VOLUME_MAX_SIZE, b2, sizeof b2));
 	if (!sv_is_power_of_2(chunk_size) || chunk_size < SV_CHUNK_MIN || chunk_size > SV_CHUNK_MAX)
-		return sv_error(EINVAL, "chunk size %" PRIu32 " must be a power of 2 from 4 KiB to 1 MiB",
+		return sv_error(EINVAL,
+				"chunk size %" PRIu32 " must be a power of 2 from 4 KiB to 1 MiB",
 				chunk_size);
 	return 0;
 }
@@ -57,7 +59,8 @@ sv_volume_meta_parse(json_t *body, const char *name, struct sv_volume_meta *m)
 	if (!format || strcmp(format, VOLUME_FORMAT) != 0)
 		return sv_error(EUCLEAN, "volume %s: metadata is not a volume's", name);
 	if (!json_is_integer(ver) || json_integer_value(ver) != VOLUME_VERSION)
-		return sv_error(EUCLEAN, "volume %s: metadata version %" JSON_INTEGER_FORMAT
+		return sv_error(EUCLEAN,
+				"volume %s: metadata version %" JSON_INTEGER_FORMAT
 				" is not supported by this snapvol (it reads version %d)",
 				name, json_integer_value(ver), VOLUME_VERSION);
 	if (!json_is_string(jname) || strcmp(json_string_value(jname), name) != 0)
@@ -65,7 +68,8 @@ sv_volume_meta_parse(json_t *body, const char *name, struct sv_volume_meta *m)
 	if (!json_is_integer(size) || !json_is_integer(chunk) || !json_is_integer(created) ||
 	    json_integer_value(size) <= 0 || json_integer_value(chunk) <= 0 ||
 	    json_integer_value(created) < 0)
-		return sv_error(EUCLEAN, "volume %s: metadata has a bad size, chunk size or time", name);
+		return sv_error(EUCLEAN, "volume %s: metadata has a bad size, chunk size or time",
+				name);
 	m->size = (uint64_t)json_integer_value(size);
 	m->chunk_size = (uint32_t)json_integer_value(chunk);
 	m->created = (uint64_t)json_integer_value(created);
@@ -111,7 +115,8 @@ sv_volume_create(struct sv_pool *pool, const char *name, uint64_t size, uint32_t
 			return sv_error(EEXIST, "volume %s already exists", name);
 		}
 		if (sv_last_errno() != ENOENT)
-			return sv_error(EEXIST, "volume %s already exists (%s)", name, sv_last_error());
+			return sv_error(EEXIST, "volume %s already exists (%s)", name,
+					sv_last_error());
 		sv_log_warn("volume %s: removing the leftovers of an unfinished create or delete",
 			    name);
 		if (ops->vol_remove(pool->st, name) == -1 || ops->vol_create(pool->st, name) == -1)
@@ -125,10 +130,10 @@ sv_volume_create(struct sv_pool *pool, const char *name, uint64_t size, uint32_t
 	}
 	ops->obj_close(origin);
 
-	json_t *body = json_pack("{s:s, s:i, s:s, s:I, s:I, s:I}", "format", VOLUME_FORMAT,
-				 "version", VOLUME_VERSION, "name", name, "size", (json_int_t)size,
-				 "chunk_size", (json_int_t)chunk_size, "created",
-				 (json_int_t)sv_realtime_s());
+	json_t *body =
+	    json_pack("{s:s, s:i, s:s, s:I, s:I, s:I}", "format", VOLUME_FORMAT, "version",
+		      VOLUME_VERSION, "name", name, "size", (json_int_t)size, "chunk_size",
+		      (json_int_t)chunk_size, "created", (json_int_t)sv_realtime_s());
 	if (!body) {
 		sv_error(ENOMEM, "out of memory");
 		goto undo;

@@ -17,15 +17,15 @@ struct sv_nbd_server;
 
 /* Limits and knobs.  sv_nbd_config_defaults() fills the defaults. */
 struct sv_nbd_config {
-	uint32_t min_block_size;     /* advertised minimum; requests not aligned to it get
+	uint32_t min_block_size;      /* advertised minimum; requests not aligned to it get
 					EINVAL.  Default 1 (any alignment works). */
-	uint32_t max_request;        /* largest READ/WRITE payload: 32 MiB */
-	uint32_t max_option_len;     /* largest option payload in the handshake: 64 KiB */
-	unsigned threads_per_conn;   /* requests served in parallel per connection: 8 */
-	unsigned max_connections;    /* in total: 1024 */
-	unsigned handshake_timeout_s;/* a client that does not finish the handshake in this
+	uint32_t max_request;	      /* largest READ/WRITE payload: 32 MiB */
+	uint32_t max_option_len;      /* largest option payload in the handshake: 64 KiB */
+	unsigned threads_per_conn;    /* requests served in parallel per connection: 8 */
+	unsigned max_connections;     /* in total: 1024 */
+	unsigned handshake_timeout_s; /* a client that does not finish the handshake in this
 					time is dropped: 30 */
-	bool use_sendfile;           /* zero-copy reads where the engine allows: true */
+	bool use_sendfile;	      /* zero-copy reads where the engine allows: true */
 };
 
 void sv_nbd_config_defaults(struct sv_nbd_config *cfg);
@@ -51,11 +51,11 @@ void sv_nbd_serve_fd(struct sv_nbd_server *srv, int fd);
 /* A snapshot of the server's connections, for "snapvol status". */
 struct sv_nbd_conn_info {
 	unsigned id;
-	char peer[64];      /* "unix" or "127.0.0.1:5555" */
+	char peer[64]; /* "unix" or "127.0.0.1:5555" */
 	char export_name[80];
-	uint64_t requests;  /* requests served */
+	uint64_t requests; /* requests served */
 	uint64_t bytes_read, bytes_written;
-	uint64_t started;   /* seconds since the Unix epoch */
+	uint64_t started; /* seconds since the Unix epoch */
 };
 /* *conns is malloc'd. */
 int sv_nbd_list_connections(struct sv_nbd_server *srv, struct sv_nbd_conn_info **conns,

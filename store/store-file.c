@@ -35,9 +35,9 @@
 struct file_store {
 	struct sv_store_base base;
 	char *dir;
-	int dirfd;   /* the pool directory */
-	int volsfd;  /* POOL/volumes */
-	int lockfd;  /* POOL/pool.lock, -1 until locked */
+	int dirfd;  /* the pool directory */
+	int volsfd; /* POOL/volumes */
+	int lockfd; /* POOL/pool.lock, -1 until locked */
 };
 
 struct file_obj {
@@ -265,8 +265,7 @@ fail:
 }
 
 static int
-file_meta_write(struct sv_store *st, const char *vol, const char *key, const void *buf,
-		size_t len)
+file_meta_write(struct sv_store *st, const char *vol, const char *key, const void *buf, size_t len)
 {
 	struct file_store *fs = (struct file_store *)st;
 	char tmp[NAME_MAX + 1];
@@ -326,8 +325,8 @@ obj_filename(const char *obj, char *buf, size_t len)
 }
 
 static int
-file_obj_open(struct sv_store *st, const char *vol, const char *obj, uint64_t size,
-	      unsigned flags, struct sv_obj **out)
+file_obj_open(struct sv_store *st, const char *vol, const char *obj, uint64_t size, unsigned flags,
+	      struct sv_obj **out)
 {
 	struct file_store *fs = (struct file_store *)st;
 	char fname[NAME_MAX + 1];
@@ -493,7 +492,7 @@ file_obj_zero(struct sv_obj *o, uint64_t off, uint64_t len, unsigned flags)
 		return 0;
 	if ((flags & SV_ZERO_MAY_TRIM) &&
 	    fallocate(fo->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len) ==
-		    0)
+		0)
 		return 0;
 	if (fallocate(fo->fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len) ==
 	    0)
@@ -539,8 +538,8 @@ file_obj_extent(struct sv_obj *o, uint64_t off, uint64_t len, struct sv_extent *
 static int
 file_obj_cache(struct sv_obj *o, uint64_t off, uint64_t len)
 {
-	int r = posix_fadvise(((struct file_obj *)o)->fd, (off_t)off, (off_t)len,
-			      POSIX_FADV_WILLNEED);
+	int r =
+	    posix_fadvise(((struct file_obj *)o)->fd, (off_t)off, (off_t)len, POSIX_FADV_WILLNEED);
 	if (r != 0) {
 		errno = r;
 		return -1;
@@ -576,30 +575,30 @@ file_obj_locate(struct sv_store *st, const char *vol, const char *obj, char *buf
 }
 
 const struct sv_store_ops sv_store_file_ops = {
-	.struct_size = sizeof(struct sv_store_ops),
-	.name = "file",
-	.open = file_open,
-	.close = file_close,
-	.lock = file_lock,
-	.describe = file_describe,
-	.vol_list = file_vol_list,
-	.vol_create = file_vol_create,
-	.vol_remove = file_vol_remove,
-	.meta_read = file_meta_read,
-	.meta_write = file_meta_write,
-	.meta_remove = file_meta_remove,
-	.obj_open = file_obj_open,
-	.obj_close = file_obj_close,
-	.obj_remove = file_obj_remove,
-	.obj_size = file_obj_size,
-	.obj_pread = file_obj_pread,
-	.obj_pwrite = file_obj_pwrite,
-	.obj_sync = file_obj_sync,
-	.obj_punch = file_obj_punch,
-	.obj_zero = file_obj_zero,
-	.obj_extent = file_obj_extent,
-	.obj_cache = file_obj_cache,
-	.obj_fd = file_obj_fd,
-	.obj_allocated = file_obj_allocated,
-	.obj_locate = file_obj_locate,
+    .struct_size = sizeof(struct sv_store_ops),
+    .name = "file",
+    .open = file_open,
+    .close = file_close,
+    .lock = file_lock,
+    .describe = file_describe,
+    .vol_list = file_vol_list,
+    .vol_create = file_vol_create,
+    .vol_remove = file_vol_remove,
+    .meta_read = file_meta_read,
+    .meta_write = file_meta_write,
+    .meta_remove = file_meta_remove,
+    .obj_open = file_obj_open,
+    .obj_close = file_obj_close,
+    .obj_remove = file_obj_remove,
+    .obj_size = file_obj_size,
+    .obj_pread = file_obj_pread,
+    .obj_pwrite = file_obj_pwrite,
+    .obj_sync = file_obj_sync,
+    .obj_punch = file_obj_punch,
+    .obj_zero = file_obj_zero,
+    .obj_extent = file_obj_extent,
+    .obj_cache = file_obj_cache,
+    .obj_fd = file_obj_fd,
+    .obj_allocated = file_obj_allocated,
+    .obj_locate = file_obj_locate,
 };

@@ -17,7 +17,8 @@ sv_store_open(const char *spec, bool create, struct sv_store **out)
 	if (spec == NULL || spec[0] == '\0')
 		return sv_error(EINVAL, "empty pool name");
 	if (strncmp(spec, "rados:", 6) == 0)
-		return sv_error(ENOTSUP, "pool '%s': RADOS pools are not supported by this build", spec);
+		return sv_error(ENOTSUP, "pool '%s': RADOS pools are not supported by this build",
+				spec);
 	const struct sv_store_ops *ops = &sv_store_file_ops;
 	if (ops->open(spec, create, out) == -1) {
 		if (errno == ENOENT && !create)

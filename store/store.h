@@ -32,31 +32,31 @@
 #include <stddef.h>
 #include <stdint.h>
 
-struct sv_store;  /* an open pool in some backend */
-struct sv_obj;    /* an open data object */
+struct sv_store; /* an open pool in some backend */
+struct sv_obj;	 /* an open data object */
 
 /* obj_open flags */
-#define SV_OBJ_CREATE   0x1u  /* create it (of the given size) if missing */
-#define SV_OBJ_EXCL     0x2u  /* with CREATE: fail with EEXIST if it exists */
-#define SV_OBJ_RDONLY   0x4u
+#define SV_OBJ_CREATE 0x1u /* create it (of the given size) if missing */
+#define SV_OBJ_EXCL   0x2u /* with CREATE: fail with EEXIST if it exists */
+#define SV_OBJ_RDONLY 0x4u
 
 /* obj_pwrite flags */
-#define SV_STORE_FUA    0x1u  /* durable when the call returns */
+#define SV_STORE_FUA 0x1u /* durable when the call returns */
 
 /* obj_zero flags */
-#define SV_ZERO_MAY_TRIM   0x1u  /* punching a hole is fine */
-#define SV_ZERO_FAST_ONLY  0x2u  /* fail with ENOTSUP rather than write zeros */
+#define SV_ZERO_MAY_TRIM  0x1u /* punching a hole is fine */
+#define SV_ZERO_FAST_ONLY 0x2u /* fail with ENOTSUP rather than write zeros */
 
 /* One run of an object, from obj_extent. */
 struct sv_extent {
 	uint64_t offset;
 	uint64_t length;
-	bool hole;  /* reads as zeros and holds no space */
+	bool hole; /* reads as zeros and holds no space */
 };
 
 struct sv_store_ops {
-	size_t struct_size;  /* sizeof(struct sv_store_ops) when built */
-	const char *name;    /* "file", ... */
+	size_t struct_size; /* sizeof(struct sv_store_ops) when built */
+	const char *name;   /* "file", ... */
 
 	/* Pool.  location is backend-specific (a directory for "file"). */
 	int (*open)(const char *location, bool create, struct sv_store **out);
@@ -70,12 +70,12 @@ struct sv_store_ops {
 
 	/* Volume namespaces. */
 	int (*vol_list)(struct sv_store *st, char ***names, size_t *n); /* free each, then array */
-	int (*vol_create)(struct sv_store *st, const char *vol);  /* EEXIST if present */
-	int (*vol_remove)(struct sv_store *st, const char *vol);  /* removes every object and blob */
+	int (*vol_create)(struct sv_store *st, const char *vol);	/* EEXIST if present */
+	int (*vol_remove)(struct sv_store *st, const char *vol); /* removes every object and blob */
 
 	/* Metadata blobs: small (< 64 MiB), replaced atomically. */
 	int (*meta_read)(struct sv_store *st, const char *vol, const char *key, char **buf,
-			 size_t *len);  /* ENOENT if none; *buf is malloc'd */
+			 size_t *len); /* ENOENT if none; *buf is malloc'd */
 	int (*meta_write)(struct sv_store *st, const char *vol, const char *key, const void *buf,
 			  size_t len);
 	int (*meta_remove)(struct sv_store *st, const char *vol, const char *key);
@@ -94,7 +94,7 @@ struct sv_store_ops {
 	int (*obj_zero)(struct sv_obj *o, uint64_t off, uint64_t len, unsigned flags);
 	/* Describe the run that starts at off (at most len bytes of it). */
 	int (*obj_extent)(struct sv_obj *o, uint64_t off, uint64_t len, struct sv_extent *ext);
-	int (*obj_cache)(struct sv_obj *o, uint64_t off, uint64_t len);  /* prefetch hint */
+	int (*obj_cache)(struct sv_obj *o, uint64_t off, uint64_t len); /* prefetch hint */
 	/* A file descriptor whose bytes at the same offsets are the object's,
 	 * for zero-copy sends (sendfile); -1 if the backend has none. */
 	int (*obj_fd)(struct sv_obj *o);

@@ -32,8 +32,9 @@ test_parse_size(void **state)
 	assert_int_equal(v, 1ull << 40);
 	assert_int_equal(sv_parse_size("7B", &v), 0);
 	assert_int_equal(v, 7);
-	const char *bad[] = {"", "abc", "12X", "-1", "1.5G", "4 K", "4KB2", "G", "0x10",
-			     "99999999999999999999", "16E", NULL};
+	const char *bad[] = {"",    "abc",  "12X", "-1",   "1.5G",
+			     "4 K", "4KB2", "G",   "0x10", "99999999999999999999",
+			     "16E", NULL};
 	for (int i = 0; bad[i]; i++) {
 		sv_clear_error();
 		assert_int_equal(sv_parse_size(bad[i], &v), -1);
@@ -71,17 +72,17 @@ test_names(void **state)
 	struct {
 		const char *name, *expect;
 	} bad[] = {
-		{"", "empty"},
-		{"a/b", "'/'"},
-		{"..", "start with '.'"},
-		{".hidden", "start with '.'"},
-		{"-rf", "start with '-'"},
-		{"x@y", "'@'"},
-		{"tab\there", "control character 0x09"},
-		{"sp ace", "' '"},
-		{"caf\xc3\xa9", "'?'"},
-		{"0123456789012345678901234567890123456789012345678901234567890123456789",
-		 "longer than 64"},
+	    {"", "empty"},
+	    {"a/b", "'/'"},
+	    {"..", "start with '.'"},
+	    {".hidden", "start with '.'"},
+	    {"-rf", "start with '-'"},
+	    {"x@y", "'@'"},
+	    {"tab\there", "control character 0x09"},
+	    {"sp ace", "' '"},
+	    {"caf\xc3\xa9", "'?'"},
+	    {"0123456789012345678901234567890123456789012345678901234567890123456789",
+	     "longer than 64"},
 	};
 	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
 		assert_int_equal(sv_check_name(bad[i].name, "volume"), -1);
@@ -146,9 +147,9 @@ int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_parse_size),    cmocka_unit_test(test_parse_duration),
-		cmocka_unit_test(test_names),         cmocka_unit_test(test_split_export),
-		cmocka_unit_test(test_error_prefix),  cmocka_unit_test(test_format_size),
+	    cmocka_unit_test(test_parse_size),	 cmocka_unit_test(test_parse_duration),
+	    cmocka_unit_test(test_names),	 cmocka_unit_test(test_split_export),
+	    cmocka_unit_test(test_error_prefix), cmocka_unit_test(test_format_size),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

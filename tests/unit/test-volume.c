@@ -30,11 +30,13 @@ static int
 setup(void **state)
 {
 	struct fixture *f = calloc(1, sizeof *f);
+	if (!f)
+		return -1;
 	strcpy(f->dir, "/tmp/snapvol-test-volume-XXXXXX");
-	if (!mkdtemp(f->dir))
+	if (!mkdtemp(f->dir) || sv_pool_open(f->dir, SV_POOL_CREATE, &f->pool) == -1) {
+		free(f);
 		return -1;
-	if (sv_pool_open(f->dir, SV_POOL_CREATE, &f->pool) == -1)
-		return -1;
+	}
 	*state = f;
 	return 0;
 }
@@ -100,16 +102,16 @@ test_bad_create(void **state)
 		uint32_t chunk;
 		const char *msg;
 	} bad[] = {
-		{"a/b", 1 << 20, 0, "'/'"},
-		{"..", 1 << 20, 0, "'.'"},
-		{"x@y", 1 << 20, 0, "'@'"},
-		{"c\x01", 1 << 20, 0, "control"},
-		{"ok", 0, 0, "greater than 0"},
-		{"ok", 1000, 0, "multiple of 512"},
-		{"ok", UINT64_MAX - 511, 0, "larger than the maximum"},
-		{"ok", 1 << 20, 2048, "power of 2"},
-		{"ok", 1 << 20, 3 * 4096, "power of 2"},
-		{"ok", 1 << 20, 2 << 20, "power of 2"},
+	    {"a/b", 1 << 20, 0, "'/'"},
+	    {"..", 1 << 20, 0, "'.'"},
+	    {"x@y", 1 << 20, 0, "'@'"},
+	    {"c\x01", 1 << 20, 0, "control"},
+	    {"ok", 0, 0, "greater than 0"},
+	    {"ok", 1000, 0, "multiple of 512"},
+	    {"ok", UINT64_MAX - 511, 0, "larger than the maximum"},
+	    {"ok", 1 << 20, 2048, "power of 2"},
+	    {"ok", 1 << 20, 3 * 4096, "power of 2"},
+	    {"ok", 1 << 20, 2 << 20, "power of 2"},
 	};
 	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
 		assert_int_equal(sv_volume_create(f->pool, bad[i].name, bad[i].size, bad[i].chunk),
@@ -301,13 +303,13 @@ int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_create_list_info_delete, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_bad_create, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_pool_lock, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_meta_checksum, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_leftover_namespace, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_view_io, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_view_open_errors, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_create_list_info_delete, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_bad_create, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_pool_lock, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_meta_checksum, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_leftover_namespace, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_view_io, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_view_open_errors, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
