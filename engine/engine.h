@@ -69,6 +69,47 @@ int sv_volume_info(struct sv_pool *pool, const char *name, struct sv_volume_info
 /* All volumes, sorted by name; *infos is malloc'd (free it). */
 int sv_volume_list(struct sv_pool *pool, struct sv_volume_info **infos, size_t *n);
 
+/* ---- snapshots ---- */
+
+struct sv_snapshot_info {
+	char volume[SV_NAME_MAX + 1];
+	char name[SV_NAME_MAX + 1];
+	uint64_t epoch;       /* taken at the start of this epoch */
+	uint64_t created;     /* seconds since the Unix epoch */
+	char consistency[8];  /* "crash" or "frozen" */
+	bool invalid;         /* its pre-images could not be kept */
+	uint64_t space;       /* bytes of pre-images held for it */
+	unsigned open_views;
+};
+
+/* Take snapshots "VOL@SNAP" of one or more volumes at one instant (a
+ * consistency group).  O(1) in the volumes' sizes, blocks no I/O; returns
+ * once the snapshots are durable.  consistency is "crash" (NULL) or
+ * "frozen" (the caller froze the filesystem on top).  EEXIST, ENOENT,
+ * EINVAL (bad names, a volume twice) with a message; nothing is taken
+ * unless all are. */
+int sv_snapshot_create(struct sv_pool *pool, const char *const *specs, size_t n,
+		       const char *consistency);
+/* Live snapshots of a volume, oldest first; *infos is malloc'd. */
+int sv_snapshot_list(struct sv_pool *pool, const char *volume, struct sv_snapshot_info **infos,
+		     size_t *n);
+/* EBUSY while exported. */
+int sv_snapshot_delete(struct sv_pool *pool, const char *volume, const char *snap);
+/* Make the volume's contents the snapshot's again (crash-safely: an
+ * interrupted rollback is finished when the volume is next opened).  Writes
+ * are held while it runs; see snapshot.c for what readers see. */
+int sv_snapshot_rollback(struct sv_pool *pool, const char *volume, const char *snap);
+
+/* Copy-on-write counters of a volume, for status and tests. */
+struct sv_cow_stats {
+	uint64_t epoch;          /* current epoch */
+	uint64_t snapshots;      /* live snapshots */
+	uint64_t copies;         /* copy runs committed since open */
+	uint64_t copied_bytes;   /* bytes of data copied (holes are not) */
+	uint64_t journal_commits;/* group commits (each one pair of syncs) */
+};
+int sv_volume_cow_stats(struct sv_pool *pool, const char *name, struct sv_cow_stats *st);
+
 /* ---- views: what an export serves ---- */
 
 struct sv_view;

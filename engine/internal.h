@@ -2,26 +2,110 @@
  * internal.h: what the engine's files share and nobody else sees.
  *
  * Lock order (take them in this order, never the reverse):
- *   pool->lock  ->  (later) volume locks  ->  (later) chunk locks
+ *
+ *   pool->lock -> vol->admin_lock (sorted by volume name for groups)
+ *              -> vol->cow_lock   (sorted by volume name for groups)
+ *              -> vol->journal.lock
+ *
+ * pool->lock guards the list of open volumes and their reference counts.
+ * admin_lock serialises snapshot create/delete/rollback and metadata
+ * rewrites of one volume; it is held across syncs, never on the data path.
+ * cow_lock guards all copy-on-write state of a volume (epochs, their
+ * bitmaps, snapshots, the in-flight set) and is held only for bitmap work,
+ * never across I/O.  journal.lock guards the commit queue.
  */
 #ifndef SV_ENGINE_INTERNAL_H
 #define SV_ENGINE_INTERNAL_H
 
 #include <jansson.h>
 #include <pthread.h>
+#include <roaring/roaring.h>
 
 #include "engine.h"
+
+/* An epoch: the interval between two snapshots (see cow.c). */
+struct sv_epoch {
+	uint64_t id;
+	/* Chunks whose pre-image (contents just before their first write in
+	 * this epoch) this epoch's object holds, durably.  cow_lock. */
+	roaring_bitmap_t *changed;
+	/* Chunks that writes stamped with this epoch need not copy: NULL
+	 * means "same as changed" (the epoch starts at the newest snapshot);
+	 * after that snapshot is deleted, the union of the epochs back to the
+	 * newest live one.  cow_lock. */
+	roaring_bitmap_t *nocopy;
+	/* The pre-image object, opened (created) on first need.  vol->pre_lock
+	 * for the pointer (never nested with cow_lock); the object itself is
+	 * thread-safe. */
+	struct sv_obj *pre;
+	unsigned writes;    /* writes stamped with this epoch in flight; cow_lock */
+	bool cow;           /* a live snapshot needed copies when stamped; cow_lock */
+};
+
+struct sv_snap {
+	char name[SV_NAME_MAX + 1];
+	uint64_t epoch;     /* the snapshot was taken at the start of this epoch */
+	uint64_t created;   /* seconds since the Unix epoch */
+	char consistency[8];/* "crash" or "frozen" */
+	bool pending;       /* being created: not listed, not exportable */
+	bool invalid;       /* its pre-images could not be kept: unreadable */
+	unsigned refs;      /* open views; cow_lock */
+};
+
+/* The change journal (journal.c): durable records of committed copies. */
+struct sv_journal {
+	struct sv_obj *obj;
+	uint64_t gen;        /* generation of the records being written */
+	uint64_t next;       /* next record slot */
+	uint64_t capacity;   /* slots */
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	struct pending_rec *pending; /* queued records and their waiters; lock */
+	size_t n_pending, cap_pending;
+	uint64_t batch_open;     /* number of the batch new records join; lock */
+	uint64_t batch_done;     /* batches completed; lock */
+	bool leader;             /* a thread is committing a batch; lock */
+	uint64_t syncs;          /* journal syncs done (for status); lock */
+};
+
+/* A queued journal record: the pre-images of chunks [first, first+count)
+ * of epoch ep are in its object. */
+struct sv_jrec {
+	struct sv_epoch *ep;
+	uint32_t first, count;
+};
 
 struct sv_volume {
 	struct sv_pool *pool;
 	char name[SV_NAME_MAX + 1];
 	uint64_t size;
 	uint32_t chunk_size;
+	unsigned chunk_shift;
+	uint64_t nchunks;
 	uint64_t created;
 	struct sv_obj *origin; /* the live data */
 	const struct sv_store_ops *ops;
-	unsigned refs;		/* open views; protected by pool->lock */
-	struct sv_volume *next; /* pool->open list; protected by pool->lock */
+	unsigned refs;          /* open views; pool->lock */
+	struct sv_volume *next; /* pool->open list; pool->lock */
+
+	pthread_mutex_t admin_lock;
+	pthread_mutex_t pre_lock; /* epochs' pre pointers; a leaf lock, held to open objects */
+
+	pthread_mutex_t cow_lock;
+	pthread_cond_t cow_cond; /* any copy, drain or gate change completed */
+	struct sv_epoch **epochs; /* ascending ids; the last is current; cow_lock */
+	size_t n_epochs;
+	struct sv_snap **snaps;   /* ascending epoch; cow_lock */
+	size_t n_snaps;
+	roaring_bitmap_t *inflight; /* chunks being copied now; cow_lock */
+	bool gate_closed;         /* writes held (rollback); cow_lock */
+	unsigned setting_up;      /* snapshots being set up: new views wait; cow_lock */
+	char rollback_to[SV_NAME_MAX + 1]; /* persisted rollback in progress */
+
+	struct sv_journal journal;
+
+	/* counters (cow_lock) */
+	uint64_t stat_copies, stat_copied_bytes, stat_hole_copies;
 };
 
 struct sv_pool {
@@ -34,7 +118,8 @@ struct sv_pool {
 };
 
 /* meta.c: checksummed, versioned JSON blobs */
-#define SV_META_VOLUME "volume.meta"
+#define SV_META_VOLUME  "volume.meta"
+#define SV_META_CHANGED "changed.meta"
 int sv_meta_encode(json_t *body, char **buf, size_t *len);
 int sv_meta_decode(const char *buf, size_t len, json_t **body);
 int sv_meta_load(struct sv_pool *pool, const char *vol, const char *key, json_t **body);
@@ -50,5 +135,54 @@ int sv_volume_meta_parse(json_t *body, const char *name, struct sv_volume_meta *
 /* Open (or find open) a volume and take a reference; pool->lock held. */
 int sv_volume_get_locked(struct sv_pool *pool, const char *name, struct sv_volume **out);
 void sv_volume_put_locked(struct sv_volume *vol);
+/* Close every open volume (pool close); pool->lock held. */
+void sv_volume_close_all_locked(struct sv_pool *pool);
+/* Rewrite volume.meta from the in-memory state; admin_lock held. */
+int sv_volume_save_meta(struct sv_volume *vol);
+
+/* journal.c */
+int sv_journal_open(struct sv_volume *vol);
+void sv_journal_close(struct sv_volume *vol);
+/* Replay into the epochs (at open, before anyone else sees vol). */
+int sv_journal_load(struct sv_volume *vol, json_t *volmeta);
+/* Queue records, wait until they (and the pre-image data written before
+ * the call) are durable and their bits set.  0, or -1 with errno. */
+int sv_journal_commit(struct sv_volume *vol, const struct sv_jrec *recs, size_t n);
+/* Write all bitmaps as a new checkpoint and start a new generation.
+ * Callers hold no cow_lock. */
+int sv_journal_checkpoint(struct sv_volume *vol);
+
+/* cow.c */
+struct sv_write_ticket {
+	struct sv_epoch *ep;
+};
+int sv_cow_write_begin(struct sv_volume *vol, uint64_t off, uint64_t len, bool gated,
+		       struct sv_write_ticket *t, int *err);
+void sv_cow_write_end(struct sv_volume *vol, struct sv_write_ticket *t);
+int sv_cow_snap_pread(struct sv_volume *vol, struct sv_snap *s, void *buf, uint64_t len,
+		      uint64_t off, int *err);
+int sv_cow_snap_extents(struct sv_volume *vol, struct sv_snap *s, uint64_t len, uint64_t off,
+			struct sv_extent *ext, size_t max, size_t *n, int *err);
+/* Epoch helpers; cow_lock held. */
+struct sv_epoch *sv_epoch_new_locked(struct sv_volume *vol, uint64_t id);
+struct sv_epoch *sv_epoch_find_locked(struct sv_volume *vol, uint64_t id);
+void sv_epoch_free(struct sv_volume *vol, struct sv_epoch *ep, bool remove_object);
+/* The epoch's pre-image object (takes pre_lock; no cow_lock held).  With
+ * create false, *out is NULL if it does not exist (only holes copied). */
+int sv_epoch_pre(struct sv_volume *vol, struct sv_epoch *ep, bool create, struct sv_obj **out);
+static inline struct sv_epoch *
+sv_current_epoch_locked(struct sv_volume *vol)
+{
+	return vol->epochs[vol->n_epochs - 1];
+}
+
+/* snapshot.c */
+int sv_snap_state_load(struct sv_volume *vol, json_t *volmeta);
+json_t *sv_snap_state_json_locked(struct sv_volume *vol);
+void sv_snap_state_free(struct sv_volume *vol);
+/* Drop epochs no live snapshot needs; cow_lock held; returns whether any was dropped. */
+bool sv_snap_gc_locked(struct sv_volume *vol, struct sv_epoch ***dropped, size_t *n_dropped);
+struct sv_snap *sv_snap_find_locked(struct sv_volume *vol, const char *name);
+int sv_snap_finish_rollback(struct sv_volume *vol);
 
 #endif

@@ -55,19 +55,7 @@ sv_pool_close(struct sv_pool *pool)
 	if (!pool)
 		return;
 	sv_lock_or_abort(&pool->lock);
-	struct sv_volume *v = pool->open;
-	while (v) {
-		struct sv_volume *next = v->next;
-		if (v->refs)
-			sv_log_warn("volume %s: closing with %u views still open", v->name,
-				    v->refs);
-		if (v->ops->obj_sync(v->origin) == -1)
-			sv_log_error("volume %s: sync at close: %m", v->name);
-		v->ops->obj_close(v->origin);
-		free(v);
-		v = next;
-	}
-	pool->open = NULL;
+	sv_volume_close_all_locked(pool);
 	sv_unlock_or_abort(&pool->lock);
 	pthread_mutex_destroy(&pool->lock);
 	pool->ops->close(pool->st);

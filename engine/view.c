@@ -1,10 +1,11 @@
 /*
  * view.c: views, what an NBD export serves.
  *
- * A view of "VOL" reads and writes the live volume.  Every data-path call
- * lands here, so this is where the snapshot engine will stamp writes with
- * their epoch and copy pre-images before the origin is touched; nbd/ needs
- * no change for it.  Today the calls go straight to the origin object.
+ * A view of "VOL" reads and writes the live volume: reads go straight to
+ * the origin object; writes, trims and zero-writes go through the
+ * copy-on-write path (cow.c) first, which copies pre-images a live snapshot
+ * still needs, and then to the origin.  A view of "VOL@SNAP" is read-only
+ * and reads through cow.c's snapshot path.  nbd/ sees no difference.
  *
  * Ranges were checked by the protocol layer; they are asserted again here,
  * at the layer boundary (nbdkit's backend.c does the same), because a range
@@ -23,8 +24,9 @@
 
 struct sv_view {
 	struct sv_volume *vol;
+	struct sv_snap *snap; /* NULL for the live volume; a counted reference */
 	bool readonly;
-	char description[160];
+	char description[256];
 };
 
 int
@@ -38,20 +40,47 @@ sv_view_open(struct sv_pool *pool, const char *export_name, size_t len, struct s
 				SV_NAME_MAX);
 	if (sv_split_export_name(export_name, len, vol, snap, &has_snap) == -1)
 		return -1;
-	if (has_snap)
-		return sv_error(ENOENT, "volume %s has no snapshot %s", vol, snap);
-
 	struct sv_view *v = calloc(1, sizeof *v);
 	if (!v)
 		return sv_error(ENOMEM, "out of memory");
-	SV_LOCK_SCOPE(&pool->lock);
-	if (sv_volume_get_locked(pool, vol, &v->vol) == -1) {
+	sv_lock_or_abort(&pool->lock);
+	int r = sv_volume_get_locked(pool, vol, &v->vol);
+	sv_unlock_or_abort(&pool->lock);
+	if (r == -1) {
 		free(v);
 		return -1;
 	}
+	struct sv_volume *volume = v->vol;
 	char sz[32];
-	snprintf(v->description, sizeof v->description, "snapvol volume %s (%s, live)", vol,
-		 sv_format_size(v->vol->size, sz, sizeof sz));
+	sv_format_size(volume->size, sz, sizeof sz);
+	sv_lock_or_abort(&volume->cow_lock);
+	/* The lockfs rule: nothing new attaches while a snapshot of the
+	 * volume is being set up. */
+	while (volume->setting_up)
+		pthread_cond_wait(&volume->cow_cond, &volume->cow_lock);
+	if (has_snap) {
+		struct sv_snap *s = sv_snap_find_locked(volume, snap);
+		if (!s || s->pending) {
+			sv_unlock_or_abort(&volume->cow_lock);
+			sv_view_close(v);
+			return sv_error(ENOENT, "volume %s has no snapshot %s", vol, snap);
+		}
+		if (s->invalid) {
+			sv_unlock_or_abort(&volume->cow_lock);
+			sv_view_close(v);
+			return sv_error(EIO, "snapshot %s@%s is invalid (its pre-images were lost)",
+					vol, snap);
+		}
+		s->refs++;
+		v->snap = s;
+		v->readonly = true;
+		snprintf(v->description, sizeof v->description,
+			 "snapvol snapshot %s@%s (%s, %s-consistent)", vol, snap, sz, s->consistency);
+	} else {
+		snprintf(v->description, sizeof v->description, "snapvol volume %s (%s, live)", vol,
+			 sz);
+	}
+	sv_unlock_or_abort(&volume->cow_lock);
 	*out = v;
 	return 0;
 }
@@ -62,6 +91,11 @@ sv_view_close(struct sv_view *v)
 	if (!v)
 		return;
 	struct sv_pool *pool = v->vol->pool;
+	if (v->snap) {
+		sv_lock_or_abort(&v->vol->cow_lock);
+		v->snap->refs--;
+		sv_unlock_or_abort(&v->vol->cow_lock);
+	}
 	sv_lock_or_abort(&pool->lock);
 	sv_volume_put_locked(v->vol);
 	sv_unlock_or_abort(&pool->lock);
@@ -111,6 +145,8 @@ sv_view_pread(struct sv_view *v, void *buf, uint32_t len, uint64_t off, int *err
 {
 	assert_range(v, len, off);
 	struct sv_volume *vol = v->vol;
+	if (v->snap)
+		return sv_cow_snap_pread(vol, v->snap, buf, len, off, err);
 	if (vol->ops->obj_pread(vol->origin, buf, len, off) == -1)
 		return fail(err);
 	return 0;
@@ -120,6 +156,8 @@ int
 sv_view_read_fd(struct sv_view *v, uint32_t len, uint64_t off, int *fd, uint64_t *fd_off)
 {
 	assert_range(v, len, off);
+	if (v->snap)
+		return -1; /* resolved chunk by chunk: no single descriptor */
 	int f = v->vol->ops->obj_fd(v->vol->origin);
 	if (f < 0)
 		return -1;
@@ -135,10 +173,14 @@ sv_view_pwrite(struct sv_view *v, const void *buf, uint32_t len, uint64_t off, u
 	assert_range(v, len, off);
 	assert(!v->readonly);
 	struct sv_volume *vol = v->vol;
-	if (vol->ops->obj_pwrite(vol->origin, buf, len, off, (flags & SV_FUA) ? SV_STORE_FUA : 0) ==
-	    -1)
-		return fail(err);
-	return 0;
+	struct sv_write_ticket t;
+	if (sv_cow_write_begin(vol, off, len, true, &t, err) == -1)
+		return -1;
+	int r = vol->ops->obj_pwrite(vol->origin, buf, len, off, (flags & SV_FUA) ? SV_STORE_FUA : 0);
+	if (r == -1)
+		fail(err);
+	sv_cow_write_end(vol, &t);
+	return r;
 }
 
 static int
@@ -155,9 +197,14 @@ sv_view_trim(struct sv_view *v, uint32_t len, uint64_t off, unsigned flags, int 
 	assert_range(v, len, off);
 	assert(!v->readonly);
 	struct sv_volume *vol = v->vol;
-	if (vol->ops->obj_punch(vol->origin, off, len) == -1)
-		return fail(err);
-	return sync_if_fua(v, flags, err);
+	struct sv_write_ticket t;
+	if (sv_cow_write_begin(vol, off, len, true, &t, err) == -1)
+		return -1;
+	int r = vol->ops->obj_punch(vol->origin, off, len);
+	if (r == -1)
+		fail(err);
+	sv_cow_write_end(vol, &t);
+	return r == -1 ? -1 : sync_if_fua(v, flags, err);
 }
 
 int
@@ -171,14 +218,21 @@ sv_view_zero(struct sv_view *v, uint32_t len, uint64_t off, unsigned flags, int 
 		zf |= SV_ZERO_MAY_TRIM;
 	if (flags & SV_FAST_ZERO)
 		zf |= SV_ZERO_FAST_ONLY;
-	if (vol->ops->obj_zero(vol->origin, off, len, zf) == -1)
-		return fail(err);
-	return sync_if_fua(v, flags, err);
+	struct sv_write_ticket t;
+	if (sv_cow_write_begin(vol, off, len, true, &t, err) == -1)
+		return -1;
+	int r = vol->ops->obj_zero(vol->origin, off, len, zf);
+	if (r == -1)
+		fail(err);
+	sv_cow_write_end(vol, &t);
+	return r == -1 ? -1 : sync_if_fua(v, flags, err);
 }
 
 int
 sv_view_flush(struct sv_view *v, int *err)
 {
+	if (v->snap)
+		return 0; /* nothing is ever written through a snapshot's view */
 	if (v->vol->ops->obj_sync(v->vol->origin) == -1)
 		return fail(err);
 	return 0;
@@ -188,6 +242,8 @@ int
 sv_view_cache(struct sv_view *v, uint32_t len, uint64_t off, int *err)
 {
 	assert_range(v, len, off);
+	if (v->snap)
+		return 0; /* a hint only; the snapshot's chunks are scattered */
 	if (v->vol->ops->obj_cache(v->vol->origin, off, len) == -1)
 		return fail(err);
 	return 0;
@@ -199,6 +255,8 @@ sv_view_extents(struct sv_view *v, uint32_t len, uint64_t off, struct sv_extent 
 {
 	assert_range(v, len, off);
 	struct sv_volume *vol = v->vol;
+	if (v->snap)
+		return sv_cow_snap_extents(vol, v->snap, len, off, ext, max, n, err);
 	uint64_t end = off + len;
 	size_t k = 0;
 	while (off < end && max > 0) {

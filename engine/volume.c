@@ -27,6 +27,8 @@
 
 static const char ORIGIN[] = "origin";
 
+static void volume_close(struct sv_volume *v);
+
 static int
 check_geometry(uint64_t size, uint32_t chunk_size)
 {
@@ -44,6 +46,13 @@ check_geometry(uint64_t size, uint32_t chunk_size)
 		return sv_error(EINVAL,
 				"chunk size %" PRIu32 " must be a power of 2 from 4 KiB to 1 MiB",
 				chunk_size);
+	/* Change bitmaps index chunks with 32 bits. */
+	if ((size + chunk_size - 1) / chunk_size > (UINT64_C(1) << 32))
+		return sv_error(EINVAL,
+				"volume size %s is too large for chunk size %s: at most 2^32 chunks "
+				"(use a larger chunk size)",
+				sv_format_size(size, b1, sizeof b1),
+				sv_format_size(chunk_size, b2, sizeof b2));
 	return 0;
 }
 
@@ -174,6 +183,15 @@ sv_volume_delete(struct sv_pool *pool, const char *name)
 	struct sv_volume_meta m;
 	if (load_meta(pool, name, &m) == -1)
 		return -1;
+	if (v) {
+		for (struct sv_volume **pp = &pool->open; *pp; pp = &(*pp)->next) {
+			if (*pp == v) {
+				*pp = v->next;
+				break;
+			}
+		}
+		volume_close(v);
+	}
 	if (pool->ops->meta_remove(pool->st, name, SV_META_VOLUME) == -1)
 		return sv_error_errno("volume %s: cannot delete", name);
 	if (pool->ops->vol_remove(pool->st, name) == -1)
@@ -262,6 +280,61 @@ sv_volume_list(struct sv_pool *pool, struct sv_volume_info **infos, size_t *n)
 	return 0;
 }
 
+/* Tear down an open volume: checkpoint its bitmaps (so the next open
+ * replays nothing), close everything.  No views may be open. */
+static void
+volume_close(struct sv_volume *v)
+{
+	if (v->journal.obj && sv_journal_checkpoint(v) == -1)
+		sv_log_warn("volume %s: %s", v->name, sv_last_error());
+	if (v->ops->obj_sync(v->origin) == -1)
+		sv_log_error("volume %s: sync at close: %m", v->name);
+	sv_journal_close(v);
+	sv_snap_state_free(v);
+	if (v->inflight)
+		roaring_bitmap_free(v->inflight);
+	v->ops->obj_close(v->origin);
+	pthread_mutex_destroy(&v->admin_lock);
+	pthread_mutex_destroy(&v->pre_lock);
+	pthread_mutex_destroy(&v->cow_lock);
+	pthread_cond_destroy(&v->cow_cond);
+	free(v);
+}
+
+/* Load a volume's snapshot state: volume.meta's snapshots, the last
+ * checkpoint of the bitmaps and the journal after it; drop what no
+ * snapshot needs; start a new journal generation; finish a rollback. */
+static int
+volume_load(struct sv_volume *v, json_t *body)
+{
+	if (sv_snap_state_load(v, body) == -1 || sv_journal_open(v) == -1 ||
+	    sv_journal_load(v, body) == -1)
+		return -1;
+	struct sv_epoch **dropped;
+	size_t nd;
+	sv_lock_or_abort(&v->cow_lock);
+	struct sv_epoch *cur = sv_current_epoch_locked(v);
+	cur->cow = v->n_snaps > 0;
+	if (cur->cow && v->snaps[v->n_snaps - 1]->epoch != cur->id) {
+		/* writes stamped with the current epoch skip what the newest
+		 * snapshot already has a pre-image for */
+		cur->nocopy = roaring_bitmap_create();
+		for (size_t i = 0; i < v->n_epochs; i++)
+			if (v->epochs[i]->id >= v->snaps[v->n_snaps - 1]->epoch)
+				roaring_bitmap_or_inplace(cur->nocopy, v->epochs[i]->changed);
+	}
+	sv_snap_gc_locked(v, &dropped, &nd);
+	sv_unlock_or_abort(&v->cow_lock);
+	for (size_t i = 0; i < nd; i++)
+		sv_epoch_free(v, dropped[i], true);
+	free(dropped);
+	if (sv_journal_checkpoint(v) == -1)
+		return -1;
+	if (v->rollback_to[0] && sv_snap_finish_rollback(v) == -1)
+		return -1;
+	return 0;
+}
+
 int
 sv_volume_get_locked(struct sv_pool *pool, const char *name, struct sv_volume **out)
 {
@@ -271,14 +344,25 @@ sv_volume_get_locked(struct sv_pool *pool, const char *name, struct sv_volume **
 		*out = v;
 		return 0;
 	}
-	struct sv_volume_meta m;
-	if (load_meta(pool, name, &m) == -1)
+	json_t *body;
+	if (sv_meta_load(pool, name, SV_META_VOLUME, &body) == -1) {
+		if (sv_last_errno() == ENOENT)
+			return sv_error(ENOENT, "volume %s does not exist", name);
 		return -1;
+	}
+	struct sv_volume_meta m;
+	if (sv_volume_meta_parse(body, name, &m) == -1) {
+		json_decref(body);
+		return -1;
+	}
 	v = calloc(1, sizeof *v);
-	if (!v)
+	if (!v) {
+		json_decref(body);
 		return sv_error(ENOMEM, "out of memory");
+	}
 	if (pool->ops->obj_open(pool->st, name, ORIGIN, m.size, 0, &v->origin) == -1) {
 		free(v);
+		json_decref(body);
 		return sv_error_errno("volume %s: cannot open its data", name);
 	}
 	v->pool = pool;
@@ -286,7 +370,27 @@ sv_volume_get_locked(struct sv_pool *pool, const char *name, struct sv_volume **
 	snprintf(v->name, sizeof v->name, "%s", name);
 	v->size = m.size;
 	v->chunk_size = m.chunk_size;
+	v->chunk_shift = (unsigned)__builtin_ctz(m.chunk_size);
+	v->nchunks = (m.size + m.chunk_size - 1) >> v->chunk_shift;
 	v->created = m.created;
+	pthread_mutex_init(&v->admin_lock, NULL);
+	pthread_mutex_init(&v->pre_lock, NULL);
+	pthread_mutex_init(&v->cow_lock, NULL);
+	pthread_cond_init(&v->cow_cond, NULL);
+	v->inflight = roaring_bitmap_create();
+	int r = volume_load(v, body);
+	json_decref(body);
+	if (r == -1) {
+		int e = sv_last_errno();
+		char msg[1024];
+		snprintf(msg, sizeof msg, "%s", sv_last_error());
+		if (v->journal.obj) { /* close without a checkpoint of half a state */
+			v->ops->obj_close(v->journal.obj);
+			v->journal.obj = NULL;
+		}
+		volume_close(v);
+		return sv_error(e, "%s", msg);
+	}
 	v->refs = 1;
 	v->next = pool->open;
 	pool->open = v;
@@ -297,18 +401,62 @@ sv_volume_get_locked(struct sv_pool *pool, const char *name, struct sv_volume **
 void
 sv_volume_put_locked(struct sv_volume *vol)
 {
-	if (--vol->refs > 0)
-		return;
-	/* Last view gone: close it.  Written data stays in the page cache and
-	 * reaches the disk as the kernel writes it back; FLUSH was the client's
-	 * way to make it durable. */
-	struct sv_pool *pool = vol->pool;
-	for (struct sv_volume **pp = &pool->open; *pp; pp = &(*pp)->next) {
-		if (*pp == vol) {
-			*pp = vol->next;
-			break;
-		}
+	/* The volume stays open (its state loaded) until the pool is closed
+	 * or the volume deleted: connections come and go often. */
+	vol->refs--;
+}
+
+void
+sv_volume_close_all_locked(struct sv_pool *pool)
+{
+	struct sv_volume *v = pool->open;
+	while (v) {
+		struct sv_volume *next = v->next;
+		if (v->refs)
+			sv_log_warn("volume %s: closing with %u views still open", v->name, v->refs);
+		volume_close(v);
+		v = next;
 	}
-	vol->ops->obj_close(vol->origin);
-	free(vol);
+	pool->open = NULL;
+}
+
+int
+sv_volume_save_meta(struct sv_volume *vol)
+{
+	json_t *body = json_pack("{s:s, s:i, s:s, s:I, s:I, s:I}", "format", VOLUME_FORMAT,
+				 "version", VOLUME_VERSION, "name", vol->name, "size",
+				 (json_int_t)vol->size, "chunk_size", (json_int_t)vol->chunk_size,
+				 "created", (json_int_t)vol->created);
+	if (!body)
+		return sv_error(ENOMEM, "out of memory");
+	sv_lock_or_abort(&vol->cow_lock);
+	json_t *st = sv_snap_state_json_locked(vol);
+	sv_unlock_or_abort(&vol->cow_lock);
+	json_object_update(body, st);
+	json_decref(st);
+	int r = sv_meta_store(vol->pool, vol->name, SV_META_VOLUME, body);
+	json_decref(body);
+	return r;
+}
+
+int
+sv_volume_cow_stats(struct sv_pool *pool, const char *name, struct sv_cow_stats *st)
+{
+	if (sv_check_name(name, "volume") == -1)
+		return -1;
+	struct sv_volume *v;
+	SV_LOCK_SCOPE(&pool->lock);
+	if (sv_volume_get_locked(pool, name, &v) == -1)
+		return -1;
+	sv_lock_or_abort(&v->cow_lock);
+	st->epoch = sv_current_epoch_locked(v)->id;
+	st->snapshots = v->n_snaps;
+	st->copies = v->stat_copies;
+	st->copied_bytes = v->stat_copied_bytes;
+	sv_unlock_or_abort(&v->cow_lock);
+	sv_lock_or_abort(&v->journal.lock);
+	st->journal_commits = v->journal.syncs;
+	sv_unlock_or_abort(&v->journal.lock);
+	sv_volume_put_locked(v);
+	return 0;
 }

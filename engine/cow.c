@@ -1,0 +1,447 @@
+/*
+ * cow.c: copy-on-write with shared pre-images.
+ *
+ * DESIGN
+ *
+ * Time is cut into epochs by snapshots: taking a snapshot ends the current
+ * epoch and starts the next, and the snapshot is "the volume as it was at
+ * the start of epoch k".  For each epoch E the volume keeps a bitmap
+ * changed[E] and a sparse pre-image object of the volume's size that holds,
+ * at each chunk's own offset, the chunk as it was just before its first
+ * write in E.
+ *
+ *   - Snapshot k reads chunk c from the first epoch E >= k whose changed[E]
+ *     has c; if none has it, c has not changed since, and the origin holds
+ *     it.  One pre-image serves every snapshot taken since c last changed,
+ *     so a write never costs more with more snapshots.
+ *   - The union of changed[E] for k <= E is exactly what changed since
+ *     snapshot k: change tracking costs nothing more.
+ *
+ * The write path (sv_cow_write_begin, then the origin write, then
+ * sv_cow_write_end):
+ *
+ *   1. Under cow_lock, stamp the write with the current epoch (so a
+ *      snapshot can wait for every write stamped before it) and decide per
+ *      chunk: no copy needed (the epoch's nocopy set has it: one bit test,
+ *      the rewrite fast path), copy it myself (claim it in the in-flight
+ *      set), or wait for another writer's copy of it.
+ *   2. Copy my claimed chunks as runs, skipping holes (a hole reads back as
+ *      zeros from the sparse pre-image too), then commit them through the
+ *      journal (journal.c): pre-image data synced, record synced, bits set,
+ *      with group commit across writers.
+ *   3. Wait (on cow_cond, never by polling) for chunks others are copying,
+ *      then re-check: a failed copy is retried by whoever comes next.
+ *   4. Only then is the origin written (DESIGN invariant 1).
+ *
+ * Deadlock freedom (invariant 4): a writer claims chunks in ascending order
+ * and finishes its own copies before it waits for anyone else's, so no
+ * writer ever holds a claim while waiting: there is no cycle to form.
+ *
+ * Torn pre-images: a copy in epoch E+1 could read a chunk while a write
+ * stamped E (started before the snapshot, still in flight) is writing it.
+ * So copies in an epoch wait until the previous epoch's writes have drained;
+ * snapshot creation waits for the same thing before it returns, so this
+ * only ever delays the first copies after a snapshot, by the length of the
+ * writes that were in flight at the switch.
+ *
+ * The snapshot read path (sv_cow_snap_pread) resolves each chunk to an
+ * epoch or to the origin under cow_lock, waits for a copy in flight, reads
+ * without the lock, and re-checks the chunks it read from the origin: a
+ * copy that completed meanwhile may have let a writer change the origin,
+ * and then the chunk is read again from its new pre-image.  This works
+ * because an origin chunk is only ever overwritten after its pre-image's
+ * bit is set (a seqlock in spirit; reads of the origin never wait for
+ * copies of other chunks).
+ */
+#include <assert.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "internal.h"
+#include "log.h"
+#include "util.h"
+
+#define MAX_RUNS  32
+#define COPY_BUF  (1u << 20)
+
+/* ---- epochs ---- */
+
+struct sv_epoch *
+sv_epoch_new_locked(struct sv_volume *vol, uint64_t id)
+{
+	struct sv_epoch *ep = calloc(1, sizeof *ep);
+	struct sv_epoch **arr = realloc(vol->epochs, (vol->n_epochs + 1) * sizeof *arr);
+	if (!ep || !arr) {
+		free(ep);
+		if (arr)
+			vol->epochs = arr;
+		sv_error(ENOMEM, "out of memory");
+		return NULL;
+	}
+	vol->epochs = arr;
+	ep->id = id;
+	ep->changed = roaring_bitmap_create();
+	size_t i = vol->n_epochs;
+	while (i > 0 && arr[i - 1]->id > id) {
+		arr[i] = arr[i - 1];
+		i--;
+	}
+	arr[i] = ep;
+	vol->n_epochs++;
+	return ep;
+}
+
+struct sv_epoch *
+sv_epoch_find_locked(struct sv_volume *vol, uint64_t id)
+{
+	for (size_t i = 0; i < vol->n_epochs; i++)
+		if (vol->epochs[i]->id == id)
+			return vol->epochs[i];
+	return NULL;
+}
+
+static void
+pre_name(const struct sv_epoch *ep, char *buf, size_t len)
+{
+	snprintf(buf, len, "pre-%" PRIu64, ep->id);
+}
+
+void
+sv_epoch_free(struct sv_volume *vol, struct sv_epoch *ep, bool remove_object)
+{
+	if (ep->pre)
+		vol->ops->obj_close(ep->pre);
+	if (remove_object) {
+		char name[32];
+		pre_name(ep, name, sizeof name);
+		if (vol->ops->obj_remove(vol->pool->st, vol->name, name) == -1 && errno != ENOENT)
+			sv_log_warn("volume %s: cannot remove %s: %m", vol->name, name);
+	}
+	roaring_bitmap_free(ep->changed);
+	if (ep->nocopy)
+		roaring_bitmap_free(ep->nocopy);
+	free(ep);
+}
+
+int
+sv_epoch_pre(struct sv_volume *vol, struct sv_epoch *ep, bool create, struct sv_obj **out)
+{
+	SV_LOCK_SCOPE(&vol->pre_lock);
+	if (!ep->pre) {
+		char name[32];
+		pre_name(ep, name, sizeof name);
+		if (vol->ops->obj_open(vol->pool->st, vol->name, name, vol->size,
+				       create ? SV_OBJ_CREATE : 0, &ep->pre) == -1) {
+			ep->pre = NULL;
+			if (!create && errno == ENOENT) {
+				*out = NULL;
+				return 0;
+			}
+			return -1;
+		}
+	}
+	*out = ep->pre;
+	return 0;
+}
+
+/* ---- the write path ---- */
+
+static inline bool
+no_copy_needed_locked(struct sv_epoch *ep, uint64_t c)
+{
+	return roaring_bitmap_contains(ep->nocopy ? ep->nocopy : ep->changed, (uint32_t)c);
+}
+
+static struct sv_epoch *
+previous_epoch_locked(struct sv_volume *vol, struct sv_epoch *ep)
+{
+	for (size_t i = 1; i < vol->n_epochs; i++)
+		if (vol->epochs[i] == ep)
+			return vol->epochs[i - 1];
+	return NULL;
+}
+
+/* Copy runs of chunks into ep's pre-image object and commit them. */
+static int
+copy_runs(struct sv_volume *vol, struct sv_epoch *ep, const struct sv_jrec *runs, size_t n,
+	  int *err)
+{
+	struct sv_obj *pre = NULL;
+	char *buf = NULL;
+	uint64_t copied = 0, holes = 0;
+	for (size_t r = 0; r < n; r++) {
+		uint64_t off = (uint64_t)runs[r].first << vol->chunk_shift;
+		uint64_t end = (uint64_t)(runs[r].first + runs[r].count) << vol->chunk_shift;
+		if (end > vol->size)
+			end = vol->size;
+		while (off < end) {
+			struct sv_extent e;
+			if (vol->ops->obj_extent(vol->origin, off, end - off, &e) == -1)
+				goto fail;
+			if (e.hole) {
+				holes += e.length;
+				off += e.length;
+				continue;
+			}
+			if (!pre && sv_epoch_pre(vol, ep, true, &pre) == -1)
+				goto fail;
+			if (!buf && !(buf = malloc(COPY_BUF)))
+				goto fail;
+			uint64_t todo = e.length;
+			while (todo > 0) {
+				size_t piece = todo < COPY_BUF ? (size_t)todo : COPY_BUF;
+				if (vol->ops->obj_pread(vol->origin, buf, piece, off) == -1 ||
+				    vol->ops->obj_pwrite(pre, buf, piece, off, 0) == -1)
+					goto fail;
+				off += piece;
+				todo -= piece;
+				copied += piece;
+			}
+		}
+	}
+	free(buf);
+	buf = NULL;
+	if (sv_journal_commit(vol, runs, n) == -1)
+		goto fail;
+	sv_lock_or_abort(&vol->cow_lock);
+	vol->stat_copies += n;
+	vol->stat_copied_bytes += copied;
+	vol->stat_hole_copies += holes ? 1 : 0;
+	sv_unlock_or_abort(&vol->cow_lock);
+	return 0;
+fail:
+	*err = errno ? errno : EIO;
+	if (*err != ENOSPC)
+		sv_log_error("volume %s: copy-on-write into epoch %" PRIu64 " failed: %s", vol->name,
+			     ep->id, strerror(*err));
+	free(buf);
+	return -1;
+}
+
+int
+sv_cow_write_begin(struct sv_volume *vol, uint64_t off, uint64_t len, bool gated,
+		   struct sv_write_ticket *t, int *err)
+{
+	SV_LOCK_SCOPE(&vol->cow_lock);
+	while (gated && vol->gate_closed)
+		pthread_cond_wait(&vol->cow_cond, &vol->cow_lock);
+	struct sv_epoch *ep = sv_current_epoch_locked(vol);
+	ep->writes++;
+	t->ep = ep;
+	if (!ep->cow || len == 0)
+		return 0;
+
+	uint64_t first = off >> vol->chunk_shift, last = (off + len - 1) >> vol->chunk_shift;
+	for (;;) {
+		roaring_bitmap_t *bm = ep->nocopy ? ep->nocopy : ep->changed;
+		if (roaring_bitmap_contains_range(bm, first, last + 1))
+			return 0; /* everything already copied: the rewrite fast path */
+
+		struct sv_epoch *prev;
+		while ((prev = previous_epoch_locked(vol, ep)) && prev->writes > 0)
+			pthread_cond_wait(&vol->cow_cond, &vol->cow_lock);
+
+		struct sv_jrec runs[MAX_RUNS];
+		size_t nruns = 0;
+		bool others = false;
+		for (uint64_t c = first; c <= last && nruns < MAX_RUNS; c++) {
+			if (no_copy_needed_locked(ep, c))
+				continue;
+			if (roaring_bitmap_contains(vol->inflight, (uint32_t)c)) {
+				others = true;
+				continue;
+			}
+			uint64_t a = c;
+			while (c + 1 <= last && !no_copy_needed_locked(ep, c + 1) &&
+			       !roaring_bitmap_contains(vol->inflight, (uint32_t)(c + 1)))
+				c++;
+			roaring_bitmap_add_range(vol->inflight, a, c + 1);
+			runs[nruns++] = (struct sv_jrec){.ep = ep, .first = (uint32_t)a,
+							 .count = (uint32_t)(c + 1 - a)};
+		}
+		if (nruns > 0) {
+			sv_unlock_or_abort(&vol->cow_lock);
+			int r = copy_runs(vol, ep, runs, nruns, err);
+			sv_lock_or_abort(&vol->cow_lock);
+			if (r == -1) {
+				for (size_t i = 0; i < nruns; i++)
+					roaring_bitmap_remove_range(vol->inflight, runs[i].first,
+								    (uint64_t)runs[i].first +
+									    runs[i].count);
+				ep->writes--;
+				pthread_cond_broadcast(&vol->cow_cond);
+				return -1;
+			}
+			continue;
+		}
+		if (others)
+			pthread_cond_wait(&vol->cow_cond, &vol->cow_lock);
+	}
+}
+
+void
+sv_cow_write_end(struct sv_volume *vol, struct sv_write_ticket *t)
+{
+	SV_LOCK_SCOPE(&vol->cow_lock);
+	assert(t->ep->writes > 0);
+	if (--t->ep->writes == 0)
+		pthread_cond_broadcast(&vol->cow_cond);
+}
+
+/* ---- the snapshot read path ---- */
+
+/* The epoch holding snapshot s's contents of chunk c, or NULL: the origin. */
+static struct sv_epoch *
+source_locked(struct sv_volume *vol, const struct sv_snap *s, uint64_t c)
+{
+	for (size_t i = 0; i < vol->n_epochs; i++) {
+		struct sv_epoch *ep = vol->epochs[i];
+		if (ep->id >= s->epoch && roaring_bitmap_contains(ep->changed, (uint32_t)c))
+			return ep;
+	}
+	return NULL;
+}
+
+struct segment {
+	uint64_t off, len;    /* bytes of the request */
+	struct sv_epoch *ep;  /* NULL: origin */
+};
+
+/* Resolve [off, off+len) into at most max segments; returns how many bytes
+ * were resolved (a prefix of the range).  cow_lock held; waits for copies
+ * in flight. */
+static uint64_t
+resolve_locked(struct sv_volume *vol, const struct sv_snap *s, uint64_t off, uint64_t len,
+	       struct segment *seg, size_t max, size_t *nseg)
+{
+	uint64_t end = off + len, pos = off;
+	size_t n = 0;
+	while (pos < end) {
+		uint64_t c = pos >> vol->chunk_shift;
+		while (roaring_bitmap_contains(vol->inflight, (uint32_t)c))
+			pthread_cond_wait(&vol->cow_cond, &vol->cow_lock);
+		struct sv_epoch *ep = source_locked(vol, s, c);
+		uint64_t cend = (c + 1) << vol->chunk_shift;
+		uint64_t piece = (cend < end ? cend : end) - pos;
+		if (n > 0 && seg[n - 1].ep == ep) {
+			seg[n - 1].len += piece;
+		} else {
+			if (n == max)
+				break;
+			seg[n++] = (struct segment){.off = pos, .len = piece, .ep = ep};
+		}
+		pos += piece;
+	}
+	*nseg = n;
+	return pos - off;
+}
+
+static int
+read_segment(struct sv_volume *vol, const struct segment *sg, char *dst)
+{
+	if (!sg->ep)
+		return vol->ops->obj_pread(vol->origin, dst, sg->len, sg->off);
+	struct sv_obj *pre;
+	if (sv_epoch_pre(vol, sg->ep, false, &pre) == -1)
+		return -1;
+	if (!pre) { /* only holes were ever copied into this epoch */
+		memset(dst, 0, sg->len);
+		return 0;
+	}
+	return vol->ops->obj_pread(pre, dst, sg->len, sg->off);
+}
+
+int
+sv_cow_snap_pread(struct sv_volume *vol, struct sv_snap *s, void *buf, uint64_t len,
+		  uint64_t off, int *err)
+{
+	char *out = buf;
+	struct segment seg[64];
+	while (len > 0) {
+		size_t n;
+		sv_lock_or_abort(&vol->cow_lock);
+		if (s->invalid) {
+			sv_unlock_or_abort(&vol->cow_lock);
+			*err = EIO;
+			return -1;
+		}
+		uint64_t done = resolve_locked(vol, s, off, len, seg, 64, &n);
+		sv_unlock_or_abort(&vol->cow_lock);
+		for (size_t i = 0; i < n; i++)
+			if (read_segment(vol, &seg[i], out + (seg[i].off - off)) == -1)
+				goto fail;
+		/* Re-check what came from the origin (see DESIGN above). */
+		for (size_t i = 0; i < n; i++) {
+			if (seg[i].ep)
+				continue;
+			uint64_t pos = seg[i].off, end = seg[i].off + seg[i].len;
+			while (pos < end) {
+				uint64_t c = pos >> vol->chunk_shift;
+				uint64_t cend = (c + 1) << vol->chunk_shift;
+				struct segment again = {.off = pos,
+							.len = (cend < end ? cend : end) - pos};
+				sv_lock_or_abort(&vol->cow_lock);
+				while (roaring_bitmap_contains(vol->inflight, (uint32_t)c))
+					pthread_cond_wait(&vol->cow_cond, &vol->cow_lock);
+				again.ep = source_locked(vol, s, c);
+				sv_unlock_or_abort(&vol->cow_lock);
+				if (again.ep && read_segment(vol, &again, out + (pos - off)) == -1)
+					goto fail;
+				pos += again.len;
+			}
+		}
+		out += done;
+		off += done;
+		len -= done;
+	}
+	return 0;
+fail:
+	*err = errno ? errno : EIO;
+	return -1;
+}
+
+int
+sv_cow_snap_extents(struct sv_volume *vol, struct sv_snap *s, uint64_t len, uint64_t off,
+		    struct sv_extent *ext, size_t max, size_t *nout, int *err)
+{
+	struct segment seg[64];
+	size_t k = 0;
+	while (len > 0 && max > 0) {
+		size_t n;
+		sv_lock_or_abort(&vol->cow_lock);
+		uint64_t done = resolve_locked(vol, s, off, len, seg, 64, &n);
+		sv_unlock_or_abort(&vol->cow_lock);
+		for (size_t i = 0; i < n; i++) {
+			struct sv_obj *o = vol->origin;
+			if (seg[i].ep && sv_epoch_pre(vol, seg[i].ep, false, &o) == -1)
+				goto fail;
+			uint64_t pos = seg[i].off, end = seg[i].off + seg[i].len;
+			while (pos < end) {
+				struct sv_extent e = {.offset = pos, .length = end - pos, .hole = true};
+				if (o && vol->ops->obj_extent(o, pos, end - pos, &e) == -1)
+					goto fail;
+				if (k > 0 && ext[k - 1].hole == e.hole &&
+				    ext[k - 1].offset + ext[k - 1].length == pos) {
+					ext[k - 1].length += e.length;
+				} else {
+					if (k == max)
+						goto out;
+					ext[k++] = e;
+				}
+				pos += e.length;
+			}
+		}
+		off += done;
+		len -= done;
+	}
+out:
+	*nout = k;
+	return 0;
+fail:
+	*err = errno ? errno : EIO;
+	return -1;
+}

@@ -1,0 +1,747 @@
+/*
+ * snapshot.c: taking, listing, deleting and rolling back snapshots, and the
+ * snapshot part of a volume's metadata.
+ *
+ * Taking a snapshot (consistency groups included) is an epoch switch under
+ * cow_lock: O(1), whatever the volume's size, and no I/O waits for it.
+ * Then, while writes go on in the new epoch, the call waits for the writes
+ * stamped with the old epoch to finish (they belong in the snapshot), syncs
+ * the origin once (so every write acknowledged before the switch is
+ * durable), and records the snapshot in volume.meta.  Until that record is
+ * written the snapshot is "pending": not listed, not exportable, and a
+ * crash forgets it (its epoch stays, harmlessly: its pre-images are then
+ * simply the older snapshots' pre-images, see cow.c).
+ *
+ * Which epochs are needed: epoch j matters to the live snapshots taken at or
+ * before it (k <= j).  Epochs older than the oldest live snapshot are
+ * dropped with their objects.  Deleting a snapshot that has an older
+ * neighbour merges its interval into the neighbour's: chunks recorded in
+ * both are redundant in the later epochs (every reader finds the earlier
+ * pre-image first), so their bits are cleared and their space punched.
+ * Deleting the newest snapshot widens the current epoch's nocopy set back
+ * to the previous snapshot; deleting the last one starts a fresh epoch that
+ * copies nothing.
+ *
+ * Rollback writes the snapshot's contents back over the origin through the
+ * ordinary copy-on-write path (so newer snapshots keep theirs), with writes
+ * held at the gate and the target persisted first, so a crash mid-way is
+ * finished when the volume is next opened.  Reads are not held: during a
+ * rollback a reader of the live volume may see a mixture of old and
+ * rolled-back chunks; every request that starts after the call returns sees
+ * the snapshot's contents.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "internal.h"
+#include "log.h"
+#include "util.h"
+
+struct sv_snap *
+sv_snap_find_locked(struct sv_volume *vol, const char *name)
+{
+	for (size_t i = 0; i < vol->n_snaps; i++)
+		if (!strcmp(vol->snaps[i]->name, name))
+			return vol->snaps[i];
+	return NULL;
+}
+
+static int
+insert_snap_locked(struct sv_volume *vol, struct sv_snap *s)
+{
+	struct sv_snap **arr = realloc(vol->snaps, (vol->n_snaps + 1) * sizeof *arr);
+	if (!arr)
+		return sv_error(ENOMEM, "out of memory");
+	vol->snaps = arr;
+	size_t i = vol->n_snaps;
+	while (i > 0 && arr[i - 1]->epoch > s->epoch) {
+		arr[i] = arr[i - 1];
+		i--;
+	}
+	arr[i] = s;
+	vol->n_snaps++;
+	return 0;
+}
+
+static void
+remove_snap_locked(struct sv_volume *vol, struct sv_snap *s)
+{
+	for (size_t i = 0; i < vol->n_snaps; i++) {
+		if (vol->snaps[i] == s) {
+			memmove(&vol->snaps[i], &vol->snaps[i + 1],
+				(vol->n_snaps - i - 1) * sizeof *vol->snaps);
+			vol->n_snaps--;
+			return;
+		}
+	}
+}
+
+/* ---- metadata ---- */
+
+json_t *
+sv_snap_state_json_locked(struct sv_volume *vol)
+{
+	json_t *arr = json_array();
+	for (size_t i = 0; i < vol->n_snaps; i++) {
+		const struct sv_snap *s = vol->snaps[i];
+		json_array_append_new(arr, json_pack("{s:s, s:I, s:I, s:s, s:b}", "name", s->name,
+						     "epoch", (json_int_t)s->epoch, "created",
+						     (json_int_t)s->created, "consistency",
+						     s->consistency, "invalid", s->invalid));
+	}
+	json_t *o = json_pack("{s:I, s:o}", "epoch", (json_int_t)sv_current_epoch_locked(vol)->id,
+			      "snapshots", arr);
+	if (vol->rollback_to[0])
+		json_object_set_new(o, "rollback_to", json_string(vol->rollback_to));
+	return o;
+}
+
+int
+sv_snap_state_load(struct sv_volume *vol, json_t *m)
+{
+	json_t *jep = json_object_get(m, "epoch");
+	json_t *jsn = json_object_get(m, "snapshots");
+	json_t *jrb = json_object_get(m, "rollback_to");
+	uint64_t cur = 0;
+	if (jep) {
+		if (!json_is_integer(jep) || json_integer_value(jep) < 0)
+			return sv_error(EUCLEAN, "volume %s: metadata has a bad epoch", vol->name);
+		cur = (uint64_t)json_integer_value(jep);
+	}
+	if (jsn && !json_is_array(jsn))
+		return sv_error(EUCLEAN, "volume %s: metadata has a bad snapshot list", vol->name);
+	size_t i;
+	json_t *js;
+	json_array_foreach(jsn, i, js) {
+		const char *name = json_string_value(json_object_get(js, "name"));
+		json_t *e = json_object_get(js, "epoch"), *c = json_object_get(js, "created");
+		const char *cons = json_string_value(json_object_get(js, "consistency"));
+		json_t *inv = json_object_get(js, "invalid");
+		if (!name || sv_check_name(name, "snapshot") == -1 || !json_is_integer(e) ||
+		    json_integer_value(e) < 0 || !json_is_integer(c) || !cons ||
+		    (strcmp(cons, "crash") && strcmp(cons, "frozen")) || !json_is_boolean(inv) ||
+		    sv_snap_find_locked(vol, name))
+			return sv_error(EUCLEAN, "volume %s: metadata has a bad snapshot entry %zu",
+					vol->name, i);
+		struct sv_snap *s = calloc(1, sizeof *s);
+		if (!s)
+			return sv_error(ENOMEM, "out of memory");
+		snprintf(s->name, sizeof s->name, "%s", name);
+		s->epoch = (uint64_t)json_integer_value(e);
+		s->created = (uint64_t)json_integer_value(c);
+		snprintf(s->consistency, sizeof s->consistency, "%s", cons);
+		s->invalid = json_is_true(inv);
+		if (insert_snap_locked(vol, s) == -1) {
+			free(s);
+			return -1;
+		}
+		if (s->epoch > cur)
+			cur = s->epoch;
+	}
+	if (jrb) {
+		const char *rb = json_string_value(jrb);
+		if (!rb || !sv_snap_find_locked(vol, rb))
+			return sv_error(EUCLEAN, "volume %s: metadata has a bad rollback target",
+					vol->name);
+		snprintf(vol->rollback_to, sizeof vol->rollback_to, "%s", rb);
+	}
+	if (!sv_epoch_find_locked(vol, cur) && !sv_epoch_new_locked(vol, cur))
+		return -1;
+	return 0;
+}
+
+void
+sv_snap_state_free(struct sv_volume *vol)
+{
+	for (size_t i = 0; i < vol->n_snaps; i++)
+		free(vol->snaps[i]);
+	free(vol->snaps);
+	vol->snaps = NULL;
+	vol->n_snaps = 0;
+	for (size_t i = 0; i < vol->n_epochs; i++)
+		sv_epoch_free(vol, vol->epochs[i], false);
+	free(vol->epochs);
+	vol->epochs = NULL;
+	vol->n_epochs = 0;
+}
+
+/* ---- which epochs are needed ---- */
+
+/* Recompute the current epoch's copy decision from the live snapshots. */
+static void
+refresh_current_locked(struct sv_volume *vol)
+{
+	struct sv_epoch *cur = sv_current_epoch_locked(vol);
+	if (cur->nocopy) {
+		roaring_bitmap_free(cur->nocopy);
+		cur->nocopy = NULL;
+	}
+	cur->cow = vol->n_snaps > 0;
+	if (!cur->cow)
+		return;
+	uint64_t newest = vol->snaps[vol->n_snaps - 1]->epoch;
+	if (newest == cur->id)
+		return;
+	cur->nocopy = roaring_bitmap_create();
+	for (size_t i = 0; i < vol->n_epochs; i++)
+		if (vol->epochs[i]->id >= newest)
+			roaring_bitmap_or_inplace(cur->nocopy, vol->epochs[i]->changed);
+}
+
+bool
+sv_snap_gc_locked(struct sv_volume *vol, struct sv_epoch ***dropped, size_t *n_dropped)
+{
+	uint64_t oldest = vol->n_snaps ? vol->snaps[0]->epoch : UINT64_MAX;
+	struct sv_epoch *cur = sv_current_epoch_locked(vol);
+	size_t n = 0;
+	for (size_t i = 0; i < vol->n_epochs; i++)
+		if (vol->epochs[i] != cur && vol->epochs[i]->id < oldest)
+			n++;
+	*dropped = NULL;
+	*n_dropped = 0;
+	if (n == 0)
+		return false;
+	/* Writes stamped with those epochs may still be finishing. */
+	for (;;) {
+		bool busy = false;
+		for (size_t i = 0; i < vol->n_epochs; i++)
+			if (vol->epochs[i] != cur && vol->epochs[i]->id < oldest &&
+			    vol->epochs[i]->writes)
+				busy = true;
+		if (!busy)
+			break;
+		pthread_cond_wait(&vol->cow_cond, &vol->cow_lock);
+	}
+	struct sv_epoch **d = malloc(n * sizeof *d);
+	if (!d)
+		return false; /* try again next time */
+	size_t k = 0, w = 0;
+	for (size_t i = 0; i < vol->n_epochs; i++) {
+		struct sv_epoch *ep = vol->epochs[i];
+		if (ep != cur && ep->id < oldest)
+			d[k++] = ep;
+		else
+			vol->epochs[w++] = ep;
+	}
+	vol->n_epochs = w;
+	*dropped = d;
+	*n_dropped = k;
+	return true;
+}
+
+static void
+free_dropped(struct sv_volume *vol, struct sv_epoch **d, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		sv_epoch_free(vol, d[i], true);
+	free(d);
+}
+
+/* ---- taking snapshots ---- */
+
+struct group_member {
+	struct sv_volume *vol;
+	char snap[SV_NAME_MAX + 1];
+	struct sv_snap *s;
+	struct sv_epoch *old;
+};
+
+static int
+cmp_member(const void *a, const void *b)
+{
+	return strcmp(((const struct group_member *)a)->vol->name,
+		      ((const struct group_member *)b)->vol->name);
+}
+
+static void
+put_members(struct sv_pool *pool, struct group_member *m, size_t n)
+{
+	sv_lock_or_abort(&pool->lock);
+	for (size_t i = 0; i < n; i++)
+		if (m[i].vol)
+			sv_volume_put_locked(m[i].vol);
+	sv_unlock_or_abort(&pool->lock);
+}
+
+int
+sv_snapshot_create(struct sv_pool *pool, const char *const *specs, size_t n,
+		   const char *consistency)
+{
+	if (n == 0)
+		return sv_error(EINVAL, "no snapshot named");
+	if (!consistency)
+		consistency = "crash";
+	if (strcmp(consistency, "crash") && strcmp(consistency, "frozen"))
+		return sv_error(EINVAL, "consistency must be 'crash' or 'frozen', not '%s'",
+				consistency);
+	struct group_member *m = calloc(n, sizeof *m);
+	if (!m)
+		return sv_error(ENOMEM, "out of memory");
+	char vname[SV_NAME_MAX + 1];
+	bool has;
+	int rc = -1;
+	size_t got = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (sv_split_export_name(specs[i], strlen(specs[i]), vname, m[i].snap, &has) == -1)
+			goto out;
+		if (!has) {
+			sv_error(EINVAL, "'%s' names no snapshot: write VOLUME@SNAPSHOT", specs[i]);
+			goto out;
+		}
+		sv_lock_or_abort(&pool->lock);
+		int r = sv_volume_get_locked(pool, vname, &m[i].vol);
+		sv_unlock_or_abort(&pool->lock);
+		if (r == -1)
+			goto out;
+		got = i + 1;
+		for (size_t k = 0; k < i; k++)
+			if (m[k].vol == m[i].vol) {
+				sv_error(EINVAL, "volume %s appears twice in one snapshot group",
+					 vname);
+				goto out;
+			}
+	}
+	qsort(m, n, sizeof *m, cmp_member);
+	for (size_t i = 0; i < n; i++)
+		sv_lock_or_abort(&m[i].vol->admin_lock);
+
+	/* Check everything before switching anything. */
+	for (size_t i = 0; i < n; i++) {
+		struct sv_volume *vol = m[i].vol;
+		SV_LOCK_SCOPE(&vol->cow_lock);
+		if (sv_snap_find_locked(vol, m[i].snap)) {
+			sv_error(EEXIST, "snapshot %s@%s already exists", vol->name, m[i].snap);
+			goto unlock_admin;
+		}
+		if (vol->rollback_to[0]) {
+			sv_error(EBUSY, "volume %s is being rolled back", vol->name);
+			goto unlock_admin;
+		}
+		if (!(m[i].s = calloc(1, sizeof *m[i].s))) {
+			sv_error(ENOMEM, "out of memory");
+			goto unlock_admin;
+		}
+	}
+
+	/* The instant: every volume of the group switches under all locks. */
+	for (size_t i = 0; i < n; i++)
+		sv_lock_or_abort(&m[i].vol->cow_lock);
+	uint64_t now = sv_realtime_s();
+	int err = 0;
+	for (size_t i = 0; i < n && !err; i++) {
+		struct sv_volume *vol = m[i].vol;
+		struct sv_epoch *old = sv_current_epoch_locked(vol);
+		struct sv_epoch *ep = sv_epoch_new_locked(vol, old->id + 1);
+		struct sv_snap *s = m[i].s;
+		snprintf(s->name, sizeof s->name, "%s", m[i].snap);
+		s->epoch = old->id + 1;
+		s->created = now;
+		snprintf(s->consistency, sizeof s->consistency, "%s", consistency);
+		s->pending = true;
+		if (!ep || insert_snap_locked(vol, s) == -1) {
+			err = sv_last_errno();
+			break;
+		}
+		ep->cow = true;
+		m[i].old = old;
+		vol->setting_up++;
+	}
+	for (size_t i = n; i-- > 0;)
+		sv_unlock_or_abort(&m[i].vol->cow_lock);
+	if (err)
+		goto undo;
+
+	/* Writes that started before the switch belong to the snapshot: wait
+	 * for them, then make them durable. */
+	for (size_t i = 0; i < n; i++) {
+		struct sv_volume *vol = m[i].vol;
+		SV_LOCK_SCOPE(&vol->cow_lock);
+		while (m[i].old->writes > 0)
+			pthread_cond_wait(&vol->cow_cond, &vol->cow_lock);
+	}
+	for (size_t i = 0; i < n; i++) {
+		struct sv_volume *vol = m[i].vol;
+		if (vol->ops->obj_sync(vol->origin) == -1) {
+			sv_error_errno("volume %s: cannot sync for the snapshot", vol->name);
+			goto undo;
+		}
+	}
+	for (size_t i = 0; i < n; i++)
+		if (sv_volume_save_meta(m[i].vol) == -1)
+			goto undo; /* those already saved are kept, as they are durable */
+	for (size_t i = 0; i < n; i++) {
+		struct sv_volume *vol = m[i].vol;
+		SV_LOCK_SCOPE(&vol->cow_lock);
+		m[i].s->pending = false;
+		m[i].s = NULL;
+		vol->setting_up--;
+		pthread_cond_broadcast(&vol->cow_cond);
+	}
+	rc = 0;
+	goto unlock_admin;
+
+undo:
+	for (size_t i = 0; i < n; i++) {
+		struct sv_volume *vol = m[i].vol;
+		SV_LOCK_SCOPE(&vol->cow_lock);
+		if (m[i].s && m[i].s->pending) {
+			remove_snap_locked(vol, m[i].s);
+			refresh_current_locked(vol);
+			if (m[i].old)
+				vol->setting_up--;
+			pthread_cond_broadcast(&vol->cow_cond);
+		}
+	}
+unlock_admin:
+	for (size_t i = 0; i < n; i++) {
+		free(m[i].s);
+		sv_unlock_or_abort(&m[i].vol->admin_lock);
+	}
+out:
+	put_members(pool, m, got);
+	free(m);
+	return rc;
+}
+
+/* ---- listing ---- */
+
+static uint64_t
+space_held_locked(struct sv_volume *vol, size_t si)
+{
+	/* The epochs from this snapshot up to the next one exist for it (and
+	 * serve older ones as fallbacks); count the space their objects hold. */
+	uint64_t from = vol->snaps[si]->epoch;
+	uint64_t to = si + 1 < vol->n_snaps ? vol->snaps[si + 1]->epoch : UINT64_MAX;
+	uint64_t total = 0;
+	for (size_t i = 0; i < vol->n_epochs; i++) {
+		struct sv_epoch *ep = vol->epochs[i];
+		uint64_t bytes;
+		if (ep->id >= from && ep->id < to && ep->pre &&
+		    vol->ops->obj_allocated(ep->pre, &bytes) == 0)
+			total += bytes;
+	}
+	return total;
+}
+
+static int
+get_volume(struct sv_pool *pool, const char *name, struct sv_volume **out)
+{
+	if (sv_check_name(name, "volume") == -1)
+		return -1;
+	SV_LOCK_SCOPE(&pool->lock);
+	return sv_volume_get_locked(pool, name, out);
+}
+
+static void
+put_volume(struct sv_pool *pool, struct sv_volume *vol)
+{
+	SV_LOCK_SCOPE(&pool->lock);
+	sv_volume_put_locked(vol);
+}
+
+int
+sv_snapshot_list(struct sv_pool *pool, const char *volume, struct sv_snapshot_info **infos,
+		 size_t *n)
+{
+	struct sv_volume *vol;
+	if (get_volume(pool, volume, &vol) == -1)
+		return -1;
+	/* Open every existing pre-image so its space can be measured. */
+	sv_lock_or_abort(&vol->cow_lock);
+	size_t ne = vol->n_epochs;
+	struct sv_epoch **eps = malloc((ne ? ne : 1) * sizeof *eps);
+	if (eps)
+		memcpy(eps, vol->epochs, ne * sizeof *eps);
+	sv_unlock_or_abort(&vol->cow_lock);
+	if (!eps) {
+		put_volume(pool, vol);
+		return sv_error(ENOMEM, "out of memory");
+	}
+	sv_lock_or_abort(&vol->admin_lock); /* no epoch is dropped meanwhile */
+	for (size_t i = 0; i < ne; i++) {
+		struct sv_obj *o;
+		(void)sv_epoch_pre(vol, eps[i], false, &o);
+	}
+	free(eps);
+	sv_lock_or_abort(&vol->cow_lock);
+	struct sv_snapshot_info *out = calloc(vol->n_snaps ? vol->n_snaps : 1, sizeof *out);
+	size_t k = 0;
+	for (size_t i = 0; out && i < vol->n_snaps; i++) {
+		const struct sv_snap *s = vol->snaps[i];
+		if (s->pending)
+			continue;
+		struct sv_snapshot_info *o = &out[k++];
+		snprintf(o->volume, sizeof o->volume, "%s", vol->name);
+		snprintf(o->name, sizeof o->name, "%s", s->name);
+		o->epoch = s->epoch;
+		o->created = s->created;
+		snprintf(o->consistency, sizeof o->consistency, "%s", s->consistency);
+		o->invalid = s->invalid;
+		o->space = space_held_locked(vol, i);
+		o->open_views = s->refs;
+	}
+	sv_unlock_or_abort(&vol->cow_lock);
+	sv_unlock_or_abort(&vol->admin_lock);
+	put_volume(pool, vol);
+	if (!out)
+		return sv_error(ENOMEM, "out of memory");
+	*infos = out;
+	*n = k;
+	return 0;
+}
+
+/* ---- deleting ---- */
+
+struct punch {
+	struct sv_epoch *ep;
+	roaring_bitmap_t *chunks;
+};
+
+int
+sv_snapshot_delete(struct sv_pool *pool, const char *volume, const char *snap)
+{
+	if (sv_check_name(snap, "snapshot") == -1)
+		return -1;
+	struct sv_volume *vol;
+	if (get_volume(pool, volume, &vol) == -1)
+		return -1;
+	int rc = -1;
+	sv_lock_or_abort(&vol->admin_lock);
+	sv_lock_or_abort(&vol->cow_lock);
+	struct sv_snap *s = sv_snap_find_locked(vol, snap);
+	if (!s || s->pending) {
+		sv_error(ENOENT, "snapshot %s@%s does not exist", volume, snap);
+		goto unlock_cow;
+	}
+	if (s->refs) {
+		sv_error(EBUSY, "snapshot %s@%s is in use by %u connection%s", volume, snap, s->refs,
+			 s->refs == 1 ? "" : "s");
+		goto unlock_cow;
+	}
+	if (vol->rollback_to[0] && !strcmp(vol->rollback_to, snap)) {
+		sv_error(EBUSY, "snapshot %s@%s is the target of a rollback", volume, snap);
+		goto unlock_cow;
+	}
+	size_t si = 0;
+	while (vol->snaps[si] != s)
+		si++;
+	uint64_t k = s->epoch;
+	bool has_prev = si > 0;
+	uint64_t prev = has_prev ? vol->snaps[si - 1]->epoch : 0;
+	uint64_t next = si + 1 < vol->n_snaps ? vol->snaps[si + 1]->epoch : UINT64_MAX;
+	remove_snap_locked(vol, s);
+	sv_unlock_or_abort(&vol->cow_lock);
+
+	if (sv_volume_save_meta(vol) == -1) {
+		sv_lock_or_abort(&vol->cow_lock);
+		insert_snap_locked(vol, s); /* the array has room: it held s */
+		sv_unlock_or_abort(&vol->cow_lock);
+		goto unlock_admin;
+	}
+	free(s);
+
+	/* The snapshot is gone for good; now give its space back. */
+	struct punch *punches = NULL;
+	size_t npunch = 0;
+	struct sv_epoch **dropped = NULL;
+	size_t ndropped = 0;
+	sv_lock_or_abort(&vol->cow_lock);
+	if (vol->n_snaps == 0) {
+		/* The last one: start an epoch that copies nothing. */
+		struct sv_epoch *old = sv_current_epoch_locked(vol);
+		struct sv_epoch *ep = sv_epoch_new_locked(vol, old->id + 1);
+		if (ep)
+			ep->cow = false;
+	} else if (has_prev) {
+		roaring_bitmap_t *u = roaring_bitmap_create();
+		for (size_t i = 0; i < vol->n_epochs; i++)
+			if (vol->epochs[i]->id >= prev && vol->epochs[i]->id < k)
+				roaring_bitmap_or_inplace(u, vol->epochs[i]->changed);
+		punches = calloc(vol->n_epochs, sizeof *punches);
+		for (size_t i = 0; punches && i < vol->n_epochs; i++) {
+			struct sv_epoch *ep = vol->epochs[i];
+			if (ep->id < k || ep->id >= next)
+				continue;
+			roaring_bitmap_t *r = roaring_bitmap_and(ep->changed, u);
+			if (roaring_bitmap_is_empty(r)) {
+				roaring_bitmap_free(r);
+				continue;
+			}
+			roaring_bitmap_andnot_inplace(ep->changed, r);
+			punches[npunch++] = (struct punch){.ep = ep, .chunks = r};
+		}
+		roaring_bitmap_free(u);
+	}
+	refresh_current_locked(vol);
+	sv_snap_gc_locked(vol, &dropped, &ndropped);
+	sv_unlock_or_abort(&vol->cow_lock);
+
+	/* Bits first (a checkpoint), then space. */
+	if (sv_journal_checkpoint(vol) == -1)
+		sv_log_warn("volume %s: %s", vol->name, sv_last_error());
+	for (size_t i = 0; i < npunch; i++) {
+		struct sv_obj *pre;
+		if (sv_epoch_pre(vol, punches[i].ep, false, &pre) == 0 && pre) {
+			roaring_uint32_iterator_t *it = roaring_create_iterator(punches[i].chunks);
+			while (it->has_value) {
+				uint64_t a = it->current_value, z = a + 1;
+				while (roaring_advance_uint32_iterator(it) && it->current_value == z)
+					z++;
+				uint64_t off = a << vol->chunk_shift;
+				uint64_t len = (z - a) << vol->chunk_shift;
+				if (off + len > vol->size)
+					len = vol->size - off;
+				if (vol->ops->obj_punch(pre, off, len) == -1)
+					sv_log_warn("volume %s: cannot free space: %m", vol->name);
+			}
+			roaring_free_uint32_iterator(it);
+		}
+		roaring_bitmap_free(punches[i].chunks);
+	}
+	free(punches);
+	free_dropped(vol, dropped, ndropped);
+	rc = 0;
+	goto unlock_admin;
+
+unlock_cow:
+	sv_unlock_or_abort(&vol->cow_lock);
+unlock_admin:
+	sv_unlock_or_abort(&vol->admin_lock);
+	put_volume(pool, vol);
+	return rc;
+}
+
+/* ---- rollback ---- */
+
+static int
+do_rollback(struct sv_volume *vol, struct sv_snap *s)
+{
+	/* Every chunk that changed since the snapshot. */
+	roaring_bitmap_t *d = roaring_bitmap_create();
+	sv_lock_or_abort(&vol->cow_lock);
+	for (size_t i = 0; i < vol->n_epochs; i++)
+		if (vol->epochs[i]->id >= s->epoch)
+			roaring_bitmap_or_inplace(d, vol->epochs[i]->changed);
+	bool newest = vol->snaps[vol->n_snaps - 1] == s;
+	sv_unlock_or_abort(&vol->cow_lock);
+
+	const uint64_t piece = 1 << 20;
+	char *buf = malloc(piece);
+	int err = 0;
+	roaring_uint32_iterator_t *it = roaring_create_iterator(d);
+	while (buf && it->has_value && !err) {
+		uint64_t a = it->current_value, z = a + 1;
+		while (roaring_advance_uint32_iterator(it) && it->current_value == z)
+			z++;
+		uint64_t off = a << vol->chunk_shift, end = z << vol->chunk_shift;
+		if (end > vol->size)
+			end = vol->size;
+		while (off < end && !err) {
+			uint64_t len = end - off < piece ? end - off : piece;
+			struct sv_write_ticket t;
+			if (sv_cow_snap_pread(vol, s, buf, len, off, &err) == 0 &&
+			    sv_cow_write_begin(vol, off, len, false, &t, &err) == 0) {
+				if (vol->ops->obj_pwrite(vol->origin, buf, len, off, 0) == -1)
+					err = errno ? errno : EIO;
+				sv_cow_write_end(vol, &t);
+			}
+			off += len;
+		}
+	}
+	roaring_free_uint32_iterator(it);
+	free(buf);
+	roaring_bitmap_free(d);
+	if (!buf)
+		err = ENOMEM;
+	if (!err && vol->ops->obj_sync(vol->origin) == -1)
+		err = errno ? errno : EIO;
+	if (err)
+		return sv_error(err, "volume %s: rollback to %s failed: %s", vol->name, s->name,
+				strerror(err));
+	if (newest) {
+		/* The origin is the snapshot again, exactly: nothing has changed
+		 * since it, and its pre-images are redundant. */
+		sv_lock_or_abort(&vol->cow_lock);
+		for (size_t i = 0; i < vol->n_epochs; i++)
+			if (vol->epochs[i]->id >= s->epoch)
+				roaring_bitmap_clear(vol->epochs[i]->changed);
+		refresh_current_locked(vol);
+		sv_unlock_or_abort(&vol->cow_lock);
+		if (sv_journal_checkpoint(vol) == -1)
+			return -1;
+		for (size_t i = 0; i < vol->n_epochs; i++) {
+			struct sv_obj *pre;
+			if (vol->epochs[i]->id >= s->epoch &&
+			    sv_epoch_pre(vol, vol->epochs[i], false, &pre) == 0 && pre)
+				(void)vol->ops->obj_punch(pre, 0, vol->size);
+		}
+	}
+	return 0;
+}
+
+int
+sv_snap_finish_rollback(struct sv_volume *vol)
+{
+	struct sv_snap *s = sv_snap_find_locked(vol, vol->rollback_to);
+	sv_log_info("volume %s: finishing the interrupted rollback to %s", vol->name,
+		    vol->rollback_to);
+	if (do_rollback(vol, s) == -1)
+		return -1;
+	vol->rollback_to[0] = '\0';
+	return sv_volume_save_meta(vol);
+}
+
+int
+sv_snapshot_rollback(struct sv_pool *pool, const char *volume, const char *snap)
+{
+	if (sv_check_name(snap, "snapshot") == -1)
+		return -1;
+	struct sv_volume *vol;
+	if (get_volume(pool, volume, &vol) == -1)
+		return -1;
+	int rc = -1;
+	sv_lock_or_abort(&vol->admin_lock);
+	sv_lock_or_abort(&vol->cow_lock);
+	struct sv_snap *s = sv_snap_find_locked(vol, snap);
+	if (!s || s->pending) {
+		sv_unlock_or_abort(&vol->cow_lock);
+		sv_error(ENOENT, "snapshot %s@%s does not exist", volume, snap);
+		goto out;
+	}
+	if (s->invalid) {
+		sv_unlock_or_abort(&vol->cow_lock);
+		sv_error(EIO, "snapshot %s@%s is invalid: it cannot be rolled back to", volume, snap);
+		goto out;
+	}
+	/* Hold new writes; let those in flight finish. */
+	vol->gate_closed = true;
+	for (;;) {
+		bool busy = false;
+		for (size_t i = 0; i < vol->n_epochs; i++)
+			busy |= vol->epochs[i]->writes > 0;
+		if (!busy)
+			break;
+		pthread_cond_wait(&vol->cow_cond, &vol->cow_lock);
+	}
+	snprintf(vol->rollback_to, sizeof vol->rollback_to, "%s", snap);
+	sv_unlock_or_abort(&vol->cow_lock);
+	if (sv_volume_save_meta(vol) == -1) {
+		vol->rollback_to[0] = '\0';
+	} else if (do_rollback(vol, s) == 0) {
+		vol->rollback_to[0] = '\0';
+		rc = sv_volume_save_meta(vol);
+	}
+	/* On failure the target stays persisted: the next open finishes it. */
+	sv_lock_or_abort(&vol->cow_lock);
+	vol->gate_closed = false;
+	pthread_cond_broadcast(&vol->cow_cond);
+	sv_unlock_or_abort(&vol->cow_lock);
+out:
+	sv_unlock_or_abort(&vol->admin_lock);
+	put_volume(pool, vol);
+	return rc;
+}
