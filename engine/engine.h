@@ -44,6 +44,9 @@ struct sv_pool;
 /* Open a pool ("DIR", later "rados:NAME") and take its exclusive lock.  If
  * another process holds it, fails with EWOULDBLOCK and a message saying so. */
 int sv_pool_open(const char *spec, unsigned flags, struct sv_pool **out);
+/* The same over a store the caller opened (tests wrap the file backend in
+ * one that injects faults or simulates power loss).  The pool owns st. */
+int sv_pool_open_store(struct sv_store *st, const char *spec, struct sv_pool **out);
 /* Sync and close every open volume, release the lock. */
 void sv_pool_close(struct sv_pool *pool);
 const char *sv_pool_describe(struct sv_pool *pool);

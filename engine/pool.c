@@ -20,6 +20,12 @@ sv_pool_open(const char *spec, unsigned flags, struct sv_pool **out)
 	struct sv_store *st;
 	if (sv_store_open(spec, (flags & SV_POOL_CREATE) != 0, &st) == -1)
 		return -1;
+	return sv_pool_open_store(st, spec, out);
+}
+
+int
+sv_pool_open_store(struct sv_store *st, const char *spec, struct sv_pool **out)
+{
 	const struct sv_store_ops *ops = sv_store_ops_of(st);
 	if (ops->struct_size < sizeof(struct sv_store_ops)) {
 		ops->close(st);
