@@ -65,8 +65,8 @@
 #include "log.h"
 #include "util.h"
 
-#define MAX_RUNS  32
-#define COPY_BUF  (1u << 20)
+#define MAX_RUNS 32
+#define COPY_BUF (1u << 20)
 
 /* ---- epochs ---- */
 
@@ -111,26 +111,45 @@ pre_name(const struct sv_epoch *ep, char *buf, size_t len)
 }
 
 void
-sv_epoch_free(struct sv_volume *vol, struct sv_epoch *ep, bool remove_object)
+sv_epoch_free(struct sv_volume *vol, struct sv_epoch *ep)
 {
 	if (ep->pre)
 		vol->ops->obj_close(ep->pre);
-	if (remove_object) {
-		char name[32];
-		pre_name(ep, name, sizeof name);
-		if (vol->ops->obj_remove(vol->pool->st, vol->name, name) == -1 && errno != ENOENT)
-			sv_log_warn("volume %s: cannot remove %s: %m", vol->name, name);
-	}
-	roaring_bitmap_free(ep->changed);
+	if (ep->changed)
+		roaring_bitmap_free(ep->changed);
 	if (ep->nocopy)
 		roaring_bitmap_free(ep->nocopy);
 	free(ep);
+}
+
+void
+sv_epoch_retire(struct sv_volume *vol, struct sv_epoch *ep)
+{
+	char name[32];
+	pre_name(ep, name, sizeof name);
+	SV_LOCK_SCOPE(&vol->pre_lock);
+	if (ep->pre)
+		vol->ops->obj_close(ep->pre);
+	ep->pre = NULL;
+	if (vol->ops->obj_remove(vol->pool->st, vol->name, name) == -1 && errno != ENOENT)
+		sv_log_warn("volume %s: cannot remove %s: %m", vol->name, name);
+	roaring_bitmap_free(ep->changed);
+	ep->changed = NULL;
+	if (ep->nocopy)
+		roaring_bitmap_free(ep->nocopy);
+	ep->nocopy = NULL;
+	ep->grave_next = vol->graveyard;
+	vol->graveyard = ep;
 }
 
 int
 sv_epoch_pre(struct sv_volume *vol, struct sv_epoch *ep, bool create, struct sv_obj **out)
 {
 	SV_LOCK_SCOPE(&vol->pre_lock);
+	if (!ep->changed) { /* retired: its object is gone */
+		*out = NULL;
+		return 0;
+	}
 	if (!ep->pre) {
 		char name[32];
 		pre_name(ep, name, sizeof name);
@@ -216,8 +235,8 @@ copy_runs(struct sv_volume *vol, struct sv_epoch *ep, const struct sv_jrec *runs
 fail:
 	*err = errno ? errno : EIO;
 	if (*err != ENOSPC)
-		sv_log_error("volume %s: copy-on-write into epoch %" PRIu64 " failed: %s", vol->name,
-			     ep->id, strerror(*err));
+		sv_log_error("volume %s: copy-on-write into epoch %" PRIu64 " failed: %s",
+			     vol->name, ep->id, strerror(*err));
 	free(buf);
 	return -1;
 }
@@ -237,6 +256,8 @@ sv_cow_write_begin(struct sv_volume *vol, uint64_t off, uint64_t len, bool gated
 
 	uint64_t first = off >> vol->chunk_shift, last = (off + len - 1) >> vol->chunk_shift;
 	for (;;) {
+		if (!ep->cow)
+			return 0; /* the last snapshot went away meanwhile */
 		roaring_bitmap_t *bm = ep->nocopy ? ep->nocopy : ep->changed;
 		if (roaring_bitmap_contains_range(bm, first, last + 1))
 			return 0; /* everything already copied: the rewrite fast path */
@@ -260,8 +281,8 @@ sv_cow_write_begin(struct sv_volume *vol, uint64_t off, uint64_t len, bool gated
 			       !roaring_bitmap_contains(vol->inflight, (uint32_t)(c + 1)))
 				c++;
 			roaring_bitmap_add_range(vol->inflight, a, c + 1);
-			runs[nruns++] = (struct sv_jrec){.ep = ep, .first = (uint32_t)a,
-							 .count = (uint32_t)(c + 1 - a)};
+			runs[nruns++] = (struct sv_jrec){
+			    .ep = ep, .first = (uint32_t)a, .count = (uint32_t)(c + 1 - a)};
 		}
 		if (nruns > 0) {
 			sv_unlock_or_abort(&vol->cow_lock);
@@ -271,7 +292,17 @@ sv_cow_write_begin(struct sv_volume *vol, uint64_t off, uint64_t len, bool gated
 				for (size_t i = 0; i < nruns; i++)
 					roaring_bitmap_remove_range(vol->inflight, runs[i].first,
 								    (uint64_t)runs[i].first +
-									    runs[i].count);
+									runs[i].count);
+				pthread_cond_broadcast(&vol->cow_cond);
+				if (*err == ENOSPC && vol->drop_when_full) {
+					/* Give up the oldest snapshot's space and try
+					 * again; with none left, nothing needs a copy. */
+					sv_unlock_or_abort(&vol->cow_lock);
+					r = sv_snap_invalidate_oldest(vol);
+					sv_lock_or_abort(&vol->cow_lock);
+					if (r == 0)
+						continue;
+				}
 				ep->writes--;
 				pthread_cond_broadcast(&vol->cow_cond);
 				return -1;
@@ -307,8 +338,8 @@ source_locked(struct sv_volume *vol, const struct sv_snap *s, uint64_t c)
 }
 
 struct segment {
-	uint64_t off, len;    /* bytes of the request */
-	struct sv_epoch *ep;  /* NULL: origin */
+	uint64_t off, len;   /* bytes of the request */
+	struct sv_epoch *ep; /* NULL: origin */
 };
 
 /* Resolve [off, off+len) into at most max segments; returns how many bytes
@@ -355,9 +386,17 @@ read_segment(struct sv_volume *vol, const struct segment *sg, char *dst)
 	return vol->ops->obj_pread(pre, dst, sg->len, sg->off);
 }
 
+static void
+reader_done(struct sv_volume *vol)
+{
+	SV_LOCK_SCOPE(&vol->cow_lock);
+	if (--vol->snap_readers == 0)
+		pthread_cond_broadcast(&vol->cow_cond);
+}
+
 int
-sv_cow_snap_pread(struct sv_volume *vol, struct sv_snap *s, void *buf, uint64_t len,
-		  uint64_t off, int *err)
+sv_cow_snap_pread(struct sv_volume *vol, struct sv_snap *s, void *buf, uint64_t len, uint64_t off,
+		  int *err)
 {
 	char *out = buf;
 	struct segment seg[64];
@@ -369,6 +408,7 @@ sv_cow_snap_pread(struct sv_volume *vol, struct sv_snap *s, void *buf, uint64_t 
 			*err = EIO;
 			return -1;
 		}
+		vol->snap_readers++;
 		uint64_t done = resolve_locked(vol, s, off, len, seg, 64, &n);
 		sv_unlock_or_abort(&vol->cow_lock);
 		for (size_t i = 0; i < n; i++)
@@ -394,6 +434,7 @@ sv_cow_snap_pread(struct sv_volume *vol, struct sv_snap *s, void *buf, uint64_t 
 				pos += again.len;
 			}
 		}
+		reader_done(vol);
 		out += done;
 		off += done;
 		len -= done;
@@ -401,6 +442,7 @@ sv_cow_snap_pread(struct sv_volume *vol, struct sv_snap *s, void *buf, uint64_t 
 	return 0;
 fail:
 	*err = errno ? errno : EIO;
+	reader_done(vol);
 	return -1;
 }
 
@@ -413,35 +455,43 @@ sv_cow_snap_extents(struct sv_volume *vol, struct sv_snap *s, uint64_t len, uint
 	while (len > 0 && max > 0) {
 		size_t n;
 		sv_lock_or_abort(&vol->cow_lock);
+		vol->snap_readers++;
 		uint64_t done = resolve_locked(vol, s, off, len, seg, 64, &n);
 		sv_unlock_or_abort(&vol->cow_lock);
-		for (size_t i = 0; i < n; i++) {
+		bool full = false;
+		for (size_t i = 0; i < n && !full; i++) {
 			struct sv_obj *o = vol->origin;
 			if (seg[i].ep && sv_epoch_pre(vol, seg[i].ep, false, &o) == -1)
 				goto fail;
 			uint64_t pos = seg[i].off, end = seg[i].off + seg[i].len;
 			while (pos < end) {
-				struct sv_extent e = {.offset = pos, .length = end - pos, .hole = true};
+				struct sv_extent e = {
+				    .offset = pos, .length = end - pos, .hole = true};
 				if (o && vol->ops->obj_extent(o, pos, end - pos, &e) == -1)
 					goto fail;
 				if (k > 0 && ext[k - 1].hole == e.hole &&
 				    ext[k - 1].offset + ext[k - 1].length == pos) {
 					ext[k - 1].length += e.length;
 				} else {
-					if (k == max)
-						goto out;
+					if (k == max) {
+						full = true;
+						break;
+					}
 					ext[k++] = e;
 				}
 				pos += e.length;
 			}
 		}
+		reader_done(vol);
+		if (full)
+			break;
 		off += done;
 		len -= done;
 	}
-out:
 	*nout = k;
 	return 0;
 fail:
 	*err = errno ? errno : EIO;
+	reader_done(vol);
 	return -1;
 }

@@ -55,12 +55,15 @@ const char *sv_pool_describe(struct sv_pool *pool);
 
 struct sv_volume_info {
 	char name[SV_NAME_MAX + 1];
-	uint64_t size;	       /* bytes */
-	uint32_t chunk_size;   /* bytes, power of 2 in [SV_CHUNK_MIN, SV_CHUNK_MAX] */
-	uint64_t created;      /* seconds since the Unix epoch */
-	uint64_t allocated;    /* bytes of space the volume's data holds */
-	unsigned open_views;   /* views open now (NBD connections) */
-	char origin_path[512]; /* where the raw image lives, if it is a local file ("" else) */
+	uint64_t size;		 /* bytes */
+	uint32_t chunk_size;	 /* bytes, power of 2 in [SV_CHUNK_MIN, SV_CHUNK_MAX] */
+	uint64_t created;	 /* seconds since the Unix epoch */
+	uint64_t allocated;	 /* bytes of space the volume's data holds */
+	unsigned open_views;	 /* views open now (NBD connections) */
+	char origin_path[512];	 /* where the raw image lives, if it is a local file ("" else) */
+	char full_policy[16];	 /* "fail-writes" or "drop-snapshot" */
+	unsigned snapshots;	 /* live snapshots */
+	uint64_t snapshot_space; /* bytes the snapshots' pre-images hold */
 };
 
 /* size must be > 0, a multiple of 512 and <= SV_VOLUME_MAX_SIZE; chunk_size
@@ -69,6 +72,11 @@ int sv_volume_create(struct sv_pool *pool, const char *name, uint64_t size, uint
 /* EBUSY while any view of it is open; ENOENT if there is none. */
 int sv_volume_delete(struct sv_pool *pool, const char *name);
 int sv_volume_info(struct sv_pool *pool, const char *name, struct sv_volume_info *info);
+/* What happens when the store is full and a write needs a copy:
+ * "fail-writes" (the write gets ENOSPC; the default) or "drop-snapshot"
+ * (the oldest snapshot is invalidated, logged and marked so in listings,
+ * and the write goes on).  Either way the origin is never corrupted. */
+int sv_volume_set_policy(struct sv_pool *pool, const char *name, const char *policy);
 /* All volumes, sorted by name; *infos is malloc'd (free it). */
 int sv_volume_list(struct sv_pool *pool, struct sv_volume_info **infos, size_t *n);
 
@@ -77,11 +85,11 @@ int sv_volume_list(struct sv_pool *pool, struct sv_volume_info **infos, size_t *
 struct sv_snapshot_info {
 	char volume[SV_NAME_MAX + 1];
 	char name[SV_NAME_MAX + 1];
-	uint64_t epoch;       /* taken at the start of this epoch */
-	uint64_t created;     /* seconds since the Unix epoch */
-	char consistency[8];  /* "crash" or "frozen" */
-	bool invalid;         /* its pre-images could not be kept */
-	uint64_t space;       /* bytes of pre-images held for it */
+	uint64_t epoch;	     /* taken at the start of this epoch */
+	uint64_t created;    /* seconds since the Unix epoch */
+	char consistency[8]; /* "crash" or "frozen" */
+	bool invalid;	     /* its pre-images could not be kept */
+	uint64_t space;	     /* bytes of pre-images held for it */
 	unsigned open_views;
 };
 
@@ -105,11 +113,11 @@ int sv_snapshot_rollback(struct sv_pool *pool, const char *volume, const char *s
 
 /* Copy-on-write counters of a volume, for status and tests. */
 struct sv_cow_stats {
-	uint64_t epoch;          /* current epoch */
-	uint64_t snapshots;      /* live snapshots */
-	uint64_t copies;         /* copy runs committed since open */
-	uint64_t copied_bytes;   /* bytes of data copied (holes are not) */
-	uint64_t journal_commits;/* group commits (each one pair of syncs) */
+	uint64_t epoch;		  /* current epoch */
+	uint64_t snapshots;	  /* live snapshots */
+	uint64_t copies;	  /* copy runs committed since open */
+	uint64_t copied_bytes;	  /* bytes of data copied (holes are not) */
+	uint64_t journal_commits; /* group commits (each one pair of syncs) */
 };
 int sv_volume_cow_stats(struct sv_pool *pool, const char *name, struct sv_cow_stats *st);
 

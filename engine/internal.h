@@ -38,34 +38,35 @@ struct sv_epoch {
 	 * for the pointer (never nested with cow_lock); the object itself is
 	 * thread-safe. */
 	struct sv_obj *pre;
-	unsigned writes;    /* writes stamped with this epoch in flight; cow_lock */
-	bool cow;           /* a live snapshot needed copies when stamped; cow_lock */
+	unsigned writes;	     /* writes stamped with this epoch in flight; cow_lock */
+	struct sv_epoch *grave_next; /* retired epochs: vol->graveyard; pre_lock */
+	bool cow;		     /* a live snapshot needed copies when stamped; cow_lock */
 };
 
 struct sv_snap {
 	char name[SV_NAME_MAX + 1];
-	uint64_t epoch;     /* the snapshot was taken at the start of this epoch */
-	uint64_t created;   /* seconds since the Unix epoch */
-	char consistency[8];/* "crash" or "frozen" */
-	bool pending;       /* being created: not listed, not exportable */
-	bool invalid;       /* its pre-images could not be kept: unreadable */
-	unsigned refs;      /* open views; cow_lock */
+	uint64_t epoch;	     /* the snapshot was taken at the start of this epoch */
+	uint64_t created;    /* seconds since the Unix epoch */
+	char consistency[8]; /* "crash" or "frozen" */
+	bool pending;	     /* being created: not listed, not exportable */
+	bool invalid;	     /* its pre-images could not be kept: unreadable */
+	unsigned refs;	     /* open views; cow_lock */
 };
 
 /* The change journal (journal.c): durable records of committed copies. */
 struct sv_journal {
 	struct sv_obj *obj;
-	uint64_t gen;        /* generation of the records being written */
-	uint64_t next;       /* next record slot */
-	uint64_t capacity;   /* slots */
+	uint64_t gen;	   /* generation of the records being written */
+	uint64_t next;	   /* next record slot */
+	uint64_t capacity; /* slots */
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
 	struct pending_rec *pending; /* queued records and their waiters; lock */
 	size_t n_pending, cap_pending;
-	uint64_t batch_open;     /* number of the batch new records join; lock */
-	uint64_t batch_done;     /* batches completed; lock */
-	bool leader;             /* a thread is committing a batch; lock */
-	uint64_t syncs;          /* journal syncs done (for status); lock */
+	uint64_t batch_open; /* number of the batch new records join; lock */
+	uint64_t batch_done; /* batches completed; lock */
+	bool leader;	     /* a thread is committing a batch; lock */
+	uint64_t syncs;	     /* journal syncs done (for status); lock */
 };
 
 /* A queued journal record: the pre-images of chunks [first, first+count)
@@ -85,21 +86,30 @@ struct sv_volume {
 	uint64_t created;
 	struct sv_obj *origin; /* the live data */
 	const struct sv_store_ops *ops;
-	unsigned refs;          /* open views; pool->lock */
+	unsigned refs;		/* open views; pool->lock */
 	struct sv_volume *next; /* pool->open list; pool->lock */
 
 	pthread_mutex_t admin_lock;
-	pthread_mutex_t pre_lock; /* epochs' pre pointers; a leaf lock, held to open objects */
+	pthread_mutex_t pre_lock; /* epochs' pre pointers, graveyard; a leaf lock */
+	/* Dropped epochs: their objects are gone and their bitmaps freed, but
+	 * the small structs live until the volume closes, so a pointer taken
+	 * under cow_lock (by info, or a reader) never dangles.  pre_lock. */
+	struct sv_epoch *graveyard;
 
 	pthread_mutex_t cow_lock;
-	pthread_cond_t cow_cond; /* any copy, drain or gate change completed */
+	pthread_cond_t cow_cond;  /* any copy, drain or gate change completed */
 	struct sv_epoch **epochs; /* ascending ids; the last is current; cow_lock */
 	size_t n_epochs;
-	struct sv_snap **snaps;   /* ascending epoch; cow_lock */
+	struct sv_snap **snaps; /* live (valid) snapshots, ascending epoch; cow_lock */
 	size_t n_snaps;
+	struct sv_snap **dead; /* invalidated snapshots, kept to be listed; cow_lock */
+	size_t n_dead;
+	bool drop_when_full;	    /* full policy drop-snapshot (else fail-writes); cow_lock */
+	pthread_mutex_t meta_lock;  /* serialises rewrites of volume.meta */
 	roaring_bitmap_t *inflight; /* chunks being copied now; cow_lock */
-	bool gate_closed;         /* writes held (rollback); cow_lock */
-	unsigned setting_up;      /* snapshots being set up: new views wait; cow_lock */
+	bool gate_closed;	    /* writes held (rollback); cow_lock */
+	unsigned snap_readers;	    /* snapshot reads holding epoch pointers; cow_lock */
+	unsigned setting_up;	    /* snapshots being set up: new views wait; cow_lock */
 	char rollback_to[SV_NAME_MAX + 1]; /* persisted rollback in progress */
 
 	struct sv_journal journal;
@@ -118,7 +128,7 @@ struct sv_pool {
 };
 
 /* meta.c: checksummed, versioned JSON blobs */
-#define SV_META_VOLUME  "volume.meta"
+#define SV_META_VOLUME	"volume.meta"
 #define SV_META_CHANGED "changed.meta"
 int sv_meta_encode(json_t *body, char **buf, size_t *len);
 int sv_meta_decode(const char *buf, size_t len, json_t **body);
@@ -166,7 +176,11 @@ int sv_cow_snap_extents(struct sv_volume *vol, struct sv_snap *s, uint64_t len, 
 /* Epoch helpers; cow_lock held. */
 struct sv_epoch *sv_epoch_new_locked(struct sv_volume *vol, uint64_t id);
 struct sv_epoch *sv_epoch_find_locked(struct sv_volume *vol, uint64_t id);
-void sv_epoch_free(struct sv_volume *vol, struct sv_epoch *ep, bool remove_object);
+/* Give a dropped epoch's space back and move it to the graveyard; no
+ * cow_lock held. */
+void sv_epoch_retire(struct sv_volume *vol, struct sv_epoch *ep);
+/* Free an epoch outright (volume close). */
+void sv_epoch_free(struct sv_volume *vol, struct sv_epoch *ep);
 /* The epoch's pre-image object (takes pre_lock; no cow_lock held).  With
  * create false, *out is NULL if it does not exist (only holes copied). */
 int sv_epoch_pre(struct sv_volume *vol, struct sv_epoch *ep, bool create, struct sv_obj **out);
@@ -180,9 +194,20 @@ sv_current_epoch_locked(struct sv_volume *vol)
 int sv_snap_state_load(struct sv_volume *vol, json_t *volmeta);
 json_t *sv_snap_state_json_locked(struct sv_volume *vol);
 void sv_snap_state_free(struct sv_volume *vol);
-/* Drop epochs no live snapshot needs; cow_lock held; returns whether any was dropped. */
-bool sv_snap_gc_locked(struct sv_volume *vol, struct sv_epoch ***dropped, size_t *n_dropped);
+/* Take out the epochs no live snapshot needs (the caller frees them with
+ * sv_epoch_retire after unlocking); cow_lock held.  Waits for snapshot
+ * readers; with wait_writes, also for writes stamped with those epochs,
+ * else it leaves busy epochs for a later pass (a writer calls it). */
+void sv_snap_gc_locked(struct sv_volume *vol, bool wait_writes, struct sv_epoch ***dropped,
+		       size_t *n_dropped);
+/* Live or invalidated. */
 struct sv_snap *sv_snap_find_locked(struct sv_volume *vol, const char *name);
+/* Recompute the current epoch's copy decision from the live snapshots. */
+void sv_snap_refresh_current_locked(struct sv_volume *vol);
+/* The store is full and the policy says drop-snapshot: invalidate the
+ * oldest live snapshot, durably, and free what it alone held.  No locks
+ * held.  -1 if there is none or it could not be recorded. */
+int sv_snap_invalidate_oldest(struct sv_volume *vol);
 int sv_snap_finish_rollback(struct sv_volume *vol);
 
 #endif

@@ -50,8 +50,8 @@
 #include "log.h"
 #include "util.h"
 
-#define JREC_SIZE  32
-#define JREC_MAGIC 0x524a5653u /* the bytes "SVJR" on disk */
+#define JREC_SIZE     32
+#define JREC_MAGIC    0x524a5653u	  /* the bytes "SVJR" on disk */
 #define JOURNAL_SLOTS (UINT64_C(1) << 20) /* 32 MiB of records, sparse */
 static const char JOURNAL_OBJ[] = "journal";
 
@@ -80,8 +80,7 @@ encode_rec(unsigned char *b, uint64_t gen, uint64_t epoch, uint32_t first, uint3
 }
 
 static bool
-decode_rec(const unsigned char *b, uint64_t *gen, uint64_t *epoch, uint32_t *first,
-	   uint32_t *count)
+decode_rec(const unsigned char *b, uint64_t *gen, uint64_t *epoch, uint32_t *first, uint32_t *count)
 {
 	uint32_t magic, crc;
 	memcpy(&magic, b, 4);
@@ -139,8 +138,9 @@ parse_checkpoint(struct sv_volume *vol, const char *buf, size_t len, uint64_t *g
 	uint64_t g;
 	size_t nep, blen;
 	uint32_t crc;
-	if (!nl || sscanf(buf, "snapvol-changed 1 gen=%" SCNu64 " epochs=%zu len=%zu crc32=0x%" SCNx32,
-			  &g, &nep, &blen, &crc) != 4)
+	if (!nl ||
+	    sscanf(buf, "snapvol-changed 1 gen=%" SCNu64 " epochs=%zu len=%zu crc32=0x%" SCNx32, &g,
+		   &nep, &blen, &crc) != 4)
 		return sv_error(EUCLEAN, "volume %s: changed.meta has a bad header", vol->name);
 	const unsigned char *p = (const unsigned char *)nl + 1;
 	size_t have = len - (size_t)((const char *)p - buf);
@@ -163,10 +163,12 @@ parse_checkpoint(struct sv_volume *vol, const char *buf, size_t len, uint64_t *g
 			return sv_error(EUCLEAN, "volume %s: changed.meta is truncated", vol->name);
 		roaring_bitmap_t *bm = roaring_bitmap_portable_deserialize_safe((const char *)p, n);
 		if (!bm)
-			return sv_error(EUCLEAN, "volume %s: changed.meta has a bad bitmap", vol->name);
+			return sv_error(EUCLEAN, "volume %s: changed.meta has a bad bitmap",
+					vol->name);
 		if (!roaring_bitmap_is_empty(bm) && roaring_bitmap_maximum(bm) >= vol->nchunks) {
 			roaring_bitmap_free(bm);
-			return sv_error(EUCLEAN, "volume %s: changed.meta names chunks past the end",
+			return sv_error(EUCLEAN,
+					"volume %s: changed.meta names chunks past the end",
 					vol->name);
 		}
 		struct sv_epoch *ep = sv_epoch_find_locked(vol, id);
@@ -207,10 +209,10 @@ encode_checkpoint_locked(struct sv_volume *vol, uint64_t gen, char **out, size_t
 		p += 16 + n;
 	}
 	uint32_t crc = (uint32_t)crc32(0, (const Bytef *)body, (uInt)blen);
-	int hl = snprintf(hdr, sizeof hdr,
-			  "snapvol-changed 1 gen=%" PRIu64 " epochs=%zu len=%zu crc32=0x%08" PRIx32
-			  "\n",
-			  gen, vol->n_epochs, blen, crc);
+	int hl =
+	    snprintf(hdr, sizeof hdr,
+		     "snapvol-changed 1 gen=%" PRIu64 " epochs=%zu len=%zu crc32=0x%08" PRIx32 "\n",
+		     gen, vol->n_epochs, blen, crc);
 	char *buf = malloc((size_t)hl + blen);
 	if (!buf) {
 		free(body);

@@ -47,7 +47,34 @@ sv_snap_find_locked(struct sv_volume *vol, const char *name)
 	for (size_t i = 0; i < vol->n_snaps; i++)
 		if (!strcmp(vol->snaps[i]->name, name))
 			return vol->snaps[i];
+	for (size_t i = 0; i < vol->n_dead; i++)
+		if (!strcmp(vol->dead[i]->name, name))
+			return vol->dead[i];
 	return NULL;
+}
+
+static int
+add_dead_locked(struct sv_volume *vol, struct sv_snap *s)
+{
+	struct sv_snap **arr = realloc(vol->dead, (vol->n_dead + 1) * sizeof *arr);
+	if (!arr)
+		return sv_error(ENOMEM, "out of memory");
+	vol->dead = arr;
+	s->invalid = true;
+	arr[vol->n_dead++] = s;
+	return 0;
+}
+
+static bool
+remove_dead_locked(struct sv_volume *vol, struct sv_snap *s)
+{
+	for (size_t i = 0; i < vol->n_dead; i++) {
+		if (vol->dead[i] == s) {
+			vol->dead[i] = vol->dead[--vol->n_dead];
+			return true;
+		}
+	}
+	return false;
 }
 
 static int
@@ -86,15 +113,17 @@ json_t *
 sv_snap_state_json_locked(struct sv_volume *vol)
 {
 	json_t *arr = json_array();
-	for (size_t i = 0; i < vol->n_snaps; i++) {
-		const struct sv_snap *s = vol->snaps[i];
+	for (size_t i = 0; i < vol->n_snaps + vol->n_dead; i++) {
+		const struct sv_snap *s =
+		    i < vol->n_snaps ? vol->snaps[i] : vol->dead[i - vol->n_snaps];
 		json_array_append_new(arr, json_pack("{s:s, s:I, s:I, s:s, s:b}", "name", s->name,
 						     "epoch", (json_int_t)s->epoch, "created",
 						     (json_int_t)s->created, "consistency",
 						     s->consistency, "invalid", s->invalid));
 	}
-	json_t *o = json_pack("{s:I, s:o}", "epoch", (json_int_t)sv_current_epoch_locked(vol)->id,
-			      "snapshots", arr);
+	json_t *o = json_pack("{s:I, s:o, s:s}", "epoch",
+			      (json_int_t)sv_current_epoch_locked(vol)->id, "snapshots", arr,
+			      "full_policy", vol->drop_when_full ? "drop-snapshot" : "fail-writes");
 	if (vol->rollback_to[0])
 		json_object_set_new(o, "rollback_to", json_string(vol->rollback_to));
 	return o;
@@ -116,7 +145,8 @@ sv_snap_state_load(struct sv_volume *vol, json_t *m)
 		return sv_error(EUCLEAN, "volume %s: metadata has a bad snapshot list", vol->name);
 	size_t i;
 	json_t *js;
-	json_array_foreach(jsn, i, js) {
+	json_array_foreach(jsn, i, js)
+	{
 		const char *name = json_string_value(json_object_get(js, "name"));
 		json_t *e = json_object_get(js, "epoch"), *c = json_object_get(js, "created");
 		const char *cons = json_string_value(json_object_get(js, "consistency"));
@@ -134,13 +164,20 @@ sv_snap_state_load(struct sv_volume *vol, json_t *m)
 		s->epoch = (uint64_t)json_integer_value(e);
 		s->created = (uint64_t)json_integer_value(c);
 		snprintf(s->consistency, sizeof s->consistency, "%s", cons);
-		s->invalid = json_is_true(inv);
-		if (insert_snap_locked(vol, s) == -1) {
+		if (json_is_true(inv) ? add_dead_locked(vol, s) : insert_snap_locked(vol, s)) {
 			free(s);
 			return -1;
 		}
 		if (s->epoch > cur)
 			cur = s->epoch;
+	}
+	json_t *jfp = json_object_get(m, "full_policy");
+	if (jfp) {
+		const char *fp = json_string_value(jfp);
+		if (!fp || (strcmp(fp, "fail-writes") && strcmp(fp, "drop-snapshot")))
+			return sv_error(EUCLEAN, "volume %s: metadata has a bad full_policy",
+					vol->name);
+		vol->drop_when_full = !strcmp(fp, "drop-snapshot");
 	}
 	if (jrb) {
 		const char *rb = json_string_value(jrb);
@@ -162,18 +199,27 @@ sv_snap_state_free(struct sv_volume *vol)
 	free(vol->snaps);
 	vol->snaps = NULL;
 	vol->n_snaps = 0;
+	for (size_t i = 0; i < vol->n_dead; i++)
+		free(vol->dead[i]);
+	free(vol->dead);
+	vol->dead = NULL;
+	vol->n_dead = 0;
 	for (size_t i = 0; i < vol->n_epochs; i++)
-		sv_epoch_free(vol, vol->epochs[i], false);
+		sv_epoch_free(vol, vol->epochs[i]);
 	free(vol->epochs);
+	while (vol->graveyard) {
+		struct sv_epoch *ep = vol->graveyard;
+		vol->graveyard = ep->grave_next;
+		sv_epoch_free(vol, ep);
+	}
 	vol->epochs = NULL;
 	vol->n_epochs = 0;
 }
 
 /* ---- which epochs are needed ---- */
 
-/* Recompute the current epoch's copy decision from the live snapshots. */
-static void
-refresh_current_locked(struct sv_volume *vol)
+void
+sv_snap_refresh_current_locked(struct sv_volume *vol)
 {
 	struct sv_epoch *cur = sv_current_epoch_locked(vol);
 	if (cur->nocopy) {
@@ -192,37 +238,40 @@ refresh_current_locked(struct sv_volume *vol)
 			roaring_bitmap_or_inplace(cur->nocopy, vol->epochs[i]->changed);
 }
 
-bool
-sv_snap_gc_locked(struct sv_volume *vol, struct sv_epoch ***dropped, size_t *n_dropped)
+void
+sv_snap_gc_locked(struct sv_volume *vol, bool wait_writes, struct sv_epoch ***dropped,
+		  size_t *n_dropped)
 {
-	uint64_t oldest = vol->n_snaps ? vol->snaps[0]->epoch : UINT64_MAX;
-	struct sv_epoch *cur = sv_current_epoch_locked(vol);
-	size_t n = 0;
-	for (size_t i = 0; i < vol->n_epochs; i++)
-		if (vol->epochs[i] != cur && vol->epochs[i]->id < oldest)
-			n++;
 	*dropped = NULL;
 	*n_dropped = 0;
-	if (n == 0)
-		return false;
-	/* Writes stamped with those epochs may still be finishing. */
+	/* Snapshot reads hold epoch pointers between resolving and reading. */
+	while (vol->snap_readers > 0)
+		pthread_cond_wait(&vol->cow_cond, &vol->cow_lock);
+	uint64_t oldest = vol->n_snaps ? vol->snaps[0]->epoch : UINT64_MAX;
+	struct sv_epoch *cur = sv_current_epoch_locked(vol);
 	for (;;) {
 		bool busy = false;
 		for (size_t i = 0; i < vol->n_epochs; i++)
 			if (vol->epochs[i] != cur && vol->epochs[i]->id < oldest &&
 			    vol->epochs[i]->writes)
 				busy = true;
-		if (!busy)
+		if (!busy || !wait_writes)
 			break;
 		pthread_cond_wait(&vol->cow_cond, &vol->cow_lock);
 	}
+	size_t n = 0;
+	for (size_t i = 0; i < vol->n_epochs; i++)
+		if (vol->epochs[i] != cur && vol->epochs[i]->id < oldest && !vol->epochs[i]->writes)
+			n++;
+	if (n == 0)
+		return;
 	struct sv_epoch **d = malloc(n * sizeof *d);
 	if (!d)
-		return false; /* try again next time */
+		return; /* try again next time */
 	size_t k = 0, w = 0;
 	for (size_t i = 0; i < vol->n_epochs; i++) {
 		struct sv_epoch *ep = vol->epochs[i];
-		if (ep != cur && ep->id < oldest)
+		if (ep != cur && ep->id < oldest && !ep->writes)
 			d[k++] = ep;
 		else
 			vol->epochs[w++] = ep;
@@ -230,14 +279,13 @@ sv_snap_gc_locked(struct sv_volume *vol, struct sv_epoch ***dropped, size_t *n_d
 	vol->n_epochs = w;
 	*dropped = d;
 	*n_dropped = k;
-	return true;
 }
 
 static void
 free_dropped(struct sv_volume *vol, struct sv_epoch **d, size_t n)
 {
 	for (size_t i = 0; i < n; i++)
-		sv_epoch_free(vol, d[i], true);
+		sv_epoch_retire(vol, d[i]);
 	free(d);
 }
 
@@ -390,7 +438,7 @@ undo:
 		SV_LOCK_SCOPE(&vol->cow_lock);
 		if (m[i].s && m[i].s->pending) {
 			remove_snap_locked(vol, m[i].s);
-			refresh_current_locked(vol);
+			sv_snap_refresh_current_locked(vol);
 			if (m[i].old)
 				vol->setting_up--;
 			pthread_cond_broadcast(&vol->cow_cond);
@@ -409,21 +457,21 @@ out:
 
 /* ---- listing ---- */
 
+struct epoch_space {
+	uint64_t id, bytes;
+};
+
+/* The epochs from snapshot si up to the next one exist for it (and serve
+ * older ones as fallbacks); the space their objects hold, as measured. */
 static uint64_t
-space_held_locked(struct sv_volume *vol, size_t si)
+space_held_locked(struct sv_volume *vol, size_t si, const struct epoch_space *es, size_t n)
 {
-	/* The epochs from this snapshot up to the next one exist for it (and
-	 * serve older ones as fallbacks); count the space their objects hold. */
 	uint64_t from = vol->snaps[si]->epoch;
 	uint64_t to = si + 1 < vol->n_snaps ? vol->snaps[si + 1]->epoch : UINT64_MAX;
 	uint64_t total = 0;
-	for (size_t i = 0; i < vol->n_epochs; i++) {
-		struct sv_epoch *ep = vol->epochs[i];
-		uint64_t bytes;
-		if (ep->id >= from && ep->id < to && ep->pre &&
-		    vol->ops->obj_allocated(ep->pre, &bytes) == 0)
-			total += bytes;
-	}
+	for (size_t i = 0; i < n; i++)
+		if (es[i].id >= from && es[i].id < to)
+			total += es[i].bytes;
 	return total;
 }
 
@@ -450,28 +498,38 @@ sv_snapshot_list(struct sv_pool *pool, const char *volume, struct sv_snapshot_in
 	struct sv_volume *vol;
 	if (get_volume(pool, volume, &vol) == -1)
 		return -1;
-	/* Open every existing pre-image so its space can be measured. */
+	/* Measure every epoch's pre-image object first (pre_lock, I/O),
+	 * then build the list under cow_lock.  Epoch structs outlive their
+	 * use (the graveyard), so the copied pointers stay valid. */
 	sv_lock_or_abort(&vol->cow_lock);
 	size_t ne = vol->n_epochs;
 	struct sv_epoch **eps = malloc((ne ? ne : 1) * sizeof *eps);
-	if (eps)
-		memcpy(eps, vol->epochs, ne * sizeof *eps);
+	struct epoch_space *es = malloc((ne ? ne : 1) * sizeof *es);
+	for (size_t i = 0; eps && es && i < ne; i++) {
+		eps[i] = vol->epochs[i];
+		es[i] = (struct epoch_space){.id = eps[i]->id};
+	}
 	sv_unlock_or_abort(&vol->cow_lock);
-	if (!eps) {
+	if (!eps || !es) {
+		free(eps);
+		free(es);
 		put_volume(pool, vol);
 		return sv_error(ENOMEM, "out of memory");
 	}
-	sv_lock_or_abort(&vol->admin_lock); /* no epoch is dropped meanwhile */
 	for (size_t i = 0; i < ne; i++) {
 		struct sv_obj *o;
-		(void)sv_epoch_pre(vol, eps[i], false, &o);
+		if (sv_epoch_pre(vol, eps[i], false, &o) == 0 && o &&
+		    vol->ops->obj_allocated(o, &es[i].bytes) == -1)
+			es[i].bytes = 0;
 	}
 	free(eps);
 	sv_lock_or_abort(&vol->cow_lock);
-	struct sv_snapshot_info *out = calloc(vol->n_snaps ? vol->n_snaps : 1, sizeof *out);
+	size_t total = vol->n_snaps + vol->n_dead;
+	struct sv_snapshot_info *out = calloc(total ? total : 1, sizeof *out);
 	size_t k = 0;
-	for (size_t i = 0; out && i < vol->n_snaps; i++) {
-		const struct sv_snap *s = vol->snaps[i];
+	for (size_t i = 0; out && i < total; i++) {
+		const struct sv_snap *s =
+		    i < vol->n_snaps ? vol->snaps[i] : vol->dead[i - vol->n_snaps];
 		if (s->pending)
 			continue;
 		struct sv_snapshot_info *o = &out[k++];
@@ -481,11 +539,11 @@ sv_snapshot_list(struct sv_pool *pool, const char *volume, struct sv_snapshot_in
 		o->created = s->created;
 		snprintf(o->consistency, sizeof o->consistency, "%s", s->consistency);
 		o->invalid = s->invalid;
-		o->space = space_held_locked(vol, i);
+		o->space = i < vol->n_snaps ? space_held_locked(vol, i, es, ne) : 0;
 		o->open_views = s->refs;
 	}
 	sv_unlock_or_abort(&vol->cow_lock);
-	sv_unlock_or_abort(&vol->admin_lock);
+	free(es);
 	put_volume(pool, vol);
 	if (!out)
 		return sv_error(ENOMEM, "out of memory");
@@ -518,13 +576,25 @@ sv_snapshot_delete(struct sv_pool *pool, const char *volume, const char *snap)
 		goto unlock_cow;
 	}
 	if (s->refs) {
-		sv_error(EBUSY, "snapshot %s@%s is in use by %u connection%s", volume, snap, s->refs,
-			 s->refs == 1 ? "" : "s");
+		sv_error(EBUSY, "snapshot %s@%s is in use by %u connection%s", volume, snap,
+			 s->refs, s->refs == 1 ? "" : "s");
 		goto unlock_cow;
 	}
 	if (vol->rollback_to[0] && !strcmp(vol->rollback_to, snap)) {
 		sv_error(EBUSY, "snapshot %s@%s is the target of a rollback", volume, snap);
 		goto unlock_cow;
+	}
+	if (remove_dead_locked(vol, s)) {
+		/* Invalidated: its space is already gone; only its entry is left. */
+		sv_unlock_or_abort(&vol->cow_lock);
+		if (sv_volume_save_meta(vol) == -1) {
+			sv_lock_or_abort(&vol->cow_lock);
+			add_dead_locked(vol, s); /* the array has room: it held s */
+			goto unlock_cow;
+		}
+		free(s);
+		rc = 0;
+		goto unlock_admin;
 	}
 	size_t si = 0;
 	while (vol->snaps[si] != s)
@@ -576,8 +646,8 @@ sv_snapshot_delete(struct sv_pool *pool, const char *volume, const char *snap)
 		}
 		roaring_bitmap_free(u);
 	}
-	refresh_current_locked(vol);
-	sv_snap_gc_locked(vol, &dropped, &ndropped);
+	sv_snap_refresh_current_locked(vol);
+	sv_snap_gc_locked(vol, true, &dropped, &ndropped);
 	sv_unlock_or_abort(&vol->cow_lock);
 
 	/* Bits first (a checkpoint), then space. */
@@ -589,7 +659,8 @@ sv_snapshot_delete(struct sv_pool *pool, const char *volume, const char *snap)
 			roaring_uint32_iterator_t *it = roaring_create_iterator(punches[i].chunks);
 			while (it->has_value) {
 				uint64_t a = it->current_value, z = a + 1;
-				while (roaring_advance_uint32_iterator(it) && it->current_value == z)
+				while (roaring_advance_uint32_iterator(it) &&
+				       it->current_value == z)
 					z++;
 				uint64_t off = a << vol->chunk_shift;
 				uint64_t len = (z - a) << vol->chunk_shift;
@@ -613,6 +684,49 @@ unlock_admin:
 	sv_unlock_or_abort(&vol->admin_lock);
 	put_volume(pool, vol);
 	return rc;
+}
+
+/* ---- a full store ---- */
+
+int
+sv_snap_invalidate_oldest(struct sv_volume *vol)
+{
+	sv_lock_or_abort(&vol->cow_lock);
+	if (!vol->drop_when_full || vol->n_snaps == 0 || vol->snaps[0]->pending) {
+		sv_unlock_or_abort(&vol->cow_lock);
+		return -1;
+	}
+	struct sv_snap *s = vol->snaps[0];
+	remove_snap_locked(vol, s);
+	if (add_dead_locked(vol, s) == -1) {
+		insert_snap_locked(vol, s);
+		sv_unlock_or_abort(&vol->cow_lock);
+		return -1;
+	}
+	sv_unlock_or_abort(&vol->cow_lock);
+	/* Durably invalid before anything it needs is given up. */
+	if (sv_volume_save_meta(vol) == -1) {
+		sv_lock_or_abort(&vol->cow_lock);
+		remove_dead_locked(vol, s);
+		s->invalid = false;
+		insert_snap_locked(vol, s);
+		sv_unlock_or_abort(&vol->cow_lock);
+		return -1;
+	}
+	sv_log_warn("volume %s: the store is full: snapshot %s invalidated to make room "
+		    "(policy drop-snapshot)",
+		    vol->name, s->name);
+	struct sv_epoch **dropped;
+	size_t nd;
+	sv_lock_or_abort(&vol->cow_lock);
+	sv_snap_refresh_current_locked(vol);
+	sv_snap_gc_locked(vol, false, &dropped, &nd);
+	pthread_cond_broadcast(&vol->cow_cond);
+	sv_unlock_or_abort(&vol->cow_lock);
+	if (sv_journal_checkpoint(vol) == -1)
+		sv_log_warn("volume %s: %s", vol->name, sv_last_error());
+	free_dropped(vol, dropped, nd);
+	return 0;
 }
 
 /* ---- rollback ---- */
@@ -669,7 +783,7 @@ do_rollback(struct sv_volume *vol, struct sv_snap *s)
 		for (size_t i = 0; i < vol->n_epochs; i++)
 			if (vol->epochs[i]->id >= s->epoch)
 				roaring_bitmap_clear(vol->epochs[i]->changed);
-		refresh_current_locked(vol);
+		sv_snap_refresh_current_locked(vol);
 		sv_unlock_or_abort(&vol->cow_lock);
 		if (sv_journal_checkpoint(vol) == -1)
 			return -1;
@@ -714,7 +828,8 @@ sv_snapshot_rollback(struct sv_pool *pool, const char *volume, const char *snap)
 	}
 	if (s->invalid) {
 		sv_unlock_or_abort(&vol->cow_lock);
-		sv_error(EIO, "snapshot %s@%s is invalid: it cannot be rolled back to", volume, snap);
+		sv_error(EIO, "snapshot %s@%s is invalid: it cannot be rolled back to", volume,
+			 snap);
 		goto out;
 	}
 	/* Hold new writes; let those in flight finish. */

@@ -75,7 +75,8 @@ sv_view_open(struct sv_pool *pool, const char *export_name, size_t len, struct s
 		v->snap = s;
 		v->readonly = true;
 		snprintf(v->description, sizeof v->description,
-			 "snapvol snapshot %s@%s (%s, %s-consistent)", vol, snap, sz, s->consistency);
+			 "snapvol snapshot %s@%s (%s, %s-consistent)", vol, snap, sz,
+			 s->consistency);
 	} else {
 		snprintf(v->description, sizeof v->description, "snapvol volume %s (%s, live)", vol,
 			 sz);
@@ -176,7 +177,8 @@ sv_view_pwrite(struct sv_view *v, const void *buf, uint32_t len, uint64_t off, u
 	struct sv_write_ticket t;
 	if (sv_cow_write_begin(vol, off, len, true, &t, err) == -1)
 		return -1;
-	int r = vol->ops->obj_pwrite(vol->origin, buf, len, off, (flags & SV_FUA) ? SV_STORE_FUA : 0);
+	int r =
+	    vol->ops->obj_pwrite(vol->origin, buf, len, off, (flags & SV_FUA) ? SV_STORE_FUA : 0);
 	if (r == -1)
 		fail(err);
 	sv_cow_write_end(vol, &t);

@@ -48,11 +48,11 @@ check_geometry(uint64_t size, uint32_t chunk_size)
 				chunk_size);
 	/* Change bitmaps index chunks with 32 bits. */
 	if ((size + chunk_size - 1) / chunk_size > (UINT64_C(1) << 32))
-		return sv_error(EINVAL,
-				"volume size %s is too large for chunk size %s: at most 2^32 chunks "
-				"(use a larger chunk size)",
-				sv_format_size(size, b1, sizeof b1),
-				sv_format_size(chunk_size, b2, sizeof b2));
+		return sv_error(
+		    EINVAL,
+		    "volume size %s is too large for chunk size %s: at most 2^32 chunks "
+		    "(use a larger chunk size)",
+		    sv_format_size(size, b1, sizeof b1), sv_format_size(chunk_size, b2, sizeof b2));
 	return 0;
 }
 
@@ -227,6 +227,40 @@ fill_info_locked(struct sv_pool *pool, const char *name, struct sv_volume_info *
 	if (pool->ops->obj_locate(pool->st, name, ORIGIN, info->origin_path,
 				  sizeof info->origin_path) == -1)
 		info->origin_path[0] = '\0';
+	/* Snapshot figures come from the metadata, without opening (and so
+	 * loading) the volume; its pre-image objects are measured directly. */
+	json_t *body;
+	snprintf(info->full_policy, sizeof info->full_policy, "fail-writes");
+	if (sv_meta_load(pool, name, SV_META_VOLUME, &body) == 0) {
+		const char *fp = json_string_value(json_object_get(body, "full_policy"));
+		if (fp)
+			snprintf(info->full_policy, sizeof info->full_policy, "%s", fp);
+		size_t i;
+		json_t *js;
+		json_array_foreach(json_object_get(body, "snapshots"), i,
+				   js) if (!json_is_true(json_object_get(js, "invalid")))
+		    info->snapshots++;
+		json_decref(body);
+	}
+	info->snapshot_space = 0;
+	if (v) {
+		/* Epoch structs outlive their use (the graveyard), so the
+		 * pointers copied here stay valid. */
+		sv_lock_or_abort(&v->cow_lock);
+		size_t ne = v->n_epochs;
+		struct sv_epoch **eps = malloc((ne ? ne : 1) * sizeof *eps);
+		if (eps)
+			memcpy(eps, v->epochs, ne * sizeof *eps);
+		sv_unlock_or_abort(&v->cow_lock);
+		for (size_t i = 0; eps && i < ne; i++) {
+			uint64_t b;
+			sv_lock_or_abort(&v->pre_lock);
+			if (eps[i]->pre && v->ops->obj_allocated(eps[i]->pre, &b) == 0)
+				info->snapshot_space += b;
+			sv_unlock_or_abort(&v->pre_lock);
+		}
+		free(eps);
+	}
 	return 0;
 }
 
@@ -296,6 +330,7 @@ volume_close(struct sv_volume *v)
 	v->ops->obj_close(v->origin);
 	pthread_mutex_destroy(&v->admin_lock);
 	pthread_mutex_destroy(&v->pre_lock);
+	pthread_mutex_destroy(&v->meta_lock);
 	pthread_mutex_destroy(&v->cow_lock);
 	pthread_cond_destroy(&v->cow_cond);
 	free(v);
@@ -313,20 +348,11 @@ volume_load(struct sv_volume *v, json_t *body)
 	struct sv_epoch **dropped;
 	size_t nd;
 	sv_lock_or_abort(&v->cow_lock);
-	struct sv_epoch *cur = sv_current_epoch_locked(v);
-	cur->cow = v->n_snaps > 0;
-	if (cur->cow && v->snaps[v->n_snaps - 1]->epoch != cur->id) {
-		/* writes stamped with the current epoch skip what the newest
-		 * snapshot already has a pre-image for */
-		cur->nocopy = roaring_bitmap_create();
-		for (size_t i = 0; i < v->n_epochs; i++)
-			if (v->epochs[i]->id >= v->snaps[v->n_snaps - 1]->epoch)
-				roaring_bitmap_or_inplace(cur->nocopy, v->epochs[i]->changed);
-	}
-	sv_snap_gc_locked(v, &dropped, &nd);
+	sv_snap_refresh_current_locked(v);
+	sv_snap_gc_locked(v, true, &dropped, &nd);
 	sv_unlock_or_abort(&v->cow_lock);
 	for (size_t i = 0; i < nd; i++)
-		sv_epoch_free(v, dropped[i], true);
+		sv_epoch_retire(v, dropped[i]);
 	free(dropped);
 	if (sv_journal_checkpoint(v) == -1)
 		return -1;
@@ -375,6 +401,7 @@ sv_volume_get_locked(struct sv_pool *pool, const char *name, struct sv_volume **
 	v->created = m.created;
 	pthread_mutex_init(&v->admin_lock, NULL);
 	pthread_mutex_init(&v->pre_lock, NULL);
+	pthread_mutex_init(&v->meta_lock, NULL);
 	pthread_mutex_init(&v->cow_lock, NULL);
 	pthread_cond_init(&v->cow_cond, NULL);
 	v->inflight = roaring_bitmap_create();
@@ -413,7 +440,8 @@ sv_volume_close_all_locked(struct sv_pool *pool)
 	while (v) {
 		struct sv_volume *next = v->next;
 		if (v->refs)
-			sv_log_warn("volume %s: closing with %u views still open", v->name, v->refs);
+			sv_log_warn("volume %s: closing with %u views still open", v->name,
+				    v->refs);
 		volume_close(v);
 		v = next;
 	}
@@ -429,6 +457,7 @@ sv_volume_save_meta(struct sv_volume *vol)
 				 "created", (json_int_t)vol->created);
 	if (!body)
 		return sv_error(ENOMEM, "out of memory");
+	SV_LOCK_SCOPE(&vol->meta_lock);
 	sv_lock_or_abort(&vol->cow_lock);
 	json_t *st = sv_snap_state_json_locked(vol);
 	sv_unlock_or_abort(&vol->cow_lock);
@@ -459,4 +488,37 @@ sv_volume_cow_stats(struct sv_pool *pool, const char *name, struct sv_cow_stats 
 	sv_unlock_or_abort(&v->journal.lock);
 	sv_volume_put_locked(v);
 	return 0;
+}
+
+int
+sv_volume_set_policy(struct sv_pool *pool, const char *name, const char *policy)
+{
+	if (strcmp(policy, "fail-writes") && strcmp(policy, "drop-snapshot"))
+		return sv_error(EINVAL,
+				"full policy must be 'fail-writes' or 'drop-snapshot', not '%s'",
+				policy);
+	if (sv_check_name(name, "volume") == -1)
+		return -1;
+	struct sv_volume *v;
+	sv_lock_or_abort(&pool->lock);
+	int r = sv_volume_get_locked(pool, name, &v);
+	sv_unlock_or_abort(&pool->lock);
+	if (r == -1)
+		return -1;
+	sv_lock_or_abort(&v->admin_lock);
+	sv_lock_or_abort(&v->cow_lock);
+	bool old = v->drop_when_full;
+	v->drop_when_full = !strcmp(policy, "drop-snapshot");
+	sv_unlock_or_abort(&v->cow_lock);
+	r = sv_volume_save_meta(v);
+	if (r == -1) {
+		sv_lock_or_abort(&v->cow_lock);
+		v->drop_when_full = old;
+		sv_unlock_or_abort(&v->cow_lock);
+	}
+	sv_unlock_or_abort(&v->admin_lock);
+	sv_lock_or_abort(&pool->lock);
+	sv_volume_put_locked(v);
+	sv_unlock_or_abort(&pool->lock);
+	return r;
 }

@@ -31,7 +31,7 @@
 #include "engine.h"
 #include "error.h"
 
-#define VOL_SIZE (1u << 20) /* 256 chunks of 4 KiB */
+#define VOL_SIZE  (1u << 20) /* 256 chunks of 4 KiB */
 #define MAX_SNAPS 12
 
 struct fixture {
@@ -116,8 +116,8 @@ static void
 test_model(void **state)
 {
 	struct fixture *f = *state;
-	unsigned seed = getenv("SNAPVOL_SEED") ? (unsigned)atoi(getenv("SNAPVOL_SEED"))
-					       : (unsigned)time(NULL);
+	unsigned seed =
+	    getenv("SNAPVOL_SEED") ? (unsigned)atoi(getenv("SNAPVOL_SEED")) : (unsigned)time(NULL);
 	int steps = getenv("SNAPVOL_STEPS") ? atoi(getenv("SNAPVOL_STEPS")) : 1500;
 	printf("test_model: seed %u, %d steps (SNAPVOL_SEED=%u to replay)\n", seed, steps, seed);
 	unsigned rng = seed;
@@ -140,9 +140,9 @@ test_model(void **state)
 			len = VOL_SIZE - off;
 		if (op < 45) {
 			fill(buf, len, &rng);
-			assert_int_equal(sv_view_pwrite(v, buf, len, off, rand_r(&rng) % 8 ? 0 : SV_FUA,
-							&err),
-					 0);
+			assert_int_equal(
+			    sv_view_pwrite(v, buf, len, off, rand_r(&rng) % 8 ? 0 : SV_FUA, &err),
+			    0);
 			memcpy(model + off, buf, len);
 		} else if (op < 52) {
 			assert_int_equal(sv_view_trim(v, len, off, 0, &err), 0);
@@ -160,15 +160,16 @@ test_model(void **state)
 			snprintf(spec, sizeof spec, "m@%.15s", s->name);
 			const char *specs[] = {spec};
 			if (sv_snapshot_create(f->pool, specs, 1, NULL) == -1)
-				fail_msg("seed %u step %d: snapshot: %s", seed, step, sv_last_error());
+				fail_msg("seed %u step %d: snapshot: %s", seed, step,
+					 sv_last_error());
 			s->data = malloc(VOL_SIZE);
 			memcpy(s->data, model, VOL_SIZE);
 			nsnaps++;
 		} else if (op < 80 && nsnaps > 0) {
 			int i = rand_r(&rng) % nsnaps;
 			if (sv_snapshot_delete(f->pool, "m", snaps[i].name) == -1)
-				fail_msg("seed %u step %d: delete %s: %s", seed, step, snaps[i].name,
-					 sv_last_error());
+				fail_msg("seed %u step %d: delete %s: %s", seed, step,
+					 snaps[i].name, sv_last_error());
 			free(snaps[i].data);
 			snaps[i] = snaps[--nsnaps];
 		} else if (op < 84 && nsnaps > 0) {
@@ -362,9 +363,9 @@ int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_properties, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_group, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_model, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_properties, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_group, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_model, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
