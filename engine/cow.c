@@ -325,10 +325,17 @@ sv_cow_write_end(struct sv_volume *vol, struct sv_write_ticket *t)
 
 /* ---- the snapshot read path ---- */
 
-/* The epoch holding snapshot s's contents of chunk c, or NULL: the origin. */
+/* Stands for "reads as zeros" (a chunk released from the snapshot). */
+static struct sv_epoch zero_source;
+#define ZEROS (&zero_source)
+
+/* The epoch holding snapshot s's contents of chunk c, NULL for the origin,
+ * or ZEROS. */
 static struct sv_epoch *
 source_locked(struct sv_volume *vol, const struct sv_snap *s, uint64_t c)
 {
+	if (s->released && roaring_bitmap_contains(s->released, (uint32_t)c))
+		return ZEROS;
 	for (size_t i = 0; i < vol->n_epochs; i++) {
 		struct sv_epoch *ep = vol->epochs[i];
 		if (ep->id >= s->epoch && roaring_bitmap_contains(ep->changed, (uint32_t)c))
@@ -376,7 +383,11 @@ read_segment(struct sv_volume *vol, const struct segment *sg, char *dst)
 {
 	if (!sg->ep)
 		return vol->ops->obj_pread(vol->origin, dst, sg->len, sg->off);
-	struct sv_obj *pre;
+	struct sv_obj *pre = NULL;
+	if (sg->ep == ZEROS) {
+		memset(dst, 0, sg->len);
+		return 0;
+	}
 	if (sv_epoch_pre(vol, sg->ep, false, &pre) == -1)
 		return -1;
 	if (!pre) { /* only holes were ever copied into this epoch */
@@ -461,7 +472,9 @@ sv_cow_snap_extents(struct sv_volume *vol, struct sv_snap *s, uint64_t len, uint
 		bool full = false;
 		for (size_t i = 0; i < n && !full; i++) {
 			struct sv_obj *o = vol->origin;
-			if (seg[i].ep && sv_epoch_pre(vol, seg[i].ep, false, &o) == -1)
+			if (seg[i].ep == ZEROS)
+				o = NULL;
+			else if (seg[i].ep && sv_epoch_pre(vol, seg[i].ep, false, &o) == -1)
 				goto fail;
 			uint64_t pos = seg[i].off, end = seg[i].off + seg[i].len;
 			while (pos < end) {

@@ -152,6 +152,10 @@ int sv_view_pread(struct sv_view *v, void *buf, uint32_t len, uint64_t off, int 
 int sv_view_read_fd(struct sv_view *v, uint32_t len, uint64_t off, int *fd, uint64_t *fd_off);
 int sv_view_pwrite(struct sv_view *v, const void *buf, uint32_t len, uint64_t off, unsigned flags,
 		   int *err);
+/* On a snapshot's (otherwise read-only) view, a trim releases the whole
+ * chunks of the range: they read as zeros from then on, their pre-images
+ * are dropped where no older snapshot needs them, and no more copies are
+ * made for them: a backup reader frees the space behind itself. */
 int sv_view_trim(struct sv_view *v, uint32_t len, uint64_t off, unsigned flags, int *err);
 int sv_view_zero(struct sv_view *v, uint32_t len, uint64_t off, unsigned flags, int *err);
 /* Makes every write completed on any view of the volume durable. */

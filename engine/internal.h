@@ -51,6 +51,10 @@ struct sv_snap {
 	bool pending;	     /* being created: not listed, not exportable */
 	bool invalid;	     /* its pre-images could not be kept: unreadable */
 	unsigned refs;	     /* open views; cow_lock */
+	/* Chunks a reader trimmed on the snapshot's export: they read as
+	 * zeros and their pre-images are given up (snapshot.c).  cow_lock;
+	 * NULL when none. */
+	roaring_bitmap_t *released;
 };
 
 /* The change journal (journal.c): durable records of committed copies. */
@@ -209,5 +213,10 @@ void sv_snap_refresh_current_locked(struct sv_volume *vol);
  * held.  -1 if there is none or it could not be recorded. */
 int sv_snap_invalidate_oldest(struct sv_volume *vol);
 int sv_snap_finish_rollback(struct sv_volume *vol);
+/* Trim on a snapshot's export: release whole chunks of [off, off+len). */
+int sv_snap_release(struct sv_volume *vol, struct sv_snap *s, uint64_t off, uint64_t len, int *err);
+int sv_snap_released_load(struct sv_volume *vol);
+int sv_snap_released_save(struct sv_volume *vol);
+#define SV_META_RELEASED "released.meta"
 
 #endif

@@ -30,6 +30,7 @@
  * rolled-back chunks; every request that starts after the call returns sees
  * the snapshot's contents.
  */
+#include <endian.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -41,6 +42,8 @@
 #include "log.h"
 #include "util.h"
 
+#include <zlib.h>
+
 struct sv_snap *
 sv_snap_find_locked(struct sv_volume *vol, const char *name)
 {
@@ -51,6 +54,14 @@ sv_snap_find_locked(struct sv_volume *vol, const char *name)
 		if (!strcmp(vol->dead[i]->name, name))
 			return vol->dead[i];
 	return NULL;
+}
+
+static void
+snap_free(struct sv_snap *s)
+{
+	if (s && s->released)
+		roaring_bitmap_free(s->released);
+	free(s);
 }
 
 static int
@@ -195,12 +206,12 @@ void
 sv_snap_state_free(struct sv_volume *vol)
 {
 	for (size_t i = 0; i < vol->n_snaps; i++)
-		free(vol->snaps[i]);
+		snap_free(vol->snaps[i]);
 	free(vol->snaps);
 	vol->snaps = NULL;
 	vol->n_snaps = 0;
 	for (size_t i = 0; i < vol->n_dead; i++)
-		free(vol->dead[i]);
+		snap_free(vol->dead[i]);
 	free(vol->dead);
 	vol->dead = NULL;
 	vol->n_dead = 0;
@@ -218,6 +229,267 @@ sv_snap_state_free(struct sv_volume *vol)
 
 /* ---- which epochs are needed ---- */
 
+/* Pre-images to give back: chunks of an epoch's object. */
+struct punch {
+	struct sv_epoch *ep;
+	roaring_bitmap_t *chunks;
+};
+
+/* Punch each run of chunks; frees the list.  No locks held. */
+static void
+punch_all(struct sv_volume *vol, struct punch *punches, size_t npunch)
+{
+	for (size_t i = 0; i < npunch; i++) {
+		struct sv_obj *pre;
+		if (sv_epoch_pre(vol, punches[i].ep, false, &pre) == 0 && pre) {
+			roaring_uint32_iterator_t *it = roaring_create_iterator(punches[i].chunks);
+			while (it->has_value) {
+				uint64_t a = it->current_value, z = a + 1;
+				while (roaring_advance_uint32_iterator(it) &&
+				       it->current_value == z)
+					z++;
+				uint64_t off = a << vol->chunk_shift;
+				uint64_t len = (z - a) << vol->chunk_shift;
+				if (off + len > vol->size)
+					len = vol->size - off;
+				if (vol->ops->obj_punch(pre, off, len) == -1)
+					sv_log_warn("volume %s: cannot free space: %m", vol->name);
+			}
+			roaring_free_uint32_iterator(it);
+		}
+		roaring_bitmap_free(punches[i].chunks);
+	}
+	free(punches);
+}
+
+/* ---- released ranges (trim on a snapshot's export) ---- */
+
+/* Of the chunks r, those no snapshot older than vol->snaps[si] needs from
+ * si's epochs: an older snapshot needs chunk c there unless it released c
+ * or an epoch between it and si already holds c's pre-image. */
+static roaring_bitmap_t *
+releasable_locked(struct sv_volume *vol, size_t si, const roaring_bitmap_t *r)
+{
+	roaring_bitmap_t *out = roaring_bitmap_copy(r);
+	roaring_bitmap_t *held = roaring_bitmap_create();
+	uint64_t upto = vol->snaps[si]->epoch;
+	for (size_t i = si; i-- > 0 && !roaring_bitmap_is_empty(out);) {
+		const struct sv_snap *older = vol->snaps[i];
+		for (size_t e = 0; e < vol->n_epochs; e++)
+			if (vol->epochs[e]->id >= older->epoch && vol->epochs[e]->id < upto)
+				roaring_bitmap_or_inplace(held, vol->epochs[e]->changed);
+		upto = older->epoch;
+		roaring_bitmap_t *need = roaring_bitmap_andnot(out, held);
+		if (older->released)
+			roaring_bitmap_andnot_inplace(need, older->released);
+		roaring_bitmap_andnot_inplace(out, need);
+		roaring_bitmap_free(need);
+	}
+	roaring_bitmap_free(held);
+	return out;
+}
+
+/* The newest snapshot's releasable chunks need no more copies. */
+static void
+add_released_locked(struct sv_volume *vol)
+{
+	struct sv_epoch *cur = sv_current_epoch_locked(vol);
+	size_t si = vol->n_snaps - 1;
+	if (!vol->snaps[si]->released)
+		return;
+	roaring_bitmap_t *rel = releasable_locked(vol, si, vol->snaps[si]->released);
+	roaring_bitmap_or_inplace(cur->nocopy, rel);
+	roaring_bitmap_free(rel);
+}
+
+/* released.meta: "snapvol-released 1 n=N len=L crc32=0x...\n", then per
+ * snapshot: u16 name length, the name, u64 length, a portable bitmap. */
+int
+sv_snap_released_save(struct sv_volume *vol)
+{
+	SV_LOCK_SCOPE(&vol->meta_lock);
+	sv_lock_or_abort(&vol->cow_lock);
+	size_t blen = 0, n = 0;
+	for (size_t i = 0; i < vol->n_snaps; i++) {
+		if (!vol->snaps[i]->released)
+			continue;
+		roaring_bitmap_run_optimize(vol->snaps[i]->released);
+		blen += 2 + strlen(vol->snaps[i]->name) + 8 +
+			roaring_bitmap_portable_size_in_bytes(vol->snaps[i]->released);
+		n++;
+	}
+	char *buf = malloc(blen + 128);
+	if (!buf) {
+		sv_unlock_or_abort(&vol->cow_lock);
+		return sv_error(ENOMEM, "out of memory");
+	}
+	char *p = buf + 128;
+	for (size_t i = 0; i < vol->n_snaps; i++) {
+		const struct sv_snap *s = vol->snaps[i];
+		if (!s->released)
+			continue;
+		uint16_t nl = htole16((uint16_t)strlen(s->name));
+		uint64_t bl = htole64(roaring_bitmap_portable_size_in_bytes(s->released));
+		memcpy(p, &nl, 2);
+		memcpy(p + 2, s->name, strlen(s->name));
+		p += 2 + strlen(s->name);
+		memcpy(p, &bl, 8);
+		p += 8;
+		p += roaring_bitmap_portable_serialize(s->released, p);
+	}
+	sv_unlock_or_abort(&vol->cow_lock);
+	char hdr[128];
+	int hl =
+	    snprintf(hdr, sizeof hdr, "snapvol-released 1 n=%zu len=%zu crc32=0x%08" PRIx32 "\n", n,
+		     blen, (uint32_t)crc32(0, (const Bytef *)buf + 128, (uInt)blen));
+	memcpy(buf + 128 - hl, hdr, (size_t)hl);
+	int r = vol->ops->meta_write(vol->pool->st, vol->name, SV_META_RELEASED, buf + 128 - hl,
+				     (size_t)hl + blen);
+	free(buf);
+	if (r == -1)
+		return sv_error_errno("volume %s: cannot write released.meta", vol->name);
+	return 0;
+}
+
+int
+sv_snap_released_load(struct sv_volume *vol)
+{
+	char *buf;
+	size_t len;
+	if (vol->ops->meta_read(vol->pool->st, vol->name, SV_META_RELEASED, &buf, &len) == -1) {
+		if (errno == ENOENT)
+			return 0;
+		return sv_error_errno("volume %s: reading released.meta", vol->name);
+	}
+	int rc = sv_error(EUCLEAN, "volume %s: released.meta is damaged", vol->name);
+	const char *nl = memchr(buf, '\n', len < 128 ? len : 128);
+	size_t n, blen;
+	uint32_t crc;
+	if (!nl ||
+	    sscanf(buf, "snapvol-released 1 n=%zu len=%zu crc32=0x%" SCNx32, &n, &blen, &crc) != 3)
+		goto out;
+	const char *p = nl + 1;
+	size_t have = len - (size_t)(p - buf);
+	if (have != blen || (uint32_t)crc32(0, (const Bytef *)p, (uInt)blen) != crc)
+		goto out;
+	for (size_t i = 0; i < n; i++) {
+		uint16_t l;
+		uint64_t bl;
+		if (have < 2)
+			goto out;
+		memcpy(&l, p, 2);
+		l = le16toh(l);
+		if (l > SV_NAME_MAX || have < 2u + l + 8u)
+			goto out;
+		char name[SV_NAME_MAX + 1];
+		memcpy(name, p + 2, l);
+		name[l] = '\0';
+		memcpy(&bl, p + 2 + l, 8);
+		bl = le64toh(bl);
+		p += 2 + l + 8;
+		have -= 2u + l + 8u;
+		if (bl > have)
+			goto out;
+		roaring_bitmap_t *bm = roaring_bitmap_portable_deserialize_safe(p, bl);
+		if (!bm)
+			goto out;
+		struct sv_snap *s = sv_snap_find_locked(vol, name);
+		if (s && !s->invalid && !s->released)
+			s->released = bm; /* others: a snapshot deleted since, ignore */
+		else
+			roaring_bitmap_free(bm);
+		p += bl;
+		have -= bl;
+	}
+	rc = 0;
+out:
+	free(buf);
+	return rc;
+}
+
+int
+sv_snap_release(struct sv_volume *vol, struct sv_snap *s, uint64_t off, uint64_t len, int *err)
+{
+	/* Only whole chunks are released; the last chunk of the volume
+	 * counts as whole when the range reaches the end. */
+	uint64_t cs = vol->chunk_size;
+	uint64_t a = (off + cs - 1) >> vol->chunk_shift;
+	uint64_t z = (off + len == vol->size) ? vol->nchunks : (off + len) >> vol->chunk_shift;
+	if (a >= z)
+		return 0;
+	sv_lock_or_abort(&vol->cow_lock);
+	size_t si = 0;
+	while (si < vol->n_snaps && vol->snaps[si] != s)
+		si++;
+	if (si == vol->n_snaps) { /* invalidated meanwhile */
+		sv_unlock_or_abort(&vol->cow_lock);
+		*err = EIO;
+		return -1;
+	}
+	roaring_bitmap_t *r = roaring_bitmap_from_range(a, z, 1);
+	if (s->released)
+		roaring_bitmap_andnot_inplace(r, s->released);
+	if (roaring_bitmap_is_empty(r)) {
+		sv_unlock_or_abort(&vol->cow_lock);
+		roaring_bitmap_free(r);
+		return 0;
+	}
+	bool had = s->released != NULL;
+	if (!had)
+		s->released = roaring_bitmap_create();
+	roaring_bitmap_or_inplace(s->released, r);
+	sv_unlock_or_abort(&vol->cow_lock);
+
+	/* Recorded before anything is given up. */
+	if (sv_snap_released_save(vol) == -1) {
+		sv_lock_or_abort(&vol->cow_lock);
+		roaring_bitmap_andnot_inplace(s->released, r);
+		if (!had) {
+			roaring_bitmap_free(s->released);
+			s->released = NULL;
+		}
+		sv_unlock_or_abort(&vol->cow_lock);
+		roaring_bitmap_free(r);
+		*err = sv_last_errno();
+		return -1;
+	}
+
+	/* What may go: its pre-images in this snapshot's own epochs, and, for
+	 * the newest snapshot, any further copy of it. */
+	struct punch *punches = NULL;
+	size_t npunch = 0;
+	sv_lock_or_abort(&vol->cow_lock);
+	/* s cannot have gone: its export holds a reference */
+	while (vol->snaps[si] != s)
+		si--;
+	roaring_bitmap_t *rel = releasable_locked(vol, si, r);
+	uint64_t next = si + 1 < vol->n_snaps ? vol->snaps[si + 1]->epoch : UINT64_MAX;
+	if (si + 1 == vol->n_snaps) {
+		struct sv_epoch *cur = sv_current_epoch_locked(vol);
+		if (!cur->nocopy)
+			cur->nocopy = roaring_bitmap_copy(cur->changed);
+		roaring_bitmap_or_inplace(cur->nocopy, rel);
+	}
+	punches = calloc(vol->n_epochs ? vol->n_epochs : 1, sizeof *punches);
+	for (size_t i = 0; punches && i < vol->n_epochs && !roaring_bitmap_is_empty(rel); i++) {
+		struct sv_epoch *ep = vol->epochs[i];
+		if (ep->id < s->epoch || ep->id >= next)
+			continue;
+		roaring_bitmap_t *pj = roaring_bitmap_and(rel, ep->changed);
+		roaring_bitmap_andnot_inplace(rel, pj);
+		if (roaring_bitmap_is_empty(pj)) {
+			roaring_bitmap_free(pj);
+			continue;
+		}
+		punches[npunch++] = (struct punch){.ep = ep, .chunks = pj};
+	}
+	sv_unlock_or_abort(&vol->cow_lock);
+	roaring_bitmap_free(rel);
+	roaring_bitmap_free(r);
+	punch_all(vol, punches, npunch);
+	return 0;
+}
+
 void
 sv_snap_refresh_current_locked(struct sv_volume *vol)
 {
@@ -230,12 +502,18 @@ sv_snap_refresh_current_locked(struct sv_volume *vol)
 	if (!cur->cow)
 		return;
 	uint64_t newest = vol->snaps[vol->n_snaps - 1]->epoch;
-	if (newest == cur->id)
+	if (newest == cur->id) {
+		if (vol->snaps[vol->n_snaps - 1]->released) {
+			cur->nocopy = roaring_bitmap_copy(cur->changed);
+			add_released_locked(vol);
+		}
 		return;
+	}
 	cur->nocopy = roaring_bitmap_create();
 	for (size_t i = 0; i < vol->n_epochs; i++)
 		if (vol->epochs[i]->id >= newest)
 			roaring_bitmap_or_inplace(cur->nocopy, vol->epochs[i]->changed);
+	add_released_locked(vol);
 }
 
 void
@@ -554,11 +832,6 @@ sv_snapshot_list(struct sv_pool *pool, const char *volume, struct sv_snapshot_in
 
 /* ---- deleting ---- */
 
-struct punch {
-	struct sv_epoch *ep;
-	roaring_bitmap_t *chunks;
-};
-
 int
 sv_snapshot_delete(struct sv_pool *pool, const char *volume, const char *snap)
 {
@@ -592,7 +865,7 @@ sv_snapshot_delete(struct sv_pool *pool, const char *volume, const char *snap)
 			add_dead_locked(vol, s); /* the array has room: it held s */
 			goto unlock_cow;
 		}
-		free(s);
+		snap_free(s);
 		rc = 0;
 		goto unlock_admin;
 	}
@@ -612,7 +885,8 @@ sv_snapshot_delete(struct sv_pool *pool, const char *volume, const char *snap)
 		sv_unlock_or_abort(&vol->cow_lock);
 		goto unlock_admin;
 	}
-	free(s);
+	snap_free(s);
+	(void)sv_snap_released_save(vol);
 
 	/* The snapshot is gone for good; now give its space back. */
 	struct punch *punches = NULL;
@@ -653,27 +927,7 @@ sv_snapshot_delete(struct sv_pool *pool, const char *volume, const char *snap)
 	/* Bits first (a checkpoint), then space. */
 	if (sv_journal_checkpoint(vol) == -1)
 		sv_log_warn("volume %s: %s", vol->name, sv_last_error());
-	for (size_t i = 0; i < npunch; i++) {
-		struct sv_obj *pre;
-		if (sv_epoch_pre(vol, punches[i].ep, false, &pre) == 0 && pre) {
-			roaring_uint32_iterator_t *it = roaring_create_iterator(punches[i].chunks);
-			while (it->has_value) {
-				uint64_t a = it->current_value, z = a + 1;
-				while (roaring_advance_uint32_iterator(it) &&
-				       it->current_value == z)
-					z++;
-				uint64_t off = a << vol->chunk_shift;
-				uint64_t len = (z - a) << vol->chunk_shift;
-				if (off + len > vol->size)
-					len = vol->size - off;
-				if (vol->ops->obj_punch(pre, off, len) == -1)
-					sv_log_warn("volume %s: cannot free space: %m", vol->name);
-			}
-			roaring_free_uint32_iterator(it);
-		}
-		roaring_bitmap_free(punches[i].chunks);
-	}
-	free(punches);
+	punch_all(vol, punches, npunch);
 	free_dropped(vol, dropped, ndropped);
 	rc = 0;
 	goto unlock_admin;
@@ -740,6 +994,9 @@ do_rollback(struct sv_volume *vol, struct sv_snap *s)
 	for (size_t i = 0; i < vol->n_epochs; i++)
 		if (vol->epochs[i]->id >= s->epoch)
 			roaring_bitmap_or_inplace(d, vol->epochs[i]->changed);
+	/* Released chunks read as zeros in the snapshot: so they become. */
+	if (s->released)
+		roaring_bitmap_or_inplace(d, s->released);
 	bool newest = vol->snaps[vol->n_snaps - 1] == s;
 	sv_unlock_or_abort(&vol->cow_lock);
 
@@ -776,9 +1033,11 @@ do_rollback(struct sv_volume *vol, struct sv_snap *s)
 	if (err)
 		return sv_error(err, "volume %s: rollback to %s failed: %s", vol->name, s->name,
 				strerror(err));
-	if (newest) {
+	if (newest && !s->released) {
 		/* The origin is the snapshot again, exactly: nothing has changed
-		 * since it, and its pre-images are redundant. */
+		 * since it, and its pre-images are redundant.  (Not so with
+		 * released chunks: the origin now holds zeros there, and older
+		 * snapshots may still need what the pre-images hold.) */
 		sv_lock_or_abort(&vol->cow_lock);
 		for (size_t i = 0; i < vol->n_epochs; i++)
 			if (vol->epochs[i]->id >= s->epoch)

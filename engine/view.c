@@ -197,8 +197,10 @@ int
 sv_view_trim(struct sv_view *v, uint32_t len, uint64_t off, unsigned flags, int *err)
 {
 	assert_range(v, len, off);
-	assert(!v->readonly);
 	struct sv_volume *vol = v->vol;
+	/* On a snapshot: the reader is done with the range (snapshot.c). */
+	if (v->snap)
+		return sv_snap_release(vol, v->snap, off, len, err);
 	struct sv_write_ticket t;
 	if (sv_cow_write_begin(vol, off, len, true, &t, err) == -1)
 		return -1;

@@ -342,8 +342,8 @@ volume_close(struct sv_volume *v)
 static int
 volume_load(struct sv_volume *v, json_t *body)
 {
-	if (sv_snap_state_load(v, body) == -1 || sv_journal_open(v) == -1 ||
-	    sv_journal_load(v, body) == -1)
+	if (sv_snap_state_load(v, body) == -1 || sv_snap_released_load(v) == -1 ||
+	    sv_journal_open(v) == -1 || sv_journal_load(v, body) == -1)
 		return -1;
 	struct sv_epoch **dropped;
 	size_t nd;

@@ -178,7 +178,22 @@ test_model(void **state)
 				fail_msg("seed %u step %d: rollback %s: %s", seed, step,
 					 snaps[i].name, sv_last_error());
 			memcpy(model, snaps[i].data, VOL_SIZE);
-		} else if (op < 87) {
+		} else if (op < 86 && nsnaps > 0) {
+			/* a backup reader releases a range of a snapshot: its whole
+			 * chunks read as zeros from then on */
+			int i = rand_r(&rng) % nsnaps;
+			char spec[64];
+			snprintf(spec, sizeof spec, "m@%.15s", snaps[i].name);
+			struct sv_view *sv = open_view(f->pool, spec);
+			if (sv_view_trim(sv, len, off, 0, &err) == -1)
+				fail_msg("seed %u step %d: release: %s", seed, step, strerror(err));
+			sv_view_close(sv);
+			uint64_t a = (off + 4095) / 4096, z = (off + len) / 4096;
+			if (off + len == VOL_SIZE)
+				z = VOL_SIZE / 4096;
+			for (uint64_t c = a; c < z; c++)
+				memset(snaps[i].data + c * 4096, 0, 4096);
+		} else if (op < 89) {
 			/* clean restart: every bit of state comes back from disk */
 			sv_view_close(v);
 			sv_pool_close(f->pool);
@@ -297,6 +312,34 @@ test_properties(void **state)
 	struct sv_view *nv;
 	assert_int_equal(sv_view_open(f->pool, "p@nope", 6, &nv), -1);
 	assert_int_equal(sv_last_errno(), ENOENT);
+
+	/* a reader releases what it has read of the newest snapshot: its
+	 * pre-images go, and rewriting those chunks copies nothing */
+	struct sv_view *s9 = open_view(f->pool, "p@s9");
+	assert_int_equal(sv_view_trim(s9, 65536, 0, 0, &err), 0);
+	assert_int_equal(sv_view_pread(s9, buf, 4096, 0, &err), 0);
+	assert_int_equal(buf[0], 0);
+	assert_int_equal(sv_volume_cow_stats(f->pool, "p", &st), 0);
+	uint64_t copied = st.copied_bytes;
+	write_pattern(v, 0, 65536, 0x19); /* chunks 0..15: s0..s8 still need some */
+	assert_int_equal(sv_volume_cow_stats(f->pool, "p", &st), 0);
+	/* chunks 0 and 2..9 were copied already; 1 and 10..15 are still
+	 * needed by s0..s8 (not released there), so they are copied */
+	assert_int_equal(st.copied_bytes, copied + 7 * 4096);
+	sv_view_close(s9);
+	/* released from every snapshot: no copy at all */
+	for (int i = 0; i < 10; i++) {
+		char spec[16];
+		snprintf(spec, sizeof spec, "p@s%d", i);
+		struct sv_view *sv = open_view(f->pool, spec);
+		assert_int_equal(sv_view_trim(sv, 65536, 65536, 0, &err), 0);
+		sv_view_close(sv);
+	}
+	assert_int_equal(sv_volume_cow_stats(f->pool, "p", &st), 0);
+	copied = st.copied_bytes;
+	write_pattern(v, 65536, 65536, 0x1a);
+	assert_int_equal(sv_volume_cow_stats(f->pool, "p", &st), 0);
+	assert_int_equal(st.copied_bytes, copied);
 
 	/* deleting every snapshot gives all the space back */
 	for (int i = 0; i < 10; i++) {
