@@ -4,10 +4,11 @@
  * CLI, scripts and other programs drive snapvol the same way.
  *
  * Wire format (docs/control-protocol.md has the full list of commands):
- *   server greets: {"snapvol": {"version": "0.1.0", "pool": "./data"}}
+ *   server greets: {"snapvol": {"version": "0.1.0", "protocol": 1, "pool": "./data", "pid": N}}
  *   request:       {"execute": "create", "arguments": {...}, "id": ANY}
  *   success:       {"return": {...}, "id": ANY}
  *   failure:       {"error": {"class": "EEXIST", "errno": 17, "desc": "..."}, "id": ANY}
+ * "class" is the errno's name, or JSONError, CommandNotFound, LineTooLong.
  * "id" is optional and echoed.  A line that is not a JSON object, has no
  * "execute", names an unknown command or carries wrong arguments gets an
  * error reply; the connection stays usable.  Lines are limited to 1 MiB.

@@ -1,0 +1,501 @@
+/*
+ * commands.c: the subcommands that are control commands (create, delete,
+ * list, info, status, call), and how the CLI decides where they run.
+ *
+ * A subcommand turns its command line into a control command and its
+ * arguments, then:
+ *  1. tries the control socket (POOL/control.sock, or --control): if a
+ *     server greets, the command runs there and the server owns the pool;
+ *  2. else opens the pool itself, which takes the pool's lock, and runs the
+ *     same command through sv_ctl_execute in this process.  If the lock is
+ *     held (a server whose control socket does not answer, or another CLI
+ *     working directly), it says exactly that, with the holder's pid.
+ * Either way the result is the same JSON reply, printed as JSON (--json:
+ * the "return" value) or for people (tables, "key: value" lines).
+ *
+ * Arguments the CLI can check itself (a name, a size) are checked before
+ * anything is contacted, so a typo is a usage error (exit 2) whether or not
+ * a server runs; the command table checks them again for other clients.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "ctl.h"
+#include "engine.h"
+#include "error.h"
+#include "log.h"
+#include "names.h"
+#include "util.h"
+
+/* ---- where a command runs ---- */
+
+void
+cli_pool_in_use_message(const struct cli *cli, const char *control, const char *why, char *buf,
+			size_t len)
+{
+	/* The file backend writes its pid into pool.lock (a hint: the flock
+	 * is the lock).  Name it only if that process exists. */
+	char pidinfo[48] = "";
+	char *lockfile = cli_pool_file(cli, "pool.lock");
+	FILE *f = fopen(lockfile, "r");
+	long pid;
+	if (f) {
+		if (fscanf(f, "%ld", &pid) == 1 && pid > 0) {
+			char proc[64];
+			struct stat st;
+			snprintf(proc, sizeof proc, "/proc/%ld", pid);
+			if (stat(proc, &st) == 0)
+				snprintf(pidinfo, sizeof pidinfo, " (pid %ld)", pid);
+		}
+		fclose(f);
+	}
+	free(lockfile);
+	snprintf(buf, len,
+		 "pool %s is in use by another process%s and its control socket %s does not "
+		 "answer (%s)%s",
+		 cli->pool, pidinfo, control, why,
+		 !cli->control && access(control, F_OK) == -1
+		     ? "; if that server was started with --control PATH, give the same "
+		       "--control"
+		     : "");
+}
+
+struct outcome {
+	json_t *ret;	 /* the "return" value */
+	bool via_server; /* a server ran it */
+	char why[512];	 /* without a server: why the control socket did not do */
+};
+
+/* Run command (taking args) and fill out; returns an exit status, having
+ * printed the error if it is not EXIT_OK. */
+static int
+execute(struct cli *cli, const char *command, json_t *args, unsigned pool_flags,
+	struct outcome *out)
+{
+	char *control = cli_control_path(cli);
+	json_t *reply = NULL;
+	memset(out, 0, sizeof *out);
+
+	int fd = sv_ctl_client_connect(control);
+	if (fd >= 0) {
+		sv_log_debug("running '%s' on the server at %s", command, control);
+		reply = sv_ctl_client_call(fd, command, args);
+		close(fd);
+		if (!reply) {
+			int r = cli_fail("control socket %s: %s", control, sv_last_error());
+			free(control);
+			return r;
+		}
+		out->via_server = true;
+	} else {
+		snprintf(out->why, sizeof out->why, "%s", sv_last_error());
+		sv_log_debug("no server (%s); opening pool %s directly", out->why, cli->pool);
+		struct sv_pool *pool;
+		if (sv_pool_open(cli->pool, pool_flags, &pool) == -1) {
+			int r;
+			if (sv_last_errno() == EWOULDBLOCK) {
+				char msg[1024];
+				const char *reason = out->why;
+				/* connect's own error, without the path repeated */
+				const char *colon = strrchr(out->why, ':');
+				if (colon && colon[1] == ' ')
+					reason = colon + 2;
+				cli_pool_in_use_message(cli, control, reason, msg, sizeof msg);
+				r = cli_fail("%s", msg);
+			} else {
+				r = cli_fail("%s", sv_last_error());
+			}
+			free(control);
+			return r;
+		}
+		struct sv_ctl_context ctx = {.pool = pool};
+		reply = sv_ctl_execute(&ctx, command, args);
+		sv_pool_close(pool);
+	}
+	free(control);
+
+	json_t *err = json_object_get(reply, "error");
+	if (err) {
+		const char *desc = json_string_value(json_object_get(err, "desc"));
+		int r = cli_fail("%s", desc ? desc : "unknown error");
+		json_decref(reply);
+		return r;
+	}
+	out->ret = json_incref(json_object_get(reply, "return"));
+	json_decref(reply);
+	if (!out->ret)
+		return cli_fail("the reply to '%s' has no result", command);
+	return EXIT_OK;
+}
+
+static void
+print_json(json_t *v)
+{
+	char *s = json_dumps(v, JSON_INDENT(2) | JSON_ENCODE_ANY);
+	if (s) {
+		puts(s);
+		free(s);
+	}
+}
+
+/* ---- formatting ---- */
+
+static uint64_t
+jnum(json_t *obj, const char *key)
+{
+	json_int_t v = json_integer_value(json_object_get(obj, key));
+	return v > 0 ? (uint64_t)v : 0;
+}
+
+static const char *
+jstr(json_t *obj, const char *key)
+{
+	const char *s = json_string_value(json_object_get(obj, key));
+	return s ? s : "-";
+}
+
+static const char *
+fmt_size(uint64_t bytes, char *buf, size_t len)
+{
+	return sv_format_size(bytes, buf, len);
+}
+
+static const char *
+fmt_time(uint64_t t, char *buf, size_t len)
+{
+	time_t tt = (time_t)t;
+	struct tm tm;
+	if (!t || !localtime_r(&tt, &tm) || !strftime(buf, len, "%Y-%m-%d %H:%M:%S", &tm))
+		snprintf(buf, len, "-");
+	return buf;
+}
+
+static const char *
+fmt_duration(uint64_t s, char *buf, size_t len)
+{
+	if (s >= 86400)
+		snprintf(buf, len, "%" PRIu64 "d %" PRIu64 "h %" PRIu64 "m", s / 86400,
+			 s % 86400 / 3600, s % 3600 / 60);
+	else if (s >= 3600)
+		snprintf(buf, len, "%" PRIu64 "h %" PRIu64 "m %" PRIu64 "s", s / 3600,
+			 s % 3600 / 60, s % 60);
+	else if (s >= 60)
+		snprintf(buf, len, "%" PRIu64 "m %" PRIu64 "s", s / 60, s % 60);
+	else
+		snprintf(buf, len, "%" PRIu64 "s", s);
+	return buf;
+}
+
+/* A table of strings printed with aligned columns. */
+#define MAX_COLS 8
+struct table {
+	unsigned ncols;
+	const char *const *heads;
+	const bool *right; /* right-aligned columns (numbers) */
+	char **cells;	   /* row-major, malloc'd strings */
+	size_t nrows;
+};
+
+static void
+table_add(struct table *t, char **row)
+{
+	t->cells = realloc(t->cells, (t->nrows + 1) * t->ncols * sizeof *t->cells);
+	if (!t->cells) {
+		cli_fail("out of memory");
+		exit(EXIT_FAIL);
+	}
+	for (unsigned c = 0; c < t->ncols; c++)
+		t->cells[t->nrows * t->ncols + c] = strdup(row[c]);
+	t->nrows++;
+}
+
+static void
+table_print(struct table *t, const char *indent)
+{
+	size_t w[MAX_COLS];
+	for (unsigned c = 0; c < t->ncols; c++) {
+		w[c] = strlen(t->heads[c]);
+		for (size_t r = 0; r < t->nrows; r++) {
+			size_t l = strlen(t->cells[r * t->ncols + c]);
+			if (l > w[c])
+				w[c] = l;
+		}
+	}
+	for (size_t r = 0; r <= t->nrows; r++) {
+		fputs(indent, stdout);
+		for (unsigned c = 0; c < t->ncols; c++) {
+			const char *s = r == 0 ? t->heads[c] : t->cells[(r - 1) * t->ncols + c];
+			bool last = c + 1 == t->ncols;
+			if (t->right[c])
+				printf("%*s", (int)w[c], s);
+			else if (last)
+				fputs(s, stdout); /* no trailing blanks */
+			else
+				printf("%-*s", (int)w[c], s);
+			if (!last)
+				fputs("  ", stdout);
+		}
+		fputc('\n', stdout);
+	}
+	for (size_t i = 0; i < t->nrows * t->ncols; i++)
+		free(t->cells[i]);
+	free(t->cells);
+}
+
+static void
+print_volume_table(json_t *vols, const char *indent)
+{
+	static const char *const heads[] = {"NAME", "SIZE", "CHUNK", "ALLOCATED", "CREATED"};
+	static const bool right[] = {false, true, true, true, false};
+	struct table t = {.ncols = 5, .heads = heads, .right = right};
+	size_t i;
+	json_t *v;
+	json_array_foreach(vols, i, v)
+	{
+		char size[32], chunk[32], alloc[32], created[32];
+		char *row[] = {
+		    (char *)jstr(v, "name"),
+		    (char *)fmt_size(jnum(v, "size"), size, sizeof size),
+		    (char *)fmt_size(jnum(v, "chunk_size"), chunk, sizeof chunk),
+		    (char *)fmt_size(jnum(v, "allocated"), alloc, sizeof alloc),
+		    (char *)fmt_time(jnum(v, "created"), created, sizeof created),
+		};
+		table_add(&t, row);
+	}
+	table_print(&t, indent);
+}
+
+static void
+print_volume_info(json_t *v)
+{
+	char a[32], b[32];
+	printf("name:        %s\n", jstr(v, "name"));
+	printf("size:        %s (%" PRIu64 " bytes)\n", fmt_size(jnum(v, "size"), a, sizeof a),
+	       jnum(v, "size"));
+	printf("chunk size:  %s\n", fmt_size(jnum(v, "chunk_size"), a, sizeof a));
+	printf("allocated:   %s\n", fmt_size(jnum(v, "allocated"), a, sizeof a));
+	printf("created:     %s\n", fmt_time(jnum(v, "created"), b, sizeof b));
+	printf("open views:  %" PRIu64 "\n", jnum(v, "open_views"));
+	printf("origin:      %s\n", jstr(v, "origin"));
+}
+
+/* ---- the subcommands ---- */
+
+/* A volume name from the command line: a usage error if malformed. */
+static int
+check_name_arg(struct cli *cli, const char *name)
+{
+	if (sv_check_name(name, "volume") == -1)
+		return cli_usage_error(cli, "%s", sv_last_error());
+	return 0;
+}
+
+int
+cli_run_create(struct cli *cli)
+{
+	const char *name = cli->pos[0];
+	uint64_t size, chunk = 0;
+	int r;
+	if ((r = check_name_arg(cli, name)))
+		return r;
+	if (!cli->val[OPT_SIZE])
+		return cli_usage_error(cli, "'create' needs --size SIZE");
+	if ((r = cli_parse_size_opt(cli, OPT_SIZE, &size)))
+		return r;
+	if (cli->val[OPT_CHUNK_SIZE] && (r = cli_parse_size_opt(cli, OPT_CHUNK_SIZE, &chunk)))
+		return r;
+	/* The engine checks these too; on the command line they are usage errors. */
+	if (size == 0 || size % 512)
+		return cli_usage_error(cli, "--size: %s is not a positive multiple of 512 bytes",
+				       cli->val[OPT_SIZE]);
+	if (size > SV_VOLUME_MAX_SIZE)
+		return cli_usage_error(cli, "--size: %s is larger than the maximum (1E)",
+				       cli->val[OPT_SIZE]);
+	if (cli->val[OPT_CHUNK_SIZE] &&
+	    (!sv_is_power_of_2(chunk) || chunk < SV_CHUNK_MIN || chunk > SV_CHUNK_MAX))
+		return cli_usage_error(cli, "--chunk-size: %s is not a power of 2 from 4K to 1M",
+				       cli->val[OPT_CHUNK_SIZE]);
+
+	json_t *args = json_pack("{s:s, s:I}", "name", name, "size", (json_int_t)size);
+	if (chunk)
+		json_object_set_new(args, "chunk_size", json_integer((json_int_t)chunk));
+	struct outcome out;
+	r = execute(cli, "create", args, SV_POOL_CREATE, &out);
+	json_decref(args);
+	if (r)
+		return r;
+	if (cli->json) {
+		print_json(out.ret);
+	} else {
+		char a[32], b[32];
+		printf("created volume %s: %s, chunk size %s\n", jstr(out.ret, "name"),
+		       fmt_size(jnum(out.ret, "size"), a, sizeof a),
+		       fmt_size(jnum(out.ret, "chunk_size"), b, sizeof b));
+	}
+	json_decref(out.ret);
+	return EXIT_OK;
+}
+
+int
+cli_run_delete(struct cli *cli)
+{
+	int r;
+	if ((r = check_name_arg(cli, cli->pos[0])))
+		return r;
+	json_t *args = json_pack("{s:s}", "name", cli->pos[0]);
+	struct outcome out;
+	r = execute(cli, "delete", args, 0, &out);
+	json_decref(args);
+	if (r)
+		return r;
+	if (cli->json)
+		print_json(out.ret);
+	else
+		printf("deleted volume %s\n", cli->pos[0]);
+	json_decref(out.ret);
+	return EXIT_OK;
+}
+
+int
+cli_run_list(struct cli *cli)
+{
+	struct outcome out;
+	int r = execute(cli, "list", NULL, 0, &out);
+	if (r)
+		return r;
+	json_t *vols = json_object_get(out.ret, "volumes");
+	if (cli->json)
+		print_json(out.ret);
+	else if (json_array_size(vols) == 0)
+		printf("no volumes in pool %s\n", cli->pool);
+	else
+		print_volume_table(vols, "");
+	json_decref(out.ret);
+	return EXIT_OK;
+}
+
+int
+cli_run_info(struct cli *cli)
+{
+	int r;
+	if ((r = check_name_arg(cli, cli->pos[0])))
+		return r;
+	json_t *args = json_pack("{s:s}", "name", cli->pos[0]);
+	struct outcome out;
+	r = execute(cli, "info", args, 0, &out);
+	json_decref(args);
+	if (r)
+		return r;
+	if (cli->json)
+		print_json(out.ret);
+	else
+		print_volume_info(out.ret);
+	json_decref(out.ret);
+	return EXIT_OK;
+}
+
+static void
+print_connections(json_t *conns)
+{
+	static const char *const heads[] = {"ID",   "PEER",    "EXPORT", "REQUESTS",
+					    "READ", "WRITTEN", "SINCE"};
+	static const bool right[] = {true, false, false, true, true, true, false};
+	struct table t = {.ncols = 7, .heads = heads, .right = right};
+	size_t i;
+	json_t *c;
+	json_array_foreach(conns, i, c)
+	{
+		char id[24], reqs[24], rd[32], wr[32], since[32];
+		snprintf(id, sizeof id, "%" PRIu64, jnum(c, "id"));
+		snprintf(reqs, sizeof reqs, "%" PRIu64, jnum(c, "requests"));
+		char *row[] = {
+		    id,
+		    (char *)jstr(c, "peer"),
+		    (char *)jstr(c, "export"),
+		    reqs,
+		    (char *)fmt_size(jnum(c, "bytes_read"), rd, sizeof rd),
+		    (char *)fmt_size(jnum(c, "bytes_written"), wr, sizeof wr),
+		    (char *)fmt_time(jnum(c, "started"), since, sizeof since),
+		};
+		table_add(&t, row);
+	}
+	table_print(&t, "  ");
+}
+
+int
+cli_run_status(struct cli *cli)
+{
+	struct outcome out;
+	int r = execute(cli, "status", NULL, 0, &out);
+	if (r)
+		return r;
+	if (cli->json) {
+		print_json(out.ret);
+		json_decref(out.ret);
+		return EXIT_OK;
+	}
+	json_t *ret = out.ret;
+	json_t *vols = json_object_get(ret, "volumes");
+	char a[32], b[32];
+	if (!json_is_true(json_object_get(ret, "running"))) {
+		printf("server:      %s (%s)\n", jstr(ret, "message"),
+		       out.why[0] ? out.why : "no server answered");
+		printf("pool:        %s\n", jstr(ret, "pool"));
+	} else {
+		printf("server:      running, pid %" PRIu64 ", snapvol %s, up %s (since %s)\n",
+		       jnum(ret, "pid"), jstr(ret, "version"),
+		       fmt_duration(jnum(ret, "uptime"), a, sizeof a),
+		       fmt_time(jnum(ret, "started"), b, sizeof b));
+		printf("pool:        %s\n", jstr(ret, "pool"));
+		printf("nbd socket:  %s\n", jstr(ret, "nbd_socket"));
+		size_t i;
+		json_t *t;
+		json_array_foreach(json_object_get(ret, "nbd_tcp"), i, t)
+		    printf("nbd tcp:     %s\n", json_string_value(t));
+		printf("control:     %s\n", jstr(ret, "control_socket"));
+		json_t *conns = json_object_get(ret, "connections");
+		printf("connections: %zu\n", json_array_size(conns));
+		if (json_array_size(conns))
+			print_connections(conns);
+	}
+	printf("volumes:     %zu\n", json_array_size(vols));
+	if (json_array_size(vols))
+		print_volume_table(vols, "  ");
+	json_decref(ret);
+	return EXIT_OK;
+}
+
+int
+cli_run_call(struct cli *cli)
+{
+	json_t *args = NULL;
+	if (cli->npos > 1) {
+		json_error_t jerr;
+		args = json_loads(cli->pos[1], JSON_REJECT_DUPLICATES, &jerr);
+		if (!args)
+			return cli_usage_error(cli, "ARGUMENTS is not valid JSON: %s (column %d)",
+					       jerr.text, jerr.column);
+		if (!json_is_object(args)) {
+			json_decref(args);
+			return cli_usage_error(cli, "ARGUMENTS must be a JSON object, like "
+						    "'{\"name\": \"vm1\"}'");
+		}
+	}
+	/* Only "create" may bring a pool into existence, as the subcommand does. */
+	unsigned flags = !strcmp(cli->pos[0], "create") ? SV_POOL_CREATE : 0;
+	struct outcome out;
+	int r = execute(cli, cli->pos[0], args, flags, &out);
+	json_decref(args);
+	if (r)
+		return r;
+	print_json(out.ret);
+	json_decref(out.ret);
+	return EXIT_OK;
+}

@@ -1,0 +1,486 @@
+/*
+ * main.c: the snapvol program's entry point: the option tables, the parser
+ * and the help text.
+ *
+ * Global options may come before or after the subcommand ("snapvol --pool
+ * p list" and "snapvol list --pool p" are the same), as with zfs, git and
+ * rbd.  The parser is hand-written rather than getopt_long because getopt
+ * cannot take one table before the subcommand and a merged one after it
+ * without re-scanning, and because the help text is printed from the same
+ * tables, so --help, the parser and (through cli/check-man.sh) the man page
+ * agree by construction.
+ *
+ * Exit status: 0 success, 1 the operation failed, 2 the command line is
+ * wrong (unknown option, missing argument, a size that is not a size...).
+ * Every error is one line "snapvol: error: <message>" on stderr.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "config.h"
+#include "error.h"
+#include "log.h"
+#include "util.h"
+
+/* ---- tables ---- */
+
+static const struct cli_option global_options[] = {
+    {"pool", 0, "DIR", OPT_POOL, "the pool directory (default: $SNAPVOL_POOL, else ./data)"},
+    {"control", 0, "PATH", OPT_CONTROL, "the control socket (default: POOL/control.sock)"},
+    {"json", 0, NULL, OPT_JSON, "print the result as JSON (the control command's return value)"},
+    {"verbose", 'v', NULL, OPT_VERBOSE, "print debug messages on stderr"},
+    {"help", 'h', NULL, OPT_HELP, "show this help and exit"},
+    {"version", 0, NULL, OPT_VERSION, "print the version and exit"},
+    {NULL},
+};
+
+static const struct cli_option create_options[] = {
+    {"size", 0, "SIZE", OPT_SIZE,
+     "the volume's size: bytes, or with a suffix K, M, G, T (binary: 1K = 1024)"},
+    {"chunk-size", 0, "SIZE", OPT_CHUNK_SIZE,
+     "unit of copy-on-write and change tracking: a power of 2 from 4K to 1M (default 4K)"},
+    {NULL},
+};
+
+static const struct cli_option serve_options[] = {
+    {"socket", 0, "PATH", OPT_SOCKET, "the NBD unix socket (default: POOL/nbd.sock)"},
+    {"listen", 0, "HOST:PORT", OPT_LISTEN,
+     "also serve NBD on TCP, e.g. 127.0.0.1:10809 or [::1]:10809 (repeatable)"},
+    {"threads", 0, "N", OPT_THREADS, "parallel requests per connection (default 8)"},
+    {"min-block-size", 0, "SIZE", OPT_MIN_BLOCK_SIZE,
+     "advertised minimum block size, a power of 2 up to 64K; unaligned requests are refused "
+     "(default 1)"},
+    {"max-connections", 0, "N", OPT_MAX_CONNECTIONS,
+     "NBD connections allowed at once (default 1024)"},
+    {"no-sendfile", 0, NULL, OPT_NO_SENDFILE, "copy read data through memory, not sendfile(2)"},
+    {NULL},
+};
+
+static int run_help(struct cli *cli);
+
+static const struct cli_subcommand subcommands[] = {
+    {"create", "NAME --size SIZE [--chunk-size SIZE]", "create a volume",
+     "Create the volume NAME: an empty, sparse raw image of SIZE bytes (a multiple "
+     "of 512).  The pool directory is created if it does not exist.  A volume name "
+     "is 1 to 64 characters among letters, digits and . _ + : -, and does not start "
+     "with . or -.",
+     create_options, 1, 1, cli_run_create},
+    {"delete", "NAME", "delete a volume",
+     "Delete the volume NAME and all its data.  Refused while an NBD client has it open.", NULL, 1,
+     1, cli_run_delete},
+    {"list", "", "list the volumes",
+     "List the pool's volumes: name, size, chunk size, space allocated, creation time.", NULL, 0, 0,
+     cli_run_list},
+    {"info", "NAME", "show one volume",
+     "Show the properties of the volume NAME, one \"key: value\" per line.", NULL, 1, 1,
+     cli_run_info},
+    {"status", "", "show the server's state",
+     "Show the running server: pid, uptime, pool, sockets, NBD connections and volumes. "
+     "Without a server, say so and list the volumes.",
+     NULL, 0, 0, cli_run_status},
+    {"serve",
+     "[--socket PATH] [--listen HOST:PORT]\n"
+     "         [--threads N] [--min-block-size SIZE] [--max-connections N]\n"
+     "         [--no-sendfile]",
+     "serve the pool over NBD",
+     "Serve every volume of the pool over NBD (export name: the volume's name) on a "
+     "unix socket, and optionally TCP, and answer control commands on the control "
+     "socket.  Runs in the foreground and logs on stderr; SIGINT or SIGTERM stops it "
+     "cleanly and removes its sockets.  The pool directory is created if it does not "
+     "exist.",
+     serve_options, 0, 0, cli_run_serve},
+    {"call", "COMMAND [ARGUMENTS]", "run any control command",
+     "Run the control command COMMAND with ARGUMENTS, a JSON object (default {}), and print "
+     "its JSON result.  'snapvol call commands' lists every command and its arguments.",
+     NULL, 1, 2, cli_run_call},
+    {"help", "[COMMAND]", "show help for snapvol or a command",
+     "Show the help for COMMAND, or the list of commands.", NULL, 0, 1, run_help},
+    {NULL},
+};
+
+/* ---- messages ---- */
+
+static const char *progname = "snapvol";
+
+int
+cli_usage_error(const struct cli *cli, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	fprintf(stderr, "%s: error: ", progname);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	if (cli && cli->sub)
+		fprintf(stderr, "\nTry '%s %s --help'.\n", progname, cli->sub->name);
+	else
+		fprintf(stderr, "\nTry '%s --help'.\n", progname);
+	return EXIT_USAGE;
+}
+
+int
+cli_fail(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	fprintf(stderr, "%s: error: ", progname);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	return EXIT_FAIL;
+}
+
+/* ---- help ---- */
+
+/* Print text from column col, wrapped at 80 columns with later lines
+ * indented to indent. */
+static void
+print_wrapped(FILE *f, const char *text, size_t col, size_t indent)
+{
+	const size_t width = 80;
+	const char *p = text;
+	while (*p) {
+		size_t wlen = strcspn(p, " ");
+		if (col > indent && col + 1 + wlen > width) {
+			fprintf(f, "\n%*s", (int)indent, "");
+			col = indent;
+		} else if (col > indent) {
+			fputc(' ', f);
+			col++;
+		}
+		fwrite(p, 1, wlen, f);
+		col += wlen;
+		p += wlen;
+		while (*p == ' ')
+			p++;
+	}
+	fputc('\n', f);
+}
+
+#define HELP_COL 28
+
+static void
+print_options(FILE *f, const struct cli_option *opts)
+{
+	for (const struct cli_option *o = opts; o && o->lname; o++) {
+		char left[64];
+		if (o->sname)
+			snprintf(left, sizeof left, "-%c, --%s%s%s", o->sname, o->lname,
+				 o->metavar ? " " : "", o->metavar ? o->metavar : "");
+		else
+			snprintf(left, sizeof left, "    --%s%s%s", o->lname, o->metavar ? " " : "",
+				 o->metavar ? o->metavar : "");
+		if (strlen(left) + 2 > HELP_COL - 2)
+			fprintf(f, "  %s\n%*s", left, HELP_COL, "");
+		else
+			fprintf(f, "  %-*s", HELP_COL - 2, left);
+		print_wrapped(f, o->help, HELP_COL, HELP_COL);
+	}
+}
+
+static void
+print_main_help(FILE *f)
+{
+	fprintf(f, "Usage: snapvol [OPTIONS] COMMAND [ARGS...]\n"
+		   "\n"
+		   "snapvol keeps block volumes in a pool directory and serves them over NBD.\n"
+		   "When a server runs on the pool, commands go to it through its control socket;\n"
+		   "otherwise they work on the pool directly.\n"
+		   "\n"
+		   "Commands:\n");
+	for (const struct cli_subcommand *s = subcommands; s->name; s++)
+		fprintf(f, "  %-10s  %s\n", s->name, s->summary);
+	fprintf(f, "\nOptions (before or after the command):\n");
+	print_options(f, global_options);
+	fprintf(f, "\n'snapvol COMMAND --help' shows a command's own options.\n");
+}
+
+static void
+print_sub_help(FILE *f, const struct cli_subcommand *s)
+{
+	fprintf(f, "Usage: snapvol [OPTIONS] %s%s%s\n\n", s->name, s->args[0] ? " " : "", s->args);
+	print_wrapped(f, s->description, 0, 0);
+	if (s->options) {
+		fprintf(f, "\nOptions:\n");
+		print_options(f, s->options);
+	}
+	fprintf(f, "\nGlobal options (before or after the command):\n");
+	print_options(f, global_options);
+}
+
+static const struct cli_subcommand *
+find_subcommand(const char *name)
+{
+	for (const struct cli_subcommand *s = subcommands; s->name; s++)
+		if (!strcmp(s->name, name))
+			return s;
+	return NULL;
+}
+
+static int
+run_help(struct cli *cli)
+{
+	if (cli->npos == 0) {
+		print_main_help(stdout);
+		return EXIT_OK;
+	}
+	const struct cli_subcommand *s = find_subcommand(cli->pos[0]);
+	if (!s)
+		return cli_usage_error(cli, "unknown command '%s'", cli->pos[0]);
+	print_sub_help(stdout, s);
+	return EXIT_OK;
+}
+
+/* ---- helpers for the subcommands ---- */
+
+static char *
+join_path(const char *dir, const char *name)
+{
+	size_t n = strlen(dir);
+	char *p;
+	if (asprintf(&p, "%s%s%s", dir, n && dir[n - 1] == '/' ? "" : "/", name) == -1) {
+		fprintf(stderr, "%s: error: out of memory\n", progname);
+		exit(EXIT_FAIL);
+	}
+	return p;
+}
+
+char *
+cli_pool_file(const struct cli *cli, const char *name)
+{
+	return join_path(cli->pool, name);
+}
+
+char *
+cli_control_path(const struct cli *cli)
+{
+	if (cli->control)
+		return strdup(cli->control);
+	return cli_pool_file(cli, "control.sock");
+}
+
+static const struct cli_option *
+option_of(const struct cli *cli, enum opt_id id)
+{
+	for (const struct cli_option *o = cli->sub->options; o && o->lname; o++)
+		if (o->id == id)
+			return o;
+	for (const struct cli_option *o = global_options; o->lname; o++)
+		if (o->id == id)
+			return o;
+	return NULL;
+}
+
+int
+cli_parse_size_opt(const struct cli *cli, enum opt_id id, uint64_t *out)
+{
+	if (sv_parse_size(cli->val[id], out) == -1)
+		return cli_usage_error(cli, "--%s: %s", option_of(cli, id)->lname, sv_last_error());
+	return 0;
+}
+
+int
+cli_parse_uint_opt(const struct cli *cli, enum opt_id id, uint64_t min, uint64_t max, uint64_t *out)
+{
+	const char *s = cli->val[id];
+	const char *name = option_of(cli, id)->lname;
+	uint64_t v = 0;
+	if (!*s)
+		return cli_usage_error(cli, "--%s: expected a number, got an empty string", name);
+	for (const char *p = s; *p; p++) {
+		if (*p < '0' || *p > '9')
+			return cli_usage_error(cli, "--%s: '%s' is not a whole number", name, s);
+		if (v > (UINT64_MAX - 9) / 10)
+			return cli_usage_error(cli, "--%s: '%s' is too large", name, s);
+		v = v * 10 + (uint64_t)(*p - '0');
+	}
+	if (v < min || v > max)
+		return cli_usage_error(cli, "--%s: %s is out of range (%llu to %llu)", name, s,
+				       (unsigned long long)min, (unsigned long long)max);
+	*out = v;
+	return 0;
+}
+
+/* ---- parsing ---- */
+
+static const struct cli_option *
+lookup_long(const struct cli *cli, const char *name, size_t len)
+{
+	const struct cli_option *tables[2] = {cli->sub ? cli->sub->options : NULL, global_options};
+	for (int t = 0; t < 2; t++)
+		for (const struct cli_option *o = tables[t]; o && o->lname; o++)
+			if (strlen(o->lname) == len && !strncmp(o->lname, name, len))
+				return o;
+	return NULL;
+}
+
+static const struct cli_option *
+lookup_short(const struct cli *cli, char c)
+{
+	const struct cli_option *tables[2] = {cli->sub ? cli->sub->options : NULL, global_options};
+	for (int t = 0; t < 2; t++)
+		for (const struct cli_option *o = tables[t]; o && o->lname; o++)
+			if (o->sname == c)
+				return o;
+	return NULL;
+}
+
+/* Is --name an option of some subcommand (to explain where it goes)? */
+static const struct cli_subcommand *
+owner_of(const char *name, size_t len)
+{
+	for (const struct cli_subcommand *s = subcommands; s->name; s++)
+		for (const struct cli_option *o = s->options; o && o->lname; o++)
+			if (strlen(o->lname) == len && !strncmp(o->lname, name, len))
+				return s;
+	return NULL;
+}
+
+static int
+store_option(struct cli *cli, const struct cli_option *o, const char *value)
+{
+	if (o->id == OPT_LISTEN) {
+		if (cli->nlisten == CLI_MAX_LISTEN)
+			return cli_usage_error(cli, "--listen given more than %d times",
+					       CLI_MAX_LISTEN);
+		cli->listen[cli->nlisten++] = value;
+	}
+	if (o->id == OPT_VERBOSE)
+		sv_verbose++;
+	cli->val[o->id] = value ? value : "";
+	return 0;
+}
+
+static int
+parse(int argc, char **argv, struct cli *cli)
+{
+	bool only_pos = false;
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i];
+		if (!only_pos && !strcmp(a, "--")) {
+			only_pos = true;
+			continue;
+		}
+		if (!only_pos && a[0] == '-' && a[1] == '-') {
+			const char *name = a + 2;
+			const char *eq = strchr(name, '=');
+			size_t len = eq ? (size_t)(eq - name) : strlen(name);
+			const struct cli_option *o = lookup_long(cli, name, len);
+			if (!o) {
+				const struct cli_subcommand *owner = owner_of(name, len);
+				if (owner && !cli->sub)
+					return cli_usage_error(
+					    cli, "option '--%.*s' belongs after the command ('%s')",
+					    (int)len, name, owner->name);
+				return cli_usage_error(cli, "unknown option '--%.*s'", (int)len,
+						       name);
+			}
+			const char *value = NULL;
+			if (o->metavar) {
+				if (eq)
+					value = eq + 1;
+				else if (i + 1 < argc)
+					value = argv[++i];
+				else
+					return cli_usage_error(cli,
+							       "option '--%s' needs a value (%s)",
+							       o->lname, o->metavar);
+			} else if (eq) {
+				return cli_usage_error(cli, "option '--%s' takes no value",
+						       o->lname);
+			}
+			if (store_option(cli, o, value))
+				return EXIT_USAGE;
+			continue;
+		}
+		if (!only_pos && a[0] == '-' && a[1] != '\0') {
+			for (const char *p = a + 1; *p; p++) {
+				const struct cli_option *o = lookup_short(cli, *p);
+				if (!o)
+					return cli_usage_error(cli, "unknown option '-%c'", *p);
+				const char *value = NULL;
+				if (o->metavar) {
+					if (p[1])
+						value = p + 1;
+					else if (i + 1 < argc)
+						value = argv[++i];
+					else
+						return cli_usage_error(
+						    cli, "option '-%c' needs a value (%s)", *p,
+						    o->metavar);
+				}
+				if (store_option(cli, o, value))
+					return EXIT_USAGE;
+				if (value)
+					break;
+			}
+			continue;
+		}
+		if (!cli->sub) {
+			cli->sub = find_subcommand(a);
+			if (!cli->sub)
+				return cli_usage_error(cli, "unknown command '%s'", a);
+			continue;
+		}
+		if (cli->npos == cli->sub->max_pos || cli->npos == CLI_MAX_POS)
+			return cli_usage_error(cli, "unexpected argument '%s'", a);
+		cli->pos[cli->npos++] = a;
+	}
+	return 0;
+}
+
+int
+main(int argc, char **argv)
+{
+	struct cli cli = {0};
+	int r = parse(argc, argv, &cli);
+	if (r)
+		return r;
+
+	if (cli.val[OPT_HELP]) {
+		if (cli.sub && cli.sub->run != run_help)
+			print_sub_help(stdout, cli.sub);
+		else if (cli.sub && cli.npos)
+			return run_help(&cli);
+		else
+			print_main_help(stdout);
+		return EXIT_OK;
+	}
+	if (cli.val[OPT_VERSION]) {
+		printf("snapvol %s\n", SNAPVOL_VERSION);
+		return EXIT_OK;
+	}
+	if (!cli.sub) {
+		print_main_help(stderr);
+		return EXIT_USAGE;
+	}
+	if (cli.npos < cli.sub->min_pos) {
+		/* The first missing word of the synopsis: "NAME", "COMMAND". */
+		char word[32] = "an argument";
+		const char *args = cli.sub->args;
+		for (unsigned k = 0; k < cli.npos && args; k++) {
+			args = strchr(args, ' ');
+			if (args)
+				args++;
+		}
+		if (args && sscanf(args, "%31[A-Z]", word) != 1)
+			strcpy(word, "an argument");
+		return cli_usage_error(&cli, "'%s' needs %s", cli.sub->name, word);
+	}
+
+	cli.json = cli.val[OPT_JSON] != NULL;
+	cli.control = cli.val[OPT_CONTROL];
+	if (cli.control && !*cli.control)
+		return cli_usage_error(&cli, "--control: empty path");
+	cli.pool = cli.val[OPT_POOL];
+	if (!cli.pool) {
+		const char *env = getenv("SNAPVOL_POOL");
+		cli.pool = env && *env ? env : "./data";
+	}
+	if (!*cli.pool)
+		return cli_usage_error(&cli, "--pool: empty path");
+	return cli.sub->run(&cli);
+}

@@ -1,0 +1,219 @@
+/*
+ * serve.c: "snapvol serve": open the pool, serve it over NBD and answer the
+ * control socket, in the foreground, until SIGINT or SIGTERM.
+ *
+ * Signals: SIGINT and SIGTERM are blocked before any thread exists, so
+ * every thread inherits the mask and the main thread alone takes them, with
+ * sigwait(): no async handler, nothing to make async-signal-safe, and the
+ * stop sequence runs as ordinary code.  SIGPIPE is ignored: a client that
+ * vanishes costs an EPIPE on its own connection.
+ *
+ * Stop order: the control server first (no command runs during teardown),
+ * then the NBD server (requests in flight finish and are answered, then
+ * connections close and the socket files go), then the pool (volumes
+ * synced, lock released).  The service manager sees exit status 0.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "config.h"
+#include "ctl.h"
+#include "engine.h"
+#include "error.h"
+#include "log.h"
+#include "nbd-server.h"
+#include "util.h"
+
+/* "nbd+unix:///VOLUME?socket=/abs/path": libnbd resolves a relative path
+ * against the client's working directory, so print the absolute one. */
+static void
+log_unix_uri(const char *what, const char *path)
+{
+	char abs[PATH_MAX];
+	if (!realpath(path, abs))
+		snprintf(abs, sizeof abs, "%s", path);
+	sv_log_info("%s on unix socket %s; connect to nbd+unix:///VOLUME?socket=%s", what, path,
+		    abs);
+}
+
+/* "HOST:PORT" or "[V6ADDR]:PORT", with a port from 1 to 65535: a usage
+ * error otherwise (the NBD layer parses it again when it listens). */
+static int
+check_hostport(const struct cli *cli, const char *hp)
+{
+	const char *port;
+	if (hp[0] == '[') {
+		const char *rb = strchr(hp, ']');
+		if (!rb || rb == hp + 1 || rb[1] != ':')
+			return cli_usage_error(cli, "--listen: '%s' is not [ADDRESS]:PORT", hp);
+		port = rb + 2;
+	} else {
+		const char *colon = strrchr(hp, ':');
+		if (!colon || colon == hp)
+			return cli_usage_error(cli, "--listen: '%s' is not HOST:PORT", hp);
+		if (memchr(hp, ':', (size_t)(colon - hp)))
+			return cli_usage_error(cli,
+					       "--listen: '%s': write an IPv6 address in brackets, "
+					       "like [::1]:10809",
+					       hp);
+		port = colon + 1;
+	}
+	unsigned long v = 0;
+	const char *p = port;
+	while (*p >= '0' && *p <= '9' && v <= 65535)
+		v = v * 10 + (unsigned long)(*p++ - '0');
+	if (p == port || *p || v == 0 || v > 65535)
+		return cli_usage_error(
+		    cli, "--listen: '%s': the port must be a number from 1 to 65535", hp);
+	return 0;
+}
+
+int
+cli_run_serve(struct cli *cli)
+{
+	struct sv_nbd_config cfg;
+	sv_nbd_config_defaults(&cfg);
+	uint64_t v;
+	int r;
+
+	if (cli->val[OPT_THREADS]) {
+		if ((r = cli_parse_uint_opt(cli, OPT_THREADS, 1, 1024, &v)))
+			return r;
+		cfg.threads_per_conn = (unsigned)v;
+	}
+	if (cli->val[OPT_MAX_CONNECTIONS]) {
+		if ((r = cli_parse_uint_opt(cli, OPT_MAX_CONNECTIONS, 1, 65536, &v)))
+			return r;
+		cfg.max_connections = (unsigned)v;
+	}
+	if (cli->val[OPT_MIN_BLOCK_SIZE]) {
+		if ((r = cli_parse_size_opt(cli, OPT_MIN_BLOCK_SIZE, &v)))
+			return r;
+		if (!sv_is_power_of_2(v) || v > 65536)
+			return cli_usage_error(cli,
+					       "--min-block-size: %s is not a power of 2 from 1 "
+					       "to 64K (the NBD protocol's limit)",
+					       cli->val[OPT_MIN_BLOCK_SIZE]);
+		cfg.min_block_size = (uint32_t)v;
+	}
+	if (cli->val[OPT_NO_SENDFILE])
+		cfg.use_sendfile = false;
+	if (cli->val[OPT_SOCKET] && !*cli->val[OPT_SOCKET])
+		return cli_usage_error(cli, "--socket: empty path");
+	for (unsigned i = 0; i < cli->nlisten; i++)
+		if ((r = check_hostport(cli, cli->listen[i])))
+			return r;
+
+	char *nbd_path =
+	    cli->val[OPT_SOCKET] ? strdup(cli->val[OPT_SOCKET]) : cli_pool_file(cli, "nbd.sock");
+	char *control_path = cli_control_path(cli);
+	int status = EXIT_FAIL;
+	struct sv_pool *pool = NULL;
+	struct sv_nbd_server *nbd = NULL;
+	struct sv_ctl_server *ctl = NULL;
+
+	/* Before any thread: every thread inherits this mask. */
+	sigset_t sigs;
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGINT);
+	sigaddset(&sigs, SIGTERM);
+	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	if (sv_pool_open(cli->pool, SV_POOL_CREATE, &pool) == -1) {
+		if (sv_last_errno() == EWOULDBLOCK) {
+			char msg[1024];
+			int fd = sv_ctl_client_connect(control_path);
+			if (fd >= 0) {
+				close(fd);
+				cli_fail("pool %s is already served by another snapvol server; its "
+					 "control socket is %s",
+					 cli->pool, control_path);
+			} else {
+				const char *why = sv_last_error();
+				const char *colon = strrchr(why, ':');
+				cli_pool_in_use_message(cli, control_path,
+							colon && colon[1] == ' ' ? colon + 2 : why,
+							msg, sizeof msg);
+				cli_fail("%s", msg);
+			}
+		} else {
+			cli_fail("%s", sv_last_error());
+		}
+		goto out;
+	}
+
+	if (sv_nbd_server_new(pool, &cfg, &nbd) == -1) {
+		cli_fail("%s", sv_last_error());
+		goto out;
+	}
+	if (sv_nbd_listen_unix(nbd, nbd_path) == -1) {
+		cli_fail("%s", sv_last_error());
+		goto out;
+	}
+	for (unsigned i = 0; i < cli->nlisten; i++) {
+		if (sv_nbd_listen_tcp(nbd, cli->listen[i]) == -1) {
+			cli_fail("%s", sv_last_error());
+			goto out;
+		}
+	}
+
+	struct sv_ctl_context ctx = {
+	    .pool = pool,
+	    .nbd = nbd,
+	    .nbd_socket = nbd_path,
+	    .nbd_tcp = cli->listen,
+	    .n_nbd_tcp = cli->nlisten,
+	    .control_socket = control_path,
+	    .started = sv_realtime_s(),
+	    .started_ns = sv_now_ns(),
+	};
+	if (sv_ctl_server_start(&ctx, control_path, &ctl) == -1) {
+		cli_fail("%s", sv_last_error());
+		goto out;
+	}
+	if (sv_nbd_start(nbd) == -1) {
+		cli_fail("%s", sv_last_error());
+		goto out;
+	}
+
+	sv_log_info("snapvol %s serving pool %s (pid %ld)", SNAPVOL_VERSION, sv_pool_describe(pool),
+		    (long)getpid());
+	log_unix_uri("NBD", nbd_path);
+	for (unsigned i = 0; i < cli->nlisten; i++)
+		sv_log_info("NBD on TCP %s; connect to nbd://%s/VOLUME", cli->listen[i],
+			    cli->listen[i]);
+	sv_log_info("control on %s; stop with SIGINT or SIGTERM", control_path);
+
+	int sig;
+	while ((r = sigwait(&sigs, &sig)) != 0) {
+		if (r != EINTR) {
+			errno = r;
+			sv_log_error("sigwait: %m");
+			break;
+		}
+	}
+	sv_log_info("SIG%s received, stopping", r == 0 ? sigabbrev_np(sig) : "wait failed");
+	status = EXIT_OK;
+
+out:
+	sv_ctl_server_stop(ctl);
+	if (nbd) {
+		sv_nbd_stop(nbd);
+		sv_nbd_server_free(nbd);
+	}
+	if (pool)
+		sv_pool_close(pool);
+	if (status == EXIT_OK)
+		sv_log_info("stopped");
+	free(nbd_path);
+	free(control_path);
+	return status;
+}

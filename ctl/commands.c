@@ -1,0 +1,495 @@
+/*
+ * commands.c: the control commands, as one table.
+ *
+ * Every CLI subcommand that works on a pool is a row here, and the same row
+ * runs in the server (a control client sent it) and in the CLI itself (no
+ * server holds the pool).  A row names its arguments with their types; the
+ * arguments are checked here, once, before any handler runs, because a
+ * control client can be any program: a missing required argument, a wrong
+ * type, a key the command does not know, a malformed volume name or a size
+ * that is not a size all get an error reply that says which argument is
+ * wrong, and nothing is changed.  Handlers then read arguments that are
+ * known to be present and well formed.
+ *
+ * Adding a command (snapshot create, freeze, diff...) means writing its
+ * handler and argument list and adding one line to COMMANDS below; the
+ * "commands" introspection command, the name list and the checks follow.
+ *
+ * Replies: a handler returns the "return" value (a new JSON object) or NULL
+ * with the thread's last error set (common/error.h), which becomes an
+ * {"error": {"class": "EEXIST", "errno": 17, "desc": "..."}} reply.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "ctl-private.h"
+#include "ctl.h"
+#include "engine.h"
+#include "error.h"
+#include "names.h"
+#include "nbd-server.h"
+#include "util.h"
+
+/* ---- replies ---- */
+
+const char *
+sv_ctl_errno_class(int errnum)
+{
+	const char *n = strerrorname_np(errnum);
+	return n ? n : "GenericError";
+}
+
+json_t *
+sv_ctl_error_reply(const char *cls, int errnum, const char *desc)
+{
+	if (errnum <= 0)
+		errnum = EIO;
+	return json_pack("{s:{s:s, s:i, s:s}}", "error", "class",
+			 cls ? cls : sv_ctl_errno_class(errnum), "errno", errnum, "desc", desc);
+}
+
+static json_t *
+error_from_last(void)
+{
+	return sv_ctl_error_reply(NULL, sv_last_errno(), sv_last_error());
+}
+
+/* ---- argument descriptions ---- */
+
+enum arg_type {
+	ARG_STRING, /* any string */
+	ARG_VOLUME, /* a volume name, checked by sv_check_name */
+	ARG_SIZE,   /* a byte count: a non-negative integer, or a string "20G" */
+	ARG_UINT,   /* a non-negative integer */
+	ARG_BOOL,
+};
+
+static const char *const arg_type_names[] = {
+    [ARG_STRING] = "string", [ARG_VOLUME] = "volume-name", [ARG_SIZE] = "size",
+    [ARG_UINT] = "uint",     [ARG_BOOL] = "bool",
+};
+
+struct arg_spec {
+	const char *name;
+	enum arg_type type;
+	bool required;
+	const char *help;
+};
+
+#define MAX_ARGS 8
+
+/* One call: the context and the checked arguments, by their index in the
+ * command's arg_spec list. */
+struct call {
+	struct sv_ctl_context *ctx;
+	const struct command *cmd;
+	const char *name; /* the command's wire name */
+	bool present[MAX_ARGS];
+	const char *str[MAX_ARGS]; /* ARG_STRING, ARG_VOLUME (borrowed from the JSON) */
+	uint64_t num[MAX_ARGS];	   /* ARG_SIZE, ARG_UINT, ARG_BOOL */
+};
+
+struct command {
+	const char *help;
+	const struct arg_spec *args; /* terminated by a NULL name */
+	json_t *(*run)(struct call *c);
+};
+
+static int
+arg_index(const struct command *cmd, const char *name)
+{
+	for (int i = 0; cmd->args[i].name; i++)
+		if (!strcmp(cmd->args[i].name, name))
+			return i;
+	return -1;
+}
+
+/* The argument named name; it must be in the command's list (a handler
+ * asking for an argument it did not declare is a bug). */
+static int
+arg_must(struct call *c, const char *name)
+{
+	int i = arg_index(c->cmd, name);
+	if (i < 0)
+		abort();
+	return i;
+}
+
+static const char *
+arg_str(struct call *c, const char *name)
+{
+	int i = arg_must(c, name);
+	return c->present[i] ? c->str[i] : NULL;
+}
+
+static uint64_t
+arg_num(struct call *c, const char *name, uint64_t dflt)
+{
+	int i = arg_must(c, name);
+	return c->present[i] ? c->num[i] : dflt;
+}
+
+static void
+expected_list(const struct command *cmd, char *buf, size_t len)
+{
+	size_t used = 0;
+	buf[0] = '\0';
+	for (int i = 0; cmd->args[i].name && used < len; i++) {
+		int n = snprintf(buf + used, len - used, "%s%s", i ? ", " : "", cmd->args[i].name);
+		if (n < 0)
+			break;
+		used += (size_t)n;
+	}
+	if (!cmd->args[0].name)
+		snprintf(buf, len, "none");
+}
+
+static int
+check_one(struct call *c, int i, json_t *v)
+{
+	const struct arg_spec *a = &c->cmd->args[i];
+	const char *cmdname = c->name;
+
+	switch (a->type) {
+	case ARG_STRING:
+	case ARG_VOLUME:
+		if (!json_is_string(v))
+			return sv_error(EINVAL, "argument '%s' of '%s' must be a string", a->name,
+					cmdname);
+		c->str[i] = json_string_value(v);
+		/* Jansson refuses \u0000 when parsing, but a caller in this
+		 * process could have built one: a name is exactly its bytes. */
+		if (strlen(c->str[i]) != json_string_length(v))
+			return sv_error(EINVAL, "argument '%s' of '%s' contains a NUL byte",
+					a->name, cmdname);
+		if (a->type == ARG_VOLUME && sv_check_name(c->str[i], "volume") == -1)
+			return -1;
+		break;
+	case ARG_SIZE:
+		if (json_is_string(v)) {
+			if (sv_parse_size(json_string_value(v), &c->num[i]) == -1) {
+				sv_error_prefix("argument '%s' of '%s'", a->name, cmdname);
+				return -1;
+			}
+			break;
+		}
+		__attribute__((fallthrough)); /* an integer byte count */
+	case ARG_UINT:
+		if (!json_is_integer(v))
+			return sv_error(
+			    EINVAL, "argument '%s' of '%s' must be %s", a->name, cmdname,
+			    a->type == ARG_SIZE ? "a number of bytes or a size string like \"20G\""
+						: "a non-negative integer");
+		if (json_integer_value(v) < 0)
+			return sv_error(EINVAL, "argument '%s' of '%s' must not be negative",
+					a->name, cmdname);
+		c->num[i] = (uint64_t)json_integer_value(v);
+		break;
+	case ARG_BOOL:
+		if (!json_is_boolean(v))
+			return sv_error(EINVAL, "argument '%s' of '%s' must be true or false",
+					a->name, cmdname);
+		c->num[i] = json_is_true(v);
+		break;
+	}
+	c->present[i] = true;
+	return 0;
+}
+
+/* Fill c from arguments (an object, JSON null or NULL), or set the error. */
+static int
+check_args(struct call *c, json_t *arguments)
+{
+	const struct command *cmd = c->cmd;
+	const char *cmdname = c->name;
+	char expected[256];
+
+	if (arguments && !json_is_null(arguments)) {
+		if (!json_is_object(arguments))
+			return sv_error(EINVAL, "arguments of '%s' must be a JSON object", cmdname);
+		const char *key;
+		json_t *v;
+		json_object_foreach(arguments, key, v)
+		{
+			int i = arg_index(cmd, key);
+			if (i < 0) {
+				expected_list(cmd, expected, sizeof expected);
+				return sv_error(EINVAL,
+						"unknown argument '%s' for '%s' (expected: %s)",
+						key, cmdname, expected);
+			}
+			if (check_one(c, i, v) == -1)
+				return -1;
+		}
+	}
+	for (int i = 0; cmd->args[i].name; i++)
+		if (cmd->args[i].required && !c->present[i])
+			return sv_error(EINVAL, "missing argument '%s' for '%s'", cmd->args[i].name,
+					cmdname);
+	return 0;
+}
+
+/* ---- JSON of engine objects ---- */
+
+static json_t *
+volume_json(const struct sv_volume_info *vi)
+{
+	json_t *o = json_pack("{s:s, s:I, s:I, s:I, s:I, s:I}", "name", vi->name, "size",
+			      (json_int_t)vi->size, "chunk_size", (json_int_t)vi->chunk_size,
+			      "allocated", (json_int_t)vi->allocated, "created",
+			      (json_int_t)vi->created, "open_views", (json_int_t)vi->open_views);
+	if (o)
+		json_object_set_new(
+		    o, "origin", vi->origin_path[0] ? json_string(vi->origin_path) : json_null());
+	return o;
+}
+
+static json_t *
+volumes_json(struct sv_pool *pool)
+{
+	struct sv_volume_info *infos;
+	size_t n;
+	if (sv_volume_list(pool, &infos, &n) == -1)
+		return NULL;
+	json_t *arr = json_array();
+	for (size_t i = 0; i < n; i++)
+		json_array_append_new(arr, volume_json(&infos[i]));
+	free(infos);
+	return arr;
+}
+
+/* ---- the commands ---- */
+
+static const struct arg_spec no_args[] = {{NULL}};
+
+static json_t *
+cmd_version_run(struct call *c)
+{
+	(void)c;
+	return json_pack("{s:s, s:i}", "version", SNAPVOL_VERSION, "protocol", SV_CTL_PROTOCOL);
+}
+
+static const struct command cmd_version = {
+    "The server's version and control protocol version.",
+    no_args,
+    cmd_version_run,
+};
+
+static json_t *cmd_commands_run(struct call *c);
+
+static const struct command cmd_commands = {
+    "Every command with its arguments (introspection).",
+    no_args,
+    cmd_commands_run,
+};
+
+static const struct arg_spec create_args[] = {
+    {"name", ARG_VOLUME, true, "volume name: 1-64 of [A-Za-z0-9._+:-], not starting with . or -"},
+    {"size", ARG_SIZE, true, "size in bytes, or a string like \"20G\"; a multiple of 512"},
+    {"chunk_size", ARG_SIZE, false, "chunk size, a power of 2 from 4K to 1M (default 4K)"},
+    {NULL},
+};
+
+static json_t *
+cmd_create_run(struct call *c)
+{
+	const char *name = arg_str(c, "name");
+	uint64_t size = arg_num(c, "size", 0);
+	uint64_t chunk = arg_num(c, "chunk_size", 0);
+	if (chunk > UINT32_MAX)
+		return sv_error(EINVAL, "chunk size %" PRIu64 " is too large (at most %u)", chunk,
+				SV_CHUNK_MAX),
+		       NULL;
+	if (sv_volume_create(c->ctx->pool, name, size, (uint32_t)chunk) == -1)
+		return NULL;
+	struct sv_volume_info vi;
+	if (sv_volume_info(c->ctx->pool, name, &vi) == -1)
+		return NULL;
+	return volume_json(&vi);
+}
+
+static const struct command cmd_create = {
+    "Create a volume (an empty, sparse raw image).",
+    create_args,
+    cmd_create_run,
+};
+
+static const struct arg_spec name_arg[] = {
+    {"name", ARG_VOLUME, true, "volume name"},
+    {NULL},
+};
+
+static json_t *
+cmd_delete_run(struct call *c)
+{
+	if (sv_volume_delete(c->ctx->pool, arg_str(c, "name")) == -1)
+		return NULL;
+	return json_object();
+}
+
+static const struct command cmd_delete = {
+    "Delete a volume and its data.  Refused while an NBD client has it open.",
+    name_arg,
+    cmd_delete_run,
+};
+
+static json_t *
+cmd_list_run(struct call *c)
+{
+	json_t *vols = volumes_json(c->ctx->pool);
+	if (!vols)
+		return NULL;
+	return json_pack("{s:o}", "volumes", vols);
+}
+
+static const struct command cmd_list = {
+    "All volumes of the pool, sorted by name.",
+    no_args,
+    cmd_list_run,
+};
+
+static json_t *
+cmd_info_run(struct call *c)
+{
+	struct sv_volume_info vi;
+	if (sv_volume_info(c->ctx->pool, arg_str(c, "name"), &vi) == -1)
+		return NULL;
+	return volume_json(&vi);
+}
+
+static const struct command cmd_info = {
+    "One volume's properties.",
+    name_arg,
+    cmd_info_run,
+};
+
+static json_t *
+connections_json(struct sv_nbd_server *nbd)
+{
+	struct sv_nbd_conn_info *conns;
+	unsigned n;
+	if (sv_nbd_list_connections(nbd, &conns, &n) == -1)
+		return NULL;
+	json_t *arr = json_array();
+	for (unsigned i = 0; i < n; i++) {
+		const struct sv_nbd_conn_info *ci = &conns[i];
+		json_array_append_new(arr, json_pack("{s:I, s:s, s:s, s:I, s:I, s:I, s:I}", "id",
+						     (json_int_t)ci->id, "peer", ci->peer, "export",
+						     ci->export_name, "requests",
+						     (json_int_t)ci->requests, "bytes_read",
+						     (json_int_t)ci->bytes_read, "bytes_written",
+						     (json_int_t)ci->bytes_written, "started",
+						     (json_int_t)ci->started));
+	}
+	free(conns);
+	return arr;
+}
+
+static json_t *
+cmd_status_run(struct call *c)
+{
+	struct sv_ctl_context *ctx = c->ctx;
+	json_t *vols = volumes_json(ctx->pool);
+	if (!vols)
+		return NULL;
+	if (!ctx->nbd)
+		return json_pack("{s:b, s:s, s:s, s:o}", "running", 0, "message",
+				 "no server running", "pool", sv_pool_describe(ctx->pool),
+				 "volumes", vols);
+
+	json_t *conns = connections_json(ctx->nbd);
+	if (!conns) {
+		json_decref(vols);
+		return NULL;
+	}
+	json_t *tcp = json_array();
+	for (unsigned i = 0; i < ctx->n_nbd_tcp; i++)
+		json_array_append_new(tcp, json_string(ctx->nbd_tcp[i]));
+	uint64_t up = ctx->started_ns ? (sv_now_ns() - ctx->started_ns) / 1000000000u : 0;
+	return json_pack(
+	    "{s:b, s:s, s:i, s:I, s:I, s:s, s:o, s:o, s:o, s:o, s:o}", "running", 1, "version",
+	    SNAPVOL_VERSION, "pid", (int)getpid(), "started", (json_int_t)ctx->started, "uptime",
+	    (json_int_t)up, "pool", sv_pool_describe(ctx->pool), "nbd_socket",
+	    ctx->nbd_socket ? json_string(ctx->nbd_socket) : json_null(), "nbd_tcp", tcp,
+	    "control_socket", ctx->control_socket ? json_string(ctx->control_socket) : json_null(),
+	    "connections", conns, "volumes", vols);
+}
+
+static const struct command cmd_status = {
+    "The server's state: pid, uptime, pool, sockets, NBD connections, volumes.  Without a "
+    "server: \"running\": false and the volumes.",
+    no_args,
+    cmd_status_run,
+};
+
+/* The table: X(identifier, wire name); the row is the struct cmd_<identifier>.
+ * The public name list is built from the same list, so it cannot drift. */
+#define COMMANDS(X)                                                                                \
+	X(version, "version")                                                                      \
+	X(commands, "commands")                                                                    \
+	X(create, "create")                                                                        \
+	X(delete, "delete")                                                                        \
+	X(list, "list")                                                                            \
+	X(info, "info")                                                                            \
+	X(status, "status")
+
+#define ROW(id, name)  &cmd_##id,
+#define NAME(id, name) name,
+static const struct command *const table[] = {COMMANDS(ROW)};
+#define N_COMMANDS (sizeof table / sizeof table[0])
+const char *const sv_ctl_command_names[] = {COMMANDS(NAME) NULL};
+
+static json_t *
+cmd_commands_run(struct call *c)
+{
+	(void)c;
+	json_t *arr = json_array();
+	for (size_t i = 0; i < N_COMMANDS; i++) {
+		const struct command *cmd = table[i];
+		json_t *args = json_array();
+		for (int j = 0; cmd->args[j].name; j++) {
+			const struct arg_spec *a = &cmd->args[j];
+			json_array_append_new(args,
+					      json_pack("{s:s, s:s, s:b, s:s}", "name", a->name,
+							"type", arg_type_names[a->type], "required",
+							a->required, "description", a->help));
+		}
+		json_array_append_new(arr,
+				      json_pack("{s:s, s:s, s:o}", "name", sv_ctl_command_names[i],
+						"description", cmd->help, "arguments", args));
+	}
+	return json_pack("{s:o}", "commands", arr);
+}
+
+json_t *
+sv_ctl_execute(struct sv_ctl_context *ctx, const char *command, json_t *arguments)
+{
+	const struct command *cmd = NULL;
+	const char *name = NULL;
+	for (size_t i = 0; i < N_COMMANDS; i++)
+		if (command && !strcmp(sv_ctl_command_names[i], command)) {
+			cmd = table[i];
+			name = sv_ctl_command_names[i];
+		}
+	if (!cmd) {
+		char desc[256];
+		snprintf(desc, sizeof desc,
+			 "unknown command '%.64s%s' (the command 'commands' lists them)",
+			 command ? command : "", command && strlen(command) > 64 ? "..." : "");
+		return sv_ctl_error_reply("CommandNotFound", ENOSYS, desc);
+	}
+
+	struct call c = {.ctx = ctx, .cmd = cmd, .name = name};
+	sv_clear_error();
+	if (check_args(&c, arguments) == -1)
+		return error_from_last();
+	json_t *ret = cmd->run(&c);
+	if (!ret)
+		return error_from_last();
+	return json_pack("{s:o}", "return", ret);
+}
