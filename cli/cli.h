@@ -31,6 +31,7 @@ enum opt_id {
 	/* create */
 	OPT_SIZE,
 	OPT_CHUNK_SIZE,
+	OPT_FULL_POLICY,
 	/* serve */
 	OPT_SOCKET,
 	OPT_LISTEN,
@@ -49,7 +50,7 @@ struct cli_option {
 	const char *help;
 };
 
-#define CLI_MAX_POS    4
+#define CLI_MAX_POS    64
 #define CLI_MAX_LISTEN 8
 
 /* The parsed command line. */
@@ -94,6 +95,8 @@ int cli_run_list(struct cli *cli);
 int cli_run_info(struct cli *cli);
 int cli_run_status(struct cli *cli);
 int cli_run_call(struct cli *cli);
+int cli_run_set(struct cli *cli);
+int cli_run_snapshot(struct cli *cli);
 /* The message for a pool whose lock is held by someone else. */
 void cli_pool_in_use_message(const struct cli *cli, const char *control, const char *why, char *buf,
 			     size_t len);

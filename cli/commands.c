@@ -284,6 +284,16 @@ print_volume_info(json_t *v)
 	printf("created:     %s\n", fmt_time(jnum(v, "created"), b, sizeof b));
 	printf("open views:  %" PRIu64 "\n", jnum(v, "open_views"));
 	printf("origin:      %s\n", jstr(v, "origin"));
+	printf("full policy: %s\n", jstr(v, "full_policy"));
+	printf("snapshots:   %" PRIu64 " (holding %s)\n", jnum(v, "snapshots"),
+	       fmt_size(jnum(v, "snapshot_space"), a, sizeof a));
+	json_t *cow = json_object_get(v, "cow");
+	if (cow)
+		printf("cow:         epoch %" PRIu64 ", %" PRIu64 " copies, %s copied, %" PRIu64
+		       " journal commits (since the volume was opened)\n",
+		       jnum(cow, "epoch"), jnum(cow, "copies"),
+		       fmt_size(jnum(cow, "copied_bytes"), a, sizeof a),
+		       jnum(cow, "journal_commits"));
 }
 
 /* ---- the subcommands ---- */
@@ -294,6 +304,15 @@ check_name_arg(struct cli *cli, const char *name)
 {
 	if (sv_check_name(name, "volume") == -1)
 		return cli_usage_error(cli, "%s", sv_last_error());
+	return 0;
+}
+
+static int
+check_policy_arg(struct cli *cli, const char *policy)
+{
+	if (strcmp(policy, "fail-writes") && strcmp(policy, "drop-snapshot"))
+		return cli_usage_error(
+		    cli, "--full-policy: '%s' is not fail-writes or drop-snapshot", policy);
 	return 0;
 }
 
@@ -323,9 +342,14 @@ cli_run_create(struct cli *cli)
 		return cli_usage_error(cli, "--chunk-size: %s is not a power of 2 from 4K to 1M",
 				       cli->val[OPT_CHUNK_SIZE]);
 
+	const char *policy = cli->val[OPT_FULL_POLICY];
+	if (policy && (r = check_policy_arg(cli, policy)))
+		return r;
 	json_t *args = json_pack("{s:s, s:I}", "name", name, "size", (json_int_t)size);
 	if (chunk)
 		json_object_set_new(args, "chunk_size", json_integer((json_int_t)chunk));
+	if (policy)
+		json_object_set_new(args, "full_policy", json_string(policy));
 	struct outcome out;
 	r = execute(cli, "create", args, SV_POOL_CREATE, &out);
 	json_decref(args);
@@ -496,6 +520,134 @@ cli_run_call(struct cli *cli)
 	if (r)
 		return r;
 	print_json(out.ret);
+	json_decref(out.ret);
+	return EXIT_OK;
+}
+
+int
+cli_run_set(struct cli *cli)
+{
+	int r;
+	if ((r = check_name_arg(cli, cli->pos[0])))
+		return r;
+	const char *policy = cli->val[OPT_FULL_POLICY];
+	if (!policy)
+		return cli_usage_error(cli, "'set' needs --full-policy POLICY");
+	if ((r = check_policy_arg(cli, policy)))
+		return r;
+	json_t *args = json_pack("{s:s, s:s}", "name", cli->pos[0], "full_policy", policy);
+	struct outcome out;
+	r = execute(cli, "set", args, 0, &out);
+	json_decref(args);
+	if (r)
+		return r;
+	if (cli->json)
+		print_json(out.ret);
+	else
+		print_volume_info(out.ret);
+	json_decref(out.ret);
+	return EXIT_OK;
+}
+
+/* "VOL@SNAP", checked as the engine will check it. */
+static int
+check_snapshot_arg(struct cli *cli, const char *spec)
+{
+	char vol[SV_NAME_MAX + 1], snap[SV_NAME_MAX + 1];
+	bool has;
+	if (sv_split_export_name(spec, strlen(spec), vol, snap, &has) == -1)
+		return cli_usage_error(cli, "'%s': %s", spec, sv_last_error());
+	if (!has)
+		return cli_usage_error(cli, "'%s' names no snapshot: write VOLUME@SNAPSHOT", spec);
+	return 0;
+}
+
+static void
+print_snapshot_table(json_t *snaps)
+{
+	static const char *const heads[] = {"NAME",	   "EPOCH", "CREATED",
+					    "CONSISTENCY", "SPACE", "STATE"};
+	static const bool right[] = {false, true, false, false, true, false};
+	struct table t = {.ncols = 6, .heads = heads, .right = right};
+	size_t i;
+	json_t *v;
+	json_array_foreach(snaps, i, v)
+	{
+		char name[160], epoch[32], created[32], space[32];
+		snprintf(name, sizeof name, "%s@%s", jstr(v, "volume"), jstr(v, "name"));
+		snprintf(epoch, sizeof epoch, "%" PRIu64, jnum(v, "epoch"));
+		char *row[] = {
+		    name,
+		    epoch,
+		    (char *)fmt_time(jnum(v, "created"), created, sizeof created),
+		    (char *)jstr(v, "consistency"),
+		    (char *)fmt_size(jnum(v, "space"), space, sizeof space),
+		    json_is_true(json_object_get(v, "invalid")) ? "INVALID" : "valid",
+		};
+		table_add(&t, row);
+	}
+	table_print(&t, "");
+}
+
+int
+cli_run_snapshot(struct cli *cli)
+{
+	const char *action = cli->pos[0];
+	const char *command;
+	json_t *args;
+	int r;
+	if (!strcmp(action, "create")) {
+		json_t *list = json_array();
+		for (unsigned i = 1; i < cli->npos; i++) {
+			if ((r = check_snapshot_arg(cli, cli->pos[i]))) {
+				json_decref(list);
+				return r;
+			}
+			json_array_append_new(list, json_string(cli->pos[i]));
+		}
+		command = "snapshot-create";
+		args = json_pack("{s:o}", "snapshots", list);
+	} else if (!strcmp(action, "list") || !strcmp(action, "delete") ||
+		   !strcmp(action, "rollback")) {
+		if (cli->npos != 2)
+			return cli_usage_error(cli, "'snapshot %s' takes one %s", action,
+					       strcmp(action, "list") ? "VOL@SNAP" : "VOL");
+		if (!strcmp(action, "list")) {
+			if ((r = check_name_arg(cli, cli->pos[1])))
+				return r;
+			command = "snapshot-list";
+			args = json_pack("{s:s}", "name", cli->pos[1]);
+		} else {
+			if ((r = check_snapshot_arg(cli, cli->pos[1])))
+				return r;
+			command =
+			    !strcmp(action, "delete") ? "snapshot-delete" : "snapshot-rollback";
+			args = json_pack("{s:s}", "snapshot", cli->pos[1]);
+		}
+	} else {
+		return cli_usage_error(
+		    cli, "unknown snapshot action '%s' (create, list, delete, rollback)", action);
+	}
+	struct outcome out;
+	r = execute(cli, command, args, 0, &out);
+	json_decref(args);
+	if (r)
+		return r;
+	if (cli->json) {
+		print_json(out.ret);
+	} else if (!strcmp(action, "create")) {
+		for (unsigned i = 1; i < cli->npos; i++)
+			printf("created snapshot %s\n", cli->pos[i]);
+	} else if (!strcmp(action, "list")) {
+		json_t *snaps = json_object_get(out.ret, "snapshots");
+		if (json_array_size(snaps) == 0)
+			printf("volume %s has no snapshots\n", cli->pos[1]);
+		else
+			print_snapshot_table(snaps);
+	} else {
+		printf("%s snapshot %s\n", !strcmp(action, "delete") ? "deleted" : "rolled back to",
+		       cli->pos[1]);
+	}
 	json_decref(out.ret);
 	return EXIT_OK;
 }

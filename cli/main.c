@@ -43,6 +43,15 @@ static const struct cli_option create_options[] = {
      "the volume's size: bytes, or with a suffix K, M, G, T (binary: 1K = 1024)"},
     {"chunk-size", 0, "SIZE", OPT_CHUNK_SIZE,
      "unit of copy-on-write and change tracking: a power of 2 from 4K to 1M (default 4K)"},
+    {"full-policy", 0, "POLICY", OPT_FULL_POLICY,
+     "when the store is full and a write needs a copy: fail-writes (the write gets ENOSPC; "
+     "default) or drop-snapshot (the oldest snapshot is invalidated)"},
+    {NULL},
+};
+
+static const struct cli_option set_options[] = {
+    {"full-policy", 0, "POLICY", OPT_FULL_POLICY,
+     "when the store is full and a write needs a copy: fail-writes or drop-snapshot"},
     {NULL},
 };
 
@@ -63,7 +72,7 @@ static const struct cli_option serve_options[] = {
 static int run_help(struct cli *cli);
 
 static const struct cli_subcommand subcommands[] = {
-    {"create", "NAME --size SIZE [--chunk-size SIZE]", "create a volume",
+    {"create", "NAME --size SIZE [--chunk-size SIZE] [--full-policy POLICY]", "create a volume",
      "Create the volume NAME: an empty, sparse raw image of SIZE bytes (a multiple "
      "of 512).  The pool directory is created if it does not exist.  A volume name "
      "is 1 to 64 characters among letters, digits and . _ + : -, and does not start "
@@ -78,6 +87,24 @@ static const struct cli_subcommand subcommands[] = {
     {"info", "NAME", "show one volume",
      "Show the properties of the volume NAME, one \"key: value\" per line.", NULL, 1, 1,
      cli_run_info},
+    {"set", "NAME --full-policy POLICY", "change a volume's properties",
+     "Change the properties of the volume NAME: its full-store policy.", set_options, 1, 1,
+     cli_run_set},
+    {"snapshot",
+     "create VOL@SNAP [VOL@SNAP...]\n"
+     "         | list VOL | delete VOL@SNAP | rollback VOL@SNAP",
+     "create, list, delete or roll back snapshots",
+     "'snapshot create' takes read-only, point-in-time snapshots of one or more volumes at "
+     "one instant (a consistency group): it blocks no I/O and returns when they are durable.  "
+     "A snapshot is exported over NBD as VOL@SNAP.  'snapshot list' shows a volume's "
+     "snapshots, oldest first, with their consistency, validity and the space they hold.  "
+     "'snapshot delete' gives back the space only that snapshot needed (refused while it is "
+     "exported).  'snapshot rollback' makes the volume's contents the snapshot's again: "
+     "writes are held while it runs, reads go on and may see a mix until it returns; an "
+     "interrupted rollback is finished when the volume is next opened.  Trimming a range of a "
+     "snapshot's export releases it: it reads as zeros from then on and its space is given "
+     "back, so a backup reader can free the snapshot behind itself.",
+     NULL, 2, CLI_MAX_POS, cli_run_snapshot},
     {"status", "", "show the server's state",
      "Show the running server: pid, uptime, pool, sockets, NBD connections and volumes. "
      "Without a server, say so and list the volumes.",

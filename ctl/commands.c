@@ -67,11 +67,12 @@ enum arg_type {
 	ARG_SIZE,   /* a byte count: a non-negative integer, or a string "20G" */
 	ARG_UINT,   /* a non-negative integer */
 	ARG_BOOL,
+	ARG_STRINGS, /* a non-empty array of strings */
 };
 
 static const char *const arg_type_names[] = {
     [ARG_STRING] = "string", [ARG_VOLUME] = "volume-name", [ARG_SIZE] = "size",
-    [ARG_UINT] = "uint",     [ARG_BOOL] = "bool",
+    [ARG_UINT] = "uint",     [ARG_BOOL] = "bool",	   [ARG_STRINGS] = "string-array",
 };
 
 struct arg_spec {
@@ -91,6 +92,7 @@ struct call {
 	const char *name; /* the command's wire name */
 	bool present[MAX_ARGS];
 	const char *str[MAX_ARGS]; /* ARG_STRING, ARG_VOLUME (borrowed from the JSON) */
+	json_t *list[MAX_ARGS];	   /* ARG_STRINGS (borrowed) */
 	uint64_t num[MAX_ARGS];	   /* ARG_SIZE, ARG_UINT, ARG_BOOL */
 };
 
@@ -190,6 +192,24 @@ check_one(struct call *c, int i, json_t *v)
 					a->name, cmdname);
 		c->num[i] = (uint64_t)json_integer_value(v);
 		break;
+	case ARG_STRINGS: {
+		size_t k;
+		json_t *e;
+		if (!json_is_array(v) || json_array_size(v) == 0)
+			return sv_error(
+			    EINVAL, "argument '%s' of '%s' must be a non-empty array of strings",
+			    a->name, cmdname);
+		json_array_foreach(
+		    v, k,
+		    e) if (!json_is_string(e) ||
+			   strlen(json_string_value(e)) !=
+			       json_string_length(e)) return sv_error(EINVAL,
+								      "argument '%s' of '%s': "
+								      "element %zu is not a string",
+								      a->name, cmdname, k);
+		c->list[i] = v;
+		break;
+	}
 	case ARG_BOOL:
 		if (!json_is_boolean(v))
 			return sv_error(EINVAL, "argument '%s' of '%s' must be true or false",
@@ -239,10 +259,12 @@ check_args(struct call *c, json_t *arguments)
 static json_t *
 volume_json(const struct sv_volume_info *vi)
 {
-	json_t *o = json_pack("{s:s, s:I, s:I, s:I, s:I, s:I}", "name", vi->name, "size",
-			      (json_int_t)vi->size, "chunk_size", (json_int_t)vi->chunk_size,
-			      "allocated", (json_int_t)vi->allocated, "created",
-			      (json_int_t)vi->created, "open_views", (json_int_t)vi->open_views);
+	json_t *o =
+	    json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:s, s:I, s:I}", "name", vi->name, "size",
+		      (json_int_t)vi->size, "chunk_size", (json_int_t)vi->chunk_size, "allocated",
+		      (json_int_t)vi->allocated, "created", (json_int_t)vi->created, "open_views",
+		      (json_int_t)vi->open_views, "full_policy", vi->full_policy, "snapshots",
+		      (json_int_t)vi->snapshots, "snapshot_space", (json_int_t)vi->snapshot_space);
 	if (o)
 		json_object_set_new(
 		    o, "origin", vi->origin_path[0] ? json_string(vi->origin_path) : json_null());
@@ -292,6 +314,8 @@ static const struct arg_spec create_args[] = {
     {"name", ARG_VOLUME, true, "volume name: 1-64 of [A-Za-z0-9._+:-], not starting with . or -"},
     {"size", ARG_SIZE, true, "size in bytes, or a string like \"20G\"; a multiple of 512"},
     {"chunk_size", ARG_SIZE, false, "chunk size, a power of 2 from 4K to 1M (default 4K)"},
+    {"full_policy", ARG_STRING, false,
+     "when the store is full: \"fail-writes\" (default) or \"drop-snapshot\""},
     {NULL},
 };
 
@@ -305,8 +329,22 @@ cmd_create_run(struct call *c)
 		return sv_error(EINVAL, "chunk size %" PRIu64 " is too large (at most %u)", chunk,
 				SV_CHUNK_MAX),
 		       NULL;
+	const char *policy = arg_str(c, "full_policy");
+	if (policy && strcmp(policy, "fail-writes") && strcmp(policy, "drop-snapshot"))
+		return sv_error(EINVAL,
+				"full policy must be 'fail-writes' or 'drop-snapshot', not '%s'",
+				policy),
+		       NULL;
 	if (sv_volume_create(c->ctx->pool, name, size, (uint32_t)chunk) == -1)
 		return NULL;
+	if (policy && sv_volume_set_policy(c->ctx->pool, name, policy) == -1) {
+		/* all or nothing */
+		char msg[1024];
+		int e = sv_last_errno();
+		snprintf(msg, sizeof msg, "%s", sv_last_error());
+		sv_volume_delete(c->ctx->pool, name);
+		return sv_error(e, "%s", msg), NULL;
+	}
 	struct sv_volume_info vi;
 	if (sv_volume_info(c->ctx->pool, name, &vi) == -1)
 		return NULL;
@@ -357,10 +395,158 @@ static json_t *
 cmd_info_run(struct call *c)
 {
 	struct sv_volume_info vi;
+	struct sv_cow_stats st;
+	if (sv_volume_info(c->ctx->pool, arg_str(c, "name"), &vi) == -1 ||
+	    sv_volume_cow_stats(c->ctx->pool, arg_str(c, "name"), &st) == -1)
+		return NULL;
+	json_t *o = volume_json(&vi);
+	json_object_set_new(o, "cow",
+			    json_pack("{s:I, s:I, s:I, s:I}", "epoch", (json_int_t)st.epoch,
+				      "copies", (json_int_t)st.copies, "copied_bytes",
+				      (json_int_t)st.copied_bytes, "journal_commits",
+				      (json_int_t)st.journal_commits));
+	return o;
+}
+
+static const struct arg_spec set_args[] = {
+    {"name", ARG_VOLUME, true, "volume name"},
+    {"full_policy", ARG_STRING, true,
+     "when the store is full: \"fail-writes\" or \"drop-snapshot\""},
+    {NULL},
+};
+
+static json_t *
+cmd_set_run(struct call *c)
+{
+	if (sv_volume_set_policy(c->ctx->pool, arg_str(c, "name"), arg_str(c, "full_policy")) == -1)
+		return NULL;
+	struct sv_volume_info vi;
 	if (sv_volume_info(c->ctx->pool, arg_str(c, "name"), &vi) == -1)
 		return NULL;
 	return volume_json(&vi);
 }
+
+static const struct command cmd_set = {
+    "Change a volume's properties (its full-store policy).",
+    set_args,
+    cmd_set_run,
+};
+
+/* ---- snapshots ---- */
+
+/* "VOL@SNAP" into its parts, or the error. */
+static int
+split_snapshot(const char *spec, char *vol, char *snap)
+{
+	bool has;
+	if (sv_split_export_name(spec, strlen(spec), vol, snap, &has) == -1)
+		return -1;
+	if (!has)
+		return sv_error(EINVAL, "'%s' names no snapshot: write VOLUME@SNAPSHOT", spec);
+	return 0;
+}
+
+static json_t *
+snapshot_json(const struct sv_snapshot_info *si)
+{
+	return json_pack("{s:s, s:s, s:I, s:I, s:s, s:b, s:I, s:I}", "volume", si->volume, "name",
+			 si->name, "epoch", (json_int_t)si->epoch, "created",
+			 (json_int_t)si->created, "consistency", si->consistency, "invalid",
+			 si->invalid, "space", (json_int_t)si->space, "open_views",
+			 (json_int_t)si->open_views);
+}
+
+static const struct arg_spec snapshot_create_args[] = {
+    {"snapshots", ARG_STRINGS, true,
+     "\"VOLUME@SNAPSHOT\" names, taken at one instant (a consistency group)"},
+    {"consistency", ARG_STRING, false,
+     "\"crash\" (default) or \"frozen\" (the caller froze the filesystem on top)"},
+    {NULL},
+};
+
+static json_t *
+cmd_snapshot_create_run(struct call *c)
+{
+	json_t *list = c->list[arg_must(c, "snapshots")];
+	size_t n = json_array_size(list);
+	const char **specs = calloc(n, sizeof *specs);
+	if (!specs)
+		return sv_error(ENOMEM, "out of memory"), NULL;
+	for (size_t i = 0; i < n; i++)
+		specs[i] = json_string_value(json_array_get(list, i));
+	uint64_t t0 = sv_now_ns();
+	int r = sv_snapshot_create(c->ctx->pool, specs, n, arg_str(c, "consistency"));
+	uint64_t t1 = sv_now_ns();
+	free(specs);
+	if (r == -1)
+		return NULL;
+	return json_pack("{s:O, s:I}", "snapshots", list, "duration_us",
+			 (json_int_t)((t1 - t0) / 1000));
+}
+
+static const struct command cmd_snapshot_create = {
+    "Take snapshots of one or more volumes at one instant.  Blocks no I/O; returns when they "
+    "are durable.",
+    snapshot_create_args,
+    cmd_snapshot_create_run,
+};
+
+static json_t *
+cmd_snapshot_list_run(struct call *c)
+{
+	struct sv_snapshot_info *infos;
+	size_t n;
+	if (sv_snapshot_list(c->ctx->pool, arg_str(c, "name"), &infos, &n) == -1)
+		return NULL;
+	json_t *arr = json_array();
+	for (size_t i = 0; i < n; i++)
+		json_array_append_new(arr, snapshot_json(&infos[i]));
+	free(infos);
+	return json_pack("{s:o}", "snapshots", arr);
+}
+
+static const struct command cmd_snapshot_list = {
+    "A volume's snapshots, oldest first: epoch, time, consistency, validity, space held.",
+    name_arg,
+    cmd_snapshot_list_run,
+};
+
+static const struct arg_spec snapshot_arg[] = {
+    {"snapshot", ARG_STRING, true, "\"VOLUME@SNAPSHOT\""},
+    {NULL},
+};
+
+static json_t *
+cmd_snapshot_delete_run(struct call *c)
+{
+	char vol[SV_NAME_MAX + 1], snap[SV_NAME_MAX + 1];
+	if (split_snapshot(arg_str(c, "snapshot"), vol, snap) == -1 ||
+	    sv_snapshot_delete(c->ctx->pool, vol, snap) == -1)
+		return NULL;
+	return json_object();
+}
+
+static const struct command cmd_snapshot_delete = {
+    "Delete a snapshot and give back the space only it needed.  Refused while exported.",
+    snapshot_arg,
+    cmd_snapshot_delete_run,
+};
+
+static json_t *
+cmd_snapshot_rollback_run(struct call *c)
+{
+	char vol[SV_NAME_MAX + 1], snap[SV_NAME_MAX + 1];
+	if (split_snapshot(arg_str(c, "snapshot"), vol, snap) == -1 ||
+	    sv_snapshot_rollback(c->ctx->pool, vol, snap) == -1)
+		return NULL;
+	return json_object();
+}
+
+static const struct command cmd_snapshot_rollback = {
+    "Make the volume's contents the snapshot's again (writes are held meanwhile; crash-safe).",
+    snapshot_arg,
+    cmd_snapshot_rollback_run,
+};
 
 static const struct command cmd_info = {
     "One volume's properties.",
@@ -436,7 +622,12 @@ static const struct command cmd_status = {
 	X(delete, "delete")                                                                        \
 	X(list, "list")                                                                            \
 	X(info, "info")                                                                            \
-	X(status, "status")
+	X(set, "set")                                                                              \
+	X(status, "status")                                                                        \
+	X(snapshot_create, "snapshot-create")                                                      \
+	X(snapshot_list, "snapshot-list")                                                          \
+	X(snapshot_delete, "snapshot-delete")                                                      \
+	X(snapshot_rollback, "snapshot-rollback")
 
 #define ROW(id, name)  &cmd_##id,
 #define NAME(id, name) name,

@@ -293,10 +293,26 @@ sv_pool_list_exports(struct sv_pool *pool,
 		return -1;
 	int r = 0;
 	for (size_t i = 0; i < n && r == 0; i++) {
-		char sz[32], desc[160];
+		char sz[32], desc[256];
 		snprintf(desc, sizeof desc, "snapvol volume %s (%s, live)", infos[i].name,
 			 sv_format_size(infos[i].size, sz, sizeof sz));
 		r = fn(opaque, infos[i].name, desc);
+		struct sv_snapshot_info *snaps;
+		size_t ns;
+		if (r == 0 && infos[i].snapshots &&
+		    sv_snapshot_list(pool, infos[i].name, &snaps, &ns) == 0) {
+			for (size_t k = 0; k < ns && r == 0; k++) {
+				if (snaps[k].invalid)
+					continue;
+				char name[2 * SV_NAME_MAX + 2];
+				snprintf(name, sizeof name, "%s@%s", infos[i].name, snaps[k].name);
+				snprintf(desc, sizeof desc,
+					 "snapvol snapshot %s (%s, %s-consistent, read-only)", name, sz,
+					 snaps[k].consistency);
+				r = fn(opaque, name, desc);
+			}
+			free(snaps);
+		}
 	}
 	free(infos);
 	return r;
