@@ -307,8 +307,8 @@ sv_pool_list_exports(struct sv_pool *pool,
 				char name[2 * SV_NAME_MAX + 2];
 				snprintf(name, sizeof name, "%s@%s", infos[i].name, snaps[k].name);
 				snprintf(desc, sizeof desc,
-					 "snapvol snapshot %s (%s, %s-consistent, read-only)", name, sz,
-					 snaps[k].consistency);
+					 "snapvol snapshot %s (%s, %s-consistent, read-only)", name,
+					 sz, snaps[k].consistency);
 				r = fn(opaque, name, desc);
 			}
 			free(snaps);

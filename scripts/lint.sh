@@ -14,6 +14,7 @@ fi
 rm -f lint-format.log
 if ! cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability \
      --inline-suppr --std=c11 -D_GNU_SOURCE -I common -I store -I engine -I nbd -I ctl \
+     --include=scripts/cppcheck-defs.h \
      --suppress=missingIncludeSystem "${files[@]}"; then
   echo "cppcheck: warnings above"
   rc=1
