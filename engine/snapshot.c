@@ -769,6 +769,14 @@ put_volume(struct sv_pool *pool, struct sv_volume *vol)
 	sv_volume_put_locked(vol);
 }
 
+static int
+cmp_info_epoch(const void *a, const void *b)
+{
+	uint64_t x = ((const struct sv_snapshot_info *)a)->epoch;
+	uint64_t y = ((const struct sv_snapshot_info *)b)->epoch;
+	return x < y ? -1 : x > y;
+}
+
 int
 sv_snapshot_list(struct sv_pool *pool, const char *volume, struct sv_snapshot_info **infos,
 		 size_t *n)
@@ -825,6 +833,9 @@ sv_snapshot_list(struct sv_pool *pool, const char *volume, struct sv_snapshot_in
 	put_volume(pool, vol);
 	if (!out)
 		return sv_error(ENOMEM, "out of memory");
+	/* Oldest first, as documented: invalidated snapshots sit apart from
+	 * the live ones (vol->dead) but take their place by epoch. */
+	qsort(out, k, sizeof *out, cmp_info_epoch);
 	*infos = out;
 	*n = k;
 	return 0;
@@ -1043,6 +1054,11 @@ do_rollback(struct sv_volume *vol, struct sv_snap *s)
 			if (vol->epochs[i]->id >= s->epoch)
 				roaring_bitmap_clear(vol->epochs[i]->changed);
 		sv_snap_refresh_current_locked(vol);
+		/* Readers of older snapshots that resolved a chunk to these
+		 * pre-images before the bits went must finish before the
+		 * space goes; new ones read the origin. */
+		while (vol->snap_readers > 0)
+			pthread_cond_wait(&vol->cow_cond, &vol->cow_lock);
 		sv_unlock_or_abort(&vol->cow_lock);
 		if (sv_journal_checkpoint(vol) == -1)
 			return -1;
