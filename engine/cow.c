@@ -224,8 +224,11 @@ copy_runs(struct sv_volume *vol, struct sv_epoch *ep, const struct sv_jrec *runs
 	}
 	free(buf);
 	buf = NULL;
-	if (sv_journal_commit(vol, runs, n) == -1)
+	if (sv_journal_commit(vol, runs, n) == -1) {
+		/* Some records may be in the journal: keep the data they name. */
+		pre = NULL;
 		goto fail;
+	}
 	sv_lock_or_abort(&vol->cow_lock);
 	vol->stat_copies += n;
 	vol->stat_copied_bytes += copied;
@@ -237,6 +240,20 @@ fail:
 	if (*err != ENOSPC)
 		sv_log_error("volume %s: copy-on-write into epoch %" PRIu64 " failed: %s",
 			     vol->name, ep->id, strerror(*err));
+	/* Give back what a copy that failed before its commit wrote: its
+	 * chunks are claimed by us and have no record, so nothing reads that
+	 * part of the pre-image, and on a full store that space is what the
+	 * next metadata write (a snapshot invalidated by drop-snapshot, a
+	 * policy change) needs. */
+	for (size_t r = 0; pre && r < n; r++) {
+		uint64_t a = (uint64_t)runs[r].first << vol->chunk_shift;
+		uint64_t z = (uint64_t)(runs[r].first + runs[r].count) << vol->chunk_shift;
+		if (z > vol->size)
+			z = vol->size;
+		if (vol->ops->obj_punch(pre, a, z - a) == -1)
+			sv_log_warn("volume %s: cannot give back a failed copy's space: %m",
+				    vol->name);
+	}
 	free(buf);
 	return -1;
 }

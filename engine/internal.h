@@ -60,9 +60,11 @@ struct sv_snap {
 /* The change journal (journal.c): durable records of committed copies. */
 struct sv_journal {
 	struct sv_obj *obj;
-	uint64_t gen;	   /* generation of the records being written */
-	uint64_t next;	   /* next record slot */
-	uint64_t capacity; /* slots */
+	uint64_t gen;	      /* generation of the records being written */
+	uint64_t next;	      /* next record slot */
+	uint64_t capacity;    /* slots */
+	bool must_checkpoint; /* the checkpoint at open failed (full store): the
+				 leader takes one before the next record */
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
 	struct pending_rec *pending; /* queued records and their waiters; lock */

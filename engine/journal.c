@@ -244,6 +244,7 @@ checkpoint_as_leader(struct sv_volume *vol)
 		return sv_error_errno("volume %s: cannot write changed.meta", vol->name);
 	j->gen++;
 	j->next = 0;
+	j->must_checkpoint = false;
 	return 0;
 }
 
@@ -375,7 +376,7 @@ commit_batch(struct sv_volume *vol, struct pending_rec *b, size_t n)
 	struct sv_journal *j = &vol->journal;
 	if (sync_pre_objects(vol, b, n) == -1)
 		return errno ? errno : EIO;
-	if (j->next + n > j->capacity && checkpoint_as_leader(vol) == -1)
+	if ((j->must_checkpoint || j->next + n > j->capacity) && checkpoint_as_leader(vol) == -1)
 		return sv_last_errno();
 	unsigned char *recs = malloc(n * JREC_SIZE);
 	if (!recs)

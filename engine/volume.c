@@ -354,8 +354,18 @@ volume_load(struct sv_volume *v, json_t *body)
 	for (size_t i = 0; i < nd; i++)
 		sv_epoch_retire(v, dropped[i]);
 	free(dropped);
-	if (sv_journal_checkpoint(v) == -1)
-		return -1;
+	if (sv_journal_checkpoint(v) == -1) {
+		/* A full store must not make the volume and its snapshots
+		 * unreadable, nor block the deletes that would free space: go on
+		 * with the journal as replayed, and take the checkpoint before
+		 * the first new record (journal.c), so no record is ever written
+		 * into an old generation. */
+		int e = sv_last_errno();
+		if (e != ENOSPC && e != EDQUOT)
+			return -1;
+		sv_log_warn("%s; the checkpoint waits for the next copy", sv_last_error());
+		v->journal.must_checkpoint = true;
+	}
 	if (v->rollback_to[0] && sv_snap_finish_rollback(v) == -1)
 		return -1;
 	return 0;

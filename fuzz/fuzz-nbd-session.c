@@ -1,0 +1,132 @@
+/*
+ * fuzz-nbd-session.c: libFuzzer target for the whole NBD server.
+ *
+ * Each input is the byte stream of one client session, from the first
+ * byte after the server's greeting (client flags, options, requests and
+ * payloads).  It is fed through a socketpair into sv_nbd_serve_fd(), the
+ * same code path a real connection takes (handshake, then the threaded
+ * transmission phase), against a small volume in a temporary pool.  This
+ * is the shape of nbdkit's server/fuzzer.c, except that the phony client
+ * is a thread rather than a forked process: libFuzzer then sees leaks and
+ * sanitizer reports from the server directly, and runs thousands of
+ * sessions a second.
+ *
+ * The client thread writes the input as fast as the server takes it,
+ * reads and discards everything the server sends (so the server never
+ * blocks on a full socket), then shuts down its write side: the server
+ * sees end of stream and returns.  Nothing can hang: every server read
+ * ends at that end of stream.
+ *
+ * Build: CC=clang meson setup build-fuzz -Dfuzzing=true -Db_sanitize=address,undefined
+ *        ninja -C build-fuzz fuzz/fuzz-nbd-session
+ * Run:   build-fuzz/fuzz/fuzz-nbd-session -close_fd_mask=2 fuzz/corpus/nbd-session
+ * (-close_fd_mask=2 silences the server's per-connection log lines.)
+ */
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "engine.h"
+#include "nbd-server.h"
+
+static struct sv_nbd_server *srv;
+static struct sv_pool *pool;
+static char dir[64];
+
+static void
+cleanup(void)
+{
+	sv_nbd_server_free(srv);
+	sv_pool_close(pool);
+	char cmd[128];
+	snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+	if (system(cmd) != 0)
+		fprintf(stderr, "fuzz: could not remove %s\n", dir);
+}
+
+int LLVMFuzzerInitialize(int *argc, char ***argv);
+int
+LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+	(void)argc, (void)argv;
+	const char *tmp = getenv("TMPDIR");
+	snprintf(dir, sizeof dir, "%s/snapvol-fuzz-XXXXXX", tmp && strlen(tmp) < 32 ? tmp : "/tmp");
+	if (!mkdtemp(dir) || sv_pool_open(dir, SV_POOL_CREATE, &pool) == -1 ||
+	    sv_volume_create(pool, "v", 1 << 20, 0) == -1) {
+		fprintf(stderr, "fuzz: cannot set up a pool in %s\n", dir);
+		abort();
+	}
+	struct sv_nbd_config cfg;
+	sv_nbd_config_defaults(&cfg);
+	cfg.threads_per_conn = 2;  /* exercise the parallel path, cheaply */
+	cfg.max_request = 1 << 20; /* the volume's size; keeps buffers small */
+	cfg.handshake_timeout_s = 10;
+	if (sv_nbd_server_new(pool, &cfg, &srv) == -1)
+		abort();
+	atexit(cleanup);
+	return 0;
+}
+
+struct client {
+	int fd;
+	const uint8_t *data;
+	size_t size;
+};
+
+static void *
+client_main(void *arg)
+{
+	struct client *cl = arg;
+	size_t done = 0;
+	bool wr_open = true;
+	char sink[65536];
+	for (;;) {
+		if (wr_open && done == cl->size) {
+			shutdown(cl->fd, SHUT_WR);
+			wr_open = false;
+		}
+		struct pollfd p = {.fd = cl->fd, .events = POLLIN | (wr_open ? POLLOUT : 0)};
+		if (poll(&p, 1, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			break;
+		}
+		if (p.revents & (POLLIN | POLLHUP | POLLERR)) {
+			ssize_t r = recv(cl->fd, sink, sizeof sink, MSG_DONTWAIT);
+			if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR))
+				break; /* the server has closed */
+		}
+		if (wr_open && (p.revents & POLLOUT)) {
+			ssize_t r = send(cl->fd, cl->data + done, cl->size - done,
+					 MSG_DONTWAIT | MSG_NOSIGNAL);
+			if (r > 0)
+				done += (size_t)r;
+			else if (r < 0 && errno != EAGAIN && errno != EINTR)
+				wr_open = false; /* the server stopped reading */
+		}
+	}
+	return NULL;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+int
+LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	int sv[2];
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == -1)
+		abort();
+	struct client cl = {.fd = sv[0], .data = data, .size = size};
+	pthread_t t;
+	if (pthread_create(&t, NULL, client_main, &cl) != 0)
+		abort();
+	sv_nbd_serve_fd(srv, sv[1]); /* closes sv[1] */
+	pthread_join(t, NULL);
+	close(sv[0]);
+	return 0;
+}

@@ -1,0 +1,627 @@
+/*
+ * server.c: the NBD server's outside: listening sockets, the accept
+ * thread, the registry of connections, start and stop, and the life of one
+ * connection (handshake, then transmission, then clean-up).
+ *
+ * One accept thread polls every listening socket plus a wake-up pipe.  Each
+ * accepted client gets its own thread, which runs the handshake and then
+ * becomes worker 0 of its connection (transmission.c starts the others).
+ * Finished connection threads are joined by the accept thread when it next
+ * wakes (the dying thread pokes the pipe), and by sv_nbd_stop at the end.
+ * Connections from sv_nbd_serve_fd run in the caller's thread and leave
+ * the registry themselves.
+ *
+ * sv_nbd_stop shuts down the read side of every client socket: readers
+ * wake at end of stream, requests already read finish and are answered,
+ * and the connections close.  A client that will not read its replies
+ * gets both directions shut down after a grace period, so stop never
+ * hangs on it.
+ *
+ * Unix sockets are created mode 0600 (fchmod before bind: Linux gives the
+ * new socket file the socket inode's mode), a stale socket file is
+ * replaced, and a socket some live server answers on is left alone.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "error.h"
+#include "internal.h"
+#include "log.h"
+#include "util.h"
+
+/* Seconds a stopping server lets clients take their last replies. */
+#define STOP_GRACE_S 5
+
+void
+sv_nbd_config_defaults(struct sv_nbd_config *cfg)
+{
+	memset(cfg, 0, sizeof *cfg);
+	cfg->min_block_size = 1;
+	cfg->max_request = 32u * 1024 * 1024;
+	cfg->max_option_len = 64u * 1024;
+	cfg->threads_per_conn = 8;
+	cfg->max_connections = 1024;
+	cfg->handshake_timeout_s = 30;
+	cfg->use_sendfile = true;
+}
+
+static int
+check_config(const struct sv_nbd_config *cfg)
+{
+	if (!sv_is_power_of_2(cfg->min_block_size) || cfg->min_block_size > NBD_MAX_BLOCK_MIN)
+		return sv_error(EINVAL, "minimum block size must be a power of 2 up to 64 KiB");
+	if (cfg->max_request < 64u * 1024 || cfg->max_request > 1024u * 1024 * 1024 ||
+	    cfg->max_request % cfg->min_block_size)
+		return sv_error(EINVAL, "maximum request must be 64 KiB..1 GiB, a multiple of the "
+					"minimum block size");
+	if (cfg->max_option_len < 4096 + 64 || cfg->max_option_len > 16u * 1024 * 1024)
+		return sv_error(EINVAL, "maximum option length must be 4160 bytes..16 MiB");
+	if (cfg->threads_per_conn < 1 || cfg->threads_per_conn > 256)
+		return sv_error(EINVAL, "threads per connection must be 1..256");
+	if (cfg->max_connections < 1)
+		return sv_error(EINVAL, "maximum connections must be at least 1");
+	return 0;
+}
+
+int
+sv_nbd_server_new(struct sv_pool *pool, const struct sv_nbd_config *cfg, struct sv_nbd_server **out)
+{
+	struct sv_nbd_config def;
+	if (!cfg) {
+		sv_nbd_config_defaults(&def);
+		cfg = &def;
+	}
+	if (check_config(cfg) == -1)
+		return -1;
+	struct sv_nbd_server *srv = calloc(1, sizeof *srv);
+	if (!srv)
+		return sv_error(ENOMEM, "out of memory");
+	srv->pool = pool;
+	srv->cfg = *cfg;
+	srv->next_id = 1;
+	if (pipe2(srv->wake, O_CLOEXEC | O_NONBLOCK) == -1) {
+		free(srv);
+		return sv_error_errno("pipe");
+	}
+	pthread_mutex_init(&srv->lock, NULL);
+	pthread_cond_init(&srv->cond, NULL);
+
+	/* sendfile(2) to a socket whose peer has gone raises SIGPIPE, which
+	 * would kill the server; take it over unless the program has. */
+	struct sigaction sa;
+	if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL)
+		signal(SIGPIPE, SIG_IGN);
+	*out = srv;
+	return 0;
+}
+
+static int
+add_listener(struct sv_nbd_server *srv, int fd, const char *unix_path)
+{
+	int *l = realloc(srv->lfds, (srv->nlfds + 1) * sizeof *l);
+	if (!l)
+		goto nomem;
+	srv->lfds = l;
+	char **p = realloc(srv->unix_paths, (srv->nlfds + 1) * sizeof *p);
+	if (!p)
+		goto nomem;
+	srv->unix_paths = p;
+	p[srv->nlfds] = NULL;
+	if (unix_path && !(p[srv->nlfds] = strdup(unix_path)))
+		goto nomem;
+	l[srv->nlfds] = fd;
+	srv->nlfds++;
+	return 0;
+nomem:
+	close(fd);
+	return sv_error(ENOMEM, "out of memory");
+}
+
+int
+sv_nbd_listen_unix(struct sv_nbd_server *srv, const char *path)
+{
+	struct sockaddr_un sun = {.sun_family = AF_UNIX};
+	if (srv->started)
+		return sv_error(EINVAL, "server already started");
+	if (strlen(path) >= sizeof sun.sun_path)
+		return sv_error(ENAMETOOLONG, "socket path is too long: %s", path);
+	memcpy(sun.sun_path, path, strlen(path) + 1);
+
+	struct stat st;
+	if (lstat(path, &st) == 0) {
+		if (!S_ISSOCK(st.st_mode))
+			return sv_error(EEXIST, "%s exists and is not a socket", path);
+		int p = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (p == -1)
+			return sv_error_errno("socket");
+		int r = connect(p, (struct sockaddr *)&sun, sizeof sun);
+		int e = errno;
+		close(p);
+		if (r == 0)
+			return sv_error(EADDRINUSE, "a server is already listening on %s", path);
+		if (e != ECONNREFUSED) {
+			errno = e;
+			return sv_error_errno("probing %s", path);
+		}
+		if (unlink(path) == -1 && errno != ENOENT)
+			return sv_error_errno("removing stale socket %s", path);
+	}
+
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd == -1)
+		return sv_error_errno("socket");
+	if (fchmod(fd, 0600) == -1 || bind(fd, (struct sockaddr *)&sun, sizeof sun) == -1) {
+		int e = errno;
+		close(fd);
+		errno = e;
+		return sv_error_errno("binding %s", path);
+	}
+	if (chmod(path, 0600) == -1 || listen(fd, SOMAXCONN) == -1) {
+		int e = errno;
+		close(fd);
+		unlink(path);
+		errno = e;
+		return sv_error_errno("listening on %s", path);
+	}
+	if (add_listener(srv, fd, path) == -1) {
+		unlink(path);
+		return -1;
+	}
+	return 0;
+}
+
+int
+sv_nbd_listen_tcp(struct sv_nbd_server *srv, const char *hostport)
+{
+	if (srv->started)
+		return sv_error(EINVAL, "server already started");
+	char host[256], port[32];
+	const char *colon;
+	if (hostport[0] == '[') {
+		const char *rb = strchr(hostport, ']');
+		if (!rb || rb[1] != ':')
+			return sv_error(EINVAL, "bad address %s (want [HOST]:PORT)", hostport);
+		if ((size_t)(rb - hostport - 1) >= sizeof host)
+			return sv_error(EINVAL, "host name too long in %s", hostport);
+		memcpy(host, hostport + 1, (size_t)(rb - hostport - 1));
+		host[rb - hostport - 1] = 0;
+		colon = rb + 1;
+	} else {
+		colon = strrchr(hostport, ':');
+		if (!colon)
+			return sv_error(EINVAL, "bad address %s (want HOST:PORT)", hostport);
+		if ((size_t)(colon - hostport) >= sizeof host)
+			return sv_error(EINVAL, "host name too long in %s", hostport);
+		memcpy(host, hostport, (size_t)(colon - hostport));
+		host[colon - hostport] = 0;
+	}
+	if (strlen(colon + 1) == 0 || strlen(colon + 1) >= sizeof port ||
+	    strspn(colon + 1, "0123456789") != strlen(colon + 1))
+		return sv_error(EINVAL, "bad port in %s", hostport);
+	strcpy(port, colon + 1);
+
+	struct addrinfo hints = {.ai_flags = AI_PASSIVE | AI_NUMERICSERV,
+				 .ai_family = AF_UNSPEC,
+				 .ai_socktype = SOCK_STREAM};
+	struct addrinfo *res;
+	int g = getaddrinfo(host[0] ? host : NULL, port, &hints, &res);
+	if (g != 0)
+		return sv_error(EINVAL, "%s: %s", hostport, gai_strerror(g));
+	int bound = 0, err = 0;
+	for (struct addrinfo *a = res; a; a = a->ai_next) {
+		int fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+		if (fd == -1) {
+			err = errno;
+			continue;
+		}
+		int one = 1;
+		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+		if (a->ai_family == AF_INET6)
+			setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+		if (bind(fd, a->ai_addr, a->ai_addrlen) == -1 || listen(fd, SOMAXCONN) == -1) {
+			err = errno;
+			close(fd);
+			continue;
+		}
+		if (add_listener(srv, fd, NULL) == -1) {
+			freeaddrinfo(res);
+			return -1;
+		}
+		bound++;
+	}
+	freeaddrinfo(res);
+	if (!bound) {
+		errno = err ? err : EADDRNOTAVAIL;
+		return sv_error_errno("listening on %s", hostport);
+	}
+	return 0;
+}
+
+/* ---- connections ---- */
+
+static void
+unlink_conn_locked(struct sv_nbd_server *srv, struct sv_nbd_conn *c)
+{
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		srv->conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	c->next = c->prev = NULL;
+	srv->nconns--;
+}
+
+/* Register a new connection, or NULL (and a log line) if refused. */
+static struct sv_nbd_conn *
+conn_new(struct sv_nbd_server *srv, int fd, const char *peer, bool own_thread)
+{
+	struct sv_nbd_conn *c = calloc(1, sizeof *c);
+	if (!c) {
+		sv_log_error("connection from %s: out of memory", peer);
+		return NULL;
+	}
+	c->srv = srv;
+	c->fd = fd;
+	c->io = &sv_nbd_plain_io;
+	c->own_thread = own_thread;
+	c->started = sv_realtime_s();
+	snprintf(c->peer, sizeof c->peer, "%s", peer);
+	pthread_mutex_init(&c->role_lock, NULL);
+	pthread_cond_init(&c->role_cv, NULL);
+	pthread_mutex_init(&c->send_lock, NULL);
+
+	SV_LOCK_SCOPE(&srv->lock);
+	if (srv->stopping || srv->nconns >= srv->cfg.max_connections) {
+		if (srv->stopping)
+			sv_log_info("refusing connection from %s: server is stopping", peer);
+		else
+			sv_log_warn("refusing connection from %s: %u connections already "
+				    "(the maximum)",
+				    peer, srv->nconns);
+		pthread_mutex_destroy(&c->role_lock);
+		pthread_cond_destroy(&c->role_cv);
+		pthread_mutex_destroy(&c->send_lock);
+		free(c);
+		return NULL;
+	}
+	c->id = srv->next_id++;
+	if (srv->next_id == 0)
+		srv->next_id = 1;
+	c->next = srv->conns;
+	if (c->next)
+		c->next->prev = c;
+	srv->conns = c;
+	srv->nconns++;
+	return c;
+}
+
+static void
+conn_free(struct sv_nbd_conn *c)
+{
+	pthread_mutex_destroy(&c->role_lock);
+	pthread_cond_destroy(&c->role_cv);
+	pthread_mutex_destroy(&c->send_lock);
+	free(c->meta_export);
+	free(c->inbuf);
+	free(c->batch);
+	free(c);
+}
+
+/* Handshake, transmission, clean-up.  Leaves c registered. */
+static void
+conn_run(struct sv_nbd_conn *c)
+{
+	struct sv_nbd_server *srv = c->srv;
+	sv_log_info("conn %u: open from %s", c->id, c->peer);
+	if (sv_nbd_handshake(c) == 0) {
+		sv_log_debug("conn %u: export '%s', %" PRIu64 " bytes%s%s, flags 0x%x", c->id,
+			     c->export_name, c->st.size, c->st.readonly ? ", read-only" : "",
+			     c->st.structured ? ", structured replies" : "", c->tflags);
+		sv_nbd_transmission(c);
+	}
+	sv_view_close(c->view);
+	c->view = NULL;
+
+	char r[32], w[32];
+	sv_log_info("conn %u: closed (export '%s', %" PRIu64 " requests, %s read, %s written)",
+		    c->id, c->export_name, (uint64_t)atomic_load(&c->requests),
+		    sv_format_size(atomic_load(&c->bytes_read), r, sizeof r),
+		    sv_format_size(atomic_load(&c->bytes_written), w, sizeof w));
+	SV_LOCK_SCOPE(&srv->lock);
+	close(c->fd);
+	c->fd_closed = true;
+}
+
+static void *
+conn_thread(void *arg)
+{
+	struct sv_nbd_conn *c = arg;
+	struct sv_nbd_server *srv = c->srv;
+	conn_run(c);
+	sv_lock_or_abort(&srv->lock);
+	c->finished = true;
+	pthread_cond_broadcast(&srv->cond);
+	sv_unlock_or_abort(&srv->lock);
+	/* Ask the accept thread to join us. */
+	ssize_t r = write(srv->wake[1], "r", 1);
+	(void)r;
+	return NULL;
+}
+
+void
+sv_nbd_serve_fd(struct sv_nbd_server *srv, int fd)
+{
+	struct sv_nbd_conn *c = conn_new(srv, fd, "fd", false);
+	if (!c) {
+		close(fd);
+		return;
+	}
+	conn_run(c);
+	sv_lock_or_abort(&srv->lock);
+	unlink_conn_locked(srv, c);
+	pthread_cond_broadcast(&srv->cond);
+	sv_unlock_or_abort(&srv->lock);
+	conn_free(c);
+}
+
+/* Join connection threads that have finished (all of them if wait_all,
+ * which only sv_nbd_stop uses, after every connection has finished). */
+static void
+reap(struct sv_nbd_server *srv)
+{
+	struct sv_nbd_conn *done = NULL;
+	sv_lock_or_abort(&srv->lock);
+	for (struct sv_nbd_conn *c = srv->conns, *nx; c; c = nx) {
+		nx = c->next;
+		if (c->own_thread && c->finished) {
+			unlink_conn_locked(srv, c);
+			c->next = done;
+			done = c;
+		}
+	}
+	sv_unlock_or_abort(&srv->lock);
+	while (done) {
+		struct sv_nbd_conn *c = done;
+		done = c->next;
+		pthread_join(c->thread, NULL);
+		conn_free(c);
+	}
+}
+
+static void
+peer_name(const struct sockaddr_storage *ss, socklen_t len, char *out, size_t cap)
+{
+	if (ss->ss_family == AF_UNIX) {
+		snprintf(out, cap, "unix");
+		return;
+	}
+	char h[NI_MAXHOST], p[NI_MAXSERV];
+	if (getnameinfo((const struct sockaddr *)ss, len, h, sizeof h, p, sizeof p,
+			NI_NUMERICHOST | NI_NUMERICSERV) != 0) {
+		snprintf(out, cap, "?");
+		return;
+	}
+	snprintf(out, cap, ss->ss_family == AF_INET6 ? "[%s]:%s" : "%s:%s", h, p);
+}
+
+static void
+accept_one(struct sv_nbd_server *srv, int lfd)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof ss;
+	int fd = accept4(lfd, (struct sockaddr *)&ss, &sl, SOCK_CLOEXEC);
+	if (fd == -1) {
+		if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+			sv_log_warn("accept: %m");
+			struct timespec ts = {0, 100 * 1000 * 1000};
+			nanosleep(&ts, NULL); /* let some connections end */
+		} else if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED) {
+			sv_log_warn("accept: %m");
+		}
+		return;
+	}
+	char peer[64];
+	peer_name(&ss, sl, peer, sizeof peer);
+	if (ss.ss_family == AF_INET || ss.ss_family == AF_INET6) {
+		int one = 1;
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+	}
+	struct sv_nbd_conn *c = conn_new(srv, fd, peer, true);
+	if (!c) {
+		close(fd);
+		return;
+	}
+	int e = pthread_create(&c->thread, NULL, conn_thread, c);
+	if (e) {
+		sv_log_error("conn %u: cannot start a thread: %s", c->id, strerror(e));
+		sv_lock_or_abort(&srv->lock);
+		unlink_conn_locked(srv, c);
+		pthread_cond_broadcast(&srv->cond);
+		sv_unlock_or_abort(&srv->lock);
+		close(fd);
+		conn_free(c);
+	}
+}
+
+static void *
+accept_main(void *arg)
+{
+	struct sv_nbd_server *srv = arg;
+	struct pollfd *p = calloc(srv->nlfds + 1, sizeof *p);
+	if (!p) {
+		sv_log_error("accept thread: out of memory");
+		return NULL;
+	}
+	p[0] = (struct pollfd){.fd = srv->wake[0], .events = POLLIN};
+	for (unsigned i = 0; i < srv->nlfds; i++)
+		p[i + 1] = (struct pollfd){.fd = srv->lfds[i], .events = POLLIN};
+	for (;;) {
+		int r = poll(p, srv->nlfds + 1, -1);
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			sv_log_error("poll: %m");
+			break;
+		}
+		if (p[0].revents) {
+			char b[64];
+			while (read(srv->wake[0], b, sizeof b) > 0)
+				;
+			reap(srv);
+			bool stop;
+			sv_lock_or_abort(&srv->lock);
+			stop = srv->stopping;
+			sv_unlock_or_abort(&srv->lock);
+			if (stop)
+				break;
+		}
+		for (unsigned i = 0; i < srv->nlfds; i++)
+			if (p[i + 1].revents & POLLIN)
+				accept_one(srv, srv->lfds[i]);
+	}
+	free(p);
+	return NULL;
+}
+
+int
+sv_nbd_start(struct sv_nbd_server *srv)
+{
+	if (srv->started)
+		return sv_error(EINVAL, "server already started");
+	if (srv->nlfds == 0)
+		return sv_error(EINVAL, "no socket to listen on");
+	for (unsigned i = 0; i < srv->nlfds; i++) {
+		int fl = fcntl(srv->lfds[i], F_GETFL);
+		if (fl == -1 || fcntl(srv->lfds[i], F_SETFL, fl | O_NONBLOCK) == -1)
+			return sv_error_errno("fcntl");
+	}
+	int e = pthread_create(&srv->accept_thread, NULL, accept_main, srv);
+	if (e) {
+		errno = e;
+		return sv_error_errno("starting the accept thread");
+	}
+	srv->started = true;
+	return 0;
+}
+
+static unsigned
+count_active_locked(struct sv_nbd_server *srv)
+{
+	unsigned n = 0;
+	for (struct sv_nbd_conn *c = srv->conns; c; c = c->next)
+		if (!(c->own_thread && c->finished))
+			n++;
+	return n;
+}
+
+static void
+shutdown_all_locked(struct sv_nbd_server *srv, int how)
+{
+	for (struct sv_nbd_conn *c = srv->conns; c; c = c->next)
+		if (!c->fd_closed)
+			shutdown(c->fd, how);
+}
+
+void
+sv_nbd_stop(struct sv_nbd_server *srv)
+{
+	/* Idempotent: a second call finds nothing left to do. */
+	sv_lock_or_abort(&srv->lock);
+	srv->stopping = true;
+	sv_unlock_or_abort(&srv->lock);
+
+	if (srv->started) {
+		ssize_t r = write(srv->wake[1], "s", 1);
+		(void)r;
+		pthread_join(srv->accept_thread, NULL);
+		srv->started = false;
+	}
+	for (unsigned i = 0; i < srv->nlfds; i++) {
+		close(srv->lfds[i]);
+		if (srv->unix_paths[i]) {
+			unlink(srv->unix_paths[i]);
+			free(srv->unix_paths[i]);
+		}
+	}
+	free(srv->lfds);
+	free(srv->unix_paths);
+	srv->lfds = NULL;
+	srv->unix_paths = NULL;
+	srv->nlfds = 0;
+
+	sv_lock_or_abort(&srv->lock);
+	shutdown_all_locked(srv, SHUT_RD);
+	struct timespec dl;
+	clock_gettime(CLOCK_REALTIME, &dl);
+	dl.tv_sec += STOP_GRACE_S;
+	bool hard = false;
+	while (count_active_locked(srv) > 0) {
+		if (hard) {
+			pthread_cond_wait(&srv->cond, &srv->lock);
+			continue;
+		}
+		if (pthread_cond_timedwait(&srv->cond, &srv->lock, &dl) == ETIMEDOUT) {
+			sv_log_warn("%u connections still busy after %d s: closing them",
+				    count_active_locked(srv), STOP_GRACE_S);
+			shutdown_all_locked(srv, SHUT_RDWR);
+			hard = true;
+		}
+	}
+	sv_unlock_or_abort(&srv->lock);
+	reap(srv);
+}
+
+void
+sv_nbd_server_free(struct sv_nbd_server *srv)
+{
+	if (!srv)
+		return;
+	sv_nbd_stop(srv);
+	close(srv->wake[0]);
+	close(srv->wake[1]);
+	pthread_mutex_destroy(&srv->lock);
+	pthread_cond_destroy(&srv->cond);
+	free(srv);
+}
+
+int
+sv_nbd_list_connections(struct sv_nbd_server *srv, struct sv_nbd_conn_info **conns, unsigned *n)
+{
+	SV_LOCK_SCOPE(&srv->lock);
+	unsigned k = count_active_locked(srv);
+	struct sv_nbd_conn_info *a = calloc(k ? k : 1, sizeof *a);
+	if (!a)
+		return sv_error(ENOMEM, "out of memory");
+	unsigned i = 0;
+	for (struct sv_nbd_conn *c = srv->conns; c && i < k; c = c->next) {
+		if (c->own_thread && c->finished)
+			continue;
+		a[i].id = c->id;
+		snprintf(a[i].peer, sizeof a[i].peer, "%s", c->peer);
+		snprintf(a[i].export_name, sizeof a[i].export_name, "%s", c->export_name);
+		a[i].requests = atomic_load(&c->requests);
+		a[i].bytes_read = atomic_load(&c->bytes_read);
+		a[i].bytes_written = atomic_load(&c->bytes_written);
+		a[i].started = c->started;
+		i++;
+	}
+	*conns = a;
+	*n = i;
+	return 0;
+}

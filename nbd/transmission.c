@@ -1,0 +1,684 @@
+/*
+ * transmission.c: the transmission phase.
+ *
+ * Workers share a connection in a leader/follower scheme (internal.h has
+ * the picture).  The worker holding the reader role parses requests from
+ * the connection's input buffer; one recv(2) often brings several
+ * pipelined requests, so most cost no system call to read.  A fast request
+ * (a small READ or WRITE while such requests have been fast, or anything
+ * that fails validation) the reader serves itself, queueing its reply in
+ * the batch: a small WRITE is written straight from the input buffer and a
+ * small READ is read straight into the batch, and the batch leaves in one
+ * sendmsg(2) before the reader next waits in recv(2), or after a few
+ * replies so the client can refill its queue.  Anything else (FLUSH, FUA,
+ * TRIM, zeroing, CACHE, block status, large requests, or small ones while
+ * they have been slow) the reader hands off: it passes the reader role to
+ * an idle worker and serves the request in parallel, sending the reply
+ * whole under send_lock.  A cache-hot workload thus runs with no thread
+ * switches and few system calls; a disk-bound one runs threads_per_conn
+ * requests at once, as nbdkit's threads do.
+ *
+ * Large READs go out with sendfile(2) from the engine's file when it says
+ * the range lives in one file: header, then the file's pages, with no copy
+ * through user space.  A structured reply then ends with a separate NONE
+ * chunk, since an error could still happen during the sendfile.
+ *
+ * Every request is judged by sv_nbd_validate_request() before anything
+ * touches the volume.  A WRITE that is refused still has its payload
+ * consumed (or, if it is absurdly large, the connection is dropped), so
+ * the stream stays in step.  The connection ends at end of stream, at
+ * NBD_CMD_DISC (requests already read are finished and answered first), on
+ * a protocol violation that loses sync (bad magic), or when a reply cannot
+ * be sent.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/sendfile.h>
+#include <sys/socket.h>
+
+#include "internal.h"
+#include "log.h"
+#include "util.h"
+
+struct worker {
+	struct sv_nbd_conn *c;
+	pthread_t tid;
+	uint8_t *buf; /* WRITE payloads, READ data */
+	size_t cap;
+	struct sv_extent *ext; /* BLOCK_STATUS, allocated on first use */
+	uint8_t *desc;
+};
+
+/* ---- sending ---- */
+
+/* The connection cannot go on: stop reading, wake whoever is in recv. */
+static void
+kill_conn(struct sv_nbd_conn *c)
+{
+	atomic_store(&c->closing, true);
+	shutdown(c->fd, SHUT_RDWR);
+}
+
+static void
+send_locked(struct sv_nbd_conn *c, struct iovec *iov, int n)
+{
+	if (c->io->sendv(c, iov, n) == -1) {
+		if (!atomic_load(&c->closing))
+			sv_log_debug("conn %u: sending reply: %m", c->id);
+		kill_conn(c);
+	}
+}
+
+static void
+send_reply(struct sv_nbd_conn *c, struct iovec *iov, int n)
+{
+	sv_lock_or_abort(&c->send_lock);
+	send_locked(c, iov, n);
+	sv_unlock_or_abort(&c->send_lock);
+}
+
+/* Send the batched replies (reader role held). */
+static void
+flush_batch(struct sv_nbd_conn *c)
+{
+	if (c->batch_len == 0)
+		return;
+	struct iovec iov = {c->batch, c->batch_len};
+	send_reply(c, &iov, 1);
+	c->batch_len = 0;
+	c->batch_n = 0;
+}
+
+static void
+batch_added(struct sv_nbd_conn *c)
+{
+	c->batch_n++;
+	if (c->batch_len >= SV_NBD_BATCH_FLUSH || c->batch_n >= SV_NBD_BATCH_REPLIES)
+		flush_batch(c);
+}
+
+/* One whole reply: into the batch if inl (reader role held), else sent now
+ * under send_lock. */
+static void
+emit(struct sv_nbd_conn *c, bool inl, struct iovec *iov, int n)
+{
+	if (!inl) {
+		send_reply(c, iov, n);
+		return;
+	}
+	size_t total = 0;
+	for (int i = 0; i < n; i++)
+		total += iov[i].iov_len;
+	if (c->batch_len + total > SV_NBD_BATCH_SIZE)
+		flush_batch(c);
+	if (total > SV_NBD_BATCH_SIZE) {
+		send_reply(c, iov, n);
+		return;
+	}
+	for (int i = 0; i < n; i++) {
+		memcpy(c->batch + c->batch_len, iov[i].iov_base, iov[i].iov_len);
+		c->batch_len += iov[i].iov_len;
+	}
+	batch_added(c);
+}
+
+static void
+send_simple(struct sv_nbd_conn *c, bool inl, uint64_t cookie, uint32_t error)
+{
+	uint8_t h[NBD_SIMPLE_REPLY_LEN];
+	sv_nbd_encode_simple_reply(h, error, cookie);
+	struct iovec iov = {h, sizeof h};
+	emit(c, inl, &iov, 1);
+}
+
+static void
+send_error(struct sv_nbd_conn *c, bool inl, const struct sv_nbd_request *r, uint32_t error,
+	   const char *msg)
+{
+	sv_log_debug(
+	    "conn %u: %s offset %" PRIu64 " length %" PRIu32 " flags 0x%x: error %" PRIu32 ": %s",
+	    c->id, sv_nbd_cmd_name(r->type), r->offset, r->len, r->flags, error, msg ? msg : "");
+	if (c->st.structured && (r->type == NBD_CMD_READ || r->type == NBD_CMD_BLOCK_STATUS)) {
+		uint8_t b[NBD_STRUCT_REPLY_LEN + 6 + 256];
+		size_t n = sv_nbd_encode_error_chunk(b, sizeof b, r->cookie, error, msg);
+		struct iovec iov = {b, n};
+		emit(c, inl, &iov, 1);
+	} else {
+		send_simple(c, inl, r->cookie, error);
+	}
+}
+
+static void
+send_engine_error(struct sv_nbd_conn *c, bool inl, const struct sv_nbd_request *r, int err)
+{
+	char eb[128];
+	const char *msg = strerror_r(err, eb, sizeof eb);
+	send_error(c, inl, r, sv_nbd_errno_to_nbd(err), msg);
+}
+
+/* ---- reading requests (reader role held) ---- */
+
+static size_t
+avail(struct sv_nbd_conn *c)
+{
+	return c->in_end - c->in_start;
+}
+
+/* Have at least need (<= SV_NBD_INBUF_SIZE) bytes in the input buffer.
+ * Batched replies go out first: the client may be waiting for them before
+ * it sends more.  0, or -1: errno 0 for a clean end of stream. */
+static int
+fill(struct sv_nbd_conn *c, size_t need)
+{
+	while (avail(c) < need) {
+		flush_batch(c);
+		if (c->in_start == c->in_end) {
+			c->in_start = c->in_end = 0;
+		} else if (SV_NBD_INBUF_SIZE - c->in_start < need) {
+			memmove(c->inbuf, c->inbuf + c->in_start, avail(c));
+			c->in_end -= c->in_start;
+			c->in_start = 0;
+		}
+		ssize_t r = c->io->recv(c, c->inbuf + c->in_end, SV_NBD_INBUF_SIZE - c->in_end);
+		if (r == 0) {
+			errno = avail(c) ? ECONNRESET : 0;
+			return -1;
+		}
+		if (r < 0)
+			return -1;
+		c->in_end += (size_t)r;
+	}
+	return 0;
+}
+
+/* Copy len bytes of payload into dst. */
+static int
+take(struct sv_nbd_conn *c, uint8_t *dst, size_t len)
+{
+	size_t n = avail(c) < len ? avail(c) : len;
+	memcpy(dst, c->inbuf + c->in_start, n);
+	c->in_start += n;
+	dst += n;
+	len -= n;
+	if (len == 0)
+		return 0;
+	if (len > SV_NBD_DIRECT_READ) { /* big: straight from the socket */
+		flush_batch(c);
+		return sv_nbd_recv_full(c, dst, len);
+	}
+	if (fill(c, len) == -1) {
+		if (errno == 0)
+			errno = ECONNRESET;
+		return -1;
+	}
+	memcpy(dst, c->inbuf + c->in_start, len);
+	c->in_start += len;
+	return 0;
+}
+
+/* Throw away len bytes of payload. */
+static int
+skip(struct sv_nbd_conn *c, uint64_t len)
+{
+	while (len > 0) {
+		if (avail(c) == 0 && fill(c, 1) == -1) {
+			if (errno == 0)
+				errno = ECONNRESET;
+			return -1;
+		}
+		size_t n = avail(c) < len ? avail(c) : (size_t)len;
+		c->in_start += n;
+		len -= n;
+	}
+	return 0;
+}
+
+static int
+ensure_buf(struct worker *w, size_t len)
+{
+	if (w->cap >= len)
+		return 0;
+	free(w->buf);
+	w->cap = 0;
+	w->buf = malloc(len);
+	if (!w->buf)
+		return -1;
+	w->cap = len;
+	return 0;
+}
+
+enum { REQ_END = 0, REQ_OK = 1, REQ_DISC = 2 };
+
+/* Parse one request header and judge it.  *verdict is the NBD error it is
+ * to get (NBD_SUCCESS to serve it).  Returns REQ_OK, REQ_DISC, or REQ_END
+ * (stop reading: end of stream, error, or a violation that loses sync). */
+static int
+read_header(struct sv_nbd_conn *c, struct sv_nbd_request *r, uint32_t *verdict, const char **why)
+{
+	if (fill(c, NBD_REQUEST_LEN) == -1) {
+		if (errno == 0)
+			sv_log_debug("conn %u: end of stream", c->id);
+		else if (!atomic_load(&c->closing))
+			sv_log_debug("conn %u: reading request: %m", c->id);
+		return REQ_END;
+	}
+	if (sv_nbd_decode_request(c->inbuf + c->in_start, r) == -1) {
+		sv_log_warn("conn %u: bad request magic 0x%08" PRIx32 ", closing", c->id,
+			    sv_get32(c->inbuf + c->in_start));
+		return REQ_END;
+	}
+	c->in_start += NBD_REQUEST_LEN;
+	*why = NULL;
+	*verdict = sv_nbd_validate_request(r, &c->st, why);
+	return r->type == NBD_CMD_DISC ? REQ_DISC : REQ_OK;
+}
+
+/* Get the request's payload: *payload points into the input buffer (inl,
+ * and all of it is there already) or into the worker's buffer.  A refused
+ * write's payload is skipped. */
+static int
+read_payload(struct sv_nbd_conn *c, struct worker *w, const struct sv_nbd_request *r,
+	     uint32_t *verdict, const char **why, bool inl, const uint8_t **payload)
+{
+	uint32_t n = sv_nbd_request_payload(r);
+	*payload = NULL;
+	if (n == 0)
+		return REQ_OK;
+	if (*verdict == NBD_SUCCESS && inl && avail(c) >= n) {
+		*payload = c->inbuf + c->in_start; /* stays put until the next fill */
+		c->in_start += n;
+		return REQ_OK;
+	}
+	if (*verdict == NBD_SUCCESS && ensure_buf(w, n) == -1) {
+		*verdict = NBD_ENOMEM;
+		*why = "out of memory for the write payload";
+	}
+	if (*verdict == NBD_SUCCESS) {
+		if (take(c, w->buf, n) == -1) {
+			sv_log_debug("conn %u: reading write payload: %m", c->id);
+			return REQ_END;
+		}
+		*payload = w->buf;
+		return REQ_OK;
+	}
+	/* Refused: consume the payload to stay in step, unless it is too big
+	 * to be worth reading (the spec allows a hard disconnect then). */
+	uint64_t bound = 2 * (uint64_t)c->srv->cfg.max_request;
+	if (bound < (UINT64_C(64) << 20))
+		bound = UINT64_C(64) << 20;
+	if (n > bound) {
+		sv_log_warn("conn %u: write of %" PRIu32 " bytes refused (%s), closing", c->id, n,
+			    *why ? *why : "error");
+		return REQ_END;
+	}
+	if (skip(c, n) == -1) {
+		sv_log_debug("conn %u: skipping write payload: %m", c->id);
+		return REQ_END;
+	}
+	return REQ_OK;
+}
+
+/* Is this a request the reader serves itself? */
+static bool
+is_fast(struct sv_nbd_conn *c, const struct sv_nbd_request *r, uint32_t verdict)
+{
+	if (verdict != NBD_SUCCESS)
+		return true; /* an error reply, at once */
+	if ((r->type == NBD_CMD_READ || r->type == NBD_CMD_WRITE) && r->len <= SV_NBD_INLINE_MAX &&
+	    !(r->flags & NBD_CMD_FLAG_FUA))
+		return atomic_load_explicit(&c->slow_score, memory_order_relaxed) <=
+		       SV_NBD_SLOW_LIMIT;
+	return false;
+}
+
+/* Record how long a small request took in the engine. */
+static void
+account(struct sv_nbd_conn *c, uint64_t ns)
+{
+	unsigned s = atomic_load_explicit(&c->slow_score, memory_order_relaxed);
+	s = s - s / 16 + (ns > SV_NBD_SLOW_NS ? 32 : 0);
+	atomic_store_explicit(&c->slow_score, s, memory_order_relaxed);
+}
+
+/* ---- commands ---- */
+
+static const uint8_t zeros[4096];
+
+/* READ with sendfile(2) from the engine's file (send_lock taken here). */
+static void
+read_sendfile(struct sv_nbd_conn *c, const struct sv_nbd_request *r, int fd, uint64_t fd_off)
+{
+	uint8_t h[NBD_STRUCT_REPLY_LEN + 8];
+	size_t hl;
+	if (c->st.structured) {
+		sv_nbd_encode_structured_hdr(h, 0, NBD_REPLY_TYPE_OFFSET_DATA, r->cookie,
+					     8 + r->len);
+		sv_put64(h + NBD_STRUCT_REPLY_LEN, r->offset);
+		hl = NBD_STRUCT_REPLY_LEN + 8;
+	} else {
+		sv_nbd_encode_simple_reply(h, 0, r->cookie);
+		hl = NBD_SIMPLE_REPLY_LEN;
+	}
+	sv_lock_or_abort(&c->send_lock);
+	struct iovec iov = {h, hl};
+	if (c->io->sendv(c, &iov, 1) == -1) {
+		kill_conn(c);
+		goto out;
+	}
+	off_t o = (off_t)fd_off;
+	size_t left = r->len;
+	int err = 0;
+	while (left > 0) {
+		ssize_t n = sendfile(c->fd, fd, &o, left);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			err = n < 0 ? errno : EIO;
+			break;
+		}
+		left -= (size_t)n;
+	}
+	if (err == 0) {
+		if (c->st.structured) {
+			uint8_t done[NBD_STRUCT_REPLY_LEN];
+			sv_nbd_encode_structured_hdr(done, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_NONE,
+						     r->cookie, 0);
+			struct iovec d = {done, sizeof done};
+			send_locked(c, &d, 1);
+		}
+		atomic_fetch_add(&c->bytes_read, r->len);
+		goto out;
+	}
+	if (err == EPIPE || err == ECONNRESET || !c->st.structured) {
+		/* The header promised data that cannot come: only a hard
+		 * disconnect keeps the client from misreading the stream. */
+		if (err != EPIPE && err != ECONNRESET)
+			sv_log_error("conn %u: sendfile: %s", c->id, strerror(err));
+		kill_conn(c);
+		goto out;
+	}
+	/* Structured: pad the chunk it promised, then say it failed. */
+	sv_log_error("conn %u: sendfile: %s", c->id, strerror(err));
+	while (left > 0 && !atomic_load(&c->closing)) {
+		struct iovec z = {(void *)zeros, left < sizeof zeros ? left : sizeof zeros};
+		left -= z.iov_len;
+		send_locked(c, &z, 1);
+	}
+	uint8_t b[NBD_STRUCT_REPLY_LEN + 6 + 128];
+	size_t bl = sv_nbd_encode_error_chunk(b, sizeof b, r->cookie, sv_nbd_errno_to_nbd(err),
+					      "read error");
+	struct iovec e = {b, bl};
+	send_locked(c, &e, 1);
+out:
+	sv_unlock_or_abort(&c->send_lock);
+}
+
+/* READ header (simple, or one OFFSET_DATA chunk that is also the last: the
+ * data is in hand, no error can follow) in h; returns its length. */
+static size_t
+read_header_reply(struct sv_nbd_conn *c, const struct sv_nbd_request *r, uint8_t *h)
+{
+	if (c->st.structured) {
+		sv_nbd_encode_structured_hdr(h, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_OFFSET_DATA,
+					     r->cookie, 8 + r->len);
+		sv_put64(h + NBD_STRUCT_REPLY_LEN, r->offset);
+		return NBD_STRUCT_REPLY_LEN + 8;
+	}
+	sv_nbd_encode_simple_reply(h, 0, r->cookie);
+	return NBD_SIMPLE_REPLY_LEN;
+}
+
+static void
+do_read(struct sv_nbd_conn *c, struct worker *w, const struct sv_nbd_request *r, bool inl)
+{
+	int fd, err;
+	uint64_t fd_off;
+	size_t hl = c->st.structured ? NBD_STRUCT_REPLY_LEN + 8 : NBD_SIMPLE_REPLY_LEN;
+	if (inl) {
+		/* Straight into the batch, after room for the header. */
+		if (c->batch_len + hl + r->len > SV_NBD_BATCH_SIZE)
+			flush_batch(c);
+		uint8_t *p = c->batch + c->batch_len;
+		uint64_t t0 = sv_now_ns();
+		if (sv_view_pread(c->view, p + hl, r->len, r->offset, &err) == -1) {
+			send_engine_error(c, inl, r, err);
+			return;
+		}
+		account(c, sv_now_ns() - t0);
+		read_header_reply(c, r, p);
+		c->batch_len += hl + r->len;
+		atomic_fetch_add(&c->bytes_read, r->len);
+		batch_added(c);
+		return;
+	}
+	if (c->srv->cfg.use_sendfile && c->io->can_sendfile && r->len >= SV_NBD_SENDFILE_MIN &&
+	    sv_view_read_fd(c->view, r->len, r->offset, &fd, &fd_off) == 0) {
+		read_sendfile(c, r, fd, fd_off);
+		return;
+	}
+	if (ensure_buf(w, r->len) == -1) {
+		send_error(c, inl, r, NBD_ENOMEM, "out of memory for the read buffer");
+		return;
+	}
+	uint64_t t0 = sv_now_ns();
+	if (sv_view_pread(c->view, w->buf, r->len, r->offset, &err) == -1) {
+		send_engine_error(c, inl, r, err);
+		return;
+	}
+	if (r->len <= SV_NBD_INLINE_MAX)
+		account(c, sv_now_ns() - t0);
+	uint8_t h[NBD_STRUCT_REPLY_LEN + 8];
+	struct iovec iov[2] = {{h, read_header_reply(c, r, h)}, {w->buf, r->len}};
+	send_reply(c, iov, 2);
+	atomic_fetch_add(&c->bytes_read, r->len);
+}
+
+static void
+do_block_status(struct sv_nbd_conn *c, struct worker *w, const struct sv_nbd_request *r, bool inl)
+{
+	if (!w->ext) {
+		w->ext = malloc(SV_NBD_MAX_EXTENTS * sizeof *w->ext);
+		w->desc = malloc(4 + 8 * (size_t)SV_NBD_MAX_EXTENTS);
+		if (!w->ext || !w->desc) {
+			free(w->ext);
+			free(w->desc);
+			w->ext = NULL;
+			w->desc = NULL;
+			send_error(c, inl, r, NBD_ENOMEM, "out of memory");
+			return;
+		}
+	}
+	bool one = r->flags & NBD_CMD_FLAG_REQ_ONE;
+	/* With REQ_ONE and an alignment to honour, a few extents let a short
+	 * first one be merged with its neighbours rather than reported as 0. */
+	size_t max = one ? (c->st.min_block > 1 ? 16 : 1) : SV_NBD_MAX_EXTENTS;
+	size_t n = 0;
+	int err;
+	if (sv_view_extents(c->view, r->len, r->offset, w->ext, max, &n, &err) == -1) {
+		send_engine_error(c, inl, r, err);
+		return;
+	}
+	size_t k = sv_nbd_encode_extents(w->ext, n, r->offset, r->len, c->st.min_block, one,
+					 w->desc + 4, SV_NBD_MAX_EXTENTS);
+	sv_put32(w->desc, SV_NBD_CTX_BASE_ALLOCATION_ID);
+	uint8_t h[NBD_STRUCT_REPLY_LEN];
+	sv_nbd_encode_structured_hdr(h, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS, r->cookie,
+				     (uint32_t)(4 + 8 * k));
+	struct iovec iov[2] = {{h, sizeof h}, {w->desc, 4 + 8 * k}};
+	emit(c, inl, iov, 2);
+}
+
+/* Serve one request; inl: by the reader, replying into the batch. */
+static void
+serve(struct sv_nbd_conn *c, struct worker *w, const struct sv_nbd_request *r, uint32_t verdict,
+      const char *why, const uint8_t *payload, bool inl)
+{
+	atomic_fetch_add(&c->requests, 1);
+	if (verdict != NBD_SUCCESS) {
+		send_error(c, inl, r, verdict, why);
+		return;
+	}
+	if (sv_verbose)
+		sv_log_debug("conn %u: %s offset %" PRIu64 " length %" PRIu32 " flags 0x%x%s",
+			     c->id, sv_nbd_cmd_name(r->type), r->offset, r->len, r->flags,
+			     inl ? " (inline)" : "");
+	unsigned fl = (r->flags & NBD_CMD_FLAG_FUA) ? SV_FUA : 0;
+	int err = 0, ret = 0;
+	switch (r->type) {
+	case NBD_CMD_READ:
+		do_read(c, w, r, inl);
+		return;
+	case NBD_CMD_BLOCK_STATUS:
+		do_block_status(c, w, r, inl);
+		return;
+	case NBD_CMD_WRITE: {
+		uint64_t t0 = sv_now_ns();
+		ret = sv_view_pwrite(c->view, payload, r->len, r->offset, fl, &err);
+		if (ret == 0) {
+			if (r->len <= SV_NBD_INLINE_MAX && !fl)
+				account(c, sv_now_ns() - t0);
+			atomic_fetch_add(&c->bytes_written, r->len);
+		}
+		break;
+	}
+	case NBD_CMD_FLUSH:
+		ret = sv_view_flush(c->view, &err);
+		break;
+	case NBD_CMD_TRIM:
+		ret = sv_view_trim(c->view, r->len, r->offset, fl, &err);
+		break;
+	case NBD_CMD_CACHE:
+		ret = sv_view_cache(c->view, r->len, r->offset, &err);
+		break;
+	case NBD_CMD_WRITE_ZEROES:
+		if (r->flags & NBD_CMD_FLAG_NO_HOLE)
+			fl |= SV_NO_HOLE;
+		if (r->flags & NBD_CMD_FLAG_FAST_ZERO)
+			fl |= SV_FAST_ZERO;
+		ret = sv_view_zero(c->view, r->len, r->offset, fl, &err);
+		break;
+	default: /* validate_request let through only known commands */
+		send_error(c, inl, r, NBD_EINVAL, "unknown command");
+		return;
+	}
+	if (ret == -1)
+		send_engine_error(c, inl, r, err);
+	else
+		send_simple(c, inl, r->cookie, NBD_SUCCESS);
+}
+
+/* ---- the reader role ---- */
+
+/* Wait until this worker may read; false once the connection is closing. */
+static bool
+take_role(struct sv_nbd_conn *c)
+{
+	SV_LOCK_SCOPE(&c->role_lock);
+	while (c->reader_busy && !atomic_load(&c->closing)) {
+		c->idle++;
+		pthread_cond_wait(&c->role_cv, &c->role_lock);
+		c->idle--;
+	}
+	if (atomic_load(&c->closing)) {
+		/* Pass it on: every idle worker must see it and exit, or the
+		 * connection thread waits for them forever. */
+		pthread_cond_broadcast(&c->role_cv);
+		return false;
+	}
+	c->reader_busy = true;
+	return true;
+}
+
+static void
+release_role(struct sv_nbd_conn *c, bool all)
+{
+	SV_LOCK_SCOPE(&c->role_lock);
+	c->reader_busy = false;
+	if (all)
+		pthread_cond_broadcast(&c->role_cv);
+	else if (c->idle)
+		pthread_cond_signal(&c->role_cv);
+}
+
+static void *
+worker_main(void *arg)
+{
+	struct worker *w = arg;
+	struct sv_nbd_conn *c = w->c;
+	while (take_role(c)) {
+		for (;;) {
+			struct sv_nbd_request r;
+			uint32_t verdict = NBD_SUCCESS;
+			const char *why = NULL;
+			const uint8_t *payload = NULL;
+			int k =
+			    atomic_load(&c->closing) ? REQ_END : read_header(c, &r, &verdict, &why);
+			bool inl = k == REQ_OK && is_fast(c, &r, verdict);
+			if (k == REQ_OK)
+				k = read_payload(c, w, &r, &verdict, &why, inl, &payload);
+			if (k != REQ_OK) {
+				if (k == REQ_DISC)
+					sv_log_debug("conn %u: client sent DISC", c->id);
+				flush_batch(c);
+				atomic_store(&c->closing, true);
+				release_role(c, true);
+				return NULL;
+			}
+			if (inl) {
+				serve(c, w, &r, verdict, why, payload, true);
+				continue;
+			}
+			/* Slow: let another worker read on while this one serves. */
+			flush_batch(c);
+			release_role(c, false);
+			serve(c, w, &r, verdict, why, payload, false);
+			break;
+		}
+		if (w->cap > SV_NBD_KEEP_BUFFER) {
+			free(w->buf);
+			w->buf = NULL;
+			w->cap = 0;
+		}
+	}
+	return NULL;
+}
+
+void
+sv_nbd_transmission(struct sv_nbd_conn *c)
+{
+	unsigned n = c->srv->cfg.threads_per_conn ? c->srv->cfg.threads_per_conn : 1;
+	struct worker *ws = calloc(n, sizeof *ws);
+	c->inbuf = malloc(SV_NBD_INBUF_SIZE);
+	c->batch = malloc(SV_NBD_BATCH_SIZE);
+	if (!ws || !c->inbuf || !c->batch) {
+		sv_log_error("conn %u: out of memory", c->id);
+		free(ws);
+		return;
+	}
+	c->in_start = c->in_end = 0;
+	c->batch_len = 0;
+	c->batch_n = 0;
+	unsigned started = 1;
+	for (unsigned i = 0; i < n; i++)
+		ws[i].c = c;
+	for (unsigned i = 1; i < n; i++) {
+		int e = pthread_create(&ws[i].tid, NULL, worker_main, &ws[i]);
+		if (e) {
+			sv_log_warn("conn %u: starting worker %u: %s; going on with %u", c->id, i,
+				    strerror(e), started);
+			break;
+		}
+		started++;
+	}
+	worker_main(&ws[0]);
+	for (unsigned i = 1; i < started; i++)
+		pthread_join(ws[i].tid, NULL);
+	for (unsigned i = 0; i < n; i++) {
+		free(ws[i].buf);
+		free(ws[i].ext);
+		free(ws[i].desc);
+	}
+	free(ws);
+}
