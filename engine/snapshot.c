@@ -264,24 +264,30 @@ punch_all(struct sv_volume *vol, struct punch *punches, size_t npunch)
 
 /* ---- released ranges (trim on a snapshot's export) ---- */
 
-/* Of the chunks r, those no snapshot older than vol->snaps[si] needs from
- * si's epochs: an older snapshot needs chunk c there unless it released c
- * or an epoch between it and si already holds c's pre-image. */
+/* Which copies a release makes unneeded.  A snapshot reads chunk c from
+ * the first epoch at or after its own that holds c, else from the origin;
+ * a copy (a pre-image, or the origin's current contents) is needed while
+ * any snapshot that reads it there has not released c. */
+
+/* Of the chunks r whose pre-image is in epoch vol->epochs[ji], those no
+ * snapshot reading that pre-image still needs. */
 static roaring_bitmap_t *
-releasable_locked(struct sv_volume *vol, size_t si, const roaring_bitmap_t *r)
+pre_unneeded_locked(struct sv_volume *vol, size_t ji, const roaring_bitmap_t *r)
 {
 	roaring_bitmap_t *out = roaring_bitmap_copy(r);
-	roaring_bitmap_t *held = roaring_bitmap_create();
-	uint64_t upto = vol->snaps[si]->epoch;
-	for (size_t i = si; i-- > 0 && !roaring_bitmap_is_empty(out);) {
-		const struct sv_snap *older = vol->snaps[i];
+	roaring_bitmap_t *held = roaring_bitmap_create(); /* changed in [k_m, epoch j) */
+	uint64_t j = vol->epochs[ji]->id, upto = j;
+	for (size_t m = vol->n_snaps; m-- > 0 && !roaring_bitmap_is_empty(out);) {
+		const struct sv_snap *sm = vol->snaps[m];
+		if (sm->epoch > j)
+			continue; /* reads epochs after j only */
 		for (size_t e = 0; e < vol->n_epochs; e++)
-			if (vol->epochs[e]->id >= older->epoch && vol->epochs[e]->id < upto)
+			if (vol->epochs[e]->id >= sm->epoch && vol->epochs[e]->id < upto)
 				roaring_bitmap_or_inplace(held, vol->epochs[e]->changed);
-		upto = older->epoch;
+		upto = sm->epoch;
 		roaring_bitmap_t *need = roaring_bitmap_andnot(out, held);
-		if (older->released)
-			roaring_bitmap_andnot_inplace(need, older->released);
+		if (sm->released)
+			roaring_bitmap_andnot_inplace(need, sm->released);
 		roaring_bitmap_andnot_inplace(out, need);
 		roaring_bitmap_free(need);
 	}
@@ -289,17 +295,48 @@ releasable_locked(struct sv_volume *vol, size_t si, const roaring_bitmap_t *r)
 	return out;
 }
 
-/* The newest snapshot's releasable chunks need no more copies. */
+/* Of the chunks r, those whose current contents (in the origin) no
+ * snapshot needs: every snapshot that reads them from the origin released
+ * them.  Writes to them need no copy. */
+static roaring_bitmap_t *
+origin_unneeded_locked(struct sv_volume *vol, const roaring_bitmap_t *r)
+{
+	roaring_bitmap_t *out = roaring_bitmap_copy(r);
+	roaring_bitmap_t *held = roaring_bitmap_create(); /* changed in [k_m, now] */
+	uint64_t upto = UINT64_MAX;
+	for (size_t m = vol->n_snaps; m-- > 0 && !roaring_bitmap_is_empty(out);) {
+		const struct sv_snap *sm = vol->snaps[m];
+		for (size_t e = 0; e < vol->n_epochs; e++)
+			if (vol->epochs[e]->id >= sm->epoch && vol->epochs[e]->id < upto)
+				roaring_bitmap_or_inplace(held, vol->epochs[e]->changed);
+		upto = sm->epoch;
+		roaring_bitmap_t *need = roaring_bitmap_andnot(out, held);
+		if (sm->released)
+			roaring_bitmap_andnot_inplace(need, sm->released);
+		roaring_bitmap_andnot_inplace(out, need);
+		roaring_bitmap_free(need);
+	}
+	roaring_bitmap_free(held);
+	return out;
+}
+
+/* Released chunks no snapshot needs from the origin need no more copies. */
 static void
 add_released_locked(struct sv_volume *vol)
 {
-	struct sv_epoch *cur = sv_current_epoch_locked(vol);
-	size_t si = vol->n_snaps - 1;
-	if (!vol->snaps[si]->released)
-		return;
-	roaring_bitmap_t *rel = releasable_locked(vol, si, vol->snaps[si]->released);
-	roaring_bitmap_or_inplace(cur->nocopy, rel);
-	roaring_bitmap_free(rel);
+	roaring_bitmap_t *any = roaring_bitmap_create();
+	for (size_t i = 0; i < vol->n_snaps; i++)
+		if (vol->snaps[i]->released)
+			roaring_bitmap_or_inplace(any, vol->snaps[i]->released);
+	if (!roaring_bitmap_is_empty(any)) {
+		struct sv_epoch *cur = sv_current_epoch_locked(vol);
+		roaring_bitmap_t *un = origin_unneeded_locked(vol, any);
+		if (!cur->nocopy)
+			cur->nocopy = roaring_bitmap_copy(cur->changed);
+		roaring_bitmap_or_inplace(cur->nocopy, un);
+		roaring_bitmap_free(un);
+	}
+	roaring_bitmap_free(any);
 }
 
 /* released.meta: "snapvol-released 1 n=N len=L crc32=0x...\n", then per
@@ -454,35 +491,43 @@ sv_snap_release(struct sv_volume *vol, struct sv_snap *s, uint64_t off, uint64_t
 		return -1;
 	}
 
-	/* What may go: its pre-images in this snapshot's own epochs, and, for
-	 * the newest snapshot, any further copy of it. */
+	/* What may go: the pre-images this snapshot reads for those chunks,
+	 * where every snapshot reading them released them too, and further
+	 * copies of chunks every snapshot reading the origin released.  The
+	 * whole range counts, not just what is new: a release here may free
+	 * what another snapshot released earlier. */
 	struct punch *punches = NULL;
 	size_t npunch = 0;
+	roaring_bitmap_t *whole = roaring_bitmap_from_range(a, z, 1);
 	sv_lock_or_abort(&vol->cow_lock);
-	/* s cannot have gone: its export holds a reference */
-	while (vol->snaps[si] != s)
-		si--;
-	roaring_bitmap_t *rel = releasable_locked(vol, si, r);
-	uint64_t next = si + 1 < vol->n_snaps ? vol->snaps[si + 1]->epoch : UINT64_MAX;
-	if (si + 1 == vol->n_snaps) {
-		struct sv_epoch *cur = sv_current_epoch_locked(vol);
-		if (!cur->nocopy)
-			cur->nocopy = roaring_bitmap_copy(cur->changed);
-		roaring_bitmap_or_inplace(cur->nocopy, rel);
-	}
+	roaring_bitmap_t *rel = roaring_bitmap_copy(whole);
 	punches = calloc(vol->n_epochs ? vol->n_epochs : 1, sizeof *punches);
 	for (size_t i = 0; punches && i < vol->n_epochs && !roaring_bitmap_is_empty(rel); i++) {
 		struct sv_epoch *ep = vol->epochs[i];
-		if (ep->id < s->epoch || ep->id >= next)
+		if (ep->id < s->epoch)
 			continue;
 		roaring_bitmap_t *pj = roaring_bitmap_and(rel, ep->changed);
 		roaring_bitmap_andnot_inplace(rel, pj);
-		if (roaring_bitmap_is_empty(pj)) {
+		roaring_bitmap_t *un = pj;
+		if (!roaring_bitmap_is_empty(pj)) {
+			un = pre_unneeded_locked(vol, i, pj);
 			roaring_bitmap_free(pj);
+		}
+		if (roaring_bitmap_is_empty(un)) {
+			roaring_bitmap_free(un);
 			continue;
 		}
-		punches[npunch++] = (struct punch){.ep = ep, .chunks = pj};
+		punches[npunch++] = (struct punch){.ep = ep, .chunks = un};
 	}
+	roaring_bitmap_t *un = origin_unneeded_locked(vol, whole);
+	if (!roaring_bitmap_is_empty(un)) {
+		struct sv_epoch *cur = sv_current_epoch_locked(vol);
+		if (!cur->nocopy)
+			cur->nocopy = roaring_bitmap_copy(cur->changed);
+		roaring_bitmap_or_inplace(cur->nocopy, un);
+	}
+	roaring_bitmap_free(un);
+	roaring_bitmap_free(whole);
 	sv_unlock_or_abort(&vol->cow_lock);
 	roaring_bitmap_free(rel);
 	roaring_bitmap_free(r);
@@ -503,10 +548,7 @@ sv_snap_refresh_current_locked(struct sv_volume *vol)
 		return;
 	uint64_t newest = vol->snaps[vol->n_snaps - 1]->epoch;
 	if (newest == cur->id) {
-		if (vol->snaps[vol->n_snaps - 1]->released) {
-			cur->nocopy = roaring_bitmap_copy(cur->changed);
-			add_released_locked(vol);
-		}
+		add_released_locked(vol);
 		return;
 	}
 	cur->nocopy = roaring_bitmap_create();

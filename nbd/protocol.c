@@ -309,8 +309,11 @@ sv_nbd_transmission_flags(bool readonly, bool structured)
 {
 	uint16_t f = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_CAN_MULTI_CONN |
 		     NBD_FLAG_SEND_CACHE;
+	/* A read-only export is a snapshot: a trim there releases the range
+	 * (engine.h, sv_view_trim), so a backup reader can free the snapshot
+	 * behind itself.  The spec only says a server SHOULD refuse it. */
 	if (readonly)
-		f |= NBD_FLAG_READ_ONLY;
+		f |= NBD_FLAG_READ_ONLY | NBD_FLAG_SEND_TRIM;
 	else
 		f |= NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_TRIM | NBD_FLAG_SEND_WRITE_ZEROES |
 		     NBD_FLAG_SEND_FAST_ZERO;
@@ -388,7 +391,7 @@ sv_nbd_validate_request(const struct sv_nbd_request *r, const struct sv_nbd_expo
 		}
 		return NBD_SUCCESS;
 	}
-	if (writes && st->readonly) {
+	if (writes && st->readonly && r->type != NBD_CMD_TRIM) {
 		*why = "export is read-only";
 		return NBD_EPERM;
 	}
