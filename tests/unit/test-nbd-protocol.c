@@ -134,7 +134,9 @@ test_transmission_flags(void **state)
 				NBD_FLAG_SEND_FAST_ZERO);
 	f = sv_nbd_transmission_flags(true, false);
 	assert_true(f & NBD_FLAG_READ_ONLY);
-	assert_false(f & (NBD_FLAG_SEND_TRIM | NBD_FLAG_SEND_WRITE_ZEROES | NBD_FLAG_SEND_DF));
+	/* read-only exports are snapshots: a trim releases a range of one */
+	assert_true(f & NBD_FLAG_SEND_TRIM);
+	assert_false(f & (NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_WRITE_ZEROES | NBD_FLAG_SEND_DF));
 }
 
 static void
@@ -322,7 +324,7 @@ test_validate(void **state)
 	/* read-only exports */
 	st.readonly = true;
 	assert_int_equal(judge(NBD_CMD_WRITE, 0, 0, 1, &st), NBD_EPERM);
-	assert_int_equal(judge(NBD_CMD_TRIM, 0, 0, 1, &st), NBD_EPERM);
+	assert_int_equal(judge(NBD_CMD_TRIM, 0, 0, 1, &st), NBD_SUCCESS); /* a release */
 	assert_int_equal(judge(NBD_CMD_WRITE_ZEROES, 0, 0, 1, &st), NBD_EPERM);
 	assert_int_equal(judge(NBD_CMD_READ, 0, 0, 1, &st), NBD_SUCCESS);
 	st.readonly = false;
