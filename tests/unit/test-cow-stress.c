@@ -204,7 +204,7 @@ struct stress {
 	size_t n_snaps;		/* published (captured) snapshots */
 	size_t live[MAX_SNAPS]; /* indices of the published, undeleted ones, oldest first */
 	size_t n_live;
-	atomic_uint_fast64_t snapshot_reads, deletes, busy_deletes, rollbacks;
+	atomic_uint_fast64_t snapshot_reads, deletes, busy_deletes, rollbacks, longest_rollback_us;
 	/* The control thread's last operations, for a failure report;
 	 * events_lock. */
 	pthread_mutex_t events_lock;
@@ -513,7 +513,14 @@ rollback_main(void *arg)
 		if (held)
 			pthread_rwlock_wrlock(&s->pause);
 		uint64_t t0 = tick(s);
+		struct timespec a, z;
+		clock_gettime(CLOCK_MONOTONIC, &a);
 		int r = sv_snapshot_rollback(s->pool, VOLUME, s->snaps[target].name);
+		clock_gettime(CLOCK_MONOTONIC, &z);
+		uint64_t us = (uint64_t)(z.tv_sec - a.tv_sec) * 1000000u +
+			      (uint64_t)((z.tv_nsec - a.tv_nsec) / 1000);
+		if (us > atomic_load(&s->longest_rollback_us))
+			atomic_store(&s->longest_rollback_us, us);
 		note(s, t0, "rollback to %s%s%s", s->snaps[target].name,
 		     target == s->live[nlive - 1] ? " (the newest)" : "",
 		     held ? ", writers held" : "");
@@ -551,7 +558,7 @@ reader_main(void *arg)
 {
 	struct stress *s = ((struct reader_arg *)arg)->s;
 	unsigned rng = ((struct reader_arg *)arg)->rng;
-	unsigned char *buf = malloc(3 * CHUNK);
+	unsigned char *buf = malloc(s->size);
 	while (running(s)) {
 		pthread_mutex_lock(&s->snaps_lock);
 		size_t n = s->n_live, pick = SIZE_MAX;
@@ -574,12 +581,18 @@ reader_main(void *arg)
 			break;
 		}
 		for (int k = 0; k < 32 && running(s); k++) {
-			/* 1 to 3 chunks' worth, at any byte */
+			/* 1 to 3 chunks' worth, at any byte, or whole chunks; now
+			 * and then all of it (a long read: a wide window between
+			 * reading the origin and re-checking it) */
 			uint64_t off = (uint64_t)rand_r(&rng) % s->size;
 			uint32_t len = 1 + (uint32_t)rand_r(&rng) % (3 * CHUNK);
-			if (rand_r(&rng) % 2) {
+			int kind = rand_r(&rng) % 8;
+			if (kind < 3) {
 				off &= ~(uint64_t)(CHUNK - 1);
 				len = CHUNK * (1 + (uint32_t)rand_r(&rng) % 3);
+			} else if (kind == 3) {
+				off = 0;
+				len = (uint32_t)s->size;
 			}
 			if (off + len > s->size)
 				len = (uint32_t)(s->size - off);
@@ -950,10 +963,11 @@ run(struct fixture *f, bool rollbacks, unsigned default_secs)
 	}
 	printf("%" PRIu64 " writes (%" PRIu64 " FUA, %" PRIu64 " flushes), %zu snapshots "
 	       "(%" PRIu64 " deleted, %" PRIu64 " deletes refused while read), %" PRIu64
-	       " snapshot reads checked, %" PRIu64 " rollbacks\n",
+	       " snapshot reads checked, %" PRIu64 " rollbacks (the longest %" PRIu64 " ms)\n",
 	       writes, fua, flushes, s->n_snaps, (uint64_t)atomic_load(&s->deletes),
 	       (uint64_t)atomic_load(&s->busy_deletes), (uint64_t)atomic_load(&s->snapshot_reads),
-	       (uint64_t)atomic_load(&s->rollbacks));
+	       (uint64_t)atomic_load(&s->rollbacks),
+	       (uint64_t)atomic_load(&s->longest_rollback_us) / 1000);
 	/* A run that exercised nothing proves nothing. */
 	assert_true(writes > 0);
 	assert_true(s->n_snaps >= 2);
@@ -976,8 +990,10 @@ run(struct fixture *f, bool rollbacks, unsigned default_secs)
 		char spec[64];
 		snprintf(spec, sizeof spec, VOLUME "@%s", s->snaps[i].name);
 		struct sv_view *sv = open_view(s->pool, spec);
-		if (!sv)
+		if (!sv) {
 			fail_msg("open %s: %s", spec, sv_last_error());
+			return;
+		}
 		assert_int_equal(sv_view_pread(sv, img, (uint32_t)s->size, 0, &err), 0);
 		sv_view_close(sv);
 		if (memcmp(img, s->snaps[i].capture, s->size) != 0)

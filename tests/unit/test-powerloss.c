@@ -36,9 +36,9 @@
  * index, so a mismatch says which write's data is where.  The workload is
  * deterministic but for the bursts (SNAPVOL_PL_BURSTS=0 turns them off), so
  * a round replays: SNAPVOL_SEED=N (printed) replays a run, SNAPVOL_ROUND=R
- * only its round R; SNAPVOL_ROUNDS, SNAPVOL_LIVES and SNAPVOL_PL_CHUNKS size
- * the run.  The engine logs the EIO errors of the crashed phase: they are
- * expected.
+ * only its round R; SNAPVOL_ROUNDS (300, 60 under a sanitizer),
+ * SNAPVOL_LIVES (4) and SNAPVOL_PL_CHUNKS (32) size the run.  The engine
+ * logs the EIO errors of the crashed phase: they are expected.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -59,6 +59,18 @@
 #include "engine.h"
 #include "error.h"
 #include "store-crash.h"
+
+/* Sanitizers make every step several times slower: fewer rounds there. */
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+#define SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer) || __has_feature(address_sanitizer)
+#define SANITIZED 1
+#endif
+#endif
+#ifndef SANITIZED
+#define SANITIZED 0
+#endif
 
 #define SECTOR	  512u
 #define CHUNK	  4096u
@@ -400,7 +412,7 @@ static void
 burst(struct run *r, struct sv_view *v, const struct crash_ctl *ctl)
 {
 	struct model *m = &r->m;
-	struct burst b[4];
+	struct burst b[4] = {0};
 	unsigned k = 2 + (unsigned)rand_r(&r->rng) % 3, got = 0;
 	for (unsigned tries = 0; got < k && tries < 20; tries++) {
 		uint32_t first, n;
@@ -765,7 +777,7 @@ test_powerloss(void **state)
 	(void)state;
 	struct run *r = calloc(1, sizeof *r);
 	r->seed = env_uint("SNAPVOL_SEED", (unsigned)time(NULL));
-	unsigned rounds = env_uint("SNAPVOL_ROUNDS", 300);
+	unsigned rounds = env_uint("SNAPVOL_ROUNDS", SANITIZED ? 60 : 300);
 	r->bursts = env_uint("SNAPVOL_PL_BURSTS", 1) != 0;
 	unsigned lives = env_uint("SNAPVOL_LIVES", 4);
 	uint32_t nsect = env_uint("SNAPVOL_PL_CHUNKS", 32) * SPC;
