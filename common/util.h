@@ -54,7 +54,7 @@ sv_cleanup_unlock(pthread_mutex_t **ptr)
 /* Hold m until the end of the enclosing scope.  pthread failures abort:
  * a lock that cannot be taken means memory is corrupt. */
 #define SV_LOCK_SCOPE(m)                                                                           \
-	__attribute__((cleanup(sv_cleanup_unlock))) pthread_mutex_t *SV_UNIQUE(_lk) =              \
+	__attribute__((cleanup(sv_cleanup_unlock), unused)) pthread_mutex_t *SV_UNIQUE(_lk) =      \
 	    sv_lock_or_abort(m)
 #define SV_UNIQUE(x)	 SV_UNIQUE2(x, __COUNTER__)
 #define SV_UNIQUE2(x, n) SV_UNIQUE3(x, n)

@@ -1092,15 +1092,18 @@ do_rollback(struct sv_volume *vol, struct sv_snap *s)
 		 * released chunks: the origin now holds zeros there, and older
 		 * snapshots may still need what the pre-images hold.) */
 		sv_lock_or_abort(&vol->cow_lock);
+		/* Snapshot reads in flight may have resolved chunks to these
+		 * pre-images (about to be punched), or have read the origin
+		 * before this rollback rewrote it, counting on a bit they will
+		 * find set when they re-check (cow.c): let them finish while
+		 * the bits are there.  Reads that start once the bits are gone
+		 * read the origin, which is the snapshot again. */
+		while (vol->snap_readers > 0)
+			pthread_cond_wait(&vol->cow_cond, &vol->cow_lock);
 		for (size_t i = 0; i < vol->n_epochs; i++)
 			if (vol->epochs[i]->id >= s->epoch)
 				roaring_bitmap_clear(vol->epochs[i]->changed);
 		sv_snap_refresh_current_locked(vol);
-		/* Readers of older snapshots that resolved a chunk to these
-		 * pre-images before the bits went must finish before the
-		 * space goes; new ones read the origin. */
-		while (vol->snap_readers > 0)
-			pthread_cond_wait(&vol->cow_cond, &vol->cow_lock);
 		sv_unlock_or_abort(&vol->cow_lock);
 		if (sv_journal_checkpoint(vol) == -1)
 			return -1;
