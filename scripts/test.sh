@@ -6,6 +6,7 @@
 #   3. normal build (-Werror): unit + integration tests
 #   4. ASan+UBSan build: unit + integration tests again
 #   5. TSan build: unit tests and the concurrency-heavy integration tests
+#   6. clang + libFuzzer + ASan/UBSan build: a smoke run of every fuzz target
 # and prints one closing line "N passed, N failed, N skipped" over all runs.
 # SNAPVOL_TEST_BUILDS="normal asan tsan" picks the builds; SNAPVOL_TEST_ARGS
 # is passed to "meson test" (e.g. "--suite unit").
@@ -15,7 +16,7 @@ top=$PWD
 
 bash scripts/setup-deps.sh || exit 1
 
-builds=${SNAPVOL_TEST_BUILDS:-normal asan tsan}
+builds=${SNAPVOL_TEST_BUILDS:-normal asan tsan fuzz}
 failed_steps=()
 passed=0 failed=0 skipped=0
 
@@ -49,11 +50,14 @@ for b in $builds; do
     normal) opts=(-Dbuildtype=debugoptimized) ;;
     asan)   opts=(-Dbuildtype=debug -Db_sanitize=address,undefined -Db_lundef=false) ;;
     tsan)   opts=(-Dbuildtype=debug -Db_sanitize=thread -Db_lundef=false) ;;
+    fuzz)   opts=(-Dbuildtype=debug -Dfuzzing=true -Db_sanitize=address,undefined -Db_lundef=false) ;;
     *) echo "unknown build $b"; exit 2 ;;
   esac
   echo "== build $b"
   rm -rf "$dir"
-  if ! meson setup "$dir" "${opts[@]}" >"$dir.setup.log" 2>&1 ||
+  cc=${CC:-cc}
+  [ "$b" = fuzz ] && cc=clang
+  if ! CC=$cc meson setup "$dir" "${opts[@]}" >"$dir.setup.log" 2>&1 ||
      ! ninja -C "$dir" >"$dir.build.log" 2>&1; then
     cat "$dir.setup.log" "$dir.build.log" 2>/dev/null | tail -50
     failed_steps+=("build-$b"); failed=$((failed + 1))
@@ -64,7 +68,9 @@ for b in $builds; do
   # TSan: unit tests plus the integration tests marked for it (many
   # connections and threads); the rest add nothing under TSan but time.
   # (and shorter randomized runs: TSan makes every step ~10x slower)
-  if [ "$b" = tsan ]; then
+  if [ "$b" = fuzz ]; then
+    targs=(--suite fuzz)
+  elif [ "$b" = tsan ]; then
     targs=(--suite unit --suite concurrency --timeout-multiplier 3)
     export SNAPVOL_STEPS=300
   else
