@@ -881,9 +881,15 @@ def c_read_only_export():
         check(info["flags"] & TF_READ_ONLY, "snapshot export not flagged READ_ONLY")
         expect_cmd_error(c, CMD_WRITE, 0, 4096, {EPERM}, "WRITE to a read-only export",
                          payload=smuggled_payload(4096))
-        expect_cmd_error(c, CMD_TRIM, 0, 4096, {EPERM}, "TRIM of a read-only export")
         expect_cmd_error(c, CMD_WRITE_ZEROES, 0, 4096, {EPERM}, "WRITE_ZEROES to a read-only export")
         check(c.read(0, 4096) == ref["head"], "READ of the snapshot")
+        # TRIM is the one write-like command a snapshot export takes: it
+        # releases the range (it reads as zeros from then on)
+        check(info["flags"] & TF_SEND_TRIM, "snapshot export does not advertise TRIM")
+        expect_cmd_error(c, CMD_TRIM, 60 * MiB, 4096, {0}, "TRIM (release) of a snapshot range")
+        check(c.read(60 * MiB, 4096) == bytes(4096), "a released range reads as zeros")
+        check(c.read(0, 4096) == ref["head"], "the rest of the snapshot is unchanged")
+    tree = pool_tree()   # the release is recorded (released.meta)
 
 
 # ======================= main =======================
