@@ -118,7 +118,7 @@ test_model(void **state)
 	struct fixture *f = *state;
 	unsigned seed =
 	    getenv("SNAPVOL_SEED") ? (unsigned)atoi(getenv("SNAPVOL_SEED")) : (unsigned)time(NULL);
-	int steps = getenv("SNAPVOL_STEPS") ? atoi(getenv("SNAPVOL_STEPS")) : 1500;
+	int steps = getenv("SNAPVOL_STEPS") ? atoi(getenv("SNAPVOL_STEPS")) : 3000;
 	printf("test_model: seed %u, %d steps (SNAPVOL_SEED=%u to replay)\n", seed, steps, seed);
 	unsigned rng = seed;
 	assert_int_equal(sv_volume_create(f->pool, "m", VOL_SIZE, 4096), 0);
