@@ -265,6 +265,13 @@ sv_cow_write_begin(struct sv_volume *vol, uint64_t off, uint64_t len, bool gated
 	SV_LOCK_SCOPE(&vol->cow_lock);
 	while (gated && vol->gate_closed)
 		pthread_cond_wait(&vol->cow_cond, &vol->cow_lock);
+	if (gated && vol->rollback_to[0]) {
+		/* A rollback failed half-way and stays recorded: the next open
+		 * finishes it, over anything written meanwhile.  Refuse writes
+		 * until a rollback succeeds, rather than lose them. */
+		*err = EIO;
+		return -1;
+	}
 	struct sv_epoch *ep = sv_current_epoch_locked(vol);
 	ep->writes++;
 	t->ep = ep;
@@ -361,6 +368,33 @@ source_locked(struct sv_volume *vol, const struct sv_snap *s, uint64_t c)
 	return NULL;
 }
 
+static uint64_t
+next_set(const roaring_bitmap_t *bm, uint64_t from, uint64_t limit)
+{
+	if (!bm || from >= limit)
+		return limit;
+	roaring_uint32_iterator_t it;
+	roaring_init_iterator(bm, &it);
+	if (!roaring_move_uint32_iterator_equalorlarger(&it, (uint32_t)from))
+		return limit;
+	return it.current_value < limit ? it.current_value : limit;
+}
+
+/* The first chunk in [from, limit) that snapshot s might not read from the
+ * origin (changed in an epoch it reads, being copied, or released), or
+ * limit: lets a read or block status of a large, little-changed range
+ * skip over the origin's runs instead of testing every chunk. */
+static uint64_t
+next_marked_locked(struct sv_volume *vol, const struct sv_snap *s, uint64_t from, uint64_t limit)
+{
+	uint64_t n = next_set(vol->inflight, from, limit);
+	n = next_set(s->released, from, n);
+	for (size_t i = 0; i < vol->n_epochs; i++)
+		if (vol->epochs[i]->id >= s->epoch)
+			n = next_set(vol->epochs[i]->changed, from, n);
+	return n;
+}
+
 struct segment {
 	uint64_t off, len;   /* bytes of the request */
 	struct sv_epoch *ep; /* NULL: origin */
@@ -381,6 +415,10 @@ resolve_locked(struct sv_volume *vol, const struct sv_snap *s, uint64_t off, uin
 			pthread_cond_wait(&vol->cow_cond, &vol->cow_lock);
 		struct sv_epoch *ep = source_locked(vol, s, c);
 		uint64_t cend = (c + 1) << vol->chunk_shift;
+		if (!ep) /* a run of the origin: up to the next chunk marked anywhere */
+			cend = next_marked_locked(vol, s, c + 1,
+						  (end + vol->chunk_size - 1) >> vol->chunk_shift)
+			       << vol->chunk_shift;
 		uint64_t piece = (cend < end ? cend : end) - pos;
 		if (n > 0 && seg[n - 1].ep == ep) {
 			seg[n - 1].len += piece;
@@ -449,10 +487,19 @@ sv_cow_snap_pread(struct sv_volume *vol, struct sv_snap *s, void *buf, uint64_t 
 			uint64_t pos = seg[i].off, end = seg[i].off + seg[i].len;
 			while (pos < end) {
 				uint64_t c = pos >> vol->chunk_shift;
+				uint64_t last = (end - 1) >> vol->chunk_shift;
+				sv_lock_or_abort(&vol->cow_lock);
+				/* chunks nothing marks since: still the origin's */
+				uint64_t nx = next_marked_locked(vol, s, c, last + 1);
+				if (nx > c) {
+					sv_unlock_or_abort(&vol->cow_lock);
+					uint64_t npos = nx << vol->chunk_shift;
+					pos = npos < end ? npos : end;
+					continue;
+				}
 				uint64_t cend = (c + 1) << vol->chunk_shift;
 				struct segment again = {.off = pos,
 							.len = (cend < end ? cend : end) - pos};
-				sv_lock_or_abort(&vol->cow_lock);
 				while (roaring_bitmap_contains(vol->inflight, (uint32_t)c))
 					pthread_cond_wait(&vol->cow_cond, &vol->cow_lock);
 				again.ep = source_locked(vol, s, c);
