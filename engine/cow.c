@@ -178,7 +178,8 @@ no_copy_needed_locked(struct sv_epoch *ep, uint64_t c)
 static struct sv_epoch *
 previous_epoch_locked(struct sv_volume *vol, struct sv_epoch *ep)
 {
-	for (size_t i = 1; i < vol->n_epochs; i++)
+	/* from the end: ep is nearly always the current epoch */
+	for (size_t i = vol->n_epochs; i-- > 1;)
 		if (vol->epochs[i] == ep)
 			return vol->epochs[i - 1];
 	return NULL;
