@@ -652,7 +652,7 @@ sv_snapshot_create(struct sv_pool *pool, const char *const *specs, size_t n,
 	char vname[SV_NAME_MAX + 1];
 	bool has;
 	int rc = -1;
-	size_t got = 0;
+	size_t got = 0, saved = 0;
 	for (size_t i = 0; i < n; i++) {
 		if (sv_split_export_name(specs[i], strlen(specs[i]), vname, m[i].snap, &has) == -1)
 			goto out;
@@ -738,9 +738,9 @@ sv_snapshot_create(struct sv_pool *pool, const char *const *specs, size_t n,
 			goto undo;
 		}
 	}
-	for (size_t i = 0; i < n; i++)
-		if (sv_volume_save_meta(m[i].vol) == -1)
-			goto undo; /* those already saved are kept, as they are durable */
+	for (; saved < n; saved++)
+		if (sv_volume_save_meta(m[saved].vol) == -1)
+			goto undo;
 	for (size_t i = 0; i < n; i++) {
 		struct sv_volume *vol = m[i].vol;
 		SV_LOCK_SCOPE(&vol->cow_lock);
@@ -763,6 +763,21 @@ undo:
 				vol->setting_up--;
 			pthread_cond_broadcast(&vol->cow_cond);
 		}
+	}
+	/* Nothing is taken unless all are: members whose record was already
+	 * written get it rewritten without the snapshot (else it would come
+	 * back at the next open, half a group). */
+	if (saved > 0) {
+		int e = sv_last_errno();
+		char msg[1024];
+		snprintf(msg, sizeof msg, "%s", sv_last_error());
+		for (size_t i = 0; i < saved; i++)
+			if (sv_volume_save_meta(m[i].vol) == -1)
+				sv_log_warn(
+				    "volume %s: snapshot %s@%s of a failed group may come back "
+				    "at the next open: %s",
+				    m[i].vol->name, m[i].vol->name, m[i].snap, sv_last_error());
+		sv_error(e, "%s", msg);
 	}
 unlock_admin:
 	for (size_t i = 0; i < n; i++) {
@@ -1169,8 +1184,12 @@ sv_snapshot_rollback(struct sv_pool *pool, const char *volume, const char *snap)
 	} else if (do_rollback(vol, s) == 0) {
 		vol->rollback_to[0] = '\0';
 		rc = sv_volume_save_meta(vol);
+		if (rc == -1) /* still recorded: a failed rollback, as below */
+			snprintf(vol->rollback_to, sizeof vol->rollback_to, "%s", snap);
 	}
-	/* On failure the target stays persisted: the next open finishes it. */
+	/* On failure the target stays persisted: the next open finishes it,
+	 * and until a rollback succeeds the volume refuses writes (cow.c),
+	 * which that would overwrite. */
 	sv_lock_or_abort(&vol->cow_lock);
 	vol->gate_closed = false;
 	pthread_cond_broadcast(&vol->cow_cond);

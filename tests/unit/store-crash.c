@@ -27,7 +27,9 @@
  *     ctl so the test can tell it from corruption;
  *   - fails every call with EIO after the power loss, so that the engine's
  *     in-memory state can be discarded through its ordinary close path
- *     without anything more reaching the disk.
+ *     without anything more reaching the disk;
+ *   - can also fail one chosen call with an error and go on (a fault, not
+ *     a crash: a full disk, a bad sector), to test the error paths.
  *
  * A clean close (no power loss) applies what is pending, as the kernel
  * writes back a killed process's dirty pages.
@@ -125,8 +127,7 @@ queue(struct cfile *f, enum pend_kind kind, const void *data, uint64_t off, uint
 	return 0;
 }
 
-/* Apply [off, off+len) of pending write p (all of it: off = p->off, len =
- * p->len) to the disk. */
+/* Apply the part [off, off+len) of pending write p to the disk. */
 static int
 apply_part(struct cstore *cs, struct cfile *f, const struct pending *p, uint64_t off, uint64_t len)
 {
@@ -233,6 +234,12 @@ enter_locked(struct cstore *cs, bool counted)
 		ctl->calls++;
 		if (ctl->crash_at && ctl->calls >= ctl->crash_at)
 			powerloss_locked(cs);
+		if (!ctl->crashed && ctl->fail_at && ctl->calls == ctl->fail_at) {
+			ctl->fail_at = 0;
+			ctl->faults++;
+			errno = ctl->fail_errno ? ctl->fail_errno : EIO;
+			return -1;
+		}
 	}
 	if (ctl->crashed) {
 		errno = EIO;
@@ -240,15 +247,6 @@ enter_locked(struct cstore *cs, bool counted)
 	}
 	return 0;
 }
-
-#define ENTER(cs, counted)                                                                         \
-	do {                                                                                       \
-		pthread_mutex_lock(&(cs)->lock);                                                   \
-		if (enter_locked((cs), (counted)) == -1) {                                         \
-			pthread_mutex_unlock(&(cs)->lock);                                         \
-			return -1;                                                                 \
-		}                                                                                  \
-	} while (0)
 
 /* Unlock, keeping errno. */
 static int
@@ -259,6 +257,13 @@ leave(struct cstore *cs, int r)
 	errno = e;
 	return r;
 }
+
+#define ENTER(cs, counted)                                                                         \
+	do {                                                                                       \
+		pthread_mutex_lock(&(cs)->lock);                                                   \
+		if (enter_locked((cs), (counted)) == -1)                                           \
+			return leave((cs), -1);                                                    \
+	} while (0)
 
 /* ---- the pool ---- */
 

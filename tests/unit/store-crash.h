@@ -6,7 +6,8 @@
  * where reads see it, as a disk's volatile cache would.  At a simulated power
  * loss each such write is dropped, applied or torn, and from then on every
  * call fails with EIO, so the engine above can be closed without reaching
- * the disk again.
+ * the disk again.  It can also fail one chosen call and go on (a fault: a
+ * full or failing disk), to test the engine's error paths.
  */
 #ifndef SV_TEST_STORE_CRASH_H
 #define SV_TEST_STORE_CRASH_H
@@ -31,9 +32,15 @@ struct crash_ctl {
 	 * metadata writes, creating opens, removes); 0: only when the test says. */
 	uint64_t crash_at;
 	unsigned seed; /* the power loss's random choices */
+	/* A fault, not a crash: the fail_at-th counted call from now fails
+	 * with fail_errno (EIO if 0) and does nothing; later calls work.
+	 * 0: none. */
+	uint64_t fail_at;
+	int fail_errno;
 
 	/* filled in by the store */
 	bool crashed;
+	uint64_t faults;		 /* faults injected so far */
 	uint64_t calls;			 /* counted calls so far */
 	uint64_t dropped, applied, torn; /* pending writes at the power loss */
 	struct crash_garbage *garbage;	 /* malloc'd; the test frees it */

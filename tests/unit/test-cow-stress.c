@@ -6,9 +6,11 @@
  * (31 writes in 32; the others go anywhere in a volume 8 times as large, so
  * some first writes come late in an epoch), with writes of 1 to 3 chunks
  * that start and end anywhere on a sector boundary (so most are not
- * chunk-aligned); a snapshot thread takes
- * snapshots in the middle of it and deletes some; snapshot readers read
- * the live snapshots continuously.  The oracle does not depend on timing:
+ * chunk-aligned); a snapshot thread takes snapshots in the middle of it and
+ * deletes some; snapshot readers read the live snapshots continuously
+ * (short reads, and now and then all of a snapshot: a long read leaves a
+ * wide window between reading the origin and re-checking it).  The oracle
+ * does not depend on timing:
  *
  *   - Every 512-byte sector any writer writes is stamped (writer, sequence
  *     number, sector index) and checksummed, so a reader can tell a complete
@@ -25,9 +27,16 @@
  *     no write that covered it, completed before the create was called and
  *     started after the snapshot's write completed (a write acknowledged
  *     before the switch is in the snapshot; none started after it is).
+ *   - The same holds for the volume's image at the end, and every image is
+ *     all or nothing per write: a sector that shows a write means every
+ *     other sector it wrote shows it or something not older (a write is
+ *     stamped with one epoch; a copy made while a write of the previous
+ *     epoch is still going would split it).
  *   - Exactly one copy per chunk per epoch (invariant 3): the copied bytes
  *     the engine counts lie between what the epochs certainly wrote and what
  *     they could have written, chunk by chunk.
+ *   - A thread that does not stop within a minute of the end is stuck: the
+ *     test says so and exits, rather than hang.
  *
  * Writers never trim (a hole would carry no stamp).  The snapshot thread
  * keeps at least two snapshots, so every epoch after the first copies: a
@@ -38,7 +47,8 @@
  * A second test runs the same writers and readers against rollbacks
  * (mostly to the newest snapshot, which then drops its pre-images) instead
  * of creates and deletes; there the snapshots must not change either, and
- * after a rollback with the writers held the volume is the snapshot.
+ * after a rollback with the writers held the volume is the snapshot.  A
+ * failure prints the control thread's last operations with their ticks.
  *
  * Knobs (environment): SNAPVOL_STRESS_SECONDS (per test; default 4 and 3,
  * 8 and 5 under TSan), SNAPVOL_STRESS_WRITERS (6), SNAPVOL_STRESS_READERS
@@ -892,7 +902,13 @@ run(struct fixture *f, bool rollbacks, unsigned default_secs)
 	s->nsect = (uint32_t)(s->size / SECTOR);
 	pthread_mutex_init(&s->fail_lock, NULL);
 	pthread_mutex_init(&s->snaps_lock, NULL);
-	pthread_rwlock_init(&s->pause, NULL);
+	/* writer-preferring: glibc's default would let the writers' shared
+	 * holds starve the rollback thread */
+	pthread_rwlockattr_t ra_attr;
+	pthread_rwlockattr_init(&ra_attr);
+	pthread_rwlockattr_setkind_np(&ra_attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	pthread_rwlock_init(&s->pause, &ra_attr);
+	pthread_rwlockattr_destroy(&ra_attr);
 	pthread_mutex_init(&s->events_lock, NULL);
 	printf("%s: seed %u, %u s, %u writers, %u readers, %u hot chunks of %u "
 	       "(SNAPVOL_SEED=%u to reuse the random streams)\n",

@@ -9,11 +9,14 @@
  * sector to 4 chunks, most not chunk-aligned, some FUA; trims; zero-writes;
  * flushes; snapshot create, delete and rollback; releases (trims of a
  * snapshot's export); bursts of concurrent writes; reads checked against
- * the model) and loses power at a random counted store call, which may fall in
- * the middle of any engine operation, opening the volume included.  Then
- * the engine's state is thrown away (every store call fails with EIO and the
- * pool is closed), the pool is opened again with the plain file backend,
- * and:
+ * the model) and loses power at a random counted store call, which may
+ * fall in the middle of any engine operation, opening the volume included.
+ * A life in three first meets a fault (one store call fails with EIO or
+ * ENOSPC, and the life goes on): the operation that meets it may fail,
+ * and what it left is read back and must be the old state or the new.
+ * Then the engine's state is thrown away (every store call fails with EIO
+ * and the pool is closed), the pool is opened again with the plain file
+ * backend, and:
  *
  *   (a) every snapshot reads exactly as it did when sv_snapshot_create
  *       returned, but for the chunks released from it, which read as
@@ -36,9 +39,17 @@
  * index, so a mismatch says which write's data is where.  The workload is
  * deterministic but for the bursts (SNAPVOL_PL_BURSTS=0 turns them off), so
  * a round replays: SNAPVOL_SEED=N (printed) replays a run, SNAPVOL_ROUND=R
- * only its round R; SNAPVOL_ROUNDS (300, 60 under a sanitizer),
- * SNAPVOL_LIVES (4) and SNAPVOL_PL_CHUNKS (32) size the run.  The engine
- * logs the EIO errors of the crashed phase: they are expected.
+ * only its round R; SNAPVOL_ROUNDS (300, 40 under a sanitizer),
+ * SNAPVOL_LIVES (4) and SNAPVOL_PL_CHUNKS (32) size the run;
+ * SNAPVOL_TEST_FILTER runs only the tests whose name matches.  The engine
+ * logs the errors of the crashed phase and of the faults: they are
+ * expected.
+ *
+ * test_rollback_faults: a fault at each store call of a rollback in turn
+ * (no crash); then the snapshots are intact, a write is refused or durable
+ * once flushed, across a clean reopen that may finish the rollback.
+ * test_group_faults: the same for a consistency group's create: all of
+ * it or none of it, now and after a clean reopen.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -78,7 +89,7 @@
 #define VOL	  "pl"
 #define MAX_SNAPS 8
 #define MAX_STEPS 80 /* per life, if the power has not gone by then */
-#define TRACE	  48 /* operations remembered for a failure report */
+#define TRACE	  96 /* operations remembered for a failure report */
 
 /* ---- sector contents ---- */
 
@@ -230,9 +241,12 @@ model_drop_snap(struct model *m, size_t i)
 /* ---- one run ---- */
 
 struct run {
-	unsigned seed;	/* the whole run's */
-	unsigned round; /* this round's number */
-	bool bursts;	/* concurrent writes now and then */
+	unsigned seed;		/* the whole run's */
+	unsigned round;		/* this round's number */
+	bool bursts;		/* concurrent writes now and then */
+	struct sv_store *st;	/* this life's crash store */
+	uint64_t faults_seen;	/* injected faults before this step */
+	unsigned char *scratch; /* a volume's worth */
 	unsigned life, step;
 	unsigned rng;
 	char dir[80];
@@ -241,7 +255,7 @@ struct run {
 	unsigned n_trace;
 	/* totals, for the closing line */
 	uint64_t crashes, ops, dropped, applied, torn, garbage, garbage_seen, maybe_kept,
-	    maybe_gone, rollbacks_finished, crashed_in_open;
+	    maybe_gone, rollbacks_finished, crashed_in_open, releases, burst_writes, faults;
 };
 
 static void __attribute__((format(printf, 2, 3))) trace(struct run *r, const char *fmt, ...)
@@ -266,6 +280,7 @@ fail_run(struct run *r, const char *fmt, ...)
 	unsigned from = r->n_trace > TRACE ? r->n_trace - TRACE : 0;
 	for (unsigned i = from; i < r->n_trace; i++)
 		printf("  %s\n", r->trace[i % TRACE]);
+	printf("(the pool is left in %s)\n", r->dir);
 	fflush(stdout);
 	fail_msg("SNAPVOL_SEED=%u SNAPVOL_ROUND=%u (life %u, step %u): %s", r->seed, r->round,
 		 r->life, r->step, msg);
@@ -313,13 +328,88 @@ expect_image(struct run *r, const unsigned char *img, const uint32_t *ids, const
 		 describe_sector((unsigned char *)want, (uint32_t)s, b2, sizeof b2));
 }
 
-/* An operation failed: fine only if the power is gone. */
-static void
+/* An operation failed: fine if the power is gone (false: the life ends)
+ * or if the fault injected into this life came during this step (true: it
+ * goes on).  One fault may fail several writes of a burst: they share the
+ * syncs of a group commit. */
+static bool
 failed(struct run *r, const struct crash_ctl *ctl, const char *what, const char *why)
 {
-	if (!ctl->crashed)
-		fail_run(r, "%s failed with the power on: %s", what, why);
-	trace(r, "  ... cut short by the power loss (%s)", why);
+	if (ctl->crashed) {
+		trace(r, "  ... cut short by the power loss (%s)", why);
+		return false;
+	}
+	if (ctl->faults > r->faults_seen) {
+		trace(r, "  ... failed by the injected fault (%s)", why);
+		return true;
+	}
+	fail_run(r, "%s failed with the power on and no fault injected: %s", what, why);
+}
+
+/* A write, trim or zero-write that failed: each of its sectors may hold
+ * the old data or the new, now and after a crash.  After a fault the
+ * volume is read back to learn which (and that it is one of the two). */
+static void
+uncertain_write(struct run *r, struct sv_view *v, bool fault, uint32_t first, uint32_t n,
+		uint32_t id)
+{
+	struct model *m = &r->m;
+	for (uint32_t s = first; s < first + n; s++) {
+		idset_add(&m->since[s], id);
+		if (!fault)
+			m->cur[s] = id; /* no more reads before the crash */
+	}
+	if (!fault)
+		return;
+	int err = 0;
+	if (sv_view_pread(v, r->scratch, m->nsect * SECTOR, 0, &err) == -1)
+		fail_run(r, "after a fault, reading the volume: %s", strerror(err));
+	for (uint32_t s = first; s < first + n; s++) {
+		int64_t now = sector_id(r->scratch + (size_t)s * SECTOR, s);
+		char b1[64];
+		if (now != m->cur[s] && now != id)
+			fail_run(r,
+				 "after a failed write %u, sector %u holds %s: neither the old "
+				 "(write %u) nor the new",
+				 id, s,
+				 describe_sector(r->scratch + (size_t)s * SECTOR, s, b1, sizeof b1),
+				 m->cur[s]);
+		m->cur[s] = (uint32_t)now;
+	}
+	expect_image(r, r->scratch, m->cur, "the volume after a failed write");
+}
+
+/* A create or delete that met a fault: the listing says how it ended. */
+static void
+settle_snapshot(struct run *r, struct sv_pool *pool, size_t i)
+{
+	struct model *m = &r->m;
+	struct sv_snapshot_info *infos;
+	size_t n;
+	if (sv_snapshot_list(pool, VOL, &infos, &n) == -1)
+		fail_run(r, "after a fault, listing snapshots: %s", sv_last_error());
+	bool listed = false;
+	for (size_t k = 0; k < n; k++)
+		listed |= !strcmp(infos[k].name, m->snaps[i].name);
+	free(infos);
+	trace(r, "  ... %s %s", m->snaps[i].name, listed ? "exists" : "does not exist");
+	if (listed)
+		m->snaps[i].state = SNAP_LIVE;
+	else
+		model_drop_snap(m, i);
+}
+
+/* Chunks of a release that was cut short read as zeros, or as before,
+ * and stay so: learn which from a read of the snapshot. */
+static void
+settle_release(struct run *r, struct msnap *s, const unsigned char *img)
+{
+	unsigned char zero[SECTOR] = {0};
+	for (uint32_t k = 0; k < r->m.nsect; k++)
+		if (s->doubt[k / SPC] && !memcmp(img + (size_t)k * SECTOR, zero, SECTOR))
+			s->ids[k] = 0;
+	free(s->doubt);
+	s->doubt = NULL;
 }
 
 /* ---- the workload ---- */
@@ -371,19 +461,23 @@ release(struct run *r, struct sv_pool *pool, const struct crash_ctl *ctl)
 	}
 	int rc = sv_view_trim(sv, n * SECTOR, (uint64_t)first * SECTOR, 0, &err);
 	sv_view_close(sv);
+	r->releases++;
 	/* whole chunks only; the last one counts as whole at the end */
 	uint32_t ca = (first + SPC - 1) / SPC;
 	uint32_t cz = first + n == m->nsect ? m->nsect / SPC : (first + n) / SPC;
-	if (rc == -1) {
-		failed(r, ctl, "release", strerror(err));
-		if (!s->doubt)
-			s->doubt = calloc(m->nsect / SPC, 1);
-	}
+	bool fault = rc == -1 && failed(r, ctl, "release", strerror(err));
+	if (rc == -1 && !s->doubt)
+		s->doubt = calloc(m->nsect / SPC, 1);
 	for (uint32_t c = ca; c < cz; c++) {
 		if (rc == -1)
 			s->doubt[c] = 1;
 		else
 			memset(&s->ids[c * SPC], 0, SPC * sizeof *s->ids);
+	}
+	if (fault) {
+		if (read_view(pool, spec, r->scratch, m->nsect * SECTOR, &err) == -1)
+			fail_run(r, "after a fault, reading %s: %s", spec, strerror(err));
+		settle_release(r, s, r->scratch);
 	}
 }
 
@@ -428,15 +522,20 @@ burst(struct run *r, struct sv_view *v, const struct crash_ctl *ctl)
 			sector_image(b[got].buf + (size_t)i * SECTOR, b[got].id, first + i);
 		trace(r, "burst write %u: sectors [%u, %u)", b[got].id, first, first + n);
 		got++;
+		r->burst_writes++;
 	}
 	for (unsigned j = 0; j < got; j++)
 		assert_int_equal(pthread_create(&b[j].t, NULL, burst_main, &b[j]), 0);
 	for (unsigned j = 0; j < got; j++)
 		pthread_join(b[j].t, NULL);
+	/* the ones that worked first: a failed one reads the volume back */
+	for (unsigned j = 0; j < got; j++)
+		if (b[j].rc == 0)
+			model_write(m, b[j].first, b[j].n, b[j].id, false);
 	for (unsigned j = 0; j < got; j++) {
 		if (b[j].rc == -1)
-			failed(r, ctl, "burst write", strerror(b[j].err));
-		model_write(m, b[j].first, b[j].n, b[j].id, false);
+			uncertain_write(r, v, failed(r, ctl, "burst write", strerror(b[j].err)),
+					b[j].first, b[j].n, b[j].id);
 		free(b[j].buf);
 	}
 }
@@ -457,11 +556,10 @@ step(struct run *r, struct sv_pool *pool, struct sv_view *v, const struct crash_
 			sector_image(buf + (size_t)i * SECTOR, id, first + i);
 		trace(r, "write %u: sectors [%u, %u)%s", id, first, first + n, fua ? " FUA" : "");
 		if (sv_view_pwrite(v, buf, n * SECTOR, (uint64_t)first * SECTOR, fua ? SV_FUA : 0,
-				   &err) == -1) {
-			failed(r, ctl, "write", strerror(err));
-			fua = false;
-		}
-		model_write(m, first, n, id, fua);
+				   &err) == -1)
+			uncertain_write(r, v, failed(r, ctl, "write", strerror(err)), first, n, id);
+		else
+			model_write(m, first, n, id, fua);
 	} else if (op < 49) {
 		uint32_t first, n;
 		pick_range(r, &first, &n);
@@ -471,11 +569,11 @@ step(struct run *r, struct sv_pool *pool, struct sv_view *v, const struct crash_
 		      fua ? " FUA" : "", fl & SV_NO_HOLE ? " NO_HOLE" : "");
 		int rc = trim ? sv_view_trim(v, n * SECTOR, (uint64_t)first * SECTOR, fl, &err)
 			      : sv_view_zero(v, n * SECTOR, (uint64_t)first * SECTOR, fl, &err);
-		if (rc == -1) {
-			failed(r, ctl, trim ? "trim" : "zero", strerror(err));
-			fua = false;
-		}
-		model_write(m, first, n, 0, fua);
+		if (rc == -1)
+			uncertain_write(r, v, failed(r, ctl, trim ? "trim" : "zero", strerror(err)),
+					first, n, 0);
+		else
+			model_write(m, first, n, 0, fua);
 	} else if (op < 57) {
 		trace(r, "flush");
 		if (sv_view_flush(v, &err) == -1)
@@ -495,8 +593,9 @@ step(struct run *r, struct sv_pool *pool, struct sv_view *v, const struct crash_
 		const char *specs[] = {spec};
 		trace(r, "snapshot create %s", spec);
 		if (sv_snapshot_create(pool, specs, 1, NULL) == -1) {
-			failed(r, ctl, "snapshot create", sv_last_error());
 			s->state = SNAP_MAYBE;
+			if (failed(r, ctl, "snapshot create", sv_last_error()))
+				settle_snapshot(r, pool, m->n_snaps - 1);
 		}
 	} else if (op < 75) {
 		int i = pick_live(r);
@@ -504,8 +603,9 @@ step(struct run *r, struct sv_pool *pool, struct sv_view *v, const struct crash_
 			return;
 		trace(r, "snapshot delete %s", m->snaps[i].name);
 		if (sv_snapshot_delete(pool, VOL, m->snaps[i].name) == -1) {
-			failed(r, ctl, "snapshot delete", sv_last_error());
 			m->snaps[i].state = SNAP_MAYBE;
+			if (failed(r, ctl, "snapshot delete", sv_last_error()))
+				settle_snapshot(r, pool, (size_t)i);
 		} else {
 			model_drop_snap(m, (size_t)i);
 		}
@@ -515,7 +615,11 @@ step(struct run *r, struct sv_pool *pool, struct sv_view *v, const struct crash_
 			return;
 		trace(r, "snapshot rollback %s", m->snaps[i].name);
 		if (sv_snapshot_rollback(pool, VOL, m->snaps[i].name) == -1) {
-			failed(r, ctl, "snapshot rollback", sv_last_error());
+			/* After a fault the volume is a mixture that
+			 * refuses writes until the rollback is finished (see
+			 * test_rollback_faults): end the life here. */
+			if (failed(r, ctl, "snapshot rollback", sv_last_error()))
+				crash_store_powerloss(r->st);
 			m->rollback_doubt = malloc(m->nsect * sizeof *m->rollback_doubt);
 			memcpy(m->rollback_doubt, m->snaps[i].ids, m->nsect * sizeof *m->cur);
 		} else {
@@ -598,17 +702,8 @@ check_snapshots(struct run *r, struct sv_pool *pool, unsigned char *buf)
 				 sv_last_error());
 		snprintf(what, sizeof what, "after the crash, snapshot %s", spec);
 		struct msnap *s = &m->snaps[i];
-		if (s->doubt) {
-			/* a release cut short: its chunks read as zeros, or as
-			 * before; whichever it is, it stays so */
-			unsigned char zero[SECTOR] = {0};
-			for (uint32_t k = 0; k < m->nsect; k++)
-				if (s->doubt[k / SPC] &&
-				    !memcmp(buf + (size_t)k * SECTOR, zero, SECTOR))
-					s->ids[k] = 0;
-			free(s->doubt);
-			s->doubt = NULL;
-		}
+		if (s->doubt)
+			settle_release(r, s, buf);
 		expect_image(r, buf, s->ids, what);
 	}
 }
@@ -696,6 +791,17 @@ life(struct run *r, bool first, unsigned char *buf)
 	 * (replay, checkpoint, a rollback finished) included. */
 	ctl.crash_at = ctl.calls + 1 + (uint64_t)rand_r(&r->rng) % 250;
 	trace(r, "life %u: the power goes at store call %" PRIu64, r->life, ctl.crash_at);
+	/* A life in three also meets a fault first: one call fails (EIO, or
+	 * ENOSPC: a full store) and the life goes on. */
+	if (rand_r(&r->rng) % 3 == 0) {
+		ctl.fail_at =
+		    ctl.calls + 1 + (uint64_t)rand_r(&r->rng) % (ctl.crash_at - ctl.calls);
+		ctl.fail_errno = rand_r(&r->rng) % 3 ? EIO : ENOSPC;
+		trace(r, "  and a fault (%s) at store call %" PRIu64, strerror(ctl.fail_errno),
+		      ctl.fail_at);
+	}
+	r->st = st;
+	r->faults_seen = 0;
 	r->step = 0;
 	struct sv_view *v = NULL;
 	if (sv_view_open(pool, VOL, strlen(VOL), &v) == -1) {
@@ -703,8 +809,11 @@ life(struct run *r, bool first, unsigned char *buf)
 		r->crashed_in_open++;
 		v = NULL;
 	}
-	for (; v && !ctl.crashed && r->step < MAX_STEPS; r->step++)
+	for (; v && !ctl.crashed && r->step < MAX_STEPS; r->step++) {
 		step(r, pool, v, &ctl, buf);
+		r->faults_seen = ctl.faults; /* this step's fault, if any, is spent */
+	}
+	r->faults += ctl.faults;
 	if (!ctl.crashed) {
 		trace(r, "power loss between operations");
 		crash_store_powerloss(st);
@@ -749,9 +858,11 @@ run_round(struct run *r, unsigned lives, uint32_t nsect)
 	if (!mkdtemp(r->dir))
 		fail_run(r, "mkdtemp: %s", strerror(errno));
 	unsigned char *buf = malloc((size_t)nsect * SECTOR);
+	r->scratch = malloc((size_t)nsect * SECTOR);
 	for (r->life = 0; r->life < lives; r->life++)
 		life(r, r->life == 0, buf);
 	free(buf);
+	free(r->scratch);
 	char cmd[128];
 	snprintf(cmd, sizeof cmd, "rm -rf '%s'", r->dir);
 	assert_int_equal(system(cmd), 0);
@@ -777,7 +888,7 @@ test_powerloss(void **state)
 	(void)state;
 	struct run *r = calloc(1, sizeof *r);
 	r->seed = env_uint("SNAPVOL_SEED", (unsigned)time(NULL));
-	unsigned rounds = env_uint("SNAPVOL_ROUNDS", SANITIZED ? 60 : 300);
+	unsigned rounds = env_uint("SNAPVOL_ROUNDS", SANITIZED ? 40 : 300);
 	r->bursts = env_uint("SNAPVOL_PL_BURSTS", 1) != 0;
 	unsigned lives = env_uint("SNAPVOL_LIVES", 4);
 	uint32_t nsect = env_uint("SNAPVOL_PL_CHUNKS", 32) * SPC;
@@ -795,19 +906,270 @@ test_powerloss(void **state)
 	       " operations; pending writes at the losses: %" PRIu64 " dropped, %" PRIu64
 	       " applied, %" PRIu64 " torn (%" PRIu64 " garbage sectors, %" PRIu64
 	       " of them seen in the volume); cut-short creates/deletes: %" PRIu64 " kept, %" PRIu64
-	       " gone; %" PRIu64 " cut-short rollbacks finished at open\n",
+	       " gone; %" PRIu64 " cut-short rollbacks finished at open; %" PRIu64
+	       " releases; %" PRIu64 " concurrent writes in bursts; %" PRIu64 " faults injected\n",
 	       r->crashes, r->crashed_in_open, r->ops, r->dropped, r->applied, r->torn, r->garbage,
-	       r->garbage_seen, r->maybe_kept, r->maybe_gone, r->rollbacks_finished);
+	       r->garbage_seen, r->maybe_kept, r->maybe_gone, r->rollbacks_finished, r->releases,
+	       r->burst_writes, r->faults);
 	/* a run that never lost a pending write proved little */
 	assert_true(r->crashes > 0);
 	free(r);
 }
 
+/* Write sectors [first, first+n) of write id through a view. */
+static void
+write_id(struct sv_view *v, uint32_t first, uint32_t n, uint32_t id)
+{
+	unsigned char *buf = malloc((size_t)n * SECTOR);
+	for (uint32_t i = 0; i < n; i++)
+		sector_image(buf + (size_t)i * SECTOR, id, first + i);
+	int err = 0;
+	if (sv_view_pwrite(v, buf, n * SECTOR, (uint64_t)first * SECTOR, 0, &err) == -1)
+		fail_msg("write %u: %s", id, strerror(err));
+	free(buf);
+}
+
+/* Does a view read as ids (per sector)? */
+static bool
+view_is(struct sv_pool *pool, const char *name, const uint32_t *ids, uint32_t nsect)
+{
+	unsigned char *img = malloc((size_t)nsect * SECTOR);
+	int err = 0;
+	if (read_view(pool, name, img, nsect * SECTOR, &err) == -1)
+		fail_msg("read %s: %s (%s)", name, strerror(err), sv_last_error());
+	bool same = first_mismatch(img, ids, nsect) < 0;
+	free(img);
+	return same;
+}
+
+#define RB_SECT (16 * SPC)
+
+/* One rollback with a fault at its k-th counted store call (0: none), to
+ * the newest snapshot or to an older one; returns how many counted calls
+ * the rollback made.  Whatever the fault breaks, the snapshots read as
+ * they did; a rollback that succeeded left the volume the snapshot; a
+ * write after it is refused, or durable once flushed, across a clean
+ * reopen (which may finish a failed rollback, but never over acknowledged
+ * writes); and after the reopen the volume is the snapshot, or untouched
+ * if the rollback never got to record its target. */
+static uint64_t
+rollback_with_fault(bool newest, uint64_t k, int fail_errno)
+{
+	char dir[64];
+	strcpy(dir, access("/dev/shm", W_OK) == 0 ? "/dev/shm/snapvol-test-plrb-XXXXXX"
+						  : "/tmp/snapvol-test-plrb-XXXXXX");
+	assert_non_null(mkdtemp(dir));
+	struct crash_ctl ctl = {0};
+	struct sv_store *st;
+	struct sv_pool *pool;
+	assert_int_equal(crash_store_open(dir, true, &ctl, &st), 0);
+	assert_int_equal(sv_pool_open_store(st, dir, &pool), 0);
+	assert_int_equal(sv_volume_create(pool, "fr", (uint64_t)RB_SECT * SECTOR, CHUNK), 0);
+	struct sv_view *v;
+	assert_int_equal(sv_view_open(pool, "fr", 2, &v), 0);
+	/* s: write 1 everywhere; t (newer): write 2 over chunks 0-3; the
+	 * volume: write 3 over chunks 2-5, then 4 over sectors 50-60 */
+	uint32_t s_ids[RB_SECT], t_ids[RB_SECT], vol_ids[RB_SECT];
+	write_id(v, 0, RB_SECT, 1);
+	const char *s_spec[] = {"fr@s"}, *t_spec[] = {"fr@t"};
+	assert_int_equal(sv_snapshot_create(pool, s_spec, 1, NULL), 0);
+	write_id(v, 0, 4 * SPC, 2);
+	assert_int_equal(sv_snapshot_create(pool, t_spec, 1, NULL), 0);
+	write_id(v, 2 * SPC, 4 * SPC, 3);
+	write_id(v, 50, 10, 4);
+	int err = 0;
+	assert_int_equal(sv_view_flush(v, &err), 0);
+	for (uint32_t i = 0; i < RB_SECT; i++) {
+		s_ids[i] = 1;
+		t_ids[i] = i < 4 * SPC ? 2 : 1;
+		vol_ids[i] = i >= 50 && i < 60 ? 4 : i >= 2 * SPC && i < 6 * SPC ? 3 : t_ids[i];
+	}
+	const char *target = newest ? "t" : "s";
+	const uint32_t *want = newest ? t_ids : s_ids;
+
+	uint64_t before = ctl.calls;
+	if (k) {
+		ctl.fail_at = before + k;
+		ctl.fail_errno = fail_errno;
+	}
+	int rc = sv_snapshot_rollback(pool, "fr", target);
+	uint64_t used = ctl.calls - before;
+	char what[160];
+	snprintf(what, sizeof what,
+		 "rollback to %s with a fault (%s) at its call %" PRIu64 " of %s", target,
+		 strerror(fail_errno), k, k ? "it" : "none");
+	if (k && !ctl.faults)
+		fail_msg("%s: the fault missed it", what);
+	if (!view_is(pool, "fr@s", s_ids, RB_SECT) || !view_is(pool, "fr@t", t_ids, RB_SECT))
+		fail_msg("%s: a snapshot changed", what);
+	if (rc == 0 && !view_is(pool, "fr", want, RB_SECT))
+		fail_msg("%s: it succeeded, but the volume is not the snapshot", what);
+	if (!k && rc == -1)
+		fail_msg("%s: it failed: %s", what, sv_last_error());
+
+	/* A write now (chunk 0): refused, or durable once flushed. */
+	unsigned char *buf = malloc((size_t)SPC * SECTOR);
+	for (uint32_t i = 0; i < SPC; i++)
+		sector_image(buf + (size_t)i * SECTOR, 5, i);
+	bool taken =
+	    sv_view_pwrite(v, buf, SPC * SECTOR, 0, 0, &err) == 0 && sv_view_flush(v, &err) == 0;
+	free(buf);
+	sv_view_close(v);
+	sv_pool_close(pool); /* a clean close: no power loss at all */
+
+	assert_int_equal(sv_pool_open(dir, 0, &pool), 0);
+	if (!view_is(pool, "fr@s", s_ids, RB_SECT) || !view_is(pool, "fr@t", t_ids, RB_SECT))
+		fail_msg("%s: after a clean reopen, a snapshot changed", what);
+	uint32_t after[RB_SECT];
+	memcpy(after, rc == 0 ? want : vol_ids, sizeof after);
+	if (taken) {
+		for (uint32_t i = 0; i < SPC; i++)
+			after[i] = 5;
+		if (!view_is(pool, "fr", after, RB_SECT))
+			fail_msg("%s: a write acknowledged and flushed after it is not there after "
+				 "a clean reopen (the reopen finished a failed rollback over it?)",
+				 what);
+	} else if (!view_is(pool, "fr", want, RB_SECT) &&
+		   (rc == 0 || !view_is(pool, "fr", vol_ids, RB_SECT))) {
+		fail_msg("%s: after a clean reopen the volume is neither the snapshot nor as "
+			 "it was",
+			 what);
+	}
+	sv_pool_close(pool);
+	char cmd[128];
+	snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+	assert_int_equal(system(cmd), 0);
+	return used;
+}
+
+/* A fault at every store call a rollback makes, in turn (to the newest
+ * snapshot, whose pre-images it then drops, and to an older one, which
+ * copies): see rollback_with_fault. */
+static void
+test_rollback_faults(void **state)
+{
+	(void)state;
+	for (int newest = 0; newest < 2; newest++) {
+		uint64_t n = rollback_with_fault(newest, 0, 0);
+		for (uint64_t k = 1; k <= n; k++)
+			rollback_with_fault(newest, k, k % 3 ? EIO : ENOSPC);
+		printf("rollback to the %s snapshot: a fault at each of its %" PRIu64
+		       " store calls\n",
+		       newest ? "newest" : "older", n);
+	}
+}
+
+/* Is a snapshot listed? */
+static bool
+listed(struct sv_pool *pool, const char *vol, const char *snap)
+{
+	struct sv_snapshot_info *infos;
+	size_t n;
+	if (sv_snapshot_list(pool, vol, &infos, &n) == -1)
+		fail_msg("list %s: %s", vol, sv_last_error());
+	bool found = false;
+	for (size_t k = 0; k < n; k++)
+		found |= !strcmp(infos[k].name, snap);
+	free(infos);
+	return found;
+}
+
+#define GR_SECT (8 * SPC)
+
+/* One snapshot of two volumes at one instant (a consistency group) with a
+ * fault at its k-th counted store call (0: none); returns how many calls
+ * the create made.  Nothing is taken unless all are: after a failed
+ * create neither volume has the snapshot, now or after a clean reopen;
+ * after one that worked both have it, reading as the volumes did. */
+static uint64_t
+group_with_fault(uint64_t k, int fail_errno)
+{
+	char dir[64];
+	strcpy(dir, access("/dev/shm", W_OK) == 0 ? "/dev/shm/snapvol-test-plgr-XXXXXX"
+						  : "/tmp/snapvol-test-plgr-XXXXXX");
+	assert_non_null(mkdtemp(dir));
+	struct crash_ctl ctl = {0};
+	struct sv_store *st;
+	struct sv_pool *pool;
+	assert_int_equal(crash_store_open(dir, true, &ctl, &st), 0);
+	assert_int_equal(sv_pool_open_store(st, dir, &pool), 0);
+	const char *names[2] = {"a", "b"};
+	struct sv_view *v[2];
+	uint32_t ids[2][GR_SECT];
+	int err = 0;
+	for (int i = 0; i < 2; i++) {
+		assert_int_equal(
+		    sv_volume_create(pool, names[i], (uint64_t)GR_SECT * SECTOR, CHUNK), 0);
+		assert_int_equal(sv_view_open(pool, names[i], 1, &v[i]), 0);
+		write_id(v[i], 0, GR_SECT, 1 + (uint32_t)i);
+		for (uint32_t s = 0; s < GR_SECT; s++)
+			ids[i][s] = 1 + (uint32_t)i;
+	}
+	uint64_t before = ctl.calls;
+	if (k) {
+		ctl.fail_at = before + k;
+		ctl.fail_errno = fail_errno;
+	}
+	const char *specs[] = {"b@g", "a@g"};
+	int rc = sv_snapshot_create(pool, specs, 2, NULL);
+	uint64_t used = ctl.calls - before;
+	char what[128];
+	snprintf(what, sizeof what,
+		 "a group create with a fault (%s) at its call %" PRIu64 " of %s",
+		 strerror(fail_errno), k, k ? "it" : "none");
+	if (k && !ctl.faults)
+		fail_msg("%s: the fault missed it", what);
+	if (!k && rc == -1)
+		fail_msg("%s: it failed: %s", what, sv_last_error());
+	for (int i = 0; i < 2; i++)
+		if (listed(pool, names[i], "g") != (rc == 0))
+			fail_msg("%s: it %s, but %s@g %s", what, rc ? "failed" : "worked", names[i],
+				 rc ? "exists" : "does not exist");
+	/* later writes must not show in the snapshots */
+	for (int i = 0; i < 2; i++) {
+		write_id(v[i], 0, SPC, 3 + (uint32_t)i);
+		assert_int_equal(sv_view_flush(v[i], &err), 0);
+		sv_view_close(v[i]);
+	}
+	sv_pool_close(pool); /* a clean close */
+
+	assert_int_equal(sv_pool_open(dir, 0, &pool), 0);
+	for (int i = 0; i < 2; i++) {
+		char spec[8];
+		snprintf(spec, sizeof spec, "%s@g", names[i]);
+		if (listed(pool, names[i], "g") != (rc == 0))
+			fail_msg("%s: after a clean reopen, %s %s", what, spec,
+				 rc ? "exists (half a group)" : "is gone");
+		if (rc == 0 && !view_is(pool, spec, ids[i], GR_SECT))
+			fail_msg("%s: after a clean reopen, %s is not what it was", what, spec);
+	}
+	sv_pool_close(pool);
+	char cmd[128];
+	snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+	assert_int_equal(system(cmd), 0);
+	return used;
+}
+
+/* A fault at every store call of a group create, in turn. */
+static void
+test_group_faults(void **state)
+{
+	(void)state;
+	uint64_t n = group_with_fault(0, 0);
+	for (uint64_t k = 1; k <= n; k++)
+		group_with_fault(k, k % 3 ? EIO : ENOSPC);
+	printf("group create: a fault at each of its %" PRIu64 " store calls\n", n);
+}
+
 int
 main(void)
 {
+	if (getenv("SNAPVOL_TEST_FILTER")) /* e.g. "test_powerloss" */
+		cmocka_set_test_filter(getenv("SNAPVOL_TEST_FILTER"));
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_powerloss),
+	    cmocka_unit_test(test_rollback_faults),
+	    cmocka_unit_test(test_group_faults),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
