@@ -124,16 +124,16 @@ need() {
 has() { [[ " $SECTIONS " == *" $1 "* ]]; }
 
 # ---------------------------------------------------------------- cleanup
-stop_pid() { # stop_pid PID [SIG]: SIG (TERM), up to 30 s, then KILL; reaps it
-	local pid=$1 sig=${2:-TERM} i
+stop_pid() { # stop_pid PID [SIG [SECONDS]]: SIG (TERM), up to SECONDS (30), then KILL; reaps it
+	local pid=$1 sig=${2:-TERM} secs=${3:-30} i
 	if kill -0 "$pid" 2>/dev/null; then
 		kill "-$sig" "$pid" 2>/dev/null || true
-		for ((i = 0; i < 300; i++)); do
+		for ((i = 0; i < secs * 10; i++)); do
 			kill -0 "$pid" 2>/dev/null || break
 			sleep 0.1
 		done
 		if kill -0 "$pid" 2>/dev/null; then
-			log "  pid $pid ignored SIG$sig for 30 s: SIGKILL"
+			log "  pid $pid ignored SIG$sig for $secs s: SIGKILL"
 			kill -KILL "$pid" 2>/dev/null || true
 		fi
 	fi
@@ -158,6 +158,8 @@ cleanup() {
 		else
 			# sync: ext4 here is mounted with 'discard'; let the commit that
 			# frees the files happen now, not in someone else's benchmark
+			# (the 1 TiB volume's scattered extents take minutes)
+			log "removing $TMP"
 			rm -rf "$TMP"
 			sync
 		fi
@@ -361,15 +363,15 @@ section_snapn() {
 load_start() {
 	timeout -k 5 3600 fio --name=load --ioengine=nbd --uri="$2" --rw=randwrite --bs=4k \
 		--iodepth=16 --size="$VOL" --norandommap --randrepeat=0 --randseed="$SEED" --time_based \
-		--runtime=3000 --write_lat_log="$TMP/fio/load-$1" --log_avg_msec=0 \
+		--runtime=3000 --disable_clat=1 --disable_slat=1 --write_lat_log="$TMP/fio/load-$1" --log_avg_msec=0 \
 		--log_unix_epoch=1 --per_job_logs=0 --output-format=json \
 		--output="$TMP/fio/load-$1.json" >"$TMP/fio/load-$1.out" 2>&1 &
 	FIO_PID=$!
 	sleep 2
 	kill -0 "$FIO_PID" 2>/dev/null || { cat "$TMP/fio/load-$1.out" >&2; die "load fio for $1 did not start"; }
 }
-load_stop() {
-	stop_pid "$FIO_PID" INT
+load_stop() { # fio writes its per-I/O log (hundreds of MB) when stopped: give it time
+	stop_pid "$FIO_PID" INT 300
 	FIO_PID=
 }
 
@@ -397,7 +399,6 @@ cycles() {
 		"$lmax" "$lios" "$lsecs" "$lp999" >>"$RUNS"
 	log "  load during the cycles: $li IOPS, p99 $lp99 us, p99.9 $lp999 us, max $lmax us"
 	awk -F'\t' -v n="$name" '$1 == n { s[$3] = s[$3] " " $6 } END { for (k in s) print "  " k " ms:" substr(s[k], 1, 200) }' "$EVENTS" >&2
-	rm -f "$TMP/fio/load-${name}_clat.log" "$TMP/fio/load-${name}_slat.log"
 	sync "$BASE"
 }
 
