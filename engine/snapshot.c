@@ -900,22 +900,39 @@ sv_snapshot_list(struct sv_pool *pool, const char *volume, struct sv_snapshot_in
 
 /* ---- deleting ---- */
 
-int
-sv_snapshot_delete(struct sv_pool *pool, const char *volume, const char *snap)
+/* Open the volume and find its snapshot for an administrative operation:
+ * returns with admin_lock and cow_lock held, or -1 with nothing held. */
+static int
+admin_begin(struct sv_pool *pool, const char *volume, const char *snap, struct sv_volume **volp,
+	    struct sv_snap **sp)
 {
 	if (sv_check_name(snap, "snapshot") == -1)
 		return -1;
 	struct sv_volume *vol;
 	if (get_volume(pool, volume, &vol) == -1)
 		return -1;
-	int rc = -1;
 	sv_lock_or_abort(&vol->admin_lock);
 	sv_lock_or_abort(&vol->cow_lock);
 	struct sv_snap *s = sv_snap_find_locked(vol, snap);
 	if (!s || s->pending) {
-		sv_error(ENOENT, "snapshot %s@%s does not exist", volume, snap);
-		goto unlock_cow;
+		sv_unlock_or_abort(&vol->cow_lock);
+		sv_unlock_or_abort(&vol->admin_lock);
+		put_volume(pool, vol);
+		return sv_error(ENOENT, "snapshot %s@%s does not exist", volume, snap);
 	}
+	*volp = vol;
+	*sp = s;
+	return 0;
+}
+
+int
+sv_snapshot_delete(struct sv_pool *pool, const char *volume, const char *snap)
+{
+	struct sv_volume *vol;
+	struct sv_snap *s;
+	if (admin_begin(pool, volume, snap, &vol, &s) == -1)
+		return -1;
+	int rc = -1;
 	if (s->refs) {
 		sv_error(EBUSY, "snapshot %s@%s is in use by %u connection%s", volume, snap,
 			 s->refs, s->refs == 1 ? "" : "s");
@@ -1147,20 +1164,11 @@ sv_snap_finish_rollback(struct sv_volume *vol)
 int
 sv_snapshot_rollback(struct sv_pool *pool, const char *volume, const char *snap)
 {
-	if (sv_check_name(snap, "snapshot") == -1)
-		return -1;
 	struct sv_volume *vol;
-	if (get_volume(pool, volume, &vol) == -1)
+	struct sv_snap *s;
+	if (admin_begin(pool, volume, snap, &vol, &s) == -1)
 		return -1;
 	int rc = -1;
-	sv_lock_or_abort(&vol->admin_lock);
-	sv_lock_or_abort(&vol->cow_lock);
-	struct sv_snap *s = sv_snap_find_locked(vol, snap);
-	if (!s || s->pending) {
-		sv_unlock_or_abort(&vol->cow_lock);
-		sv_error(ENOENT, "snapshot %s@%s does not exist", volume, snap);
-		goto out;
-	}
 	if (s->invalid) {
 		sv_unlock_or_abort(&vol->cow_lock);
 		sv_error(EIO, "snapshot %s@%s is invalid: it cannot be rolled back to", volume,
