@@ -27,7 +27,7 @@
 # Within a section the targets run back to back, repeated, so a drift of
 # this shared VM hits all alike; ratios within the run are what to read.
 #
-# Usage: bench/cow.sh              (~15-25 min; see bench/README.md)
+# Usage: bench/cow.sh              (~40 min on this busy VM; see bench/README.md)
 #        QUICK=1 bench/cow.sh      (smoke run, ~3 min)
 # Knobs (environment; QUICK=1 changes the defaults marked *):
 #   SECTIONS="first snapn create mem"   which parts run
@@ -40,8 +40,8 @@
 #   FILL_IOS=256*    random writes between two of those snapshots
 #   CYCLES=50*       snapshot creates under load via the control socket
 #   CLI_CYCLES=10*   and via the CLI; QEMU_CYCLES=20* per qemu method
-#   HOLD=1 GAP=1    seconds a snapshot is held / nothing happens per cycle
-#   MEM_SIZE=1T MEM_WRITE_MIB=1024* MEM_SNAPS=10   the memory test
+#   HOLD=1* GAP=1*   seconds a snapshot is held / nothing happens per cycle
+#   MEM_SIZE=1T* MEM_WRITE_MIB=1024* MEM_SNAPS=10   the memory test
 #   MAP_MAXTIME=900  cap (s) on the block status of a snapshot of that volume
 #   QSD_NOSNAP=1     also run qemu with no snapshot in 'first'
 #   FIO_MAXTIME=300  cap (s) on one fio pass
@@ -84,12 +84,12 @@ SNAPN=${SNAPN:-$(q "1 10" "1 10 100")}
 SNAPN_QD=${SNAPN_QD:-16}
 SNAPN_REPS=${SNAPN_REPS:-$(q 1 2)}
 FILL_IOS=${FILL_IOS:-$(q 64 256)}
-CYCLES=${CYCLES:-$(q 8 50)}
-CLI_CYCLES=${CLI_CYCLES:-$(q 3 10)}
-QEMU_CYCLES=${QEMU_CYCLES:-$(q 4 20)}
-HOLD=${HOLD:-1}
-GAP=${GAP:-1}
-MEM_SIZE=${MEM_SIZE:-1T}
+CYCLES=${CYCLES:-$(q 5 50)}
+CLI_CYCLES=${CLI_CYCLES:-$(q 2 10)}
+QEMU_CYCLES=${QEMU_CYCLES:-$(q 3 20)}
+HOLD=${HOLD:-$(q 0.5 1)}
+GAP=${GAP:-$(q 0.5 1)}
+MEM_SIZE=${MEM_SIZE:-$(q 64G 1T)}
 MEM_WRITE_MIB=${MEM_WRITE_MIB:-$(q 128 1024)}
 MEM_SNAPS=${MEM_SNAPS:-10}
 MAP_MAXTIME=${MAP_MAXTIME:-900}
