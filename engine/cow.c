@@ -127,12 +127,14 @@ sv_epoch_retire(struct sv_volume *vol, struct sv_epoch *ep)
 {
 	char name[32];
 	pre_name(ep, name, sizeof name);
+	/* The unlink can take seconds (a large sparse file on a filesystem
+	 * mounted with discard): not under pre_lock, which copies take. */
+	if (vol->ops->obj_remove(vol->pool->st, vol->name, name) == -1 && errno != ENOENT)
+		sv_log_warn("volume %s: cannot remove %s: %m", vol->name, name);
 	SV_LOCK_SCOPE(&vol->pre_lock);
 	if (ep->pre)
 		vol->ops->obj_close(ep->pre);
 	ep->pre = NULL;
-	if (vol->ops->obj_remove(vol->pool->st, vol->name, name) == -1 && errno != ENOENT)
-		sv_log_warn("volume %s: cannot remove %s: %m", vol->name, name);
 	roaring_bitmap_free(ep->changed);
 	ep->changed = NULL;
 	if (ep->nocopy)
