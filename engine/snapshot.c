@@ -269,43 +269,21 @@ punch_all(struct sv_volume *vol, struct punch *punches, size_t npunch)
  * a copy (a pre-image, or the origin's current contents) is needed while
  * any snapshot that reads it there has not released c. */
 
-/* Of the chunks r whose pre-image is in epoch vol->epochs[ji], those no
- * snapshot reading that pre-image still needs. */
+/* Of the chunks r, those no snapshot still needs where it would read them:
+ * from epoch j's pre-images (j an epoch id), or, with j = UINT64_MAX, from
+ * the origin (their current contents: writes to them need no copy).  A
+ * snapshot taken at k <= j reads chunk c there unless an epoch in [k, j)
+ * holds c; it needs it unless it released c. */
 static roaring_bitmap_t *
-pre_unneeded_locked(struct sv_volume *vol, size_t ji, const roaring_bitmap_t *r)
+unneeded_locked(struct sv_volume *vol, uint64_t j, const roaring_bitmap_t *r)
 {
 	roaring_bitmap_t *out = roaring_bitmap_copy(r);
-	roaring_bitmap_t *held = roaring_bitmap_create(); /* changed in [k_m, epoch j) */
-	uint64_t j = vol->epochs[ji]->id, upto = j;
+	roaring_bitmap_t *held = roaring_bitmap_create(); /* changed in [k_m, j) */
+	uint64_t upto = j;
 	for (size_t m = vol->n_snaps; m-- > 0 && !roaring_bitmap_is_empty(out);) {
 		const struct sv_snap *sm = vol->snaps[m];
 		if (sm->epoch > j)
 			continue; /* reads epochs after j only */
-		for (size_t e = 0; e < vol->n_epochs; e++)
-			if (vol->epochs[e]->id >= sm->epoch && vol->epochs[e]->id < upto)
-				roaring_bitmap_or_inplace(held, vol->epochs[e]->changed);
-		upto = sm->epoch;
-		roaring_bitmap_t *need = roaring_bitmap_andnot(out, held);
-		if (sm->released)
-			roaring_bitmap_andnot_inplace(need, sm->released);
-		roaring_bitmap_andnot_inplace(out, need);
-		roaring_bitmap_free(need);
-	}
-	roaring_bitmap_free(held);
-	return out;
-}
-
-/* Of the chunks r, those whose current contents (in the origin) no
- * snapshot needs: every snapshot that reads them from the origin released
- * them.  Writes to them need no copy. */
-static roaring_bitmap_t *
-origin_unneeded_locked(struct sv_volume *vol, const roaring_bitmap_t *r)
-{
-	roaring_bitmap_t *out = roaring_bitmap_copy(r);
-	roaring_bitmap_t *held = roaring_bitmap_create(); /* changed in [k_m, now] */
-	uint64_t upto = UINT64_MAX;
-	for (size_t m = vol->n_snaps; m-- > 0 && !roaring_bitmap_is_empty(out);) {
-		const struct sv_snap *sm = vol->snaps[m];
 		for (size_t e = 0; e < vol->n_epochs; e++)
 			if (vol->epochs[e]->id >= sm->epoch && vol->epochs[e]->id < upto)
 				roaring_bitmap_or_inplace(held, vol->epochs[e]->changed);
@@ -330,7 +308,7 @@ add_released_locked(struct sv_volume *vol)
 			roaring_bitmap_or_inplace(any, vol->snaps[i]->released);
 	if (!roaring_bitmap_is_empty(any)) {
 		struct sv_epoch *cur = sv_current_epoch_locked(vol);
-		roaring_bitmap_t *un = origin_unneeded_locked(vol, any);
+		roaring_bitmap_t *un = unneeded_locked(vol, UINT64_MAX, any);
 		if (!cur->nocopy)
 			cur->nocopy = roaring_bitmap_copy(cur->changed);
 		roaring_bitmap_or_inplace(cur->nocopy, un);
@@ -510,7 +488,7 @@ sv_snap_release(struct sv_volume *vol, struct sv_snap *s, uint64_t off, uint64_t
 		roaring_bitmap_andnot_inplace(rel, pj);
 		roaring_bitmap_t *un = pj;
 		if (!roaring_bitmap_is_empty(pj)) {
-			un = pre_unneeded_locked(vol, i, pj);
+			un = unneeded_locked(vol, ep->id, pj);
 			roaring_bitmap_free(pj);
 		}
 		if (roaring_bitmap_is_empty(un)) {
@@ -519,7 +497,7 @@ sv_snap_release(struct sv_volume *vol, struct sv_snap *s, uint64_t off, uint64_t
 		}
 		punches[npunch++] = (struct punch){.ep = ep, .chunks = un};
 	}
-	roaring_bitmap_t *un = origin_unneeded_locked(vol, whole);
+	roaring_bitmap_t *un = unneeded_locked(vol, UINT64_MAX, whole);
 	if (!roaring_bitmap_is_empty(un)) {
 		struct sv_epoch *cur = sv_current_epoch_locked(vol);
 		if (!cur->nocopy)
