@@ -367,16 +367,24 @@ cli_run_create(struct cli *cli)
 	return EXIT_OK;
 }
 
-int
-cli_run_delete(struct cli *cli)
+/* Run a command whose one argument is the volume named on the command line. */
+static int
+execute_on_volume(struct cli *cli, const char *command, struct outcome *out)
 {
 	int r;
 	if ((r = check_name_arg(cli, cli->pos[0])))
 		return r;
 	json_t *args = json_pack("{s:s}", "name", cli->pos[0]);
-	struct outcome out;
-	r = execute(cli, "delete", args, 0, &out);
+	r = execute(cli, command, args, 0, out);
 	json_decref(args);
+	return r;
+}
+
+int
+cli_run_delete(struct cli *cli)
+{
+	struct outcome out;
+	int r = execute_on_volume(cli, "delete", &out);
 	if (r)
 		return r;
 	if (cli->json)
@@ -408,13 +416,8 @@ cli_run_list(struct cli *cli)
 int
 cli_run_info(struct cli *cli)
 {
-	int r;
-	if ((r = check_name_arg(cli, cli->pos[0])))
-		return r;
-	json_t *args = json_pack("{s:s}", "name", cli->pos[0]);
 	struct outcome out;
-	r = execute(cli, "info", args, 0, &out);
-	json_decref(args);
+	int r = execute_on_volume(cli, "info", &out);
 	if (r)
 		return r;
 	if (cli->json)
