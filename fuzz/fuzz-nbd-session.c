@@ -11,19 +11,14 @@
  * sanitizer reports from the server directly, and runs thousands of
  * sessions a second.
  *
- * The client thread writes the input as fast as the server takes it,
- * reads and discards everything the server sends (so the server never
- * blocks on a full socket), then shuts down its write side: the server
- * sees end of stream and returns.  Nothing can hang: every server read
- * ends at that end of stream.
+ * The client thread is fuzz_pump() (fuzz-client.h): it writes the input,
+ * discards what the server sends, and ends the stream, so nothing hangs.
  *
  * Build: CC=clang meson setup build-fuzz -Dfuzzing=true -Db_sanitize=address,undefined
  *        ninja -C build-fuzz fuzz/fuzz-nbd-session
  * Run:   build-fuzz/fuzz/fuzz-nbd-session -close_fd_mask=2 fuzz/corpus/nbd-session
  * (-close_fd_mask=2 silences the server's per-connection log lines.)
  */
-#include <errno.h>
-#include <poll.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -33,6 +28,7 @@
 #include <unistd.h>
 
 #include "engine.h"
+#include "fuzz-client.h"
 #include "nbd-server.h"
 
 static struct sv_nbd_server *srv;
@@ -83,34 +79,7 @@ static void *
 client_main(void *arg)
 {
 	struct client *cl = arg;
-	size_t done = 0;
-	bool wr_open = true;
-	char sink[65536];
-	for (;;) {
-		if (wr_open && done == cl->size) {
-			shutdown(cl->fd, SHUT_WR);
-			wr_open = false;
-		}
-		struct pollfd p = {.fd = cl->fd, .events = POLLIN | (wr_open ? POLLOUT : 0)};
-		if (poll(&p, 1, -1) < 0) {
-			if (errno == EINTR)
-				continue;
-			break;
-		}
-		if (p.revents & (POLLIN | POLLHUP | POLLERR)) {
-			ssize_t r = recv(cl->fd, sink, sizeof sink, MSG_DONTWAIT);
-			if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR))
-				break; /* the server has closed */
-		}
-		if (wr_open && (p.revents & POLLOUT)) {
-			ssize_t r = send(cl->fd, cl->data + done, cl->size - done,
-					 MSG_DONTWAIT | MSG_NOSIGNAL);
-			if (r > 0)
-				done += (size_t)r;
-			else if (r < 0 && errno != EAGAIN && errno != EINTR)
-				wr_open = false; /* the server stopped reading */
-		}
-	}
+	fuzz_pump(cl->fd, cl->data, cl->size);
 	return NULL;
 }
 

@@ -24,10 +24,11 @@ sv_store_open(const char *spec, bool create, struct sv_store **out)
 		if (errno == ENOENT && !create)
 			return sv_error(ENOENT, "pool %s does not exist", spec);
 		if (errno == ENOENT)
-			return sv_error(ENOENT,
-					"pool %s: cannot create it: its parent directory does not "
-					"exist (snapvol creates the pool directory, not its parents)",
-					spec);
+			return sv_error(
+			    ENOENT,
+			    "pool %s: cannot create it: its parent directory does not "
+			    "exist (snapvol creates the pool directory, not its parents)",
+			    spec);
 		return sv_error_errno("pool %s", spec);
 	}
 	return 0;

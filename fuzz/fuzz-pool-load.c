@@ -1,0 +1,195 @@
+/*
+ * fuzz-pool-load.c: libFuzzer target for everything read back from disk.
+ *
+ * A volume's state on disk is four blobs: volume.meta (JSON under a
+ * checksummed header), changed.meta (the bitmap checkpoint), released.meta
+ * (released ranges of snapshots) and journal.raw (32-byte change records).
+ * Each input is those four, separated by SEP, after one flags byte.  They
+ * are written into a temporary pool next to a 1 MiB origin, and the pool is
+ * opened and used the way the server would: every export listed, opened,
+ * read and mapped.  A corrupt blob must be refused with a message, never
+ * crash, hang, or reach memory or a file outside the volume.
+ *
+ * Checksums stop a fuzzer at the door, so the flags byte can ask the
+ * harness to fix them after mutation: bit 0 rewrites the len= and crc32=
+ * fields of each blob's header line to match its body, bit 1 recomputes
+ * every journal record's CRC.  Then the parsers behind the checksums (JSON
+ * fields, Roaring bitmaps, record contents) are fuzzed too.
+ *
+ * Build: CC=clang meson setup build-fuzz -Dfuzzing=true -Db_sanitize=address,undefined
+ *        ninja -C build-fuzz fuzz/fuzz-pool-load
+ * Run:   build-fuzz/fuzz/fuzz-pool-load -close_fd_mask=2 fuzz/corpus/pool-load
+ * Seeds: fuzz/make-pool-seeds.sh builds them from real pools.
+ */
+#include <dirent.h>
+#include <endian.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include "engine.h"
+
+#define SEP	     "\n==8<==\n"
+#define JOURNAL_SIZE (32u << 20)
+
+static const char *const files[] = {"volume.meta", "changed.meta", "released.meta", "journal.raw"};
+static char dir[64], voldir[96];
+
+static void
+cleanup(void)
+{
+	char cmd[128];
+	snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+	if (system(cmd) != 0)
+		fprintf(stderr, "fuzz: could not remove %s\n", dir);
+}
+
+int LLVMFuzzerInitialize(int *argc, char ***argv);
+int
+LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+	(void)argc, (void)argv;
+	const char *tmp = getenv("TMPDIR");
+	snprintf(dir, sizeof dir, "%s/snapvol-fuzz-XXXXXX", tmp && strlen(tmp) < 32 ? tmp : "/tmp");
+	struct sv_pool *pool;
+	if (!mkdtemp(dir) || sv_pool_open(dir, SV_POOL_CREATE, &pool) == -1) {
+		fprintf(stderr, "fuzz: cannot set up a pool in %s\n", dir);
+		abort();
+	}
+	sv_pool_close(pool);
+	snprintf(voldir, sizeof voldir, "%s/volumes/v", dir);
+	atexit(cleanup);
+	return 0;
+}
+
+/* Make "... len=N ... crc32=0xX\n" in the first line of b match the rest. */
+static void
+fix_header(char *b, size_t *len, size_t cap)
+{
+	char *nl = memchr(b, '\n', *len);
+	char *l = nl ? memmem(b, (size_t)(nl - b), " len=", 5) : NULL;
+	char *c = nl ? memmem(b, (size_t)(nl - b), " crc32=0x", 9) : NULL;
+	if (!l || !c || c < l)
+		return;
+	size_t body = *len - (size_t)(nl + 1 - b);
+	char hdr[256];
+	int n = snprintf(hdr, sizeof hdr, "%.*s len=%zu%.*s crc32=0x%08lx\n", (int)(l - b), b, body,
+			 (int)(c - strchrnul(l + 1, ' ')), strchrnul(l + 1, ' '),
+			 crc32(0, (const Bytef *)nl + 1, (uInt)body));
+	if (n <= 0 || (size_t)n >= sizeof hdr || (size_t)n + body > cap)
+		return;
+	memmove(b + n, nl + 1, body);
+	memcpy(b, hdr, (size_t)n);
+	*len = (size_t)n + body;
+}
+
+static void
+fix_records(unsigned char *b, size_t len)
+{
+	for (size_t o = 0; o + 32 <= len; o += 32) {
+		uint32_t crc = htole32((uint32_t)crc32(0, b + o + 8, 24));
+		memcpy(b + o + 4, &crc, 4);
+	}
+}
+
+static void
+put_file(const char *name, const void *buf, size_t len, uint64_t size)
+{
+	char path[160];
+	snprintf(path, sizeof path, "%s/%s", voldir, name);
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd == -1 || (len && write(fd, buf, len) != (ssize_t)len) ||
+	    (size && ftruncate(fd, (off_t)size) == -1))
+		abort();
+	close(fd);
+}
+
+/* Remove the volume's files (pre-images included) for the next input. */
+static void
+remove_voldir(void)
+{
+	DIR *d = opendir(voldir);
+	if (!d)
+		abort();
+	struct dirent *e;
+	while ((e = readdir(d)))
+		if (e->d_name[0] != '.' && unlinkat(dirfd(d), e->d_name, 0) == -1)
+			abort();
+	closedir(d);
+	if (rmdir(voldir) == -1)
+		abort();
+}
+
+static int
+use_export(void *opaque, const char *name, const char *description)
+{
+	(void)description;
+	struct sv_pool *pool = opaque;
+	struct sv_view *v;
+	if (sv_view_open(pool, name, strlen(name), &v) == -1)
+		return 0;
+	static char buf[4096];
+	struct sv_extent ext[16];
+	size_t n;
+	int err;
+	uint64_t size = sv_view_size(v);
+	uint32_t len = size < sizeof buf ? (uint32_t)size : (uint32_t)sizeof buf;
+	if (len) {
+		sv_view_pread(v, buf, len, 0, &err);
+		sv_view_pread(v, buf, len, size - len, &err);
+		sv_view_extents(v, size > UINT32_MAX ? UINT32_MAX : (uint32_t)size, 0, ext, 16, &n,
+				&err);
+	}
+	sv_view_close(v);
+	return 0;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+int
+LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	if (size < 1)
+		return 0;
+	unsigned flags = data[0];
+	const char *p = (const char *)data + 1, *end = (const char *)data + size;
+	if (mkdir(voldir, 0700) == -1)
+		abort();
+	for (size_t i = 0; i < 4; i++) {
+		const char *sep = p < end ? memmem(p, (size_t)(end - p), SEP, strlen(SEP)) : NULL;
+		const char *stop = sep ? sep : end;
+		size_t len = p < end ? (size_t)(stop - p) : 0;
+		if (len > (1u << 20))
+			len = 1u << 20;
+		char *b = malloc(len + 256);
+		if (!b)
+			abort();
+		memcpy(b, p, len);
+		if (i < 3 && (flags & 1))
+			fix_header(b, &len, len + 256);
+		if (i == 3 && (flags & 2))
+			fix_records((unsigned char *)b, len);
+		/* An empty released.meta means "none": no file, as on disk. */
+		if (len || i != 2)
+			put_file(files[i], b, len, i == 3 ? JOURNAL_SIZE : 0);
+		free(b);
+		p = sep ? sep + strlen(SEP) : end;
+	}
+	put_file("origin.raw", NULL, 0, 1 << 20);
+
+	struct sv_pool *pool;
+	if (sv_pool_open(dir, 0, &pool) == 0) {
+		sv_pool_list_exports(pool, use_export, pool);
+		struct sv_snapshot_info *snaps;
+		size_t n;
+		if (sv_snapshot_list(pool, "v", &snaps, &n) == 0)
+			free(snaps);
+		sv_pool_close(pool);
+	}
+	remove_voldir();
+	return 0;
+}
