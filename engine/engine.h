@@ -171,4 +171,23 @@ int sv_pool_list_exports(struct sv_pool *pool,
 			 int (*fn)(void *opaque, const char *name, const char *description),
 			 void *opaque);
 
+/* ---- checking a pool offline ("snapvol check", check.c) ---- */
+
+struct sv_check_finding {
+	char volume[256];     /* the volume's directory name */
+	const char *severity; /* "error", "warning" or "info" */
+	bool repaired;	      /* with repair: it was fixed */
+	char what[512];	      /* what is wrong, in words */
+};
+typedef void sv_check_fn(void *opaque, const struct sv_check_finding *f);
+/* Verify one volume (or all, volume NULL) of a pool no server is serving:
+ * metadata checksums and contents, the journal, pre-image space against
+ * the records, objects nothing names, work a crash left pending.  fn is
+ * called per finding.  With repair, what can be fixed safely is (wasted
+ * space punched, stray objects removed, the journal replayed and
+ * checkpointed, a rollback finished); damaged metadata never is.  Returns
+ * the number of errors left, or -1 with the last error set. */
+int sv_pool_check(struct sv_pool *pool, const char *volume, bool repair, sv_check_fn *fn,
+		  void *opaque);
+
 #endif

@@ -158,6 +158,9 @@ int sv_volume_save_meta(struct sv_volume *vol);
 
 /* journal.c */
 int sv_journal_open(struct sv_volume *vol);
+/* For "snapvol check": open it without creating or writing it (no journal
+ * is not an error: the object is then NULL and there is nothing to replay). */
+int sv_journal_open_readonly(struct sv_volume *vol);
 void sv_journal_close(struct sv_volume *vol);
 /* Replay into the epochs (at open, before anyone else sees vol). */
 int sv_journal_load(struct sv_volume *vol, json_t *volmeta);

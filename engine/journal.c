@@ -101,8 +101,8 @@ decode_rec(const unsigned char *b, uint64_t *gen, uint64_t *epoch, uint32_t *fir
 	return true;
 }
 
-int
-sv_journal_open(struct sv_volume *vol)
+static int
+journal_open(struct sv_volume *vol, unsigned flags)
 {
 	struct sv_journal *j = &vol->journal;
 	memset(j, 0, sizeof *j);
@@ -111,9 +111,25 @@ sv_journal_open(struct sv_volume *vol)
 	j->capacity = JOURNAL_SLOTS;
 	j->batch_open = 1;
 	if (vol->ops->obj_open(vol->pool->st, vol->name, JOURNAL_OBJ, j->capacity * JREC_SIZE,
-			       SV_OBJ_CREATE, &j->obj) == -1)
+			       flags, &j->obj) == -1) {
+		j->obj = NULL;
+		if (!(flags & SV_OBJ_CREATE) && errno == ENOENT)
+			return 0; /* never opened by a server: nothing to replay */
 		return sv_error_errno("volume %s: cannot open its journal", vol->name);
+	}
 	return 0;
+}
+
+int
+sv_journal_open(struct sv_volume *vol)
+{
+	return journal_open(vol, SV_OBJ_CREATE);
+}
+
+int
+sv_journal_open_readonly(struct sv_volume *vol)
+{
+	return journal_open(vol, SV_OBJ_RDONLY);
 }
 
 void
@@ -302,7 +318,7 @@ sv_journal_load(struct sv_volume *vol, json_t *volmeta)
 	if (!p)
 		return sv_error(ENOMEM, "out of memory");
 	uint64_t slot = 0, replayed = 0;
-	bool end = false;
+	bool end = !j->obj; /* opened read-only, and there is none */
 	while (!end && slot < j->capacity) {
 		struct sv_extent ext;
 		uint64_t off = slot * JREC_SIZE;

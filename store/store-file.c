@@ -130,13 +130,13 @@ file_describe(struct sv_store *st)
 	return ((struct file_store *)st)->dir;
 }
 
+/* Names in directory sub of dirfd (not starting with '.'); with suffix,
+ * only those ending in it, without it.  A new open file description each
+ * time: a dup would share its offset with concurrent listings. */
 static int
-file_vol_list(struct sv_store *st, char ***names, size_t *n)
+list_dir(int dirfd, const char *sub, const char *suffix, char ***names, size_t *n)
 {
-	struct file_store *fs = (struct file_store *)st;
-	/* A new open file description: a dup would share its offset with
-	 * volsfd and with concurrent listings. */
-	int fd = openat(fs->volsfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	int fd = openat(dirfd, sub, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (fd == -1)
 		return -1;
 	DIR *d = fdopendir(fd);
@@ -144,11 +144,14 @@ file_vol_list(struct sv_store *st, char ***names, size_t *n)
 		close(fd);
 		return -1;
 	}
+	size_t sl = suffix ? strlen(suffix) : 0;
 	char **v = NULL;
 	size_t cnt = 0, cap = 0;
 	struct dirent *e;
 	while ((e = readdir(d)) != NULL) {
-		if (e->d_name[0] == '.')
+		size_t l = strlen(e->d_name);
+		if (e->d_name[0] == '.' ||
+		    (suffix && (l <= sl || strcmp(e->d_name + l - sl, suffix) != 0)))
 			continue;
 		if (cnt == cap) {
 			cap = cap ? cap * 2 : 16;
@@ -157,7 +160,7 @@ file_vol_list(struct sv_store *st, char ***names, size_t *n)
 				goto nomem;
 			v = nv;
 		}
-		if (!(v[cnt] = strdup(e->d_name)))
+		if (!(v[cnt] = strndup(e->d_name, l - sl)))
 			goto nomem;
 		cnt++;
 	}
@@ -172,6 +175,12 @@ nomem:
 	closedir(d);
 	errno = ENOMEM;
 	return -1;
+}
+
+static int
+file_vol_list(struct sv_store *st, char ***names, size_t *n)
+{
+	return list_dir(((struct file_store *)st)->volsfd, ".", NULL, names, n);
 }
 
 static int
@@ -564,6 +573,12 @@ file_obj_allocated(struct sv_obj *o, uint64_t *bytes)
 }
 
 static int
+file_obj_list(struct sv_store *st, const char *vol, char ***names, size_t *n)
+{
+	return list_dir(((struct file_store *)st)->volsfd, vol, ".raw", names, n);
+}
+
+static int
 file_obj_locate(struct sv_store *st, const char *vol, const char *obj, char *buf, size_t len)
 {
 	struct file_store *fs = (struct file_store *)st;
@@ -601,4 +616,5 @@ const struct sv_store_ops sv_store_file_ops = {
     .obj_fd = file_obj_fd,
     .obj_allocated = file_obj_allocated,
     .obj_locate = file_obj_locate,
+    .obj_list = file_obj_list,
 };

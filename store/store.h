@@ -104,6 +104,9 @@ struct sv_store_ops {
 	 * "snapvol info"; ENOTSUP if it has no such place. */
 	int (*obj_locate)(struct sv_store *st, const char *vol, const char *obj, char *buf,
 			  size_t len);
+	/* Names of a volume's data objects (for "snapvol check": objects no
+	 * metadata names); free each, then the array. */
+	int (*obj_list)(struct sv_store *st, const char *vol, char ***names, size_t *n);
 };
 
 /* The local-file backend: a pool is a directory (see store-file.c). */

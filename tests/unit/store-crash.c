@@ -684,6 +684,14 @@ c_obj_locate(struct sv_store *st, const char *vol, const char *obj, char *buf, s
 	return leave(cs, cs->iops->obj_locate(cs->inner, vol, obj, buf, len));
 }
 
+static int
+c_obj_list(struct sv_store *st, const char *vol, char ***names, size_t *n)
+{
+	struct cstore *cs = (struct cstore *)st;
+	ENTER(cs, false);
+	return leave(cs, cs->iops->obj_list(cs->inner, vol, names, n));
+}
+
 static const struct sv_store_ops crash_ops = {
     .struct_size = sizeof(struct sv_store_ops),
     .name = "crash",
@@ -711,4 +719,5 @@ static const struct sv_store_ops crash_ops = {
     .obj_fd = c_obj_fd,
     .obj_allocated = c_obj_allocated,
     .obj_locate = c_obj_locate,
+    .obj_list = c_obj_list,
 };

@@ -1,0 +1,339 @@
+/*
+ * test-check.c: "snapvol check" (sv_pool_check) finds what is wrong, says
+ * so, repairs what it safely can, and touches nothing without --repair.
+ *
+ * Each case builds a real pool with the engine (a volume, snapshots,
+ * copies), closes it, damages the files the way a crash or a careless
+ * hand would (stray pre-image data, an unknown pre-image object, a journal
+ * not yet checkpointed, rotten metadata, a truncated origin, a foreign
+ * directory), and checks the findings; then repairs and checks again.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "engine.h"
+#include "error.h"
+
+#define CHUNK	 4096u
+#define VOL_SIZE (64u * CHUNK)
+
+struct fixture {
+	char dir[64];
+	char vdir[128];
+};
+
+struct findings {
+	unsigned n, errors, warnings, infos, repaired;
+	char last[8][1024];
+};
+
+static void
+collect(void *opaque, const struct sv_check_finding *f)
+{
+	struct findings *fs = opaque;
+	if (fs->n < 8)
+		snprintf(fs->last[fs->n], sizeof fs->last[0], "%s %s: %s%s", f->severity, f->volume,
+			 f->what, f->repaired ? " [repaired]" : "");
+	fs->n++;
+	fs->errors += !strcmp(f->severity, "error");
+	fs->warnings += !strcmp(f->severity, "warning");
+	fs->infos += !strcmp(f->severity, "info");
+	fs->repaired += f->repaired;
+	print_message("  finding: %s %s: %s%s\n", f->severity, f->volume, f->what,
+		      f->repaired ? " [repaired]" : "");
+}
+
+static int
+run_check(struct fixture *fx, bool repair, struct findings *fs)
+{
+	memset(fs, 0, sizeof *fs);
+	struct sv_pool *pool;
+	if (sv_pool_open(fx->dir, 0, &pool) == -1)
+		fail_msg("open pool: %s", sv_last_error());
+	int r = sv_pool_check(pool, NULL, repair, collect, fs);
+	sv_pool_close(pool);
+	return r;
+}
+
+static void
+write_chunks(struct sv_view *v, unsigned first, unsigned n, int byte)
+{
+	char *buf = malloc((size_t)n * CHUNK);
+	memset(buf, byte, (size_t)n * CHUNK);
+	int err;
+	if (sv_view_pwrite(v, buf, n * CHUNK, (uint64_t)first * CHUNK, 0, &err) == -1)
+		fail_msg("write: %s", strerror(err));
+	free(buf);
+}
+
+/* A volume "v" with data, snapshots a and b and copies in two epochs. */
+static int
+setup(void **state)
+{
+	struct fixture *fx = calloc(1, sizeof *fx);
+	strcpy(fx->dir, access("/dev/shm", W_OK) == 0 ? "/dev/shm/snapvol-test-check-XXXXXX"
+						      : "/tmp/snapvol-test-check-XXXXXX");
+	if (!mkdtemp(fx->dir))
+		return -1;
+	snprintf(fx->vdir, sizeof fx->vdir, "%s/volumes/v", fx->dir);
+	struct sv_pool *pool;
+	if (sv_pool_open(fx->dir, SV_POOL_CREATE, &pool) == -1 ||
+	    sv_volume_create(pool, "v", VOL_SIZE, CHUNK) == -1)
+		return -1;
+	struct sv_view *v;
+	if (sv_view_open(pool, "v", 1, &v) == -1)
+		return -1;
+	write_chunks(v, 0, 32, 1);
+	const char *a = "v@a", *b = "v@b";
+	if (sv_snapshot_create(pool, &a, 1, NULL) == -1)
+		return -1;
+	write_chunks(v, 0, 8, 2);
+	if (sv_snapshot_create(pool, &b, 1, NULL) == -1)
+		return -1;
+	write_chunks(v, 4, 8, 3);
+	sv_view_close(v);
+	sv_pool_close(pool);
+	*state = fx;
+	return 0;
+}
+
+static int
+teardown(void **state)
+{
+	struct fixture *fx = *state;
+	char cmd[128];
+	snprintf(cmd, sizeof cmd, "rm -rf '%s'", fx->dir);
+	int r = system(cmd);
+	free(fx);
+	return r == 0 ? 0 : -1;
+}
+
+static void
+put_bytes(struct fixture *fx, const char *file, uint64_t off, const void *buf, size_t len,
+	  bool create)
+{
+	char path[256];
+	snprintf(path, sizeof path, "%s/%s", fx->vdir, file);
+	int fd = open(path, O_WRONLY | (create ? O_CREAT : 0), 0600);
+	assert_true(fd >= 0);
+	assert_int_equal(pwrite(fd, buf, len, (off_t)off), (ssize_t)len);
+	close(fd);
+}
+
+static bool
+exists(struct fixture *fx, const char *file)
+{
+	char path[256];
+	snprintf(path, sizeof path, "%s/%s", fx->vdir, file);
+	return access(path, F_OK) == 0;
+}
+
+/* The name of the newest pre-image object (the one copies went to last). */
+static void
+newest_pre(struct fixture *fx, char *name, size_t len)
+{
+	unsigned best = 0;
+	for (unsigned e = 1; e < 16; e++) {
+		char f[32];
+		snprintf(f, sizeof f, "pre-%u.raw", e);
+		if (exists(fx, f))
+			best = e;
+	}
+	assert_true(best > 0);
+	snprintf(name, len, "pre-%u.raw", best);
+}
+
+static void
+test_clean_pool(void **state)
+{
+	struct fixture *fx = *state;
+	struct findings fs;
+	assert_int_equal(run_check(fx, false, &fs), 0);
+	assert_int_equal(fs.n, 0);
+}
+
+static void
+test_stray_copy(void **state)
+{
+	struct fixture *fx = *state;
+	char pre[32];
+	newest_pre(fx, pre, sizeof pre);
+	/* chunk 60 was never written, so no epoch records it: data there is
+	 * a copy whose record never became durable */
+	char junk[CHUNK];
+	memset(junk, 0x5a, sizeof junk);
+	put_bytes(fx, pre, 60 * CHUNK, junk, sizeof junk, false);
+	struct findings fs;
+	assert_int_equal(run_check(fx, false, &fs), 0);
+	assert_int_equal(fs.warnings, 1);
+	assert_non_null(strstr(fs.last[0], "4096 bytes of copies no record names"));
+	assert_int_equal(fs.repaired, 0);
+	/* again: without --repair nothing changed */
+	assert_int_equal(run_check(fx, false, &fs), 0);
+	assert_int_equal(fs.warnings, 1);
+	assert_int_equal(run_check(fx, true, &fs), 0);
+	assert_int_equal(fs.repaired, 1);
+	assert_int_equal(run_check(fx, false, &fs), 0);
+	assert_int_equal(fs.n, 0);
+	/* the snapshots still read as they did */
+	struct sv_pool *pool;
+	assert_int_equal(sv_pool_open(fx->dir, 0, &pool), 0);
+	struct sv_view *v;
+	assert_int_equal(sv_view_open(pool, "v@a", 3, &v), 0);
+	char buf[CHUNK];
+	int err;
+	assert_int_equal(sv_view_pread(v, buf, CHUNK, 5 * CHUNK, &err), 0);
+	assert_int_equal(buf[0], 1);
+	sv_view_close(v);
+	assert_int_equal(sv_view_open(pool, "v@b", 3, &v), 0);
+	assert_int_equal(sv_view_pread(v, buf, CHUNK, 5 * CHUNK, &err), 0);
+	assert_int_equal(buf[0], 2);
+	sv_view_close(v);
+	sv_pool_close(pool);
+}
+
+static void
+test_unknown_pre_object(void **state)
+{
+	struct fixture *fx = *state;
+	put_bytes(fx, "pre-99.raw", 0, "x", 1, true);
+	put_bytes(fx, "notes.raw", 0, "x", 1, true);
+	struct findings fs;
+	assert_int_equal(run_check(fx, false, &fs), 0);
+	assert_int_equal(fs.warnings, 2);
+	assert_true(exists(fx, "pre-99.raw"));
+	assert_int_equal(run_check(fx, true, &fs), 0);
+	assert_int_equal(fs.repaired, 1);
+	assert_false(exists(fx, "pre-99.raw"));
+	assert_true(exists(fx, "notes.raw")); /* not snapvol's: left alone */
+}
+
+static void
+test_journal_not_checkpointed(void **state)
+{
+	struct fixture *fx = *state;
+	/* Copy the volume's files while a server-like user has it open and
+	 * has made copies since its checkpoint: what a kill -9 leaves. */
+	struct sv_pool *pool;
+	assert_int_equal(sv_pool_open(fx->dir, 0, &pool), 0);
+	struct sv_view *v;
+	assert_int_equal(sv_view_open(pool, "v", 1, &v), 0);
+	write_chunks(v, 20, 4, 4);
+	int err;
+	assert_int_equal(sv_view_flush(v, &err), 0);
+	char cmd[512];
+	snprintf(cmd, sizeof cmd, "cp -a --sparse=always '%s' '%s.crash'", fx->vdir, fx->vdir);
+	assert_int_equal(system(cmd), 0);
+	sv_view_close(v);
+	sv_pool_close(pool);
+	snprintf(cmd, sizeof cmd, "rm -rf '%s' && mv '%s.crash' '%s'", fx->vdir, fx->vdir,
+		 fx->vdir);
+	assert_int_equal(system(cmd), 0);
+
+	struct findings fs;
+	assert_int_equal(run_check(fx, false, &fs), 0);
+	assert_int_equal(fs.infos, 1);
+	assert_non_null(strstr(fs.last[0], "records not yet in the checkpoint"));
+	assert_int_equal(run_check(fx, false, &fs), 0); /* nothing written */
+	assert_int_equal(fs.infos, 1);
+	assert_int_equal(run_check(fx, true, &fs), 0);
+	assert_int_equal(fs.repaired, 1);
+	assert_int_equal(run_check(fx, false, &fs), 0);
+	assert_int_equal(fs.n, 0);
+}
+
+static void
+flip_byte(struct fixture *fx, const char *file, off_t off)
+{
+	char path[256];
+	snprintf(path, sizeof path, "%s/%s", fx->vdir, file);
+	int fd = open(path, O_RDWR);
+	assert_true(fd >= 0);
+	char c;
+	assert_int_equal(pread(fd, &c, 1, off), 1);
+	c ^= 0x20;
+	assert_int_equal(pwrite(fd, &c, 1, off), 1);
+	close(fd);
+}
+
+static void
+test_rotten_metadata(void **state)
+{
+	struct fixture *fx = *state;
+	flip_byte(fx, "changed.meta", 100);
+	struct findings fs;
+	assert_int_equal(run_check(fx, true, &fs), 1); /* never "repaired" */
+	assert_int_equal(fs.errors, 1);
+	assert_non_null(strstr(fs.last[0], "changed.meta"));
+	flip_byte(fx, "changed.meta", 100);
+	assert_int_equal(run_check(fx, false, &fs), 0);
+
+	flip_byte(fx, "volume.meta", 60);
+	assert_int_equal(run_check(fx, false, &fs), 1);
+	assert_non_null(strstr(fs.last[0], "volume.meta"));
+}
+
+static void
+test_origin_size(void **state)
+{
+	struct fixture *fx = *state;
+	char path[256];
+	snprintf(path, sizeof path, "%s/origin.raw", fx->vdir);
+	assert_int_equal(truncate(path, VOL_SIZE - CHUNK), 0);
+	struct findings fs;
+	assert_int_equal(run_check(fx, false, &fs), 1);
+	assert_non_null(strstr(fs.last[0], "origin"));
+}
+
+static void
+test_foreign_directory(void **state)
+{
+	struct fixture *fx = *state;
+	char path[256];
+	snprintf(path, sizeof path, "%s/volumes/-junk", fx->dir);
+	assert_int_equal(mkdir(path, 0700), 0);
+	struct findings fs;
+	assert_int_equal(run_check(fx, true, &fs), 0);
+	assert_int_equal(fs.warnings, 1);
+	assert_int_equal(fs.repaired, 0);
+}
+
+static void
+test_refused_while_served(void **state)
+{
+	struct fixture *fx = *state;
+	/* A server holds the pool's lock: a second opener (the CLI's check)
+	 * is refused before it reads anything. */
+	struct sv_pool *server, *other;
+	assert_int_equal(sv_pool_open(fx->dir, 0, &server), 0);
+	assert_int_equal(sv_pool_open(fx->dir, 0, &other), -1);
+	assert_int_equal(sv_last_errno(), EWOULDBLOCK);
+	sv_pool_close(server);
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test_setup_teardown(test_clean_pool, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_stray_copy, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_unknown_pre_object, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_journal_not_checkpointed, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_rotten_metadata, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_origin_size, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_foreign_directory, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_refused_while_served, setup, teardown),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
