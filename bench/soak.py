@@ -310,6 +310,7 @@ def main():
     if not a.snapvol:
         ap.error("--snapvol (or $SNAPVOL) is required")
     svtest.SNAPVOL = os.path.realpath(a.snapvol)
+    svtest.SERVER_TIMEOUT = int(a.duration) + 600
     svtest.require_nbd_module()
     print(f"soak: {a.conns} connections x {a.blocks} blocks, {a.duration:.0f} s, "
           f"a snapshot every {a.snap_every} s (keeping {a.keep}), seed {a.seed}", flush=True)
@@ -347,6 +348,7 @@ def main():
             "rss_kb_after_warmup": warm[0] if warm else None,
             "rss_kb_end": soak.rss[-1][1] if soak.rss else None,
             "rss_kb_max": max((kb for _, kb in soak.rss), default=None),
+            "rss_kb_samples": [[round(t), kb] for t, kb in soak.rss],
             "errors": soak.errors,
         }
         print(json.dumps(summary, indent=1))

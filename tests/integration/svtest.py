@@ -28,6 +28,8 @@ import traceback
 
 SNAPVOL = os.path.realpath(os.environ["SNAPVOL"]) if "SNAPVOL" in os.environ else None
 BUILDDIR = os.path.realpath(os.environ.get("BUILDDIR", os.getcwd()))
+# Every server is killed after this many seconds, so none outlives its test.
+SERVER_TIMEOUT = 600
 TEST_NAME = os.path.basename(sys.argv[0])
 
 # ---- protocol constants (NBD proto.md) ----
@@ -204,7 +206,8 @@ class Server:
             lf.write(f"=== {time.strftime('%T')} serve {' '.join(self.args)}\n")
             lf.flush()
             self.proc = subprocess.Popen(
-                ["timeout", "600", SNAPVOL, "--pool", self.pool.path, "serve", *self.args],
+                ["timeout", str(SERVER_TIMEOUT), SNAPVOL, "--pool", self.pool.path, "serve",
+                 *self.args],
                 stdout=lf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.time() + 30
         while time.time() < deadline:
