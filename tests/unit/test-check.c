@@ -23,6 +23,7 @@
 #include <cmocka.h>
 
 #include "engine.h"
+#include "testpool.h"
 #include "error.h"
 
 #define CHUNK	 4096u
@@ -82,9 +83,7 @@ static int
 setup(void **state)
 {
 	struct fixture *fx = calloc(1, sizeof *fx);
-	strcpy(fx->dir, access("/dev/shm", W_OK) == 0 ? "/dev/shm/snapvol-test-check-XXXXXX"
-						      : "/tmp/snapvol-test-check-XXXXXX");
-	if (!mkdtemp(fx->dir))
+	if (test_mkdtemp(fx->dir, "check", true) == -1)
 		return -1;
 	snprintf(fx->vdir, sizeof fx->vdir, "%s/volumes/v", fx->dir);
 	struct sv_pool *pool;
@@ -112,11 +111,9 @@ static int
 teardown(void **state)
 {
 	struct fixture *fx = *state;
-	char cmd[128];
-	snprintf(cmd, sizeof cmd, "rm -rf '%s'", fx->dir);
-	int r = system(cmd);
+	int r = test_rmtree(fx->dir);
 	free(fx);
-	return r == 0 ? 0 : -1;
+	return r;
 }
 
 static void

@@ -74,6 +74,7 @@
 #include <cmocka.h>
 
 #include "engine.h"
+#include "testpool.h"
 #include "error.h"
 
 #if defined(__SANITIZE_THREAD__)
@@ -111,24 +112,13 @@ sum_words(const unsigned char *p, size_t n)
 	return h;
 }
 
-static uint64_t
-mix(uint64_t x)
-{
-	x ^= x >> 33;
-	x *= 0xff51afd7ed558ccdull;
-	x ^= x >> 33;
-	x *= 0xc4ceb9fe1a85ec53ull;
-	x ^= x >> 33;
-	return x;
-}
-
 /* Fill one sector with (writer, seq, sector), filler and a checksum. */
 static void
 stamp(unsigned char *p, uint32_t writer, uint32_t seq, uint32_t sector)
 {
 	uint32_t hdr[4] = {STAMP_MAGIC, writer, seq, sector};
 	memcpy(p, hdr, sizeof hdr);
-	uint64_t x = mix(((uint64_t)writer << 48) ^ ((uint64_t)seq << 16) ^ sector) | 1;
+	uint64_t x = test_mix(((uint64_t)writer << 48) ^ ((uint64_t)seq << 16) ^ sector) | 1;
 	for (size_t i = sizeof hdr; i < SECTOR - 8; i += 8) {
 		x ^= x << 13;
 		x ^= x >> 7;
@@ -849,44 +839,22 @@ env_uint(const char *name, unsigned dflt)
 	return v && *v ? (unsigned)strtoul(v, NULL, 10) : dflt;
 }
 
-struct fixture {
-	char dir[64];
-	struct sv_pool *pool;
-};
-
 static int
 setup(void **state)
 {
-	struct fixture *f = calloc(1, sizeof *f);
-	if (!f)
-		return -1;
-	/* tmpfs: syncs are cheap, the engine's logic is what is under test */
-	strcpy(f->dir, access("/dev/shm", W_OK) == 0 ? "/dev/shm/snapvol-test-stress-XXXXXX"
-						     : "/tmp/snapvol-test-stress-XXXXXX");
-	if (!mkdtemp(f->dir) || sv_pool_open(f->dir, SV_POOL_CREATE, &f->pool) == -1) {
-		free(f);
-		return -1;
-	}
-	*state = f;
-	return 0;
+	return test_pool_setup(state, "stress", true);
 }
 
 static int
 teardown(void **state)
 {
-	struct fixture *f = *state;
-	sv_pool_close(f->pool);
-	char cmd[128];
-	snprintf(cmd, sizeof cmd, "rm -rf '%s'", f->dir);
-	int r = system(cmd);
-	free(f);
-	return r == 0 ? 0 : -1;
+	return test_pool_teardown(state);
 }
 
 /* One run: the snapshot thread (create and delete) or, with rollbacks, the
  * rollback thread, against the same writers and readers. */
 static void
-run(struct fixture *f, bool rollbacks, unsigned default_secs)
+run(struct test_pool *f, bool rollbacks, unsigned default_secs)
 {
 	struct stress *s = calloc(1, sizeof *s);
 	assert_non_null(s);

@@ -29,6 +29,7 @@
 #include <cmocka.h>
 
 #include "engine.h"
+#include "testpool.h"
 #include "nbd-server.h"
 #include "protocol.h"
 
@@ -519,8 +520,8 @@ setup_pool(void **state)
 	struct session *s = calloc(1, sizeof *s);
 	if (!s)
 		return -1;
-	strcpy(s->dir, "/tmp/snapvol-test-nbd-XXXXXX");
-	if (!mkdtemp(s->dir) || sv_pool_open(s->dir, SV_POOL_CREATE, &s->pool) == -1 ||
+	if (test_mkdtemp(s->dir, "nbd", false) == -1 ||
+	    sv_pool_open(s->dir, SV_POOL_CREATE, &s->pool) == -1 ||
 	    sv_volume_create(s->pool, "v", 1 << 20, 0) == -1)
 		return -1;
 	*state = s;
@@ -532,11 +533,9 @@ teardown_pool(void **state)
 {
 	struct session *s = *state;
 	sv_pool_close(s->pool);
-	char cmd[128];
-	snprintf(cmd, sizeof cmd, "rm -rf '%s'", s->dir);
-	int r = system(cmd);
+	int r = test_rmtree(s->dir);
 	free(s);
-	return r == 0 ? 0 : -1;
+	return r;
 }
 
 static void

@@ -68,6 +68,7 @@
 #include <cmocka.h>
 
 #include "engine.h"
+#include "testpool.h"
 #include "error.h"
 #include "store-crash.h"
 
@@ -93,17 +94,6 @@
 
 /* ---- sector contents ---- */
 
-static uint64_t
-mix(uint64_t x)
-{
-	x ^= x >> 33;
-	x *= 0xff51afd7ed558ccdull;
-	x ^= x >> 33;
-	x *= 0xc4ceb9fe1a85ec53ull;
-	x ^= x >> 33;
-	return x;
-}
-
 /* The sector write `id` stores at sector `sct`; id 0 is zeros. */
 static void
 sector_image(unsigned char *p, uint32_t id, uint32_t sct)
@@ -114,7 +104,7 @@ sector_image(unsigned char *p, uint32_t id, uint32_t sct)
 	}
 	uint32_t hdr[4] = {0x4c505653u /* "SVPL" */, id, sct, ~id};
 	memcpy(p, hdr, sizeof hdr);
-	uint64_t x = mix(((uint64_t)id << 32) | sct) | 1;
+	uint64_t x = test_mix(((uint64_t)id << 32) | sct) | 1;
 	for (size_t i = sizeof hdr; i < SECTOR; i += 8) {
 		x ^= x << 13;
 		x ^= x >> 7;
@@ -851,11 +841,9 @@ run_round(struct run *r, unsigned lives, uint32_t nsect)
 	m->cur = calloc(nsect, sizeof *m->cur);
 	m->flushed = calloc(nsect, sizeof *m->flushed);
 	m->since = calloc(nsect, sizeof *m->since);
-	r->rng = (unsigned)mix(((uint64_t)r->seed << 32) | r->round);
+	r->rng = (unsigned)test_mix(((uint64_t)r->seed << 32) | r->round);
 	r->n_trace = 0;
-	strcpy(r->dir, access("/dev/shm", W_OK) == 0 ? "/dev/shm/snapvol-test-pl-XXXXXX"
-						     : "/tmp/snapvol-test-pl-XXXXXX");
-	if (!mkdtemp(r->dir))
+	if (test_mkdtemp(r->dir, "pl", true) == -1)
 		fail_run(r, "mkdtemp: %s", strerror(errno));
 	unsigned char *buf = malloc((size_t)nsect * SECTOR);
 	r->scratch = malloc((size_t)nsect * SECTOR);
@@ -863,9 +851,7 @@ run_round(struct run *r, unsigned lives, uint32_t nsect)
 		life(r, r->life == 0, buf);
 	free(buf);
 	free(r->scratch);
-	char cmd[128];
-	snprintf(cmd, sizeof cmd, "rm -rf '%s'", r->dir);
-	assert_int_equal(system(cmd), 0);
+	assert_int_equal(test_rmtree(r->dir), 0);
 	for (size_t i = 0; i < m->n_snaps; i++)
 		free(m->snaps[i].ids);
 	for (uint32_t s = 0; s < nsect; s++)
@@ -956,9 +942,7 @@ static uint64_t
 rollback_with_fault(bool newest, uint64_t k, int fail_errno)
 {
 	char dir[64];
-	strcpy(dir, access("/dev/shm", W_OK) == 0 ? "/dev/shm/snapvol-test-plrb-XXXXXX"
-						  : "/tmp/snapvol-test-plrb-XXXXXX");
-	assert_non_null(mkdtemp(dir));
+	assert_int_equal(test_mkdtemp(dir, "plrb", true), 0);
 	struct crash_ctl ctl = {0};
 	struct sv_store *st;
 	struct sv_pool *pool;
@@ -1036,9 +1020,7 @@ rollback_with_fault(bool newest, uint64_t k, int fail_errno)
 			 what);
 	}
 	sv_pool_close(pool);
-	char cmd[128];
-	snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-	assert_int_equal(system(cmd), 0);
+	assert_int_equal(test_rmtree(dir), 0);
 	return used;
 }
 
@@ -1085,9 +1067,7 @@ static uint64_t
 group_with_fault(uint64_t k, int fail_errno)
 {
 	char dir[64];
-	strcpy(dir, access("/dev/shm", W_OK) == 0 ? "/dev/shm/snapvol-test-plgr-XXXXXX"
-						  : "/tmp/snapvol-test-plgr-XXXXXX");
-	assert_non_null(mkdtemp(dir));
+	assert_int_equal(test_mkdtemp(dir, "plgr", true), 0);
 	struct crash_ctl ctl = {0};
 	struct sv_store *st;
 	struct sv_pool *pool;
@@ -1144,9 +1124,7 @@ group_with_fault(uint64_t k, int fail_errno)
 			fail_msg("%s: after a clean reopen, %s is not what it was", what, spec);
 	}
 	sv_pool_close(pool);
-	char cmd[128];
-	snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-	assert_int_equal(system(cmd), 0);
+	assert_int_equal(test_rmtree(dir), 0);
 	return used;
 }
 

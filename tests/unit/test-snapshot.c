@@ -29,43 +29,22 @@
 #include <cmocka.h>
 
 #include "engine.h"
+#include "testpool.h"
 #include "error.h"
 
 #define VOL_SIZE  (1u << 20) /* 256 chunks of 4 KiB */
 #define MAX_SNAPS 12
 
-struct fixture {
-	char dir[64];
-	struct sv_pool *pool;
-};
-
 static int
 setup(void **state)
 {
-	struct fixture *f = calloc(1, sizeof *f);
-	if (!f)
-		return -1;
-	/* tmpfs when there is one: the model test syncs a lot */
-	strcpy(f->dir, access("/dev/shm", W_OK) == 0 ? "/dev/shm/snapvol-test-snap-XXXXXX"
-						     : "/tmp/snapvol-test-snap-XXXXXX");
-	if (!mkdtemp(f->dir) || sv_pool_open(f->dir, SV_POOL_CREATE, &f->pool) == -1) {
-		free(f);
-		return -1;
-	}
-	*state = f;
-	return 0;
+	return test_pool_setup(state, "snap", true);
 }
 
 static int
 teardown(void **state)
 {
-	struct fixture *f = *state;
-	sv_pool_close(f->pool);
-	char cmd[128];
-	snprintf(cmd, sizeof cmd, "rm -rf '%s'", f->dir);
-	int r = system(cmd);
-	free(f);
-	return r == 0 ? 0 : -1;
+	return test_pool_teardown(state);
 }
 
 static struct sv_view *
@@ -115,7 +94,7 @@ struct model_snap {
 static void
 test_model(void **state)
 {
-	struct fixture *f = *state;
+	struct test_pool *f = *state;
 	unsigned seed =
 	    getenv("SNAPVOL_SEED") ? (unsigned)atoi(getenv("SNAPVOL_SEED")) : (unsigned)time(NULL);
 	int steps = getenv("SNAPVOL_STEPS") ? atoi(getenv("SNAPVOL_STEPS")) : 3000;
@@ -244,7 +223,7 @@ snap(struct sv_pool *pool, const char *spec)
 static void
 test_properties(void **state)
 {
-	struct fixture *f = *state;
+	struct test_pool *f = *state;
 	assert_int_equal(sv_volume_create(f->pool, "p", VOL_SIZE, 4096), 0);
 	struct sv_view *v = open_view(f->pool, "p");
 	struct sv_cow_stats st;
@@ -364,7 +343,7 @@ test_properties(void **state)
 static void
 test_group(void **state)
 {
-	struct fixture *f = *state;
+	struct test_pool *f = *state;
 	assert_int_equal(sv_volume_create(f->pool, "a", VOL_SIZE, 0), 0);
 	assert_int_equal(sv_volume_create(f->pool, "b", VOL_SIZE, 0), 0);
 	struct sv_view *va = open_view(f->pool, "a"), *vb = open_view(f->pool, "b");

@@ -18,46 +18,26 @@
 #include <cmocka.h>
 
 #include "engine.h"
+#include "testpool.h"
 #include "error.h"
 #include "internal.h"
-
-struct fixture {
-	char dir[64];
-	struct sv_pool *pool;
-};
 
 static int
 setup(void **state)
 {
-	struct fixture *f = calloc(1, sizeof *f);
-	if (!f)
-		return -1;
-	strcpy(f->dir, "/tmp/snapvol-test-volume-XXXXXX");
-	if (!mkdtemp(f->dir) || sv_pool_open(f->dir, SV_POOL_CREATE, &f->pool) == -1) {
-		free(f);
-		return -1;
-	}
-	*state = f;
-	return 0;
+	return test_pool_setup(state, "volume", false);
 }
 
 static int
 teardown(void **state)
 {
-	struct fixture *f = *state;
-	sv_pool_close(f->pool);
-	char cmd[128];
-	snprintf(cmd, sizeof cmd, "rm -rf '%s'", f->dir);
-	if (system(cmd) != 0)
-		return -1;
-	free(f);
-	return 0;
+	return test_pool_teardown(state);
 }
 
 static void
 test_create_list_info_delete(void **state)
 {
-	struct fixture *f = *state;
+	struct test_pool *f = *state;
 	assert_int_equal(sv_volume_create(f->pool, "vm1", 1 << 20, 0), 0);
 	assert_int_equal(sv_volume_create(f->pool, "a0", 8 << 20, 65536), 0);
 
@@ -95,7 +75,7 @@ test_create_list_info_delete(void **state)
 static void
 test_bad_create(void **state)
 {
-	struct fixture *f = *state;
+	struct test_pool *f = *state;
 	struct {
 		const char *name;
 		uint64_t size;
@@ -130,7 +110,7 @@ test_bad_create(void **state)
 static void
 test_pool_lock(void **state)
 {
-	struct fixture *f = *state;
+	struct test_pool *f = *state;
 	struct sv_pool *second;
 	assert_int_equal(sv_pool_open(f->dir, 0, &second), -1);
 	assert_int_equal(sv_last_errno(), EWOULDBLOCK);
@@ -144,7 +124,7 @@ test_pool_lock(void **state)
 static void
 test_meta_checksum(void **state)
 {
-	struct fixture *f = *state;
+	struct test_pool *f = *state;
 	assert_int_equal(sv_volume_create(f->pool, "vm1", 1 << 20, 0), 0);
 	char path[256];
 	snprintf(path, sizeof path, "%s/volumes/vm1/volume.meta", f->dir);
@@ -187,7 +167,7 @@ test_meta_checksum(void **state)
 static void
 test_leftover_namespace(void **state)
 {
-	struct fixture *f = *state;
+	struct test_pool *f = *state;
 	/* a crashed create: the directory exists without metadata */
 	char path[256];
 	snprintf(path, sizeof path, "%s/volumes/ghost", f->dir);
@@ -203,7 +183,7 @@ test_leftover_namespace(void **state)
 static void
 test_view_io(void **state)
 {
-	struct fixture *f = *state;
+	struct test_pool *f = *state;
 	const uint64_t size = 4 << 20;
 	assert_int_equal(sv_volume_create(f->pool, "vm1", size, 0), 0);
 	struct sv_view *v, *v2;
@@ -281,7 +261,7 @@ test_view_io(void **state)
 static void
 test_view_open_errors(void **state)
 {
-	struct fixture *f = *state;
+	struct test_pool *f = *state;
 	struct sv_view *v;
 	assert_int_equal(sv_view_open(f->pool, "nope", 4, &v), -1);
 	assert_int_equal(sv_last_errno(), ENOENT);

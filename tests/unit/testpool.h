@@ -1,0 +1,87 @@
+/*
+ * testpool.h: what the unit tests share: temporary pools and a mixer.
+ *
+ * Header-only (static inline): each unit test is one program, and cmocka's
+ * setup/teardown want plain functions.  Pools go on tmpfs (/dev/shm) when
+ * the test asks and there is one: the engine syncs a lot, and most tests
+ * are about its logic, not the disk's speed.
+ */
+#ifndef SV_TESTPOOL_H
+#define SV_TESTPOOL_H
+
+#include <ftw.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "engine.h"
+
+/* Make a new directory "snapvol-test-STEM-XXXXXX" in dir[64]; 0 or -1. */
+static inline int
+test_mkdtemp(char dir[64], const char *stem, bool tmpfs)
+{
+	const char *base = tmpfs && access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
+	if ((size_t)snprintf(dir, 64, "%s/snapvol-test-%s-XXXXXX", base, stem) >= 64)
+		return -1;
+	return mkdtemp(dir) ? 0 : -1;
+}
+
+static inline int
+test_rm_one(const char *path, const struct stat *sb, int type, struct FTW *ftw)
+{
+	(void)sb, (void)type, (void)ftw;
+	return remove(path);
+}
+
+/* rm -rf dir; 0 or -1. */
+static inline int
+test_rmtree(const char *dir)
+{
+	return nftw(dir, test_rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+/* The usual fixture: a new pool in a temporary directory. */
+struct test_pool {
+	char dir[64];
+	struct sv_pool *pool;
+};
+
+static inline int
+test_pool_setup(void **state, const char *stem, bool tmpfs)
+{
+	struct test_pool *f = calloc(1, sizeof *f);
+	if (!f || test_mkdtemp(f->dir, stem, tmpfs) == -1 ||
+	    sv_pool_open(f->dir, SV_POOL_CREATE, &f->pool) == -1) {
+		free(f);
+		return -1;
+	}
+	*state = f;
+	return 0;
+}
+
+static inline int
+test_pool_teardown(void **state)
+{
+	struct test_pool *f = *state;
+	sv_pool_close(f->pool);
+	int r = test_rmtree(f->dir);
+	free(f);
+	return r;
+}
+
+/* A 64-bit mixer (the splitmix64 finalizer): test data from a seed. */
+static inline uint64_t
+test_mix(uint64_t x)
+{
+	x ^= x >> 33;
+	x *= 0xff51afd7ed558ccdull;
+	x ^= x >> 33;
+	x *= 0xc4ceb9fe1a85ec53ull;
+	x ^= x >> 33;
+	return x;
+}
+
+#endif
