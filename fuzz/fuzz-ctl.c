@@ -26,14 +26,14 @@
 #include "ctl.h"
 #include "engine.h"
 #include "error.h"
-#include "fuzz-client.h"
+#include "fuzz-common.h"
 #include "nbd-server.h"
 
 static struct sv_pool *pool;
 static struct sv_nbd_server *nbd;
 static struct sv_ctl_server *ctl;
 static struct sv_ctl_context ctx;
-static char dir[64], sock[96];
+static char sock[96];
 
 static void
 cleanup(void)
@@ -41,10 +41,6 @@ cleanup(void)
 	sv_ctl_server_stop(ctl);
 	sv_nbd_server_free(nbd);
 	sv_pool_close(pool);
-	char cmd[128];
-	snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-	if (system(cmd) != 0)
-		fprintf(stderr, "fuzz: could not remove %s\n", dir);
 }
 
 static void
@@ -91,9 +87,8 @@ int
 LLVMFuzzerInitialize(int *argc, char ***argv)
 {
 	(void)argc, (void)argv;
-	const char *tmp = getenv("TMPDIR");
-	snprintf(dir, sizeof dir, "%s/snapvol-fuzz-XXXXXX", tmp && strlen(tmp) < 32 ? tmp : "/tmp");
-	if (!mkdtemp(dir) || sv_pool_open(dir, SV_POOL_CREATE, &pool) == -1) {
+	const char *dir = fuzz_scratch_dir();
+	if (sv_pool_open(dir, SV_POOL_CREATE, &pool) == -1) {
 		fprintf(stderr, "fuzz: cannot set up a pool in %s\n", dir);
 		abort();
 	}

@@ -11,7 +11,7 @@
  * sanitizer reports from the server directly, and runs thousands of
  * sessions a second.
  *
- * The client thread is fuzz_pump() (fuzz-client.h): it writes the input,
+ * The client thread is fuzz_pump() (fuzz-common.h): it writes the input,
  * discards what the server sends, and ends the stream, so nothing hangs.
  *
  * Build: CC=clang meson setup build-fuzz -Dfuzzing=true -Db_sanitize=address,undefined
@@ -28,22 +28,16 @@
 #include <unistd.h>
 
 #include "engine.h"
-#include "fuzz-client.h"
+#include "fuzz-common.h"
 #include "nbd-server.h"
 
 static struct sv_nbd_server *srv;
 static struct sv_pool *pool;
-static char dir[64];
-
 static void
 cleanup(void)
 {
 	sv_nbd_server_free(srv);
 	sv_pool_close(pool);
-	char cmd[128];
-	snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-	if (system(cmd) != 0)
-		fprintf(stderr, "fuzz: could not remove %s\n", dir);
 }
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
@@ -51,9 +45,8 @@ int
 LLVMFuzzerInitialize(int *argc, char ***argv)
 {
 	(void)argc, (void)argv;
-	const char *tmp = getenv("TMPDIR");
-	snprintf(dir, sizeof dir, "%s/snapvol-fuzz-XXXXXX", tmp && strlen(tmp) < 32 ? tmp : "/tmp");
-	if (!mkdtemp(dir) || sv_pool_open(dir, SV_POOL_CREATE, &pool) == -1 ||
+	const char *dir = fuzz_scratch_dir();
+	if (sv_pool_open(dir, SV_POOL_CREATE, &pool) == -1 ||
 	    sv_volume_create(pool, "v", 1 << 20, 0) == -1) {
 		fprintf(stderr, "fuzz: cannot set up a pool in %s\n", dir);
 		abort();

@@ -21,7 +21,6 @@
  * Run:   build-fuzz/fuzz/fuzz-pool-load -close_fd_mask=2 fuzz/corpus/pool-load
  * Seeds: fuzz/make-pool-seeds.sh builds them from real pools.
  */
-#include <dirent.h>
 #include <endian.h>
 #include <fcntl.h>
 #include <stdint.h>
@@ -33,37 +32,28 @@
 #include <zlib.h>
 
 #include "engine.h"
+#include "fuzz-common.h"
 
 #define SEP	     "\n==8<==\n"
 #define JOURNAL_SIZE (32u << 20)
 
 static const char *const files[] = {"volume.meta", "changed.meta", "released.meta", "journal.raw"};
-static char dir[64], voldir[96];
-
-static void
-cleanup(void)
-{
-	char cmd[128];
-	snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-	if (system(cmd) != 0)
-		fprintf(stderr, "fuzz: could not remove %s\n", dir);
-}
+static const char *dir;
+static char voldir[96];
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int
 LLVMFuzzerInitialize(int *argc, char ***argv)
 {
 	(void)argc, (void)argv;
-	const char *tmp = getenv("TMPDIR");
-	snprintf(dir, sizeof dir, "%s/snapvol-fuzz-XXXXXX", tmp && strlen(tmp) < 32 ? tmp : "/tmp");
+	dir = fuzz_scratch_dir();
 	struct sv_pool *pool;
-	if (!mkdtemp(dir) || sv_pool_open(dir, SV_POOL_CREATE, &pool) == -1) {
+	if (sv_pool_open(dir, SV_POOL_CREATE, &pool) == -1) {
 		fprintf(stderr, "fuzz: cannot set up a pool in %s\n", dir);
 		abort();
 	}
 	sv_pool_close(pool);
 	snprintf(voldir, sizeof voldir, "%s/volumes/v", dir);
-	atexit(cleanup);
 	return 0;
 }
 
@@ -107,22 +97,6 @@ put_file(const char *name, const void *buf, size_t len, uint64_t size)
 	    (size && ftruncate(fd, (off_t)size) == -1))
 		abort();
 	close(fd);
-}
-
-/* Remove the volume's files (pre-images included) for the next input. */
-static void
-remove_voldir(void)
-{
-	DIR *d = opendir(voldir);
-	if (!d)
-		abort();
-	struct dirent *e;
-	while ((e = readdir(d)))
-		if (e->d_name[0] != '.' && unlinkat(dirfd(d), e->d_name, 0) == -1)
-			abort();
-	closedir(d);
-	if (rmdir(voldir) == -1)
-		abort();
 }
 
 static int
@@ -190,6 +164,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			free(snaps);
 		sv_pool_close(pool);
 	}
-	remove_voldir();
+	if (fuzz_rmtree(voldir) == -1) /* pre-images included, for the next input */
+		abort();
 	return 0;
 }

@@ -83,27 +83,23 @@ static int
 setup(void **state)
 {
 	struct fixture *fx = calloc(1, sizeof *fx);
-	if (test_mkdtemp(fx->dir, "check", true) == -1)
-		return -1;
+	assert_non_null(fx);
+	*state = fx; /* setup failures are test failures: assert */
+	assert_int_equal(test_mkdtemp(fx->dir, "check", true), 0);
 	snprintf(fx->vdir, sizeof fx->vdir, "%s/volumes/v", fx->dir);
 	struct sv_pool *pool;
-	if (sv_pool_open(fx->dir, SV_POOL_CREATE, &pool) == -1 ||
-	    sv_volume_create(pool, "v", VOL_SIZE, CHUNK) == -1)
-		return -1;
+	assert_int_equal(sv_pool_open(fx->dir, SV_POOL_CREATE, &pool), 0);
+	assert_int_equal(sv_volume_create(pool, "v", VOL_SIZE, CHUNK), 0);
 	struct sv_view *v;
-	if (sv_view_open(pool, "v", 1, &v) == -1)
-		return -1;
+	assert_int_equal(sv_view_open(pool, "v", 1, &v), 0);
 	write_chunks(v, 0, 32, 1);
 	const char *a = "v@a", *b = "v@b";
-	if (sv_snapshot_create(pool, &a, 1, NULL) == -1)
-		return -1;
+	assert_int_equal(sv_snapshot_create(pool, &a, 1, NULL), 0);
 	write_chunks(v, 0, 8, 2);
-	if (sv_snapshot_create(pool, &b, 1, NULL) == -1)
-		return -1;
+	assert_int_equal(sv_snapshot_create(pool, &b, 1, NULL), 0);
 	write_chunks(v, 4, 8, 3);
 	sv_view_close(v);
 	sv_pool_close(pool);
-	*state = fx;
 	return 0;
 }
 

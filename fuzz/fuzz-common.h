@@ -1,5 +1,6 @@
 /*
- * fuzz-client.h: the phony client the socket-level fuzz targets share.
+ * fuzz-common.h: what the fuzz targets share: a scratch directory for
+ * their pools, and the phony client of the socket-level targets.
  *
  * fuzz_pump() writes one input to a connected socket as fast as the server
  * takes it, reads and discards everything the server sends (so the server
@@ -7,15 +8,59 @@
  * drains until the server closes.  Nothing can hang: every server read
  * ends at that end of stream.  Header-only: each target is one program.
  */
-#ifndef SV_FUZZ_CLIENT_H
-#define SV_FUZZ_CLIENT_H
+#ifndef SV_FUZZ_COMMON_H
+#define SV_FUZZ_COMMON_H
 
 #include <errno.h>
+#include <ftw.h>
 #include <poll.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/socket.h>
+
+static inline int
+fuzz_rm_one(const char *path, const struct stat *sb, int type, struct FTW *ftw)
+{
+	(void)sb, (void)type, (void)ftw;
+	return remove(path);
+}
+
+/* rm -rf dir (no shell: inputs run thousands of times a second). */
+static inline int
+fuzz_rmtree(const char *dir)
+{
+	return nftw(dir, fuzz_rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static char fuzz_dir[64];
+
+static inline void
+fuzz_remove_scratch(void)
+{
+	if (fuzz_rmtree(fuzz_dir) == -1)
+		fprintf(stderr, "fuzz: could not remove %s\n", fuzz_dir);
+}
+
+/* A new directory under $TMPDIR (or /tmp), removed at exit after every
+ * exit handler registered later (a target's own clean-up, which closes its
+ * pool, runs first).  Aborts if it cannot be made. */
+static inline const char *
+fuzz_scratch_dir(void)
+{
+	const char *tmp = getenv("TMPDIR");
+	snprintf(fuzz_dir, sizeof fuzz_dir, "%s/snapvol-fuzz-XXXXXX",
+		 tmp && strlen(tmp) < 32 ? tmp : "/tmp");
+	if (!mkdtemp(fuzz_dir)) {
+		fprintf(stderr, "fuzz: cannot make a directory in %s\n", fuzz_dir);
+		abort();
+	}
+	atexit(fuzz_remove_scratch);
+	return fuzz_dir;
+}
 
 static inline void
 fuzz_pump(int fd, const uint8_t *data, size_t size)
