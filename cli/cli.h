@@ -39,6 +39,31 @@ enum opt_id {
 	OPT_MIN_BLOCK_SIZE,
 	OPT_MAX_CONNECTIONS,
 	OPT_NO_SENDFILE,
+	OPT_TLS,
+	OPT_TLS_PSK,
+	OPT_TLS_CERTS,
+	OPT_TLS_VERIFY_PEER,
+	OPT_INSECURE,
+	OPT_GROUP,
+	OPT_MAX_CONNS_PER_CLIENT,
+	OPT_MAX_REQUEST,
+	OPT_MAX_OPTION_LENGTH,
+	OPT_MAX_NAME_LENGTH,
+	OPT_HANDSHAKE_TIMEOUT,
+	/* fsfreeze, snapshot create --fsfreeze */
+	OPT_FSFREEZE,
+	OPT_FREEZE_TIMEOUT,
+	OPT_FREEZE_LEASE,
+	OPT_NO_FS_HINT,
+	/* freeze, thaw, serve --freeze-max */
+	OPT_FREEZE_MAX,
+	OPT_THAW_ID,
+	OPT_SERVE_FREEZE_MAX,
+	/* backup, restore, send */
+	OPT_SINCE,
+	OPT_FORCE,
+	/* check */
+	OPT_REPAIR,
 	OPT__COUNT
 };
 
@@ -50,8 +75,9 @@ struct cli_option {
 	const char *help;
 };
 
-#define CLI_MAX_POS    64
-#define CLI_MAX_LISTEN 8
+#define CLI_MAX_POS	 64
+#define CLI_MAX_LISTEN	 8
+#define CLI_MAX_FSFREEZE 16
 
 /* The parsed command line. */
 struct cli {
@@ -64,6 +90,10 @@ struct cli {
 	const char *val[OPT__COUNT]; /* last value of each option ("" for flags) */
 	const char *listen[CLI_MAX_LISTEN];
 	unsigned nlisten;
+	const char *fsfreeze[CLI_MAX_FSFREEZE]; /* --fsfreeze, in order */
+	unsigned nfsfreeze;
+	bool dashdash;	       /* "--" was given after the command */
+	unsigned dashdash_pos; /* the index in pos of the first argument after it */
 };
 
 struct cli_subcommand {
@@ -97,11 +127,29 @@ int cli_run_status(struct cli *cli);
 int cli_run_call(struct cli *cli);
 int cli_run_set(struct cli *cli);
 int cli_run_snapshot(struct cli *cli);
+int cli_run_diff(struct cli *cli);
+int cli_run_check(struct cli *cli);
+
+/* freeze.c: block-level freeze and thaw; the freezes in status */
+int cli_run_freeze(struct cli *cli);
+int cli_run_thaw(struct cli *cli);
+void cli_print_freezes(json_t *freezes);
+
+/* fsfreeze.c */
+int cli_run_fsfreeze(struct cli *cli);
+/* snapshot create --fsfreeze: snapshots is the checked "VOL@SNAP" list. */
+int cli_snapshot_create_fsfreeze(struct cli *cli, json_t *snapshots);
 /* The message for a pool whose lock is held by someone else. */
 void cli_pool_in_use_message(const struct cli *cli, const char *control, const char *why, char *buf,
 			     size_t len);
 
 /* serve.c */
 int cli_run_serve(struct cli *cli);
+
+/* backup.c */
+int cli_run_backup(struct cli *cli);
+int cli_run_restore(struct cli *cli);
+int cli_run_send(struct cli *cli);
+int cli_run_receive(struct cli *cli);
 
 #endif

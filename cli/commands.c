@@ -396,6 +396,48 @@ cli_run_delete(struct cli *cli)
 }
 
 int
+cli_run_check(struct cli *cli)
+{
+	json_t *args = json_object();
+	int r;
+	if (cli->npos && (r = check_name_arg(cli, cli->pos[0]))) {
+		json_decref(args);
+		return r;
+	}
+	if (cli->npos)
+		json_object_set_new(args, "name", json_string(cli->pos[0]));
+	if (cli->val[OPT_REPAIR])
+		json_object_set_new(args, "repair", json_true());
+	struct outcome out;
+	r = execute(cli, "check", args, 0, &out);
+	json_decref(args);
+	if (r)
+		return r;
+	json_int_t errors = json_integer_value(json_object_get(out.ret, "errors"));
+	if (cli->json) {
+		print_json(out.ret);
+	} else {
+		json_t *findings = json_object_get(out.ret, "findings"), *f;
+		size_t i;
+		json_array_foreach(findings, i, f)
+		{
+			printf("%s: %s: %s%s\n", json_string_value(json_object_get(f, "volume")),
+			       json_string_value(json_object_get(f, "severity")),
+			       json_string_value(json_object_get(f, "what")),
+			       json_is_true(json_object_get(f, "repaired")) ? " [repaired]" : "");
+		}
+		if (json_array_size(findings) == 0)
+			printf("pool %s: no problems found\n", cli->pool);
+		else
+			printf("%zu finding%s, %" JSON_INTEGER_FORMAT " error%s left\n",
+			       json_array_size(findings), json_array_size(findings) == 1 ? "" : "s",
+			       errors, errors == 1 ? "" : "s");
+	}
+	json_decref(out.ret);
+	return errors ? EXIT_FAIL : EXIT_OK;
+}
+
+int
 cli_run_list(struct cli *cli)
 {
 	struct outcome out;
@@ -495,6 +537,8 @@ cli_run_status(struct cli *cli)
 	printf("volumes:     %zu\n", json_array_size(vols));
 	if (json_array_size(vols))
 		print_volume_table(vols, "  ");
+	if (json_is_true(json_object_get(ret, "running")))
+		cli_print_freezes(json_object_get(ret, "freezes"));
 	json_decref(ret);
 	return EXIT_OK;
 }
@@ -608,6 +652,8 @@ cli_run_snapshot(struct cli *cli)
 			}
 			json_array_append_new(list, json_string(cli->pos[i]));
 		}
+		if (cli->nfsfreeze) /* the freeze sequence: cli/fsfreeze.c */
+			return cli_snapshot_create_fsfreeze(cli, list);
 		command = "snapshot-create";
 		args = json_pack("{s:o}", "snapshots", list);
 	} else if (!strcmp(action, "list") || !strcmp(action, "delete") ||
@@ -631,6 +677,11 @@ cli_run_snapshot(struct cli *cli)
 		return cli_usage_error(
 		    cli, "unknown snapshot action '%s' (create, list, delete, rollback)", action);
 	}
+	if (cli->nfsfreeze || cli->val[OPT_NO_FS_HINT] || cli->val[OPT_FREEZE_TIMEOUT] ||
+	    cli->val[OPT_FREEZE_LEASE]) {
+		json_decref(args);
+		return cli_usage_error(cli, "--fsfreeze and its options go with 'snapshot create'");
+	}
 	struct outcome out;
 	r = execute(cli, command, args, 0, &out);
 	json_decref(args);
@@ -652,5 +703,170 @@ cli_run_snapshot(struct cli *cli)
 		       cli->pos[1]);
 	}
 	json_decref(out.ret);
+	return EXIT_OK;
+}
+
+/* ---- diff ---- */
+
+/* Where the pages of a diff come from: one control connection, or the pool
+ * opened here once (not once per page: opening a volume checkpoints it). */
+struct diff_source {
+	int fd;
+	struct sv_pool *pool;
+	char *control;
+};
+
+static int
+diff_source_open(struct cli *cli, struct diff_source *src)
+{
+	src->pool = NULL;
+	src->control = cli_control_path(cli);
+	src->fd = sv_ctl_client_connect(src->control);
+	if (src->fd >= 0)
+		return EXIT_OK;
+	char why[512];
+	snprintf(why, sizeof why, "%s", sv_last_error());
+	if (sv_pool_open(cli->pool, 0, &src->pool) == 0)
+		return EXIT_OK;
+	int r;
+	if (sv_last_errno() == EWOULDBLOCK) {
+		char msg[1024];
+		const char *colon = strrchr(why, ':');
+		cli_pool_in_use_message(
+		    cli, src->control, colon && colon[1] == ' ' ? colon + 2 : why, msg, sizeof msg);
+		r = cli_fail("%s", msg);
+	} else {
+		r = cli_fail("%s", sv_last_error());
+	}
+	free(src->control);
+	return r;
+}
+
+static void
+diff_source_close(struct diff_source *src)
+{
+	if (src->fd >= 0)
+		close(src->fd);
+	if (src->pool)
+		sv_pool_close(src->pool);
+	free(src->control);
+}
+
+/* One page: the "return" value, or NULL having printed the error. */
+static json_t *
+diff_page(struct diff_source *src, json_t *args)
+{
+	json_t *reply;
+	if (src->fd >= 0) {
+		reply = sv_ctl_client_call(src->fd, "diff", args);
+		if (!reply) {
+			cli_fail("control socket %s: %s", src->control, sv_last_error());
+			return NULL;
+		}
+	} else {
+		struct sv_ctl_context ctx = {.pool = src->pool};
+		reply = sv_ctl_execute(&ctx, "diff", args);
+	}
+	json_t *err = json_object_get(reply, "error");
+	json_t *ret = json_incref(json_object_get(reply, "return"));
+	if (err || !ret) {
+		const char *desc = json_string_value(json_object_get(err, "desc"));
+		cli_fail("%s", desc ? desc : "the reply to 'diff' has no result");
+		json_decref(ret);
+		ret = NULL;
+	}
+	json_decref(reply);
+	return ret;
+}
+
+int
+cli_run_diff(struct cli *cli)
+{
+	int r;
+	if ((r = check_snapshot_arg(cli, cli->pos[0])))
+		return r;
+	char fvol[SV_NAME_MAX + 1], tvol[SV_NAME_MAX + 1], snap[SV_NAME_MAX + 1];
+	bool has;
+	if (sv_split_export_name(cli->pos[0], strlen(cli->pos[0]), fvol, snap, &has) == -1)
+		return cli_usage_error(cli, "'%s': %s", cli->pos[0], sv_last_error());
+	const char *to = cli->npos > 1 ? cli->pos[1] : fvol;
+	if (sv_split_export_name(to, strlen(to), tvol, snap, &has) == -1)
+		return cli_usage_error(cli, "'%s': %s", to, sv_last_error());
+	if (strcmp(fvol, tvol))
+		return cli_usage_error(cli, "'%s' and '%s' are of different volumes", cli->pos[0],
+				       to);
+
+	struct diff_source src;
+	if ((r = diff_source_open(cli, &src)))
+		return r;
+	/* Printed page by page as the pages come: a 1 TiB volume can have
+	 * hundreds of thousands of extents.  The table's columns are as wide
+	 * as the volume's size needs. */
+	uint64_t total = 0, size = 0, chunk = 0, next = 0, count = 0;
+	int w = 6;
+	bool more = true;
+	r = EXIT_OK;
+	while (more) {
+		json_t *args = json_pack("{s:s, s:s, s:I}", "from", cli->pos[0], "to", to, "offset",
+					 (json_int_t)next);
+		json_t *ret = diff_page(&src, args);
+		json_decref(args);
+		if (!ret) {
+			r = EXIT_FAIL;
+			break;
+		}
+		if (count == 0 && next == 0) {
+			size = jnum(ret, "size");
+			chunk = jnum(ret, "chunk_size");
+			char b[32];
+			w = snprintf(b, sizeof b, "%" PRIu64, size);
+			if (w < 6)
+				w = 6;
+			if (cli->json)
+				printf("{\"from\":\"%s\",\"to\":\"%s\",\"size\":%" PRIu64
+				       ",\"chunk_size\":%" PRIu64 ",\"extents\":[",
+				       cli->pos[0], to, size, chunk);
+		}
+		size_t i;
+		json_t *e;
+		json_array_foreach(json_object_get(ret, "extents"), i, e)
+		{
+			uint64_t off = (uint64_t)json_integer_value(json_array_get(e, 0));
+			uint64_t len = (uint64_t)json_integer_value(json_array_get(e, 1));
+			if (cli->json) {
+				printf("%s[%" PRIu64 ",%" PRIu64 "]", count ? "," : "", off, len);
+			} else {
+				char sz[32];
+				if (count == 0)
+					printf("%*s  %*s  %*s  %9s\n", w, "OFFSET", w, "LENGTH", w,
+					       "END", "SIZE");
+				printf("%*" PRIu64 "  %*" PRIu64 "  %*" PRIu64 "  %9s\n", w, off, w,
+				       len, w, off + len, fmt_size(len, sz, sizeof sz));
+			}
+			count++;
+		}
+		total += jnum(ret, "changed_bytes");
+		json_t *jn = json_object_get(ret, "next");
+		more = json_is_integer(jn) && (uint64_t)json_integer_value(jn) > next;
+		if (more)
+			next = (uint64_t)json_integer_value(jn);
+		json_decref(ret);
+	}
+	diff_source_close(&src);
+	if (r) {
+		if (cli->json && (count || next))
+			printf("]}\n"); /* keep what was printed well-formed */
+		return r;
+	}
+	if (cli->json) {
+		printf("],\"changed_bytes\":%" PRIu64 ",\"extent_count\":%" PRIu64 "}\n", total,
+		       count);
+		return EXIT_OK;
+	}
+	char b1[32], b2[32];
+	printf("%s%" PRIu64 " extent%s, %s changed of %s (%.2f%%) from %s to %s\n",
+	       count ? "\n" : "", count, count == 1 ? "" : "s", fmt_size(total, b1, sizeof b1),
+	       fmt_size(size, b2, sizeof b2), size ? 100.0 * (double)total / (double)size : 0.0,
+	       cli->pos[0], to);
 	return EXIT_OK;
 }

@@ -49,9 +49,69 @@ static const struct cli_option create_options[] = {
     {NULL},
 };
 
+static const struct cli_option snapshot_options[] = {
+    {"fsfreeze", 0, "MOUNTPOINT", OPT_FSFREEZE,
+     "create: freeze the filesystem mounted there around the snapshot and record it as "
+     "frozen (repeatable)"},
+    {"no-fs-hint", 0, NULL, OPT_NO_FS_HINT,
+     "create --fsfreeze: do not hand the filesystem's free-space map to the server"},
+    {"timeout", 0, "DURATION", OPT_FREEZE_TIMEOUT,
+     "create --fsfreeze: thaw after this long whatever happens (default 10s)"},
+    {"lease", 0, "DURATION", OPT_FREEZE_LEASE,
+     "create --fsfreeze: thaw if this process stops renewing for this long (default 2s)"},
+    {NULL},
+};
+
+static const struct cli_option fsfreeze_options[] = {
+    {"timeout", 0, "DURATION", OPT_FREEZE_TIMEOUT,
+     "thaw after this long even if CMD still runs, 100ms to 1h (default 60s)"},
+    {"lease", 0, "DURATION", OPT_FREEZE_LEASE,
+     "thaw if snapvol stops renewing for this long (stopped, hung), 100ms to 10m (default 2s)"},
+    {NULL},
+};
+
+static const struct cli_option freeze_options[] = {
+    {"lease", 0, "DURATION", OPT_FREEZE_LEASE,
+     "the freeze ends unless renewed within this time; snapvol renews it every third of it "
+     "(default 5s; 100ms to the maximum)"},
+    {"max", 0, "DURATION", OPT_FREEZE_MAX,
+     "the freeze ends this long after it began whatever happens (default: the server's "
+     "--freeze-max, 60s; at most 1h)"},
+    {NULL},
+};
+
+static const struct cli_option thaw_options[] = {
+    {"id", 0, "N", OPT_THAW_ID, "end the freeze with this id (from status or freeze --json)"},
+    {NULL},
+};
+
+static const struct cli_option backup_options[] = {
+    {"since", 0, "VOL@BASE", OPT_SINCE,
+     "incremental: FILE holds a backup of VOL@BASE; write only what changed since"},
+    {"force", 0, NULL, OPT_FORCE, "a full backup overwrites an existing FILE"},
+    {NULL},
+};
+
+static const struct cli_option send_options[] = {
+    {"since", 0, "VOL@BASE", OPT_SINCE,
+     "incremental: send only what changed since VOL@BASE, which the receiver must have"},
+    {NULL},
+};
+
+static const struct cli_option restore_options[] = {
+    {"force", 0, NULL, OPT_FORCE, "overwrite the contents of an existing volume of the same size"},
+    {NULL},
+};
+
 static const struct cli_option set_options[] = {
     {"full-policy", 0, "POLICY", OPT_FULL_POLICY,
      "when the store is full and a write needs a copy: fail-writes or drop-snapshot"},
+    {NULL},
+};
+
+static const struct cli_option check_options[] = {
+    {"repair", 0, NULL, OPT_REPAIR,
+     "fix what can be fixed safely: wasted pre-image space, stray objects, pending work"},
     {NULL},
 };
 
@@ -66,6 +126,35 @@ static const struct cli_option serve_options[] = {
     {"max-connections", 0, "N", OPT_MAX_CONNECTIONS,
      "NBD connections allowed at once (default 1024)"},
     {"no-sendfile", 0, NULL, OPT_NO_SENDFILE, "copy read data through memory, not sendfile(2)"},
+    {"tls-psk", 0, "FILE", OPT_TLS_PSK,
+     "TLS with pre-shared keys: FILE holds username:hexkey lines (psktool's format)"},
+    {"tls-certs", 0, "DIR", OPT_TLS_CERTS,
+     "TLS with X.509: DIR holds ca-cert.pem, server-cert.pem and server-key.pem"},
+    {"tls-verify-peer", 0, NULL, OPT_TLS_VERIFY_PEER,
+     "require client certificates signed by DIR/ca-cert.pem"},
+    {"tls", 0, "MODE", OPT_TLS,
+     "TLS on the unix socket: off, on (clients choose) or require (default: on when TLS is "
+     "configured, else off); TCP requires TLS unless --insecure"},
+    {"insecure", 0, NULL, OPT_INSECURE,
+     "allow NBD over TCP without TLS (TLS stays optional on TCP if configured)"},
+    {"group", 0, "NAME", OPT_GROUP,
+     "give group NAME read-write access to both sockets (mode 0660; default 0600)"},
+    {"max-connections-per-client", 0, "N", OPT_MAX_CONNS_PER_CLIENT,
+     "NBD connections allowed at once per client: per uid on the unix socket, per address "
+     "on TCP (default 256)"},
+    {"max-request", 0, "SIZE", OPT_MAX_REQUEST,
+     "largest read or write request, 64K to 1G, advertised as the maximum block size "
+     "(default 32M)"},
+    {"max-option-length", 0, "SIZE", OPT_MAX_OPTION_LENGTH,
+     "largest handshake option, 4160 bytes to 16M; a longer one closes the connection "
+     "(default 64K)"},
+    {"max-name-length", 0, "N", OPT_MAX_NAME_LENGTH,
+     "longest export name a client may send, 1 to 4096 bytes (default 4096)"},
+    {"handshake-timeout", 0, "DURATION", OPT_HANDSHAKE_TIMEOUT,
+     "drop clients that have not finished the handshake in this time, e.g. 30s or 2m; 0 for "
+     "no limit (default 30s)"},
+    {"freeze-max", 0, "DURATION", OPT_SERVE_FREEZE_MAX,
+     "longest a block-level freeze lasts unless it asks for less, 100ms to 1h (default 60s)"},
     {NULL},
 };
 
@@ -91,7 +180,8 @@ static const struct cli_subcommand subcommands[] = {
      "Change the properties of the volume NAME: its full-store policy.", set_options, 1, 1,
      cli_run_set},
     {"snapshot",
-     "create VOL@SNAP [VOL@SNAP...]\n"
+     "create VOL@SNAP [VOL@SNAP...] [--fsfreeze MOUNTPOINT]...\n"
+     "         [--no-fs-hint] [--timeout DURATION] [--lease DURATION]\n"
      "         | list VOL | delete VOL@SNAP | rollback VOL@SNAP",
      "create, list, delete or roll back snapshots",
      "'snapshot create' takes read-only, point-in-time snapshots of one or more volumes at "
@@ -103,8 +193,94 @@ static const struct cli_subcommand subcommands[] = {
      "writes are held while it runs, reads go on and may see a mix until it returns; an "
      "interrupted rollback is finished when the volume is next opened.  Trimming a range of a "
      "snapshot's export releases it: it reads as zeros from then on and its space is given "
-     "back, so a backup reader can free the snapshot behind itself.",
-     NULL, 2, CLI_MAX_POS, cli_run_snapshot},
+     "back, so a backup reader can free the snapshot behind itself.  With --fsfreeze, "
+     "'snapshot create' freezes the filesystems mounted at MOUNTPOINT on this host (as "
+     "'snapvol fsfreeze' does, with its watchdog), takes the snapshots with the volumes' "
+     "writes held for the instant, thaws, and records them as \"frozen\" only if every "
+     "filesystem stayed frozen throughout (else \"crash\", and says why); it prints the "
+     "freeze window, FIFREEZE to FITHAW.  While frozen it reads the free-space map "
+     "(GETFSMAP, ext4 and xfs) and releases the free chunks from the snapshot, so they are "
+     "never copied: only when one volume is snapshotted, exactly one frozen filesystem's "
+     "device has the volume's size, and that device's first 64 KiB equal the volume's "
+     "(its filesystem sits on the volume at offset 0, as with nbdfuse and a loop device).",
+     snapshot_options, 2, CLI_MAX_POS, cli_run_snapshot},
+    {"freeze", "VOL... [--lease DURATION] [--max DURATION] [-- CMD [ARGS...]]",
+     "hold the writes of volumes (block-level freeze)",
+     "Freeze the volumes VOL... on the running server: new writes are held (queued, never "
+     "failed), those in flight finish, data and metadata are synced and the volumes are "
+     "clean; reads go on.  With CMD, run it while frozen and thaw when it exits (the exit "
+     "status is CMD's).  Without, print what is frozen and hold the freeze until SIGINT or "
+     "SIGTERM, until 'snapvol thaw' ends it (then print \"thawed\" and exit 0), or until "
+     "the maximum.  The freeze is a lease renewed every third of --lease: if snapvol dies "
+     "(even by SIGKILL) the server thaws at once, if it stops (SIGSTOP, a hung machine) "
+     "the lease lapses.  Needs a running server.",
+     freeze_options, 1, CLI_MAX_POS, cli_run_freeze},
+    {"thaw", "VOL | --id N", "end block-level freezes",
+     "End every freeze of the volume VOL, or the freeze with id N, on the running server.  "
+     "Thawing a volume that is not frozen is an error.",
+     thaw_options, 0, 1, cli_run_thaw},
+    {"fsfreeze", "[--timeout DURATION] [--lease DURATION] MOUNTPOINT... -- CMD [ARGS...]",
+     "run a command with filesystems frozen",
+     "Freeze the filesystems mounted at each MOUNTPOINT (FIFREEZE; stacked ones, an image "
+     "file on one loop-mounted with another on it, top-down), run CMD, and thaw them "
+     "(bottom-up) when it exits, at the timeout, or if snapvol dies, is killed (even with "
+     "SIGKILL) or stops renewing its lease: a watchdog process in its own session, memory "
+     "locked, that writes to no filesystem, holds the freeze and thaws.  Exits with CMD's "
+     "status (128+N if a signal N killed it, 127 if it could not be run) and says on stderr "
+     "if the filesystems were thawed before CMD ended, and why.  A path that is not a mount "
+     "point, a filesystem that cannot be frozen or is already frozen are errors that leave "
+     "nothing frozen.",
+     fsfreeze_options, 2, CLI_MAX_POS, cli_run_fsfreeze},
+    {"diff", "VOL@FROM [VOL@TO | VOL]", "list the extents changed between snapshots",
+     "List the extents of the volume that changed between the snapshot VOL@FROM and the "
+     "newer snapshot VOL@TO, or the live volume (VOL, the default): runs of whole chunks, "
+     "as offset, length and end in bytes, then the totals.  With --json, one object: "
+     "\"extents\" as [offset, length] pairs, \"changed_bytes\", \"extent_count\", \"size\", "
+     "\"chunk_size\".  What is reported is complete even after a crash or power loss: "
+     "nothing that changed is ever left out.",
+     NULL, 1, 2, cli_run_diff},
+    {"backup", "VOL@SNAP FILE [--since VOL@BASE] [--force]",
+     "back up a snapshot into a sparse raw image",
+     "Write the snapshot VOL@SNAP into FILE, a sparse raw image that qemu-img, losetup and "
+     "'snapvol restore' read: holes stay holes and only allocated data is read.  With --since "
+     "VOL@BASE, FILE must already hold a backup of VOL@BASE (for instance a copy of it): only "
+     "the extents that changed between the two snapshots are read and written into it, and no "
+     "other byte of the volume is read.  What FILE holds is recorded in FILE.snapvol.json; a "
+     "FILE that holds another volume or base is refused, and an interrupted update can be run "
+     "again.  Shows a progress bar on a terminal; --json prints progress lines on stderr and "
+     "a summary (bytes_read, changed_bytes, seconds...) on stdout.",
+     backup_options, 2, 2, cli_run_backup},
+    {"restore", "FILE VOL [--force]", "create a volume from a backup image",
+     "Create the volume VOL from FILE, a backup made by 'snapvol backup' (its size and chunk "
+     "size come from FILE.snapvol.json); only FILE's data is read and written.  An existing "
+     "VOL is refused unless --force, which overwrites its contents (same size).  A restore "
+     "that fails deletes the volume it created.",
+     restore_options, 2, 2, cli_run_restore},
+    {"send", "VOL@SNAP [--since VOL@BASE] > STREAM", "write a snapshot as a send stream",
+     "Write the snapshot VOL@SNAP to standard output as a send stream "
+     "(docs/send-stream.md): the whole snapshot, or with --since only what changed since "
+     "VOL@BASE.  Every record carries a CRC-32, and an incremental one the CRC-32 of the "
+     "base's bytes it replaces, so 'receive' refuses a stream for another base.  With "
+     "--json, progress lines and the summary go to stderr.",
+     send_options, 1, 1, cli_run_send},
+    {"receive", "VOL < STREAM", "apply a send stream",
+     "Read a send stream on standard input into the volume VOL.  A full stream creates VOL "
+     "(refused if it exists); an incremental one needs VOL to have the stream's base snapshot "
+     "with no change since.  Either way the stream's snapshot VOL@SNAP is created at the end.  "
+     "A stream that does not apply (bad magic or version, wrong size, wrong base, a corrupt "
+     "or truncated record) is refused and VOL is left as it was.  An interrupted receive "
+     "leaves the snapshot VOL@snapvol.receiving; the next receive into VOL undoes what it "
+     "wrote and starts over.",
+     NULL, 1, 1, cli_run_receive},
+    {"check", "[VOL] [--repair]", "verify a pool offline",
+     "Verify every volume of the pool (or VOL) while no server serves it: metadata "
+     "checksums and contents, the change journal, pre-image space against the records that "
+     "name it, objects that nothing names, and work a crash left pending (journal records "
+     "not yet checkpointed, an interrupted rollback).  Prints one line per finding: error, "
+     "warning or info.  With --repair, wasted pre-image space is punched, stray pre-image "
+     "objects are removed and pending work is finished; damaged metadata is only reported, "
+     "never guessed at.  Exits 1 if errors remain.  Refused while a server serves the pool.",
+     check_options, 0, 1, cli_run_check},
     {"status", "", "show the server's state",
      "Show the running server: pid, uptime, pool, sockets, NBD connections and volumes. "
      "Without a server, say so and list the volumes.",
@@ -112,13 +288,16 @@ static const struct cli_subcommand subcommands[] = {
     {"serve",
      "[--socket PATH] [--listen HOST:PORT]\n"
      "         [--threads N] [--min-block-size SIZE] [--max-connections N]\n"
-     "         [--no-sendfile]",
+     "         [--no-sendfile] [--tls-psk FILE] [--tls-certs DIR [--tls-verify-peer]]\n"
+     "         [--tls MODE] [--insecure] [--group NAME] [LIMITS]\n"
+     "         [--freeze-max DURATION]",
      "serve the pool over NBD",
      "Serve every volume of the pool over NBD (export name: the volume's name) on a "
      "unix socket, and optionally TCP, and answer control commands on the control "
      "socket.  Runs in the foreground and logs on stderr; SIGINT or SIGTERM stops it "
      "cleanly and removes its sockets.  The pool directory is created if it does not "
-     "exist.",
+     "exist.  NBD over TCP requires TLS (--tls-psk or --tls-certs) unless --insecure is "
+     "given.  A client that exceeds a limit is refused or disconnected, and logged.",
      serve_options, 0, 0, cli_run_serve},
     {"call", "COMMAND [ARGUMENTS]", "run any control command",
      "Run the control command COMMAND with ARGUMENTS, a JSON object (default {}), and print "
@@ -375,6 +554,12 @@ store_option(struct cli *cli, const struct cli_option *o, const char *value)
 					       CLI_MAX_LISTEN);
 		cli->listen[cli->nlisten++] = value;
 	}
+	if (o->id == OPT_FSFREEZE) {
+		if (cli->nfsfreeze == CLI_MAX_FSFREEZE)
+			return cli_usage_error(cli, "--fsfreeze given more than %d times",
+					       CLI_MAX_FSFREEZE);
+		cli->fsfreeze[cli->nfsfreeze++] = value;
+	}
 	if (o->id == OPT_VERBOSE)
 		sv_verbose++;
 	cli->val[o->id] = value ? value : "";
@@ -389,6 +574,10 @@ parse(int argc, char **argv, struct cli *cli)
 		const char *a = argv[i];
 		if (!only_pos && !strcmp(a, "--")) {
 			only_pos = true;
+			if (cli->sub) {
+				cli->dashdash = true;
+				cli->dashdash_pos = cli->npos;
+			}
 			continue;
 		}
 		if (!only_pos && a[0] == '-' && a[1] == '-') {

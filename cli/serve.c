@@ -12,14 +12,23 @@
  * then the NBD server (requests in flight finish and are answered, then
  * connections close and the socket files go), then the pool (volumes
  * synced, lock released).  The service manager sees exit status 0.
+ *
+ * TLS and access: a TCP listener without TLS is refused unless --insecure
+ * says so (the NBD layer refuses it too).  --tls sets the unix socket's
+ * mode: by default TLS is offered there when configured (local clients
+ * without keys keep working; the socket is 0600), and "require" makes it
+ * mandatory.  --group widens both sockets to 0660 with that group, after
+ * they are created 0600, so neither is ever wider than asked.
  */
 #include <errno.h>
+#include <grp.h>
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -75,6 +84,106 @@ check_hostport(const struct cli *cli, const char *hp)
 	return 0;
 }
 
+/* chgrp and chmod 0660 a socket file (--group). */
+static int
+widen_socket(const char *path, gid_t gid, const char *group)
+{
+	if (chown(path, (uid_t)-1, gid) == -1 || chmod(path, 0660) == -1)
+		return cli_fail("--group %s: %s: %s", group, path, strerror(errno));
+	sv_log_info("%s: mode 0660, group %s", path, group);
+	return 0;
+}
+
+static int
+parse_tls_mode(const struct cli *cli, const char *s, enum sv_nbd_tls *out)
+{
+	if (!strcmp(s, "off"))
+		*out = SV_NBD_TLS_OFF;
+	else if (!strcmp(s, "on"))
+		*out = SV_NBD_TLS_ON;
+	else if (!strcmp(s, "require"))
+		*out = SV_NBD_TLS_REQUIRE;
+	else
+		return cli_usage_error(cli, "--tls: '%s' is not off, on or require", s);
+	return 0;
+}
+
+/* The TLS, group and limit options into cfg; 0 or an exit status. */
+static int
+security_options(struct cli *cli, struct sv_nbd_config *cfg, gid_t *gid)
+{
+	uint64_t v;
+	int r;
+	cfg->tls_psk_file = cli->val[OPT_TLS_PSK];
+	cfg->tls_certs_dir = cli->val[OPT_TLS_CERTS];
+	if ((cfg->tls_psk_file && !*cfg->tls_psk_file) ||
+	    (cfg->tls_certs_dir && !*cfg->tls_certs_dir))
+		return cli_usage_error(cli, "--tls-psk, --tls-certs: empty path");
+	bool have_tls = cfg->tls_psk_file || cfg->tls_certs_dir;
+	cfg->tls_verify_peer = cli->val[OPT_TLS_VERIFY_PEER] != NULL;
+	if (cfg->tls_verify_peer && !cfg->tls_certs_dir)
+		return cli_usage_error(cli, "--tls-verify-peer needs --tls-certs");
+	cfg->tls_unix = have_tls ? SV_NBD_TLS_ON : SV_NBD_TLS_OFF;
+	if (cli->val[OPT_TLS] && (r = parse_tls_mode(cli, cli->val[OPT_TLS], &cfg->tls_unix)))
+		return r;
+	if (cfg->tls_unix != SV_NBD_TLS_OFF && !have_tls)
+		return cli_usage_error(cli, "--tls %s needs --tls-psk or --tls-certs",
+				       cli->val[OPT_TLS]);
+	if (cli->val[OPT_INSECURE])
+		cfg->tls_tcp = have_tls ? SV_NBD_TLS_ON : SV_NBD_TLS_OFF;
+	else
+		cfg->tls_tcp = SV_NBD_TLS_REQUIRE;
+	if (cli->nlisten && !have_tls && !cli->val[OPT_INSECURE])
+		return cli_usage_error(
+		    cli, "--listen: NBD over TCP requires TLS: give --tls-psk FILE or "
+			 "--tls-certs DIR, or --insecure to serve TCP without it");
+
+	if (cli->val[OPT_GROUP]) {
+		struct group *g = getgrnam(cli->val[OPT_GROUP]);
+		if (!g)
+			return cli_usage_error(cli, "--group: no group named '%s'",
+					       cli->val[OPT_GROUP]);
+		*gid = g->gr_gid;
+	}
+
+	if (cli->val[OPT_MAX_CONNS_PER_CLIENT]) {
+		if ((r = cli_parse_uint_opt(cli, OPT_MAX_CONNS_PER_CLIENT, 1, 65536, &v)))
+			return r;
+		cfg->max_conns_per_client = (unsigned)v;
+	}
+	if (cli->val[OPT_MAX_REQUEST]) {
+		if ((r = cli_parse_size_opt(cli, OPT_MAX_REQUEST, &v)))
+			return r;
+		if (v < 64 * 1024 || v > 1024 * 1024 * 1024)
+			return cli_usage_error(cli, "--max-request: %s is not from 64K to 1G",
+					       cli->val[OPT_MAX_REQUEST]);
+		cfg->max_request = (uint32_t)v;
+	}
+	if (cli->val[OPT_MAX_OPTION_LENGTH]) {
+		if ((r = cli_parse_size_opt(cli, OPT_MAX_OPTION_LENGTH, &v)))
+			return r;
+		if (v < 4096 + 64 || v > 16 * 1024 * 1024)
+			return cli_usage_error(
+			    cli, "--max-option-length: %s is not from 4160 bytes to 16M",
+			    cli->val[OPT_MAX_OPTION_LENGTH]);
+		cfg->max_option_len = (uint32_t)v;
+	}
+	if (cli->val[OPT_MAX_NAME_LENGTH]) {
+		if ((r = cli_parse_uint_opt(cli, OPT_MAX_NAME_LENGTH, 1, 4096, &v)))
+			return r;
+		cfg->max_name_len = (uint32_t)v;
+	}
+	if (cli->val[OPT_HANDSHAKE_TIMEOUT]) {
+		uint64_t ns;
+		if (sv_parse_duration(cli->val[OPT_HANDSHAKE_TIMEOUT], &ns) == -1)
+			return cli_usage_error(cli, "--handshake-timeout: %s", sv_last_error());
+		if (ns > UINT64_C(3600) * 1000000000u)
+			return cli_usage_error(cli, "--handshake-timeout: at most 1h");
+		cfg->handshake_timeout_s = (unsigned)((ns + 999999999u) / 1000000000u);
+	}
+	return 0;
+}
+
 int
 cli_run_serve(struct cli *cli)
 {
@@ -110,6 +219,21 @@ cli_run_serve(struct cli *cli)
 	for (unsigned i = 0; i < cli->nlisten; i++)
 		if ((r = check_hostport(cli, cli->listen[i])))
 			return r;
+	gid_t gid = (gid_t)-1;
+	if ((r = security_options(cli, &cfg, &gid)))
+		return r;
+	uint64_t freeze_max_ms = 0;
+	if (cli->val[OPT_SERVE_FREEZE_MAX]) {
+		uint64_t ns;
+		if (sv_parse_duration(cli->val[OPT_SERVE_FREEZE_MAX], &ns) == -1)
+			return cli_usage_error(cli, "--freeze-max: %s", sv_last_error());
+		freeze_max_ms = ns / 1000000u;
+		if (freeze_max_ms < SV_FREEZE_LEASE_MIN_MS ||
+		    freeze_max_ms > SV_FREEZE_MAX_LIMIT_MS)
+			return cli_usage_error(cli,
+					       "--freeze-max: %s is out of range (100ms to 1h)",
+					       cli->val[OPT_SERVE_FREEZE_MAX]);
+	}
 
 	char *nbd_path =
 	    cli->val[OPT_SOCKET] ? strdup(cli->val[OPT_SOCKET]) : cli_pool_file(cli, "nbd.sock");
@@ -149,6 +273,10 @@ cli_run_serve(struct cli *cli)
 		}
 		goto out;
 	}
+	if (freeze_max_ms && sv_freeze_set_default_max(pool, freeze_max_ms) == -1) {
+		cli_fail("%s", sv_last_error());
+		goto out;
+	}
 
 	if (sv_nbd_server_new(pool, &cfg, &nbd) == -1) {
 		cli_fail("%s", sv_last_error());
@@ -158,6 +286,8 @@ cli_run_serve(struct cli *cli)
 		cli_fail("%s", sv_last_error());
 		goto out;
 	}
+	if (gid != (gid_t)-1 && widen_socket(nbd_path, gid, cli->val[OPT_GROUP]))
+		goto out;
 	for (unsigned i = 0; i < cli->nlisten; i++) {
 		if (sv_nbd_listen_tcp(nbd, cli->listen[i]) == -1) {
 			cli_fail("%s", sv_last_error());
@@ -179,6 +309,8 @@ cli_run_serve(struct cli *cli)
 		cli_fail("%s", sv_last_error());
 		goto out;
 	}
+	if (gid != (gid_t)-1 && widen_socket(control_path, gid, cli->val[OPT_GROUP]))
+		goto out;
 	if (sv_nbd_start(nbd) == -1) {
 		cli_fail("%s", sv_last_error());
 		goto out;
@@ -188,8 +320,14 @@ cli_run_serve(struct cli *cli)
 		    (long)getpid());
 	log_unix_uri("NBD", nbd_path);
 	for (unsigned i = 0; i < cli->nlisten; i++)
-		sv_log_info("NBD on TCP %s; connect to nbd://%s/VOLUME", cli->listen[i],
-			    cli->listen[i]);
+		sv_log_info("NBD on TCP %s (TLS %s); connect to %s://%s/VOLUME", cli->listen[i],
+			    cfg.tls_tcp == SV_NBD_TLS_REQUIRE ? "required"
+			    : cfg.tls_tcp == SV_NBD_TLS_ON    ? "optional"
+							      : "off: --insecure",
+			    cfg.tls_tcp == SV_NBD_TLS_REQUIRE ? "nbds" : "nbd", cli->listen[i]);
+	if (cfg.tls_unix != SV_NBD_TLS_OFF)
+		sv_log_info("TLS on the unix socket: %s",
+			    cfg.tls_unix == SV_NBD_TLS_REQUIRE ? "required" : "optional");
 	sv_log_info("control on %s; stop with SIGINT or SIGTERM", control_path);
 
 	int sig;

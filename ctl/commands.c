@@ -67,12 +67,15 @@ enum arg_type {
 	ARG_SIZE,   /* a byte count: a non-negative integer, or a string "20G" */
 	ARG_UINT,   /* a non-negative integer */
 	ARG_BOOL,
-	ARG_STRINGS, /* a non-empty array of strings */
+	ARG_STRINGS,  /* a non-empty array of strings */
+	ARG_DURATION, /* milliseconds: an integer, or a string "500ms", "5s", "2m" */
+	ARG_RANGES,   /* an array of [offset, length] pairs of non-negative integers */
 };
 
 static const char *const arg_type_names[] = {
-    [ARG_STRING] = "string", [ARG_VOLUME] = "volume-name", [ARG_SIZE] = "size",
-    [ARG_UINT] = "uint",     [ARG_BOOL] = "bool",	   [ARG_STRINGS] = "string-array",
+    [ARG_STRING] = "string",	 [ARG_VOLUME] = "volume-name", [ARG_SIZE] = "size",
+    [ARG_UINT] = "uint",	 [ARG_BOOL] = "bool",	       [ARG_STRINGS] = "string-array",
+    [ARG_DURATION] = "duration", [ARG_RANGES] = "range-array",
 };
 
 struct arg_spec {
@@ -92,7 +95,7 @@ struct call {
 	const char *name; /* the command's wire name */
 	bool present[MAX_ARGS];
 	const char *str[MAX_ARGS]; /* ARG_STRING, ARG_VOLUME (borrowed from the JSON) */
-	json_t *list[MAX_ARGS];	   /* ARG_STRINGS (borrowed) */
+	json_t *list[MAX_ARGS];	   /* ARG_STRINGS, ARG_RANGES (borrowed) */
 	uint64_t num[MAX_ARGS];	   /* ARG_SIZE, ARG_UINT, ARG_BOOL */
 };
 
@@ -210,6 +213,46 @@ check_one(struct call *c, int i, json_t *v)
 		c->list[i] = v;
 		break;
 	}
+	case ARG_RANGES: {
+		size_t k;
+		json_t *e;
+		if (!json_is_array(v))
+			return sv_error(
+			    EINVAL,
+			    "argument '%s' of '%s' must be an array of [offset, length] "
+			    "pairs",
+			    a->name, cmdname);
+		json_array_foreach(v, k, e)
+		{
+			json_t *o = json_array_get(e, 0), *l = json_array_get(e, 1);
+			if (!json_is_array(e) || json_array_size(e) != 2 || !json_is_integer(o) ||
+			    !json_is_integer(l) || json_integer_value(o) < 0 ||
+			    json_integer_value(l) < 0)
+				return sv_error(EINVAL,
+						"argument '%s' of '%s': element %zu is not an "
+						"[offset, length] pair of non-negative integers",
+						a->name, cmdname, k);
+		}
+		c->list[i] = v;
+		break;
+	}
+	case ARG_DURATION:
+		if (json_is_string(v)) {
+			uint64_t ns;
+			if (sv_parse_duration(json_string_value(v), &ns) == -1) {
+				sv_error_prefix("argument '%s' of '%s'", a->name, cmdname);
+				return -1;
+			}
+			c->num[i] = ns / 1000000u;
+			break;
+		}
+		if (!json_is_integer(v) || json_integer_value(v) < 0)
+			return sv_error(EINVAL,
+					"argument '%s' of '%s' must be a number of milliseconds or "
+					"a duration string like \"5s\"",
+					a->name, cmdname);
+		c->num[i] = (uint64_t)json_integer_value(v);
+		break;
 	case ARG_BOOL:
 		if (!json_is_boolean(v))
 			return sv_error(EINVAL, "argument '%s' of '%s' must be true or false",
@@ -461,6 +504,8 @@ static const struct arg_spec snapshot_create_args[] = {
      "\"VOLUME@SNAPSHOT\" names, taken at one instant (a consistency group)"},
     {"consistency", ARG_STRING, false,
      "\"crash\" (default) or \"frozen\" (the caller froze the filesystem on top)"},
+    {"quiesce", ARG_BOOL, false,
+     "hold the volumes' writes (a block-level freeze) around the instant; default false"},
     {NULL},
 };
 
@@ -475,7 +520,8 @@ cmd_snapshot_create_run(struct call *c)
 	for (size_t i = 0; i < n; i++)
 		specs[i] = json_string_value(json_array_get(list, i));
 	uint64_t t0 = sv_now_ns();
-	int r = sv_snapshot_create(c->ctx->pool, specs, n, arg_str(c, "consistency"));
+	unsigned flags = arg_num(c, "quiesce", 0) ? SV_SNAP_QUIESCE : 0;
+	int r = sv_snapshot_create_ex(c->ctx->pool, specs, n, arg_str(c, "consistency"), flags);
 	uint64_t t1 = sv_now_ns();
 	free(specs);
 	if (r == -1)
@@ -548,10 +594,359 @@ static const struct command cmd_snapshot_rollback = {
     cmd_snapshot_rollback_run,
 };
 
+static const struct arg_spec snapshot_set_args[] = {
+    {"snapshot", ARG_STRING, true, "\"VOLUME@SNAPSHOT\""},
+    {"consistency", ARG_STRING, true, "\"crash\" or \"frozen\""},
+    {NULL},
+};
+
+static json_t *
+cmd_snapshot_set_run(struct call *c)
+{
+	char vol[SV_NAME_MAX + 1], snap[SV_NAME_MAX + 1];
+	if (split_snapshot(arg_str(c, "snapshot"), vol, snap) == -1 ||
+	    sv_snapshot_set_consistency(c->ctx->pool, vol, snap, arg_str(c, "consistency")) == -1)
+		return NULL;
+	return json_pack("{s:s, s:s}", "snapshot", arg_str(c, "snapshot"), "consistency",
+			 arg_str(c, "consistency"));
+}
+
+static const struct command cmd_snapshot_set = {
+    "Record a snapshot as crash- or filesystem-consistent (an fsfreeze agent upgrades it to "
+    "\"frozen\" once it knows the filesystem stayed frozen through the snapshot).",
+    snapshot_set_args,
+    cmd_snapshot_set_run,
+};
+
+/* Most ranges one snapshot-release takes (a line of them stays under the
+ * 1 MiB line limit); an agent with more sends several. */
+#define RELEASE_MAX_RANGES 20000u
+
+static const struct arg_spec snapshot_release_args[] = {
+    {"snapshot", ARG_STRING, true, "\"VOLUME@SNAPSHOT\""},
+    {"ranges", ARG_RANGES, true,
+     "[[offset, length], ...] in bytes, inside the volume, at most 20000: the whole chunks "
+     "inside them are released"},
+    {NULL},
+};
+
+static json_t *
+cmd_snapshot_release_run(struct call *c)
+{
+	const char *spec = arg_str(c, "snapshot");
+	json_t *ranges = c->list[arg_must(c, "ranges")];
+	size_t n = json_array_size(ranges);
+	char vol[SV_NAME_MAX + 1], snap[SV_NAME_MAX + 1];
+	if (split_snapshot(spec, vol, snap) == -1)
+		return NULL;
+	if (n > RELEASE_MAX_RANGES)
+		return sv_error(EINVAL, "%zu ranges in one call; at most %u", n,
+				RELEASE_MAX_RANGES),
+		       NULL;
+	struct sv_view *v;
+	if (sv_view_open(c->ctx->pool, spec, strlen(spec), &v) == -1)
+		return NULL;
+	uint64_t size = sv_view_size(v), cs = sv_view_chunk_size(v), whole = 0;
+	size_t k;
+	json_t *e;
+	/* Every range is checked before anything is released. */
+	json_array_foreach(ranges, k, e)
+	{
+		uint64_t off = (uint64_t)json_integer_value(json_array_get(e, 0));
+		uint64_t len = (uint64_t)json_integer_value(json_array_get(e, 1));
+		if (off > size || len > size - off) {
+			sv_view_close(v);
+			return sv_error(EINVAL,
+					"range %zu [%" PRIu64 ", %" PRIu64
+					"] is outside the volume "
+					"(%" PRIu64 " bytes)",
+					k, off, len, size),
+			       NULL;
+		}
+		uint64_t a = (off + cs - 1) / cs,
+			 z = off + len == size ? (size + cs - 1) / cs : (off + len) / cs;
+		whole += z > a ? (z - a) * cs : 0;
+	}
+	json_array_foreach(ranges, k, e)
+	{
+		uint64_t off = (uint64_t)json_integer_value(json_array_get(e, 0));
+		uint64_t end = off + (uint64_t)json_integer_value(json_array_get(e, 1));
+		/* In pieces that end on 1 GiB boundaries (chunk-aligned), so no
+		 * chunk is lost at a cut. */
+		while (off < end) {
+			uint64_t cut = (off / SV_CHUNK_MAX / 1024 + 1) * SV_CHUNK_MAX * 1024;
+			uint64_t piece_end = cut < end ? cut : end;
+			int err = 0;
+			if (sv_view_trim(v, (uint32_t)(piece_end - off), off, 0, &err) == -1) {
+				sv_view_close(v);
+				return sv_error(err,
+						"releasing [%" PRIu64 ", %" PRIu64 ") of %s: %s",
+						off, piece_end, spec, strerror(err)),
+				       NULL;
+			}
+			off = piece_end;
+		}
+	}
+	sv_view_close(v);
+	return json_pack("{s:s, s:I, s:I}", "snapshot", spec, "ranges", (json_int_t)n, "bytes",
+			 (json_int_t)whole);
+}
+
+static const struct command cmd_snapshot_release = {
+    "Release the whole chunks inside byte ranges of a snapshot (free at the snapshot point, "
+    "e.g. from the filesystem's free-space map, or already backed up): they read as zeros, "
+    "their pre-images are dropped where no other snapshot needs them, and they are never "
+    "copied again.",
+    snapshot_release_args,
+    cmd_snapshot_release_run,
+};
+
+/* ---- freeze ---- */
+
+/* A lease the holder renews every few seconds; the maximum ends it anyway. */
+#define FREEZE_DEFAULT_LEASE_MS 10000u
+
+static json_t *
+freeze_json(const struct sv_freeze_info *fi)
+{
+	json_t *vols = json_array();
+	for (size_t i = 0; i < fi->n_volumes; i++)
+		json_array_append_new(vols, json_string(fi->volumes[i]));
+	return json_pack(
+	    "{s:I, s:o, s:i, s:I, s:I, s:I, s:I, s:I, s:s}", "id", (json_int_t)fi->id, "volumes",
+	    vols, "holds", (int)fi->holds, "created_ms", (json_int_t)fi->created_ms, "lease_ms",
+	    (json_int_t)fi->lease_ms, "expires_ms", (json_int_t)fi->expires_in_ms, "max_ms",
+	    (json_int_t)fi->max_in_ms, "until_ms", (json_int_t)fi->ends_ms, "holder", fi->holder);
+}
+
+static json_t *
+freezes_json(struct sv_pool *pool)
+{
+	struct sv_freeze_info *fi;
+	size_t n;
+	if (sv_freeze_list(pool, &fi, &n) == -1)
+		return NULL;
+	json_t *arr = json_array();
+	for (size_t i = 0; i < n; i++)
+		json_array_append_new(arr, freeze_json(&fi[i]));
+	free(fi);
+	return arr;
+}
+
+static const struct arg_spec freeze_args[] = {
+    {"names", ARG_STRINGS, true, "the volumes to freeze together"},
+    {"lease", ARG_DURATION, false,
+     "ms or \"5s\": the freeze ends unless renewed (heartbeat) within this time; 100 ms to the "
+     "maximum (default 10 s, or the maximum if shorter)"},
+    {"max", ARG_DURATION, false,
+     "ms or \"60s\": the freeze ends this long after it began whatever happens; at most 1 h "
+     "(default: serve --freeze-max, 60 s)"},
+    {NULL},
+};
+
+static json_t *
+cmd_freeze_run(struct call *c)
+{
+	struct sv_ctl_session *ses = c->ctx->session;
+	if (!ses)
+		return sv_error(ENOTCONN,
+				"a freeze is held by a running server; start `snapvol serve`"),
+		       NULL;
+	json_t *list = c->list[arg_must(c, "names")];
+	size_t n = json_array_size(list);
+	const char *names[SV_FREEZE_MAX_VOLUMES];
+	if (n > SV_FREEZE_MAX_VOLUMES)
+		return sv_error(EINVAL, "at most %u volumes in one freeze", SV_FREEZE_MAX_VOLUMES),
+		       NULL;
+	for (size_t i = 0; i < n; i++)
+		names[i] = json_string_value(json_array_get(list, i));
+	uint64_t max = arg_num(c, "max", 0);
+	uint64_t lease = arg_num(c, "lease", 0);
+	int li = arg_must(c, "lease");
+	if (!c->present[li]) {
+		lease = FREEZE_DEFAULT_LEASE_MS;
+		if (max && max < lease)
+			lease = max;
+	}
+	uint64_t id;
+	if (sv_freeze_begin(c->ctx->pool, names, n, lease, max, &id) == -1)
+		return NULL;
+	char holder[SV_FREEZE_HOLDER_MAX];
+	snprintf(holder, sizeof holder, "pid %d (uid %u, control connection)", ses->pid, ses->uid);
+	struct sv_freeze_info fi;
+	if (sv_freeze_set_holder(c->ctx->pool, id, holder) == -1 ||
+	    sv_ctl_session_hold_freeze(ses, id) == -1 ||
+	    sv_freeze_get(c->ctx->pool, id, &fi) == -1) {
+		int e = sv_last_errno();
+		sv_freeze_end(c->ctx->pool, id);
+		return sv_error(e ? e : ENOMEM, "the freeze could not be recorded; thawed"), NULL;
+	}
+	return freeze_json(&fi);
+}
+
+static const struct command cmd_freeze = {
+    "Block-level freeze of one or more volumes: writes are held (queued, never failed), those "
+    "in flight finish, data and metadata are synced; reads go on.  A lease: it ends at thaw, "
+    "when not renewed in time, when this control connection closes, or at the maximum.",
+    freeze_args,
+    cmd_freeze_run,
+};
+
+static const struct arg_spec heartbeat_args[] = {
+    {"id", ARG_UINT, true, "the freeze's id"},
+    {NULL},
+};
+
+static json_t *
+cmd_heartbeat_run(struct call *c)
+{
+	uint64_t id = arg_num(c, "id", 0);
+	struct sv_freeze_info fi;
+	if (sv_freeze_renew(c->ctx->pool, id) == -1 || sv_freeze_get(c->ctx->pool, id, &fi) == -1)
+		return NULL;
+	return json_pack("{s:I, s:I, s:I}", "id", (json_int_t)id, "expires_ms",
+			 (json_int_t)fi.expires_in_ms, "max_ms", (json_int_t)fi.max_in_ms);
+}
+
+static const struct command cmd_heartbeat = {
+    "Renew a freeze's lease (ENOENT once it has ended, saying why).",
+    heartbeat_args,
+    cmd_heartbeat_run,
+};
+
+static const struct arg_spec thaw_args[] = {
+    {"id", ARG_UINT, false, "end this freeze"},
+    {"name", ARG_VOLUME, false, "end every freeze of this volume"},
+    {NULL},
+};
+
+static json_t *
+cmd_thaw_run(struct call *c)
+{
+	bool has_id = c->present[arg_must(c, "id")];
+	const char *name = arg_str(c, "name");
+	if (has_id == (name != NULL))
+		return sv_error(EINVAL,
+				"thaw takes either \"id\" (a freeze) or \"name\" (a volume)"),
+		       NULL;
+	if (has_id) {
+		uint64_t id = arg_num(c, "id", 0);
+		if (sv_freeze_end(c->ctx->pool, id) == -1)
+			return NULL;
+		return json_pack("{s:I}", "thawed", (json_int_t)1);
+	}
+	unsigned k;
+	if (sv_freeze_thaw_volume(c->ctx->pool, name, &k) == -1)
+		return NULL;
+	return json_pack("{s:I}", "thawed", (json_int_t)k);
+}
+
+static const struct command cmd_thaw = {
+    "End a freeze by its id, or every freeze of a volume by its name.",
+    thaw_args,
+    cmd_thaw_run,
+};
+
 static const struct command cmd_info = {
     "One volume's properties.",
     name_arg,
     cmd_info_run,
+};
+
+/* ---- change tracking ---- */
+
+/* A diff reply line stays far under the 1 MiB line limit: an extent is at
+ * most 2 x 20 digits and 4 bytes of JSON. */
+#define DIFF_MAX_EXTENTS     16384u
+#define DIFF_DEFAULT_EXTENTS 16384u
+
+static const struct arg_spec diff_args[] = {
+    {"from", ARG_STRING, true, "\"VOLUME@SNAPSHOT\": changes since this snapshot"},
+    {"to", ARG_STRING, false,
+     "\"VOLUME@SNAPSHOT\" (a newer snapshot) or \"VOLUME\" (the live volume, the default)"},
+    {"offset", ARG_SIZE, false, "where to start, in bytes (default 0)"},
+    {"length", ARG_SIZE, false, "how many bytes to look at (default: to the end)"},
+    {"max_extents", ARG_UINT, false, "most extents in one reply, 1-16384 (default 16384)"},
+    {NULL},
+};
+
+struct diff_page {
+	json_t *extents;
+	size_t n, max;
+	uint64_t bytes;
+	uint64_t next; /* where the run that did not fit starts */
+	bool more;
+};
+
+static int
+diff_page_add(void *opaque, uint64_t off, uint64_t len)
+{
+	struct diff_page *p = opaque;
+	if (p->n == p->max) {
+		p->next = off;
+		p->more = true;
+		return 1;
+	}
+	json_t *e = json_array();
+	json_array_append_new(e, json_integer((json_int_t)off));
+	json_array_append_new(e, json_integer((json_int_t)len));
+	json_array_append_new(p->extents, e);
+	p->n++;
+	p->bytes += len;
+	return 0;
+}
+
+static json_t *
+cmd_diff_run(struct call *c)
+{
+	char vol[SV_NAME_MAX + 1], from[SV_NAME_MAX + 1], tvol[SV_NAME_MAX + 1],
+	    to[SV_NAME_MAX + 1] = "";
+	const char *tspec = arg_str(c, "to");
+	bool has_to = false;
+	if (split_snapshot(arg_str(c, "from"), vol, from) == -1)
+		return NULL;
+	if (tspec) {
+		if (sv_split_export_name(tspec, strlen(tspec), tvol, to, &has_to) == -1)
+			return NULL;
+		if (strcmp(tvol, vol))
+			return sv_error(EINVAL, "'%s' and '%s' are of different volumes",
+					arg_str(c, "from"), tspec),
+			       NULL;
+		if (!has_to)
+			to[0] = '\0';
+	}
+	uint64_t max = arg_num(c, "max_extents", DIFF_DEFAULT_EXTENTS);
+	if (max < 1 || max > DIFF_MAX_EXTENTS)
+		return sv_error(EINVAL, "max_extents must be from 1 to %u", DIFF_MAX_EXTENTS), NULL;
+	struct sv_volume_info vi;
+	if (sv_volume_info(c->ctx->pool, vol, &vi) == -1)
+		return NULL;
+	uint64_t off = arg_num(c, "offset", 0);
+	if (off > vi.size)
+		return sv_error(EINVAL,
+				"offset %" PRIu64 " is past the end of %s (%" PRIu64 " bytes)", off,
+				vol, vi.size),
+		       NULL;
+	uint64_t len = arg_num(c, "length", vi.size - off);
+	if (len > vi.size - off)
+		len = vi.size - off;
+	struct diff_page p = {.extents = json_array(), .max = (size_t)max};
+	int r = sv_volume_diff(c->ctx->pool, vol, from, to, off, len, diff_page_add, &p);
+	if (r == -1) {
+		json_decref(p.extents);
+		return NULL;
+	}
+	return json_pack("{s:o, s:o, s:I, s:I, s:I}", "extents", p.extents, "next",
+			 p.more ? json_integer((json_int_t)p.next) : json_null(), "changed_bytes",
+			 (json_int_t)p.bytes, "size", (json_int_t)vi.size, "chunk_size",
+			 (json_int_t)vi.chunk_size);
+}
+
+static const struct command cmd_diff = {
+    "Extents that changed between two snapshots of a volume, or since a snapshot: "
+    "[offset, length] runs of whole chunks, paged (\"next\" is where to continue, or null).",
+    diff_args,
+    cmd_diff_run,
 };
 
 static json_t *
@@ -583,14 +978,20 @@ cmd_status_run(struct call *c)
 	json_t *vols = volumes_json(ctx->pool);
 	if (!vols)
 		return NULL;
+	json_t *freezes = freezes_json(ctx->pool);
+	if (!freezes) {
+		json_decref(vols);
+		return NULL;
+	}
 	if (!ctx->nbd)
-		return json_pack("{s:b, s:s, s:s, s:o}", "running", 0, "message",
+		return json_pack("{s:b, s:s, s:s, s:o, s:o}", "running", 0, "message",
 				 "no server running", "pool", sv_pool_describe(ctx->pool),
-				 "volumes", vols);
+				 "volumes", vols, "freezes", freezes);
 
 	json_t *conns = connections_json(ctx->nbd);
 	if (!conns) {
 		json_decref(vols);
+		json_decref(freezes);
 		return NULL;
 	}
 	json_t *tcp = json_array();
@@ -598,12 +999,12 @@ cmd_status_run(struct call *c)
 		json_array_append_new(tcp, json_string(ctx->nbd_tcp[i]));
 	uint64_t up = ctx->started_ns ? (sv_now_ns() - ctx->started_ns) / 1000000000u : 0;
 	return json_pack(
-	    "{s:b, s:s, s:i, s:I, s:I, s:s, s:o, s:o, s:o, s:o, s:o}", "running", 1, "version",
+	    "{s:b, s:s, s:i, s:I, s:I, s:s, s:o, s:o, s:o, s:o, s:o, s:o}", "running", 1, "version",
 	    SNAPVOL_VERSION, "pid", (int)getpid(), "started", (json_int_t)ctx->started, "uptime",
 	    (json_int_t)up, "pool", sv_pool_describe(ctx->pool), "nbd_socket",
 	    ctx->nbd_socket ? json_string(ctx->nbd_socket) : json_null(), "nbd_tcp", tcp,
 	    "control_socket", ctx->control_socket ? json_string(ctx->control_socket) : json_null(),
-	    "connections", conns, "volumes", vols);
+	    "connections", conns, "volumes", vols, "freezes", freezes);
 }
 
 static const struct command cmd_status = {
@@ -611,6 +1012,47 @@ static const struct command cmd_status = {
     "server: \"running\": false and the volumes.",
     no_args,
     cmd_status_run,
+};
+
+static const struct arg_spec pool_check_args[] = {
+    {"name", ARG_VOLUME, false, "one volume (default: all)"},
+    {"repair", ARG_BOOL, false, "fix what can be fixed safely (default false)"},
+    {NULL},
+};
+
+static void
+check_finding(void *opaque, const struct sv_check_finding *f)
+{
+	json_array_append_new(opaque,
+			      json_pack("{s:s, s:s, s:s, s:b}", "volume", f->volume, "severity",
+					f->severity, "what", f->what, "repaired", f->repaired));
+}
+
+static json_t *
+cmd_check_run(struct call *c)
+{
+	/* A server's volumes change under any check: refuse rather than
+	 * report what a concurrent write did as damage. */
+	if (c->ctx->nbd)
+		return sv_error(EBUSY, "check works on a pool no server is serving: stop the "
+				       "server first"),
+		       NULL;
+	json_t *findings = json_array();
+	int errors = sv_pool_check(c->ctx->pool, arg_str(c, "name"), arg_num(c, "repair", 0),
+				   check_finding, findings);
+	if (errors < 0) {
+		json_decref(findings);
+		return NULL;
+	}
+	return json_pack("{s:o, s:i}", "findings", findings, "errors", errors);
+}
+
+static const struct command cmd_check = {
+    "Verify a pool offline: metadata checksums and contents, the journal, pre-image space "
+    "against the records, objects nothing names, work a crash left pending.  With repair, fix "
+    "what is safe; damaged metadata is only reported.  Refused while a server serves the pool.",
+    pool_check_args,
+    cmd_check_run,
 };
 
 /* The table: X(identifier, wire name); the row is the struct cmd_<identifier>.
@@ -627,7 +1069,14 @@ static const struct command cmd_status = {
 	X(snapshot_create, "snapshot-create")                                                      \
 	X(snapshot_list, "snapshot-list")                                                          \
 	X(snapshot_delete, "snapshot-delete")                                                      \
-	X(snapshot_rollback, "snapshot-rollback")
+	X(snapshot_rollback, "snapshot-rollback")                                                  \
+	X(snapshot_set, "snapshot-set")                                                            \
+	X(snapshot_release, "snapshot-release")                                                    \
+	X(freeze, "freeze")                                                                        \
+	X(heartbeat, "heartbeat")                                                                  \
+	X(thaw, "thaw")                                                                            \
+	X(diff, "diff")                                                                            \
+	X(check, "check")
 
 #define ROW(id, name)  &cmd_##id,
 #define NAME(id, name) name,

@@ -7,6 +7,8 @@
 #define SV_CTL_PRIVATE_H
 
 #include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
 
 /* Version of the wire protocol, sent in the greeting.  Bumped only when an
  * old client would misread a new server; new commands do not bump it. */
@@ -27,5 +29,16 @@ json_t *sv_ctl_error_reply(const char *cls, int errnum, const char *desc);
 
 /* The name of an errno value ("ENOENT"), or "GenericError". */
 const char *sv_ctl_errno_class(int errnum);
+
+/* A control connection (ctl-server.c): who is on the other end, and what it
+ * holds.  Used only by that connection's thread. */
+struct sv_ctl_session {
+	int pid; /* SO_PEERCRED; 0 if unknown */
+	unsigned uid;
+	uint64_t *freezes; /* ids of freezes taken on this connection */
+	size_t n_freezes, cap_freezes;
+};
+/* Remember a freeze to end when the connection closes; -1 on ENOMEM. */
+int sv_ctl_session_hold_freeze(struct sv_ctl_session *s, uint64_t id);
 
 #endif

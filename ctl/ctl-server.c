@@ -19,7 +19,15 @@
  * Commands run one at a time, under cmd_lock: the engine is thread-safe,
  * but commands that read and then act (later: snapshot a consistency group,
  * freeze then snapshot) are simpler to reason about when no other command
- * interleaves, and control commands are short.
+ * interleaves, and control commands are short.  Except "heartbeat" and
+ * "thaw": a lease must not lapse, nor a thaw wait, because another client's
+ * snapshot is syncing a large volume; they run at once.
+ *
+ * Sessions (DESIGN invariant 7): each connection has its own copy of the
+ * context with a session: the peer's pid and uid (SO_PEERCRED) and the
+ * freezes taken on it.  When the connection closes (the holder exited, was
+ * killed, or dropped it), its freezes end at once: a killed `snapvol
+ * freeze` thaws within the time the kernel takes to close its socket.
  *
  * The socket file is created with mode 0600 before listen(2), so nobody can
  * connect through a more permissive window; a stale socket file left by a
@@ -29,6 +37,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -54,6 +63,8 @@
 struct client {
 	struct client *next;
 	struct sv_ctl_server *srv;
+	struct sv_ctl_context ctx; /* srv->ctx with this connection's session */
+	struct sv_ctl_session session;
 	pthread_t thread;
 	int fd;	   /* -1 once the thread has closed it; guarded by srv->lock */
 	bool done; /* the thread has finished and may be joined; guarded by srv->lock */
@@ -141,9 +152,17 @@ json_error_reply(const char *fmt, ...)
 }
 
 /* The reply to one line (without its newline), or NULL for a blank line. */
-static json_t *
-handle_line(struct sv_ctl_server *srv, const char *line, size_t len)
+/* Commands that must not wait behind others (see the top of the file). */
+static bool
+runs_unlocked(const char *command)
 {
+	return !strcmp(command, "heartbeat") || !strcmp(command, "thaw");
+}
+
+static json_t *
+handle_line(struct client *cl, const char *line, size_t len)
+{
+	struct sv_ctl_server *srv = cl->srv;
 	while (len > 0 && (line[len - 1] == '\r' || line[len - 1] == ' ' || line[len - 1] == '\t'))
 		len--;
 	size_t start = 0;
@@ -184,15 +203,52 @@ handle_line(struct sv_ctl_server *srv, const char *line, size_t len)
 		reply = json_error_reply("\"execute\" must be a string");
 	if (!reply && args && !json_is_object(args) && !json_is_null(args))
 		reply = json_error_reply("\"arguments\" must be a JSON object");
-	if (!reply) {
+	if (!reply && runs_unlocked(json_string_value(exec))) {
+		sv_log_debug("control: %s", json_string_value(exec));
+		reply = sv_ctl_execute(&cl->ctx, json_string_value(exec), args);
+	} else if (!reply) {
 		SV_LOCK_SCOPE(&srv->cmd_lock);
 		sv_log_debug("control: %s", json_string_value(exec));
-		reply = sv_ctl_execute(srv->ctx, json_string_value(exec), args);
+		reply = sv_ctl_execute(&cl->ctx, json_string_value(exec), args);
 	}
 	if (id)
 		json_object_set(reply, "id", id);
 	json_decref(req);
 	return reply;
+}
+
+/* ---- sessions ---- */
+
+int
+sv_ctl_session_hold_freeze(struct sv_ctl_session *s, uint64_t id)
+{
+	if (s->n_freezes == s->cap_freezes) {
+		size_t cap = s->cap_freezes ? 2 * s->cap_freezes : 4;
+		uint64_t *a = realloc(s->freezes, cap * sizeof *a);
+		if (!a)
+			return -1;
+		s->freezes = a;
+		s->cap_freezes = cap;
+	}
+	s->freezes[s->n_freezes++] = id;
+	return 0;
+}
+
+/* The connection is gone: what it held ends now. */
+static void
+end_session(struct client *c)
+{
+	struct sv_ctl_session *s = &c->session;
+	for (size_t i = 0; i < s->n_freezes; i++) {
+		/* Those already thawed or lapsed answer ENOENT: nothing to do. */
+		if (sv_freeze_end(c->ctx.pool, s->freezes[i]) == 0)
+			sv_log_warn("control connection of pid %d closed: freeze %" PRIu64
+				    " thawed",
+				    s->pid, s->freezes[i]);
+	}
+	free(s->freezes);
+	s->freezes = NULL;
+	s->n_freezes = s->cap_freezes = 0;
 }
 
 /* ---- a client ---- */
@@ -229,7 +285,7 @@ serve_client(struct client *c)
 		char *nl;
 		while ((nl = memchr(buf + scan, '\n', len - scan))) {
 			size_t end = (size_t)(nl - buf);
-			json_t *reply = handle_line(srv, buf + begin, end - begin);
+			json_t *reply = handle_line(c, buf + begin, end - begin);
 			if (reply && send_json(fd, reply) == -1)
 				goto out;
 			begin = scan = end + 1;
@@ -249,6 +305,7 @@ serve_client(struct client *c)
 	}
 out:
 	free(buf);
+	end_session(c);
 	SV_LOCK_SCOPE(&srv->lock);
 	close(c->fd);
 	c->fd = -1;
@@ -314,6 +371,14 @@ accept_one(struct sv_ctl_server *srv)
 	}
 	c->srv = srv;
 	c->fd = fd;
+	c->ctx = *srv->ctx;
+	c->ctx.session = &c->session;
+	struct ucred cred;
+	socklen_t cl = sizeof cred;
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) == 0) {
+		c->session.pid = (int)cred.pid;
+		c->session.uid = (unsigned)cred.uid;
+	}
 	{
 		SV_LOCK_SCOPE(&srv->lock);
 		if (srv->n_clients >= SV_CTL_MAX_CLIENTS) {

@@ -38,6 +38,10 @@ struct sv_ctl_context {
 	const char *control_socket; /* path, or NULL */
 	uint64_t started;	    /* server start, seconds since the Unix epoch */
 	uint64_t started_ns;	    /* the same, sv_now_ns() (for the uptime) */
+	/* The control connection the command came on (ctl-server.c gives each
+	 * its own copy of the context); NULL when the CLI runs it directly.
+	 * What a session holds (freezes) ends when its connection closes. */
+	struct sv_ctl_session *session;
 };
 
 /* Run one command; always returns a new reply object ({"return":..} or

@@ -33,6 +33,16 @@
  *      then re-check: a failed copy is retried by whoever comes next.
  *   4. Only then is the origin written (DESIGN invariant 1).
  *
+ * Bit-only records: a chunk every snapshot that would read its pre-image
+ * has released (a trim on the snapshot's export, snapshot.c) needs no copy,
+ * but a write to it must still show in every diff (DESIGN invariant 8).
+ * Such chunks are in the current epoch's bitonly set: their first write
+ * goes through steps 1-3 like a copy but copies no data, so changed[E]
+ * gets the bit, durably, before the origin is written, and the pre-image
+ * stays a hole.  Nobody reads that hole: every snapshot that would read
+ * epoch E for the chunk released it and reads zeros before looking at the
+ * epochs, and snapshots taken later never read E.
+ *
  * Deadlock freedom (invariant 4): a writer claims chunks in ascending order
  * and finishes its own copies before it waits for anyone else's, so no
  * writer ever holds a claim while waiting: there is no cycle to form.
@@ -119,6 +129,8 @@ sv_epoch_free(struct sv_volume *vol, struct sv_epoch *ep)
 		roaring_bitmap_free(ep->changed);
 	if (ep->nocopy)
 		roaring_bitmap_free(ep->nocopy);
+	if (ep->bitonly)
+		roaring_bitmap_free(ep->bitonly);
 	free(ep);
 }
 
@@ -140,6 +152,9 @@ sv_epoch_retire(struct sv_volume *vol, struct sv_epoch *ep)
 	if (ep->nocopy)
 		roaring_bitmap_free(ep->nocopy);
 	ep->nocopy = NULL;
+	if (ep->bitonly)
+		roaring_bitmap_free(ep->bitonly);
+	ep->bitonly = NULL;
 	ep->grave_next = vol->graveyard;
 	vol->graveyard = ep;
 }
@@ -177,6 +192,13 @@ no_copy_needed_locked(struct sv_epoch *ep, uint64_t c)
 	return roaring_bitmap_contains(ep->nocopy ? ep->nocopy : ep->changed, (uint32_t)c);
 }
 
+/* A released chunk no snapshot reads from here: record, do not copy. */
+static inline bool
+bit_only_locked(struct sv_epoch *ep, uint64_t c)
+{
+	return ep->bitonly && roaring_bitmap_contains(ep->bitonly, (uint32_t)c);
+}
+
 static struct sv_epoch *
 previous_epoch_locked(struct sv_volume *vol, struct sv_epoch *ep)
 {
@@ -187,15 +209,18 @@ previous_epoch_locked(struct sv_volume *vol, struct sv_epoch *ep)
 	return NULL;
 }
 
-/* Copy runs of chunks into ep's pre-image object and commit them. */
+/* Copy runs of chunks into ep's pre-image object and commit them; runs
+ * with nodata set are only recorded (bit-only records, see bitonly). */
 static int
-copy_runs(struct sv_volume *vol, struct sv_epoch *ep, const struct sv_jrec *runs, size_t n,
-	  int *err)
+copy_runs(struct sv_volume *vol, struct sv_epoch *ep, const struct sv_jrec *runs,
+	  const bool *nodata, size_t n, int *err)
 {
 	struct sv_obj *pre = NULL;
 	char *buf = NULL;
 	uint64_t copied = 0, holes = 0;
 	for (size_t r = 0; r < n; r++) {
+		if (nodata[r])
+			continue;
 		uint64_t off = (uint64_t)runs[r].first << vol->chunk_shift;
 		uint64_t end = (uint64_t)(runs[r].first + runs[r].count) << vol->chunk_shift;
 		if (end > vol->size)
@@ -262,13 +287,19 @@ fail:
 }
 
 int
-sv_cow_write_begin(struct sv_volume *vol, uint64_t off, uint64_t len, bool gated,
+sv_cow_write_begin(struct sv_volume *vol, uint64_t off, uint64_t len, int gate,
 		   struct sv_write_ticket *t, int *err)
 {
 	SV_LOCK_SCOPE(&vol->cow_lock);
-	while (gated && vol->gate_closed)
+	/* The freeze gate (freeze.c): held writes wait here, before they are
+	 * stamped, so a freeze need only wait for the stamped ones. */
+	if (gate == SV_GATE_TRY && vol->gate_holds) {
+		*err = EAGAIN;
+		return -1;
+	}
+	while (gate != SV_GATE_NONE && vol->gate_holds)
 		pthread_cond_wait(&vol->cow_cond, &vol->cow_lock);
-	if (gated && vol->rollback_to[0]) {
+	if (gate != SV_GATE_NONE && vol->rollback_to[0]) {
 		/* A rollback failed half-way and stays recorded: the next open
 		 * finishes it, over anything written meanwhile.  Refuse writes
 		 * until a rollback succeeds, rather than lose them. */
@@ -294,6 +325,7 @@ sv_cow_write_begin(struct sv_volume *vol, uint64_t off, uint64_t len, bool gated
 			pthread_cond_wait(&vol->cow_cond, &vol->cow_lock);
 
 		struct sv_jrec runs[MAX_RUNS];
+		bool nodata[MAX_RUNS];
 		size_t nruns = 0;
 		bool others = false;
 		for (uint64_t c = first; c <= last && nruns < MAX_RUNS; c++) {
@@ -304,16 +336,19 @@ sv_cow_write_begin(struct sv_volume *vol, uint64_t off, uint64_t len, bool gated
 				continue;
 			}
 			uint64_t a = c;
+			bool bitonly = bit_only_locked(ep, c);
 			while (c + 1 <= last && !no_copy_needed_locked(ep, c + 1) &&
-			       !roaring_bitmap_contains(vol->inflight, (uint32_t)(c + 1)))
+			       !roaring_bitmap_contains(vol->inflight, (uint32_t)(c + 1)) &&
+			       bit_only_locked(ep, c + 1) == bitonly)
 				c++;
 			roaring_bitmap_add_range(vol->inflight, a, c + 1);
+			nodata[nruns] = bitonly;
 			runs[nruns++] = (struct sv_jrec){
 			    .ep = ep, .first = (uint32_t)a, .count = (uint32_t)(c + 1 - a)};
 		}
 		if (nruns > 0) {
 			sv_unlock_or_abort(&vol->cow_lock);
-			int r = copy_runs(vol, ep, runs, nruns, err);
+			int r = copy_runs(vol, ep, runs, nodata, nruns, err);
 			sv_lock_or_abort(&vol->cow_lock);
 			if (r == -1) {
 				for (size_t i = 0; i < nruns; i++)

@@ -101,6 +101,16 @@ struct sv_snapshot_info {
  * unless all are. */
 int sv_snapshot_create(struct sv_pool *pool, const char *const *specs, size_t n,
 		       const char *consistency);
+/* The same with flags: SV_SNAP_QUIESCE holds the group's writes (a
+ * block-level freeze: writes queued, those in flight drained) around the
+ * epoch switch, and releases them before the durability wait. */
+#define SV_SNAP_QUIESCE 0x1u
+int sv_snapshot_create_ex(struct sv_pool *pool, const char *const *specs, size_t n,
+			  const char *consistency, unsigned flags);
+/* Record a snapshot as "crash" or "frozen" (an fsfreeze agent upgrades it
+ * once it knows the filesystem stayed frozen through the switch). */
+int sv_snapshot_set_consistency(struct sv_pool *pool, const char *volume, const char *snap,
+				const char *consistency);
 /* Live snapshots of a volume, oldest first; *infos is malloc'd. */
 int sv_snapshot_list(struct sv_pool *pool, const char *volume, struct sv_snapshot_info **infos,
 		     size_t *n);
@@ -143,6 +153,9 @@ const char *sv_view_description(struct sv_view *v);
 #define SV_FUA	     0x1u /* durable before the call returns */
 #define SV_NO_HOLE   0x2u /* zero: leave the range allocated */
 #define SV_FAST_ZERO 0x4u /* zero: fail with ENOTSUP unless it is cheap */
+/* write/trim/zero: fail with EAGAIN instead of waiting while the volume's
+ * writes are held (a freeze, a rollback); nothing was done then. */
+#define SV_NOWAIT 0x8u
 
 /* Callers have checked off+len <= size and that the view is writable for
  * writes; the engine asserts it.  len may be 0 only where NBD allows it. */
@@ -165,6 +178,83 @@ int sv_view_cache(struct sv_view *v, uint32_t len, uint64_t off, int *err);
  * start, in order, merged, never past off+len; at least one if len > 0. */
 int sv_view_extents(struct sv_view *v, uint32_t len, uint64_t off, struct sv_extent *ext,
 		    size_t max, size_t *n, int *err);
+
+/* ---- freeze ---- */
+
+/* A block-level freeze of one or more volumes (the XFS sequence): new
+ * writes, trims and zeroings are held (queued, never failed), those in
+ * flight finish, origin and pre-images are synced, the change journal is
+ * checkpointed (the volume is clean: nothing to replay); the origin is
+ * synced first while writes still flow, so the hold is short.  Reads are
+ * never held.  Freezes nest: writes flow again when the last freeze of a volume
+ * ends.  Each freeze is a lease: it ends at sv_freeze_end, when it is not
+ * renewed within lease_ms, or max_ms after it began, whichever comes first
+ * (a reaper thread ends lapsed ones and logs it). */
+#define SV_FREEZE_LEASE_MIN_MS	 100u
+#define SV_FREEZE_MAX_LIMIT_MS	 (3600u * 1000u)
+#define SV_FREEZE_MAX_DEFAULT_MS (60u * 1000u)
+#define SV_FREEZE_MAX_VOLUMES	 32u
+#define SV_FREEZE_HOLDER_MAX	 96u
+
+/* lease_ms in [SV_FREEZE_LEASE_MIN_MS, max]; max_ms 0 = the pool's default
+ * (sv_freeze_set_default_max), at most SV_FREEZE_MAX_LIMIT_MS.  EINVAL
+ * (bounds, a volume twice), ENOENT, EBUSY (being rolled back) with a
+ * message; nothing stays frozen on failure. */
+int sv_freeze_begin(struct sv_pool *pool, const char *const *names, size_t n, uint64_t lease_ms,
+		    uint64_t max_ms, uint64_t *id);
+/* A free-form tag for listings: who holds it ("pid 1234"). */
+int sv_freeze_set_holder(struct sv_pool *pool, uint64_t id, const char *holder);
+/* Extend the lease by its length from now (never past the maximum).
+ * ENOENT "freeze N has ended (...)" once it ended, for whatever reason. */
+int sv_freeze_renew(struct sv_pool *pool, uint64_t id);
+int sv_freeze_end(struct sv_pool *pool, uint64_t id);
+/* End every freeze that covers the volume (a freeze of a group ends whole);
+ * *ended counts them.  ENOENT if the volume is not frozen. */
+int sv_freeze_thaw_volume(struct sv_pool *pool, const char *name, unsigned *ended);
+/* The default and bound for max_ms of later freezes (serve --freeze-max). */
+int sv_freeze_set_default_max(struct sv_pool *pool, uint64_t max_ms);
+
+struct sv_freeze_info {
+	uint64_t id;
+	size_t n_volumes;
+	char volumes[SV_FREEZE_MAX_VOLUMES][SV_NAME_MAX + 1];
+	unsigned holds;		/* freezes holding these volumes now (nesting; max over them) */
+	uint64_t created_ms;	/* Unix time in ms */
+	uint64_t lease_ms;	/* lease length */
+	uint64_t expires_in_ms; /* until the lease lapses unless renewed */
+	uint64_t max_in_ms;	/* until the hard maximum */
+	uint64_t ends_ms;	/* Unix time in ms when it ends unless renewed */
+	char holder[SV_FREEZE_HOLDER_MAX];
+};
+/* One freeze, or all (oldest first; *infos malloc'd). */
+int sv_freeze_get(struct sv_pool *pool, uint64_t id, struct sv_freeze_info *info);
+int sv_freeze_list(struct sv_pool *pool, struct sv_freeze_info **infos, size_t *n);
+
+/* ---- change tracking (diff.c) ---- */
+
+/* Chunks of VOLUME that changed between snapshot FROM and snapshot TO (TO NULL or "" = the live
+ * volume now), within [off, off+len): fn is called once per maximal run of changed chunks, in
+ * ascending order, clipped to the range, in bytes.  A nonzero return from fn stops the walk and is
+ * returned.  ENOENT (no such volume or snapshot), EINVAL (FROM not older than TO, invalid
+ * snapshot) with a message. */
+int sv_volume_diff(struct sv_pool *pool, const char *volume, const char *from, const char *to,
+		   uint64_t off, uint64_t len, int (*fn)(void *opaque, uint64_t off, uint64_t len),
+		   void *opaque);
+
+/* The NBD meta context qemu:dirty-bitmap:SNAP of a view: on the live
+ * volume's view, chunks changed since snapshot SNAP; on the view of snapshot
+ * B, chunks changed between SNAP and B (SNAP older than B).
+ * sv_view_dirty_check: 0 if the view has the context for SNAP (len bytes,
+ * from the network, validated here), else -1 with the last error set.
+ * sv_view_dirty_names: fn for every SNAP the view has a context for (the
+ * valid snapshots older than the view's), oldest first; stops at nonzero.
+ * sv_view_dirty_extents: like sv_view_extents, with ext[i].hole false for a
+ * run of changed ("dirty") chunks and true for an unchanged one; EINVAL if
+ * SNAP went away since it was checked. */
+int sv_view_dirty_check(struct sv_view *v, const char *snap, size_t len);
+int sv_view_dirty_names(struct sv_view *v, int (*fn)(void *opaque, const char *snap), void *opaque);
+int sv_view_dirty_extents(struct sv_view *v, const char *snap, uint32_t len, uint64_t off,
+			  struct sv_extent *ext, size_t max, size_t *n, int *err);
 
 /* For NBD_OPT_LIST: call fn for every export (volumes, and later snapshots). */
 int sv_pool_list_exports(struct sv_pool *pool,

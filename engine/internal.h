@@ -7,6 +7,8 @@
  *              -> vol->cow_lock   (sorted by volume name for groups)
  *              -> vol->journal.lock
  *
+ *   freezer->lock (freeze.c) -> vol->cow_lock   (listing freezes only)
+ *
  * pool->lock guards the list of open volumes and their reference counts.
  * admin_lock serialises snapshot create/delete/rollback and metadata
  * rewrites of one volume; it is held across syncs, never on the data path.
@@ -34,6 +36,12 @@ struct sv_epoch {
 	 * after that snapshot is deleted, the union of the epochs back to the
 	 * newest live one.  cow_lock. */
 	roaring_bitmap_t *nocopy;
+	/* Chunks whose first write in this epoch records its changed bit but
+	 * copies nothing: every snapshot that would read that pre-image
+	 * released the chunk (snapshot.c), so none reads it, but the write
+	 * must still show in every diff (DESIGN invariant 8).  Only the
+	 * current epoch has one; cow_lock; NULL when none. */
+	roaring_bitmap_t *bitonly;
 	/* The pre-image object, opened (created) on first need.  vol->pre_lock
 	 * for the pointer (never nested with cow_lock); the object itself is
 	 * thread-safe. */
@@ -113,7 +121,8 @@ struct sv_volume {
 	bool drop_when_full;	    /* full policy drop-snapshot (else fail-writes); cow_lock */
 	pthread_mutex_t meta_lock;  /* serialises rewrites of volume.meta */
 	roaring_bitmap_t *inflight; /* chunks being copied now; cow_lock */
-	bool gate_closed;	    /* writes held (rollback); cow_lock */
+	unsigned gate_holds;	    /* writes held while > 0 (freezes, rollback); cow_lock */
+	unsigned freezes;	    /* lease freezes (freeze.c) among gate_holds; cow_lock */
 	unsigned snap_readers;	    /* snapshot reads holding epoch pointers; cow_lock */
 	unsigned setting_up;	    /* snapshots being set up: new views wait; cow_lock */
 	char rollback_to[SV_NAME_MAX + 1]; /* persisted rollback in progress */
@@ -131,6 +140,7 @@ struct sv_pool {
 	 * against opening views, so a volume is never deleted under a client. */
 	pthread_mutex_t lock;
 	struct sv_volume *open;
+	struct sv_freezer *freezer; /* freeze leases and their reaper (freeze.c) */
 };
 
 /* meta.c: checksummed, versioned JSON blobs */
@@ -175,7 +185,12 @@ int sv_journal_checkpoint(struct sv_volume *vol);
 struct sv_write_ticket {
 	struct sv_epoch *ep;
 };
-int sv_cow_write_begin(struct sv_volume *vol, uint64_t off, uint64_t len, bool gated,
+/* gate: SV_GATE_NONE (rollback's own writes), SV_GATE_WAIT (wait while
+ * writes are held), SV_GATE_TRY (EAGAIN then). */
+#define SV_GATE_NONE 0
+#define SV_GATE_WAIT 1
+#define SV_GATE_TRY  2
+int sv_cow_write_begin(struct sv_volume *vol, uint64_t off, uint64_t len, int gate,
 		       struct sv_write_ticket *t, int *err);
 void sv_cow_write_end(struct sv_volume *vol, struct sv_write_ticket *t);
 int sv_cow_snap_pread(struct sv_volume *vol, struct sv_snap *s, void *buf, uint64_t len,
@@ -198,6 +213,20 @@ sv_current_epoch_locked(struct sv_volume *vol)
 {
 	return vol->epochs[vol->n_epochs - 1];
 }
+
+/* freeze.c */
+int sv_freezer_init(struct sv_pool *pool);
+/* End every freeze and stop the reaper (pool close, before the volumes). */
+void sv_freezer_shutdown(struct sv_pool *pool);
+/* The write gate; cow_lock held.  close: one more holder; open: one
+ * fewer (writes flow at 0); drain: wait until no write is in flight. */
+void sv_gate_close_locked(struct sv_volume *vol);
+void sv_gate_open_locked(struct sv_volume *vol);
+void sv_gate_drain_locked(struct sv_volume *vol);
+
+/* view.c: what a view is of (diff.c answers dirty-bitmap queries). */
+struct sv_volume *sv_view_volume(struct sv_view *v);
+struct sv_snap *sv_view_snap(struct sv_view *v); /* NULL: the live volume */
 
 /* snapshot.c */
 int sv_snap_state_load(struct sv_volume *vol, json_t *volmeta);

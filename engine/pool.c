@@ -51,6 +51,12 @@ sv_pool_open_store(struct sv_store *st, const char *spec, struct sv_pool **out)
 	pool->st = st;
 	pool->ops = ops;
 	pthread_mutex_init(&pool->lock, NULL);
+	if (sv_freezer_init(pool) == -1) {
+		pthread_mutex_destroy(&pool->lock);
+		free(pool);
+		ops->close(st);
+		return -1;
+	}
 	*out = pool;
 	return 0;
 }
@@ -60,6 +66,7 @@ sv_pool_close(struct sv_pool *pool)
 {
 	if (!pool)
 		return;
+	sv_freezer_shutdown(pool); /* thaws what is still frozen */
 	sv_lock_or_abort(&pool->lock);
 	sv_volume_close_all_locked(pool);
 	sv_unlock_or_abort(&pool->lock);

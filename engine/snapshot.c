@@ -298,6 +298,22 @@ unneeded_locked(struct sv_volume *vol, uint64_t j, const roaring_bitmap_t *r)
 	return out;
 }
 
+/* Chunks no snapshot needs from the origin need no more copies; but a write
+ * to them still records its changed bit (a bit-only record, cow.c), else a
+ * diff from a snapshot that released them would miss it.  The bit without
+ * a pre-image is harmless: every snapshot that reads this epoch for them
+ * released them and reads zeros first. */
+static void
+add_bitonly_locked(struct sv_epoch *cur, const roaring_bitmap_t *un)
+{
+	if (roaring_bitmap_is_empty(un))
+		return;
+	if (!cur->bitonly)
+		cur->bitonly = roaring_bitmap_create();
+	roaring_bitmap_or_inplace(cur->bitonly, un);
+	roaring_bitmap_andnot_inplace(cur->bitonly, cur->changed);
+}
+
 /* Released chunks no snapshot needs from the origin need no more copies. */
 static void
 add_released_locked(struct sv_volume *vol)
@@ -309,9 +325,7 @@ add_released_locked(struct sv_volume *vol)
 	if (!roaring_bitmap_is_empty(any)) {
 		struct sv_epoch *cur = sv_current_epoch_locked(vol);
 		roaring_bitmap_t *un = unneeded_locked(vol, UINT64_MAX, any);
-		if (!cur->nocopy)
-			cur->nocopy = roaring_bitmap_copy(cur->changed);
-		roaring_bitmap_or_inplace(cur->nocopy, un);
+		add_bitonly_locked(cur, un);
 		roaring_bitmap_free(un);
 	}
 	roaring_bitmap_free(any);
@@ -498,12 +512,7 @@ sv_snap_release(struct sv_volume *vol, struct sv_snap *s, uint64_t off, uint64_t
 		punches[npunch++] = (struct punch){.ep = ep, .chunks = un};
 	}
 	roaring_bitmap_t *un = unneeded_locked(vol, UINT64_MAX, whole);
-	if (!roaring_bitmap_is_empty(un)) {
-		struct sv_epoch *cur = sv_current_epoch_locked(vol);
-		if (!cur->nocopy)
-			cur->nocopy = roaring_bitmap_copy(cur->changed);
-		roaring_bitmap_or_inplace(cur->nocopy, un);
-	}
+	add_bitonly_locked(sv_current_epoch_locked(vol), un);
 	roaring_bitmap_free(un);
 	roaring_bitmap_free(whole);
 	sv_unlock_or_abort(&vol->cow_lock);
@@ -520,6 +529,10 @@ sv_snap_refresh_current_locked(struct sv_volume *vol)
 	if (cur->nocopy) {
 		roaring_bitmap_free(cur->nocopy);
 		cur->nocopy = NULL;
+	}
+	if (cur->bitonly) {
+		roaring_bitmap_free(cur->bitonly);
+		cur->bitonly = NULL;
 	}
 	cur->cow = vol->n_snaps > 0;
 	if (!cur->cow)
@@ -617,6 +630,15 @@ int
 sv_snapshot_create(struct sv_pool *pool, const char *const *specs, size_t n,
 		   const char *consistency)
 {
+	return sv_snapshot_create_ex(pool, specs, n, consistency, 0);
+}
+
+int
+sv_snapshot_create_ex(struct sv_pool *pool, const char *const *specs, size_t n,
+		      const char *consistency, unsigned flags)
+{
+	if (flags & ~SV_SNAP_QUIESCE)
+		return sv_error(EINVAL, "unknown snapshot flags 0x%x", flags);
 	if (n == 0)
 		return sv_error(EINVAL, "no snapshot named");
 	if (!consistency)
@@ -673,6 +695,23 @@ sv_snapshot_create(struct sv_pool *pool, const char *const *specs, size_t n,
 		}
 	}
 
+	/* Quiesce: hold the group's writes and let those in flight finish
+	 * (a block-level freeze around the switch); they are released right
+	 * after it, before the durability wait, so the hold stays short. */
+	bool quiesced = false;
+	uint64_t t_held = sv_now_ns();
+	if (flags & SV_SNAP_QUIESCE) {
+		for (size_t i = 0; i < n; i++) {
+			SV_LOCK_SCOPE(&m[i].vol->cow_lock);
+			sv_gate_close_locked(m[i].vol);
+		}
+		for (size_t i = 0; i < n; i++) {
+			SV_LOCK_SCOPE(&m[i].vol->cow_lock);
+			sv_gate_drain_locked(m[i].vol);
+		}
+		quiesced = true;
+	}
+
 	/* The instant: every volume of the group switches under all locks. */
 	for (size_t i = 0; i < n; i++)
 		sv_lock_or_abort(&m[i].vol->cow_lock);
@@ -696,8 +735,13 @@ sv_snapshot_create(struct sv_pool *pool, const char *const *specs, size_t n,
 		m[i].old = old;
 		vol->setting_up++;
 	}
+	for (size_t i = 0; quiesced && i < n; i++)
+		sv_gate_open_locked(m[i].vol);
 	for (size_t i = n; i-- > 0;)
 		sv_unlock_or_abort(&m[i].vol->cow_lock);
+	if (quiesced)
+		sv_log_debug("snapshot %s: writes held %" PRIu64 " us around the switch", specs[0],
+			     (sv_now_ns() - t_held) / 1000);
 	if (err)
 		goto undo;
 
@@ -1153,16 +1197,16 @@ sv_snapshot_rollback(struct sv_pool *pool, const char *volume, const char *snap)
 			 snap);
 		goto out;
 	}
-	/* Hold new writes; let those in flight finish. */
-	vol->gate_closed = true;
-	for (;;) {
-		bool busy = false;
-		for (size_t i = 0; i < vol->n_epochs; i++)
-			busy |= vol->epochs[i]->writes > 0;
-		if (!busy)
-			break;
-		pthread_cond_wait(&vol->cow_cond, &vol->cow_lock);
+	if (vol->freezes) {
+		/* A freeze promises the volume does not change until it ends. */
+		sv_unlock_or_abort(&vol->cow_lock);
+		sv_error(EBUSY, "volume %s is frozen: thaw it before a rollback", volume);
+		goto out;
 	}
+	/* Hold new writes (one more holder of the freeze gate); let those in
+	 * flight finish. */
+	sv_gate_close_locked(vol);
+	sv_gate_drain_locked(vol);
 	snprintf(vol->rollback_to, sizeof vol->rollback_to, "%s", snap);
 	sv_unlock_or_abort(&vol->cow_lock);
 	if (sv_volume_save_meta(vol) == -1) {
@@ -1177,10 +1221,37 @@ sv_snapshot_rollback(struct sv_pool *pool, const char *volume, const char *snap)
 	 * and until a rollback succeeds the volume refuses writes (cow.c),
 	 * which that would overwrite. */
 	sv_lock_or_abort(&vol->cow_lock);
-	vol->gate_closed = false;
-	pthread_cond_broadcast(&vol->cow_cond);
+	sv_gate_open_locked(vol);
 	sv_unlock_or_abort(&vol->cow_lock);
 out:
+	sv_unlock_or_abort(&vol->admin_lock);
+	put_volume(pool, vol);
+	return rc;
+}
+
+/* ---- consistency ---- */
+
+int
+sv_snapshot_set_consistency(struct sv_pool *pool, const char *volume, const char *snap,
+			    const char *consistency)
+{
+	if (!consistency || (strcmp(consistency, "crash") && strcmp(consistency, "frozen")))
+		return sv_error(EINVAL, "consistency must be 'crash' or 'frozen', not '%s'",
+				consistency ? consistency : "(none)");
+	struct sv_volume *vol;
+	struct sv_snap *s;
+	if (admin_begin(pool, volume, snap, &vol, &s) == -1)
+		return -1;
+	char old[sizeof s->consistency];
+	snprintf(old, sizeof old, "%s", s->consistency);
+	snprintf(s->consistency, sizeof s->consistency, "%s", consistency);
+	sv_unlock_or_abort(&vol->cow_lock);
+	int rc = 0;
+	if (strcmp(old, consistency) && (rc = sv_volume_save_meta(vol)) == -1) {
+		sv_lock_or_abort(&vol->cow_lock);
+		snprintf(s->consistency, sizeof s->consistency, "%s", old);
+		sv_unlock_or_abort(&vol->cow_lock);
+	}
 	sv_unlock_or_abort(&vol->admin_lock);
 	put_volume(pool, vol);
 	return rc;

@@ -134,6 +134,14 @@ assert_range(struct sv_view *v, uint32_t len, uint64_t off)
 	(void)v, (void)len, (void)off;
 }
 
+/* SV_NOWAIT: a held write comes back with EAGAIN (nbd/ parks it) rather
+ * than tie up the thread for the length of a freeze. */
+static inline int
+gate_mode(unsigned flags)
+{
+	return (flags & SV_NOWAIT) ? SV_GATE_TRY : SV_GATE_WAIT;
+}
+
 static inline int
 fail(int *err)
 {
@@ -175,7 +183,7 @@ sv_view_pwrite(struct sv_view *v, const void *buf, uint32_t len, uint64_t off, u
 	assert(!v->readonly);
 	struct sv_volume *vol = v->vol;
 	struct sv_write_ticket t;
-	if (sv_cow_write_begin(vol, off, len, true, &t, err) == -1)
+	if (sv_cow_write_begin(vol, off, len, gate_mode(flags), &t, err) == -1)
 		return -1;
 	int r =
 	    vol->ops->obj_pwrite(vol->origin, buf, len, off, (flags & SV_FUA) ? SV_STORE_FUA : 0);
@@ -202,7 +210,7 @@ sv_view_trim(struct sv_view *v, uint32_t len, uint64_t off, unsigned flags, int 
 	if (v->snap)
 		return sv_snap_release(vol, v->snap, off, len, err);
 	struct sv_write_ticket t;
-	if (sv_cow_write_begin(vol, off, len, true, &t, err) == -1)
+	if (sv_cow_write_begin(vol, off, len, gate_mode(flags), &t, err) == -1)
 		return -1;
 	int r = vol->ops->obj_punch(vol->origin, off, len);
 	if (r == -1)
@@ -223,7 +231,7 @@ sv_view_zero(struct sv_view *v, uint32_t len, uint64_t off, unsigned flags, int 
 	if (flags & SV_FAST_ZERO)
 		zf |= SV_ZERO_FAST_ONLY;
 	struct sv_write_ticket t;
-	if (sv_cow_write_begin(vol, off, len, true, &t, err) == -1)
+	if (sv_cow_write_begin(vol, off, len, gate_mode(flags), &t, err) == -1)
 		return -1;
 	int r = vol->ops->obj_zero(vol->origin, off, len, zf);
 	if (r == -1)
@@ -316,4 +324,16 @@ sv_pool_list_exports(struct sv_pool *pool,
 	}
 	free(infos);
 	return r;
+}
+
+struct sv_volume *
+sv_view_volume(struct sv_view *v)
+{
+	return v->vol;
+}
+
+struct sv_snap *
+sv_view_snap(struct sv_view *v)
+{
+	return v->snap;
 }

@@ -46,8 +46,12 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 {
 	(void)argc, (void)argv;
 	const char *dir = fuzz_scratch_dir();
+	/* A snapshot "v@s", so sessions reach snapshot exports and the
+	 * qemu:dirty-bitmap:s context of "v". */
+	const char *snap[] = {"v@s"};
 	if (sv_pool_open(dir, SV_POOL_CREATE, &pool) == -1 ||
-	    sv_volume_create(pool, "v", 1 << 20, 0) == -1) {
+	    sv_volume_create(pool, "v", 1 << 20, 0) == -1 ||
+	    sv_snapshot_create(pool, snap, 1, NULL) == -1) {
 		fprintf(stderr, "fuzz: cannot set up a pool in %s\n", dir);
 		abort();
 	}

@@ -11,6 +11,17 @@
  * protocol.c, so a malformed option costs an error reply and nothing else.
  * The whole handshake runs against a deadline (io.c).
  *
+ * TLS (NBD_OPT_STARTTLS, tls.c): on a listener that requires TLS, every
+ * option before it but STARTTLS and ABORT gets NBD_REP_ERR_TLS_REQD (and
+ * EXPORT_NAME, which has no error reply, closes the connection), so a
+ * client without the key learns nothing about the exports, not even their
+ * names.  STARTTLS is acknowledged, then the TLS handshake runs; a client
+ * that then talks plaintext fails it and is closed.  A second STARTTLS
+ * gets NBD_REP_ERR_INVALID.  Option state from before TLS (structured
+ * replies, meta contexts) is forgotten once TLS is up, as the spec asks:
+ * a man in the middle could have sent it.  A listener without TLS answers
+ * STARTTLS with NBD_REP_ERR_POLICY.
+ *
  * Export names are passed to the engine as bytes and a length: the engine
  * decides what names exist and what they may contain; its message goes
  * back to the client in NBD_REP_ERR_UNKNOWN.
@@ -259,10 +270,84 @@ static int
 reply_context(struct sv_nbd_conn *c, uint32_t option, uint32_t id, const char *name)
 {
 	size_t nl = strlen(name);
-	uint8_t p[4 + 64];
+	uint8_t p[4 + sizeof SV_NBD_CTX_DIRTY_BITMAP_PREFIX + SV_NAME_MAX];
+	if (nl > sizeof p - 4)
+		return reply_err(c, option, NBD_REP_ERR_INVALID, "context name too long");
 	sv_put32(p, id);
 	memcpy(p + 4, name, nl);
 	return reply(c, option, NBD_REP_META_CONTEXT, p, 4 + nl);
+}
+
+/* qemu:dirty-bitmap:SNAP contexts (engine.h, sv_view_dirty_*).  A query
+ * "qemu:" or "qemu:dirty-bitmap:" is a wildcard in a LIST (every snapshot
+ * the export has a bitmap for) and selects nothing in a SET, as in qemu. */
+static const char DIRTY[] = SV_NBD_CTX_DIRTY_BITMAP_PREFIX;
+#define DIRTY_LEN (sizeof DIRTY - 1)
+
+static bool
+is_dirty_wildcard(const char *q, uint32_t ql)
+{
+	return (ql == 5 && !memcmp(q, "qemu:", 5)) || (ql == DIRTY_LEN && !memcmp(q, DIRTY, ql));
+}
+
+struct dirty_list {
+	struct sv_nbd_conn *c;
+	uint32_t option;
+	bool send_failed;
+};
+
+static int
+list_dirty_one(void *opaque, const char *snap)
+{
+	struct dirty_list *dl = opaque;
+	char name[sizeof DIRTY + SV_NAME_MAX];
+	snprintf(name, sizeof name, "%s%s", DIRTY, snap);
+	if (reply_context(dl->c, dl->option, 0, name) == -1) {
+		dl->send_failed = true;
+		return -1;
+	}
+	return 0;
+}
+
+/* The dirty-bitmap part of a LIST or SET on view v: replies sent; for a
+ * SET, the first valid query is selected into c->dirty_snap.  0, or -1 if
+ * a reply could not be sent. */
+static int
+meta_dirty(struct sv_nbd_conn *c, uint32_t option, struct sv_view *v,
+	   const struct sv_nbd_meta_req *rq, bool *selected)
+{
+	bool is_list = option == NBD_OPT_LIST_META_CONTEXT;
+	bool all = is_list && rq->n_queries == 0;
+	uint32_t pos = 0, ql;
+	const char *q;
+	while (is_list && !all && sv_nbd_meta_next_query(rq, &pos, &q, &ql))
+		all = is_dirty_wildcard(q, ql);
+	if (all) {
+		struct dirty_list dl = {.c = c, .option = option};
+		if (sv_view_dirty_names(v, list_dirty_one, &dl) == -1 && dl.send_failed)
+			return -1;
+		return 0;
+	}
+	pos = 0;
+	while (sv_nbd_meta_next_query(rq, &pos, &q, &ql)) {
+		if (ql <= DIRTY_LEN || memcmp(q, DIRTY, DIRTY_LEN) ||
+		    sv_view_dirty_check(v, q + DIRTY_LEN, ql - DIRTY_LEN) == -1)
+			continue; /* not ours, or no such bitmap: ignored, as the spec says */
+		char name[sizeof DIRTY + SV_NAME_MAX];
+		snprintf(name, sizeof name, "%s%.*s", DIRTY, (int)(ql - DIRTY_LEN), q + DIRTY_LEN);
+		if (is_list) {
+			if (reply_context(c, option, 0, name) == -1)
+				return -1;
+			continue;
+		}
+		if (reply_context(c, option, SV_NBD_CTX_DIRTY_BITMAP_ID, name) == -1)
+			return -1;
+		snprintf(c->dirty_snap, sizeof c->dirty_snap, "%.*s", (int)(ql - DIRTY_LEN),
+			 q + DIRTY_LEN);
+		*selected = true;
+		break; /* one bitmap per connection */
+	}
+	return 0;
 }
 
 static int
@@ -272,6 +357,7 @@ opt_meta(struct sv_nbd_conn *c, uint32_t option, const uint8_t *data, uint32_t l
 	if (!is_list) {
 		/* SET replaces the selection, even when it fails. */
 		c->contexts = 0;
+		c->dirty_snap[0] = '\0';
 		free(c->meta_export);
 		c->meta_export = NULL;
 		c->meta_export_len = 0;
@@ -287,7 +373,6 @@ opt_meta(struct sv_nbd_conn *c, uint32_t option, const uint8_t *data, uint32_t l
 	struct sv_view *v;
 	if (open_view(c, rq.name, rq.name_len, &v) == -1)
 		return reply_err(c, option, open_error_type(), "%s", sv_last_error());
-	sv_view_close(v);
 
 	unsigned sel = 0;
 	if (is_list && rq.n_queries == 0) {
@@ -300,9 +385,18 @@ opt_meta(struct sv_nbd_conn *c, uint32_t option, const uint8_t *data, uint32_t l
 	}
 	if (sel & SV_NBD_CTX_BASE_ALLOCATION) {
 		uint32_t id = is_list ? 0 : SV_NBD_CTX_BASE_ALLOCATION_ID;
-		if (reply_context(c, option, id, SV_NBD_CTX_BASE_ALLOCATION_NAME) == -1)
+		if (reply_context(c, option, id, SV_NBD_CTX_BASE_ALLOCATION_NAME) == -1) {
+			sv_view_close(v);
 			return -1;
+		}
 	}
+	bool dirty = false;
+	int r = meta_dirty(c, option, v, &rq, &dirty);
+	sv_view_close(v);
+	if (r == -1)
+		return -1;
+	if (dirty)
+		sel |= SV_NBD_CTX_DIRTY_BITMAP;
 	if (!is_list && sel) {
 		c->meta_export = malloc(rq.name_len ? rq.name_len : 1);
 		if (!c->meta_export)
@@ -314,10 +408,78 @@ opt_meta(struct sv_nbd_conn *c, uint32_t option, const uint8_t *data, uint32_t l
 	return reply(c, option, NBD_REP_ACK, NULL, 0);
 }
 
+static int
+opt_starttls(struct sv_nbd_conn *c, uint32_t len)
+{
+	if (len != 0)
+		return reply_err(c, NBD_OPT_STARTTLS, NBD_REP_ERR_INVALID,
+				 "NBD_OPT_STARTTLS takes no data");
+	if (c->tls_mode == SV_NBD_TLS_OFF || !c->srv->tls)
+		return reply_err(c, NBD_OPT_STARTTLS, NBD_REP_ERR_POLICY,
+				 "TLS is not enabled on this server");
+	if (c->tls) {
+		sv_log_warn("conn %u: NBD_OPT_STARTTLS again inside TLS", c->id);
+		return reply_err(c, NBD_OPT_STARTTLS, NBD_REP_ERR_INVALID,
+				 "TLS is already negotiated");
+	}
+	if (reply(c, NBD_OPT_STARTTLS, NBD_REP_ACK, NULL, 0) == -1)
+		return -1;
+	if (sv_nbd_tls_start(c) == -1)
+		return -1;
+	c->structured = false;
+	c->contexts = 0;
+	free(c->meta_export);
+	c->meta_export = NULL;
+	c->meta_export_len = 0;
+	return 0;
+}
+
+/* Options whose data starts with an export name's length: a name longer
+ * than cfg->max_name_len is refused (NBD_REP_ERR_TOO_BIG) before it is
+ * parsed.  One longer than the protocol allows is left to the parser,
+ * whose answer to that is NBD_REP_ERR_INVALID. */
+static bool
+name_too_long(struct sv_nbd_conn *c, uint32_t option, const uint8_t *data, uint32_t len)
+{
+	uint32_t max = c->srv->cfg.max_name_len;
+	switch (option) {
+	case NBD_OPT_EXPORT_NAME:
+		return len > max;
+	case NBD_OPT_INFO:
+	case NBD_OPT_GO:
+	case NBD_OPT_LIST_META_CONTEXT:
+	case NBD_OPT_SET_META_CONTEXT:
+		return len >= 4 && sv_get32(data) > max && sv_get32(data) <= NBD_MAX_STRING;
+	default:
+		return false;
+	}
+}
+
 /* One option: 0 = go on, 1 = transmission, -1 = close. */
 static int
 handle_option(struct sv_nbd_conn *c, uint32_t option, const uint8_t *data, uint32_t len)
 {
+	if (c->tls_mode == SV_NBD_TLS_REQUIRE && !c->tls && option != NBD_OPT_STARTTLS &&
+	    option != NBD_OPT_ABORT) {
+		if (option == NBD_OPT_EXPORT_NAME) {
+			sv_log_warn("conn %u: NBD_OPT_EXPORT_NAME without TLS (required), closing",
+				    c->id);
+			return -1;
+		}
+		sv_log_info("conn %u: option %s refused: TLS is required", c->id,
+			    sv_nbd_opt_name(option));
+		return reply_err(c, option, NBD_REP_ERR_TLS_REQD,
+				 "TLS is required: send NBD_OPT_STARTTLS first");
+	}
+	if (name_too_long(c, option, data, len)) {
+		sv_log_warn("conn %u: option %s: export name longer than %" PRIu32 " bytes", c->id,
+			    sv_nbd_opt_name(option), c->srv->cfg.max_name_len);
+		if (option == NBD_OPT_EXPORT_NAME)
+			return -1;
+		return reply_err(c, option, NBD_REP_ERR_TOO_BIG,
+				 "export name longer than %" PRIu32 " bytes",
+				 c->srv->cfg.max_name_len);
+	}
 	if (option != NBD_OPT_ABORT && option != NBD_OPT_EXPORT_NAME && server_stopping(c->srv))
 		return reply_err(c, option, NBD_REP_ERR_SHUTDOWN, "server is shutting down");
 
@@ -330,11 +492,7 @@ handle_option(struct sv_nbd_conn *c, uint32_t option, const uint8_t *data, uint3
 	case NBD_OPT_LIST:
 		return opt_list(c, len);
 	case NBD_OPT_STARTTLS:
-		if (len != 0)
-			return reply_err(c, option, NBD_REP_ERR_INVALID,
-					 "NBD_OPT_STARTTLS takes no data");
-		return reply_err(c, option, NBD_REP_ERR_POLICY,
-				 "TLS is not enabled on this server");
+		return opt_starttls(c, len);
 	case NBD_OPT_INFO:
 	case NBD_OPT_GO:
 		return opt_info_go(c, option, data, len);

@@ -4,7 +4,8 @@
  *   server.c        listeners, the accept thread, the connection registry,
  *                   start/stop, sv_nbd_serve_fd, connection listing
  *   io.c            the per-connection byte stream (recv/send ops: plain
- *                   sockets today; GnuTLS slots in behind the same two calls)
+ *                   sockets)
+ *   tls.c           the same ops over GnuTLS, after NBD_OPT_STARTTLS
  *   handshake.c     fixed-newstyle option haggling
  *   transmission.c  worker threads: read requests, call the engine, reply
  *   protocol.c      pure encoders/decoders/validation (protocol.h)
@@ -33,6 +34,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <gnutls/gnutls.h>
 #include <sys/uio.h>
 
 #include "engine.h"
@@ -74,9 +76,12 @@ struct sv_nbd_io_ops {
 	bool can_sendfile;
 };
 
+struct sv_nbd_tls_creds;
+
 struct sv_nbd_server {
 	struct sv_pool *pool;
 	struct sv_nbd_config cfg;
+	struct sv_nbd_tls_creds *tls; /* NULL: no TLS configured */
 
 	/* Listening sockets; set up before start, read-only afterwards. */
 	int *lfds;
@@ -105,6 +110,11 @@ struct sv_nbd_conn {
 	const struct sv_nbd_io_ops *io;
 	uint64_t deadline_ns; /* handshake deadline (CLOCK_MONOTONIC), 0 = none */
 	char peer[64];
+	char client[64]; /* who counts against max_conns_per_client: "uid 0", "127.0.0.1" */
+	enum sv_nbd_tls tls_mode; /* of the listener it came from */
+	gnutls_session_t tls;	  /* set by sv_nbd_tls_start, NULL before */
+	int tls_pull_errno;	  /* the socket's last errno under GnuTLS: reader side */
+	int tls_push_errno;	  /* and sender side (send_lock) */
 	uint64_t started;
 
 	/* Registry (srv->lock). */
@@ -118,8 +128,9 @@ struct sv_nbd_conn {
 	/* Negotiated in the handshake; read-only in transmission. */
 	bool no_zeroes;
 	bool structured;
-	unsigned contexts; /* SV_NBD_CTX_* selected by SET_META_CONTEXT */
-	char *meta_export; /* the export name they were selected for */
+	unsigned contexts;		  /* SV_NBD_CTX_* selected by SET_META_CONTEXT */
+	char dirty_snap[SV_NAME_MAX + 1]; /* SNAP of qemu:dirty-bitmap:SNAP, if selected */
+	char *meta_export;		  /* the export name they were selected for */
 	uint32_t meta_export_len;
 	struct sv_view *view;
 	struct sv_nbd_export_state st;
@@ -160,6 +171,15 @@ extern const struct sv_nbd_io_ops sv_nbd_plain_io;
  * errno (ECONNRESET at end of stream, ETIMEDOUT past the deadline). */
 int sv_nbd_recv_full(struct sv_nbd_conn *c, void *buf, size_t len);
 int sv_nbd_send_full(struct sv_nbd_conn *c, const void *buf, size_t len);
+
+/* tls.c.  creds_new sets *out to NULL when cfg configures no TLS. */
+int sv_nbd_tls_creds_new(const struct sv_nbd_config *cfg, struct sv_nbd_tls_creds **out);
+void sv_nbd_tls_creds_free(struct sv_nbd_tls_creds *t);
+/* Run the TLS handshake (after STARTTLS was acknowledged) and switch
+ * c->io to TLS: 0, or -1 (logged; close the connection). */
+int sv_nbd_tls_start(struct sv_nbd_conn *c);
+/* Send close_notify (best effort) and free the session; no-op without. */
+void sv_nbd_tls_end(struct sv_nbd_conn *c);
 
 /* handshake.c: 0 = enter transmission (c->view set), -1 = close. */
 int sv_nbd_handshake(struct sv_nbd_conn *c);

@@ -2,8 +2,9 @@
  * io.c: the byte stream under a connection.
  *
  * Everything the protocol code reads or writes goes through c->io->recv
- * and c->io->sendv, so that TLS (GnuTLS's record layer) can replace the
- * plain socket calls here without touching handshake.c or transmission.c.
+ * and c->io->sendv, so that TLS (GnuTLS's record layer, tls.c) replaces
+ * the plain socket calls here without touching handshake.c or
+ * transmission.c; GnuTLS in turn moves its records with the plain calls.
  * During the handshake the connection has a deadline: reads and writes
  * poll(2) for the time left, so a client that stalls, or trickles a byte
  * at a time, is dropped when cfg->handshake_timeout_s runs out.  In

@@ -15,17 +15,36 @@
 struct sv_pool;
 struct sv_nbd_server;
 
+/* TLS on a listener: refuse STARTTLS, offer it, or require it (every
+ * option but STARTTLS and ABORT gets NBD_REP_ERR_TLS_REQD before it). */
+enum sv_nbd_tls {
+	SV_NBD_TLS_OFF,
+	SV_NBD_TLS_ON,
+	SV_NBD_TLS_REQUIRE,
+};
+
 /* Limits and knobs.  sv_nbd_config_defaults() fills the defaults. */
 struct sv_nbd_config {
-	uint32_t min_block_size;      /* advertised minimum; requests not aligned to it get
+	uint32_t min_block_size;       /* advertised minimum; requests not aligned to it get
 					EINVAL.  Default 1 (any alignment works). */
-	uint32_t max_request;	      /* largest READ/WRITE payload: 32 MiB */
-	uint32_t max_option_len;      /* largest option payload in the handshake: 64 KiB */
-	unsigned threads_per_conn;    /* requests served in parallel per connection: 8 */
-	unsigned max_connections;     /* in total: 1024 */
-	unsigned handshake_timeout_s; /* a client that does not finish the handshake in this
+	uint32_t max_request;	       /* largest READ/WRITE payload: 32 MiB */
+	uint32_t max_option_len;       /* largest option payload in the handshake: 64 KiB */
+	unsigned threads_per_conn;     /* requests served in parallel per connection: 8 */
+	unsigned max_connections;      /* in total: 1024 */
+	unsigned handshake_timeout_s;  /* a client that does not finish the handshake in this
 					time is dropped: 30 */
-	bool use_sendfile;	      /* zero-copy reads where the engine allows: true */
+	bool use_sendfile;	       /* zero-copy reads where the engine allows: true */
+	unsigned max_conns_per_client; /* per uid (unix sockets, SO_PEERCRED) or per address
+					 (TCP): 256 */
+	uint32_t max_name_len;	       /* longest export name in an option: 4096 */
+	/* TLS.  Credentials are loaded by sv_nbd_server_new.  A TCP listener
+	 * with tls_tcp != OFF needs credentials (sv_nbd_listen_tcp fails
+	 * without); tls_tcp = OFF is the caller's explicit opt-out. */
+	const char *tls_psk_file;  /* psktool format, "username:hexkey" lines; NULL */
+	const char *tls_certs_dir; /* ca-cert.pem, server-cert.pem, server-key.pem; NULL */
+	bool tls_verify_peer;	   /* require and verify client certificates: false */
+	enum sv_nbd_tls tls_unix;  /* unix sockets: OFF */
+	enum sv_nbd_tls tls_tcp;   /* TCP: REQUIRE */
 };
 
 void sv_nbd_config_defaults(struct sv_nbd_config *cfg);
@@ -33,7 +52,8 @@ void sv_nbd_config_defaults(struct sv_nbd_config *cfg);
 int sv_nbd_server_new(struct sv_pool *pool, const struct sv_nbd_config *cfg,
 		      struct sv_nbd_server **out);
 /* Listen on a unix socket (mode 0600; a stale socket file is replaced, a live
- * one is an error) or on TCP "HOST:PORT" ("[::1]:10809" for IPv6).  Sets the
+ * one is an error) or on TCP "HOST:PORT" ("[::1]:10809" for IPv6; refused
+ * when cfg->tls_tcp wants TLS and no credentials are configured).  Sets the
  * last error on failure. */
 int sv_nbd_listen_unix(struct sv_nbd_server *srv, const char *path);
 int sv_nbd_listen_tcp(struct sv_nbd_server *srv, const char *hostport);

@@ -139,6 +139,13 @@
 #define SV_NBD_CTX_BASE_ALLOCATION	(1u << 0)
 #define SV_NBD_CTX_BASE_ALLOCATION_ID	1u
 #define SV_NBD_CTX_BASE_ALLOCATION_NAME "base:allocation"
+/* qemu:dirty-bitmap:SNAP, as qemu publishes it (flag 1 = dirty): chunks
+ * changed since snapshot SNAP (engine.h, sv_view_dirty_*).  One per
+ * connection; the name after the prefix is the snapshot's. */
+#define SV_NBD_CTX_DIRTY_BITMAP	       (1u << 1)
+#define SV_NBD_CTX_DIRTY_BITMAP_ID     2u
+#define SV_NBD_CTX_DIRTY_BITMAP_PREFIX "qemu:dirty-bitmap:"
+#define NBD_STATE_DIRTY		       (1u << 0)
 
 /* ---- big-endian helpers ---- */
 static inline void

@@ -20,6 +20,14 @@
  * Unix sockets are created mode 0600 (fchmod before bind: Linux gives the
  * new socket file the socket inode's mode), a stale socket file is
  * replaced, and a socket some live server answers on is left alone.
+ *
+ * Admission limits are checked when a connection registers, under the
+ * registry lock: connections in total, and per client, where a client is
+ * a uid on unix sockets (SO_PEERCRED, so one local user cannot starve the
+ * others) and an address on TCP (ports are free to make).  A refused
+ * client is closed at once, before the greeting, with a log line.  Each
+ * connection remembers its listener's TLS mode; TLS credentials are loaded
+ * once, when the server is created (tls.c).
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -58,6 +66,10 @@ sv_nbd_config_defaults(struct sv_nbd_config *cfg)
 	cfg->max_connections = 1024;
 	cfg->handshake_timeout_s = 30;
 	cfg->use_sendfile = true;
+	cfg->max_conns_per_client = 256;
+	cfg->max_name_len = NBD_MAX_STRING;
+	cfg->tls_unix = SV_NBD_TLS_OFF;
+	cfg->tls_tcp = SV_NBD_TLS_REQUIRE;
 }
 
 static int
@@ -75,6 +87,17 @@ check_config(const struct sv_nbd_config *cfg)
 		return sv_error(EINVAL, "threads per connection must be 1..256");
 	if (cfg->max_connections < 1)
 		return sv_error(EINVAL, "maximum connections must be at least 1");
+	if (cfg->max_conns_per_client < 1)
+		return sv_error(EINVAL, "maximum connections per client must be at least 1");
+	if (cfg->max_name_len < 1 || cfg->max_name_len > NBD_MAX_STRING)
+		return sv_error(EINVAL, "maximum name length must be 1..4096 bytes");
+	if (cfg->handshake_timeout_s > 3600)
+		return sv_error(EINVAL, "handshake timeout must be at most 3600 s");
+	if (cfg->tls_verify_peer && !cfg->tls_certs_dir)
+		return sv_error(EINVAL, "verifying TLS client certificates needs X.509 "
+					"certificates");
+	if (cfg->tls_unix != SV_NBD_TLS_OFF && !cfg->tls_psk_file && !cfg->tls_certs_dir)
+		return sv_error(EINVAL, "TLS on unix sockets needs a PSK file or certificates");
 	return 0;
 }
 
@@ -94,7 +117,14 @@ sv_nbd_server_new(struct sv_pool *pool, const struct sv_nbd_config *cfg, struct 
 	srv->pool = pool;
 	srv->cfg = *cfg;
 	srv->next_id = 1;
+	if (sv_nbd_tls_creds_new(cfg, &srv->tls) == -1) {
+		free(srv);
+		return -1;
+	}
+	/* The paths were only needed to load the credentials. */
+	srv->cfg.tls_psk_file = srv->cfg.tls_certs_dir = NULL;
 	if (pipe2(srv->wake, O_CLOEXEC | O_NONBLOCK) == -1) {
+		sv_nbd_tls_creds_free(srv->tls);
 		free(srv);
 		return sv_error_errno("pipe");
 	}
@@ -122,6 +152,11 @@ add_listener(struct sv_nbd_server *srv, int fd, const char *unix_path)
 		goto nomem;
 	srv->unix_paths = p;
 	p[srv->nlfds] = NULL;
+	bool *u = realloc(srv->lfd_unix, (srv->nlfds + 1) * sizeof *u);
+	if (!u)
+		goto nomem;
+	srv->lfd_unix = u;
+	u[srv->nlfds] = unix_path != NULL;
 	if (unix_path && !(p[srv->nlfds] = strdup(unix_path)))
 		goto nomem;
 	l[srv->nlfds] = fd;
@@ -190,6 +225,9 @@ sv_nbd_listen_tcp(struct sv_nbd_server *srv, const char *hostport)
 {
 	if (srv->started)
 		return sv_error(EINVAL, "server already started");
+	if (srv->cfg.tls_tcp != SV_NBD_TLS_OFF && !srv->tls)
+		return sv_error(EPERM, "NBD over TCP requires TLS: configure a PSK file or "
+				       "certificates, or opt out explicitly");
 	char host[256], port[32];
 	const char *colon;
 	if (hostport[0] == '[') {
@@ -267,9 +305,20 @@ unlink_conn_locked(struct sv_nbd_server *srv, struct sv_nbd_conn *c)
 	srv->nconns--;
 }
 
+static unsigned
+count_client_locked(struct sv_nbd_server *srv, const char *client)
+{
+	unsigned n = 0;
+	for (struct sv_nbd_conn *c = srv->conns; c; c = c->next)
+		if (!(c->own_thread && c->finished) && !strcmp(c->client, client))
+			n++;
+	return n;
+}
+
 /* Register a new connection, or NULL (and a log line) if refused. */
 static struct sv_nbd_conn *
-conn_new(struct sv_nbd_server *srv, int fd, const char *peer, bool own_thread)
+conn_new(struct sv_nbd_server *srv, int fd, const char *peer, const char *client,
+	 enum sv_nbd_tls tls_mode, bool own_thread)
 {
 	struct sv_nbd_conn *c = calloc(1, sizeof *c);
 	if (!c) {
@@ -282,18 +331,26 @@ conn_new(struct sv_nbd_server *srv, int fd, const char *peer, bool own_thread)
 	c->own_thread = own_thread;
 	c->started = sv_realtime_s();
 	snprintf(c->peer, sizeof c->peer, "%s", peer);
+	snprintf(c->client, sizeof c->client, "%s", client);
+	c->tls_mode = tls_mode;
 	pthread_mutex_init(&c->role_lock, NULL);
 	pthread_cond_init(&c->role_cv, NULL);
 	pthread_mutex_init(&c->send_lock, NULL);
 
 	SV_LOCK_SCOPE(&srv->lock);
-	if (srv->stopping || srv->nconns >= srv->cfg.max_connections) {
+	unsigned mine = 0;
+	if (srv->stopping || srv->nconns >= srv->cfg.max_connections ||
+	    (mine = count_client_locked(srv, client)) >= srv->cfg.max_conns_per_client) {
 		if (srv->stopping)
 			sv_log_info("refusing connection from %s: server is stopping", peer);
-		else
+		else if (srv->nconns >= srv->cfg.max_connections)
 			sv_log_warn("refusing connection from %s: %u connections already "
 				    "(the maximum)",
 				    peer, srv->nconns);
+		else
+			sv_log_warn("refusing connection from %s: client %s has %u connections "
+				    "already (the maximum per client)",
+				    peer, client, mine);
 		pthread_mutex_destroy(&c->role_lock);
 		pthread_cond_destroy(&c->role_cv);
 		pthread_mutex_destroy(&c->send_lock);
@@ -337,6 +394,7 @@ conn_run(struct sv_nbd_conn *c)
 	}
 	sv_view_close(c->view);
 	c->view = NULL;
+	sv_nbd_tls_end(c);
 
 	char r[32], w[32];
 	sv_log_info("conn %u: closed (export '%s', %" PRIu64 " requests, %s read, %s written)",
@@ -367,7 +425,7 @@ conn_thread(void *arg)
 void
 sv_nbd_serve_fd(struct sv_nbd_server *srv, int fd)
 {
-	struct sv_nbd_conn *c = conn_new(srv, fd, "fd", false);
+	struct sv_nbd_conn *c = conn_new(srv, fd, "fd", "fd", srv->cfg.tls_unix, false);
 	if (!c) {
 		close(fd);
 		return;
@@ -420,8 +478,28 @@ peer_name(const struct sockaddr_storage *ss, socklen_t len, char *out, size_t ca
 	snprintf(out, cap, ss->ss_family == AF_INET6 ? "[%s]:%s" : "%s:%s", h, p);
 }
 
+/* Who a connection counts against for max_conns_per_client. */
 static void
-accept_one(struct sv_nbd_server *srv, int lfd)
+client_name(int fd, const struct sockaddr_storage *ss, const char *peer, char *out, size_t cap)
+{
+	if (ss->ss_family == AF_UNIX) {
+		struct ucred cr;
+		socklen_t l = sizeof cr;
+		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &l) == 0)
+			snprintf(out, cap, "uid %u", (unsigned)cr.uid);
+		else
+			snprintf(out, cap, "uid ?");
+		return;
+	}
+	/* The address without the port: "127.0.0.1:5555" -> "127.0.0.1",
+	 * "[::1]:5555" -> "[::1]". */
+	const char *colon = strrchr(peer, ':');
+	size_t n = colon ? (size_t)(colon - peer) : strlen(peer);
+	snprintf(out, cap, "%.*s", (int)n, peer);
+}
+
+static void
+accept_one(struct sv_nbd_server *srv, int lfd, bool is_unix)
 {
 	struct sockaddr_storage ss;
 	socklen_t sl = sizeof ss;
@@ -442,7 +520,10 @@ accept_one(struct sv_nbd_server *srv, int lfd)
 		int one = 1;
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 	}
-	struct sv_nbd_conn *c = conn_new(srv, fd, peer, true);
+	char client[64];
+	client_name(fd, &ss, peer, client, sizeof client);
+	struct sv_nbd_conn *c =
+	    conn_new(srv, fd, peer, client, is_unix ? srv->cfg.tls_unix : srv->cfg.tls_tcp, true);
 	if (!c) {
 		close(fd);
 		return;
@@ -493,7 +574,7 @@ accept_main(void *arg)
 		}
 		for (unsigned i = 0; i < srv->nlfds; i++)
 			if (p[i + 1].revents & POLLIN)
-				accept_one(srv, srv->lfds[i]);
+				accept_one(srv, srv->lfds[i], srv->lfd_unix[i]);
 	}
 	free(p);
 	return NULL;
@@ -561,8 +642,10 @@ sv_nbd_stop(struct sv_nbd_server *srv)
 	}
 	free(srv->lfds);
 	free(srv->unix_paths);
+	free(srv->lfd_unix);
 	srv->lfds = NULL;
 	srv->unix_paths = NULL;
+	srv->lfd_unix = NULL;
 	srv->nlfds = 0;
 
 	sv_lock_or_abort(&srv->lock);
@@ -597,6 +680,7 @@ sv_nbd_server_free(struct sv_nbd_server *srv)
 	close(srv->wake[1]);
 	pthread_mutex_destroy(&srv->lock);
 	pthread_cond_destroy(&srv->cond);
+	sv_nbd_tls_creds_free(srv->tls);
 	free(srv);
 }
 

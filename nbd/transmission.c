@@ -23,6 +23,23 @@
  * through user space.  A structured reply then ends with a separate NONE
  * chunk, since an error could still happen during the sendfile.
  *
+ * Writes held by a freeze (DESIGN invariant 6: reads never wait for a
+ * freeze; writes that arrive during one are queued, never failed).  WRITE,
+ * TRIM and WRITE_ZEROES go to the engine with SV_NOWAIT: at a closed gate
+ * they come back at once with EAGAIN, and the request is parked, with a
+ * copy of its payload, on the connection's queue.  One extra thread per
+ * connection (started on the first park) drains the queue in order, waiting
+ * at the gate itself, and replies as each completes; meanwhile the workers
+ * go on reading and serving reads, however many writes the client queues.
+ * While anything is parked, new writes join the queue behind it, so writes
+ * still reach the volume in the order the client sent them.  Parked
+ * requests are bounded (SV_NBD_PARK_MAX bytes of payload, SV_NBD_PARK_MAX_N
+ * requests, so a client cannot make the server hoard memory): past that a
+ * worker waits for room, the one place a freeze can slow reads down.  At
+ * the end of the connection the queue is drained first (the spec wants
+ * every request answered before a DISC is honoured); a freeze always ends
+ * (invariant 7), so this is bounded.
+ *
  * Every request is judged by sv_nbd_validate_request() before anything
  * touches the volume.  A WRITE that is refused still has its payload
  * consumed (or, if it is absurdly large, the connection is dropped), so
@@ -42,8 +59,35 @@
 #include "log.h"
 #include "util.h"
 
+/* Bytes of write payloads a connection may hold parked during a freeze. */
+#define SV_NBD_PARK_MAX	  (64u * 1024u * 1024u)
+#define SV_NBD_PARK_MAX_N 4096u
+
+/* A write/trim/zero request held at a freeze, with its own payload copy. */
+struct parked {
+	struct parked *next;
+	struct sv_nbd_request r;
+	unsigned flags; /* SV_* engine flags */
+	uint8_t *payload;
+};
+
+/* The connection's queue of parked requests.  lock protects everything
+ * here; cond signals a new request, a finished one, and stop. */
+struct parking {
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	struct parked *head, *tail;
+	unsigned n;	/* parked or being served by the drainer */
+	atomic_uint nq; /* a copy of n, read without the lock on the fast path */
+	size_t bytes;	/* their payload bytes */
+	bool started, stop;
+	pthread_t tid;
+	struct sv_nbd_conn *c;
+};
+
 struct worker {
 	struct sv_nbd_conn *c;
+	struct parking *park;
 	pthread_t tid;
 	uint8_t *buf; /* WRITE payloads, READ data */
 	size_t cap;
@@ -475,12 +519,17 @@ do_read(struct sv_nbd_conn *c, struct worker *w, const struct sv_nbd_request *r,
 	atomic_fetch_add(&c->bytes_read, r->len);
 }
 
+/* Block status: one reply chunk per selected context (base:allocation,
+ * qemu:dirty-bitmap:SNAP), all computed before any is sent so a failure is
+ * one error chunk.  w->desc holds two descriptor lists. */
+#define DESC_BYTES (4 + 8 * (size_t)SV_NBD_MAX_EXTENTS)
+
 static void
 do_block_status(struct sv_nbd_conn *c, struct worker *w, const struct sv_nbd_request *r, bool inl)
 {
 	if (!w->ext) {
 		w->ext = malloc(SV_NBD_MAX_EXTENTS * sizeof *w->ext);
-		w->desc = malloc(4 + 8 * (size_t)SV_NBD_MAX_EXTENTS);
+		w->desc = malloc(2 * DESC_BYTES);
 		if (!w->ext || !w->desc) {
 			free(w->ext);
 			free(w->desc);
@@ -494,20 +543,234 @@ do_block_status(struct sv_nbd_conn *c, struct worker *w, const struct sv_nbd_req
 	/* With REQ_ONE and an alignment to honour, a few extents let a short
 	 * first one be merged with its neighbours rather than reported as 0. */
 	size_t max = one ? (c->st.min_block > 1 ? 16 : 1) : SV_NBD_MAX_EXTENTS;
-	size_t n = 0;
+	size_t n = 0, nchunks = 0, klen[2];
+	uint8_t *chunk[2];
 	int err;
-	if (sv_view_extents(c->view, r->len, r->offset, w->ext, max, &n, &err) == -1) {
-		send_engine_error(c, inl, r, err);
+	if (c->st.contexts & SV_NBD_CTX_BASE_ALLOCATION) {
+		uint8_t *d = w->desc + nchunks * DESC_BYTES;
+		if (sv_view_extents(c->view, r->len, r->offset, w->ext, max, &n, &err) == -1) {
+			send_engine_error(c, inl, r, err);
+			return;
+		}
+		size_t k = sv_nbd_encode_extents(w->ext, n, r->offset, r->len, c->st.min_block, one,
+						 d + 4, SV_NBD_MAX_EXTENTS);
+		sv_put32(d, SV_NBD_CTX_BASE_ALLOCATION_ID);
+		chunk[nchunks] = d;
+		klen[nchunks++] = k;
+	}
+	if (c->st.contexts & SV_NBD_CTX_DIRTY_BITMAP) {
+		uint8_t *d = w->desc + nchunks * DESC_BYTES;
+		if (sv_view_dirty_extents(c->view, c->dirty_snap, r->len, r->offset, w->ext, max,
+					  &n, &err) == -1) {
+			send_engine_error(c, inl, r, err);
+			return;
+		}
+		/* Clean runs come as holes: encode as base:allocation would, then
+		 * turn "hole" into "clean" and anything else (a mixed block at
+		 * the alignment, or no answer) into "dirty", which is never
+		 * wrong for a backup. */
+		size_t k = sv_nbd_encode_extents(w->ext, n, r->offset, r->len, c->st.min_block, one,
+						 d + 4, SV_NBD_MAX_EXTENTS);
+		for (size_t i = 0; i < k; i++) {
+			uint32_t f = sv_get32(d + 4 + 8 * i + 4);
+			sv_put32(d + 4 + 8 * i + 4, (f & NBD_STATE_HOLE) ? 0 : NBD_STATE_DIRTY);
+		}
+		sv_put32(d, SV_NBD_CTX_DIRTY_BITMAP_ID);
+		chunk[nchunks] = d;
+		klen[nchunks++] = k;
+	}
+	if (nchunks == 0) { /* validation lets no such request through */
+		send_error(c, inl, r, NBD_EINVAL, "no metadata context selected");
 		return;
 	}
-	size_t k = sv_nbd_encode_extents(w->ext, n, r->offset, r->len, c->st.min_block, one,
-					 w->desc + 4, SV_NBD_MAX_EXTENTS);
-	sv_put32(w->desc, SV_NBD_CTX_BASE_ALLOCATION_ID);
-	uint8_t h[NBD_STRUCT_REPLY_LEN];
-	sv_nbd_encode_structured_hdr(h, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS, r->cookie,
-				     (uint32_t)(4 + 8 * k));
-	struct iovec iov[2] = {{h, sizeof h}, {w->desc, 4 + 8 * k}};
-	emit(c, inl, iov, 2);
+	for (size_t i = 0; i < nchunks; i++) {
+		uint8_t h[NBD_STRUCT_REPLY_LEN];
+		sv_nbd_encode_structured_hdr(h, i + 1 == nchunks ? NBD_REPLY_FLAG_DONE : 0,
+					     NBD_REPLY_TYPE_BLOCK_STATUS, r->cookie,
+					     (uint32_t)(4 + 8 * klen[i]));
+		struct iovec iov[2] = {{h, sizeof h}, {chunk[i], 4 + 8 * klen[i]}};
+		emit(c, inl, iov, 2);
+	}
+}
+
+/* ---- writes, trims, zeroings, and parking them during a freeze ---- */
+
+/* The engine call of a WRITE, TRIM or WRITE_ZEROES; fl: SV_* flags. */
+static int
+modify(struct sv_nbd_conn *c, const struct sv_nbd_request *r, const uint8_t *payload, unsigned fl,
+       int *err)
+{
+	switch (r->type) {
+	case NBD_CMD_WRITE: {
+		uint64_t t0 = sv_now_ns();
+		int ret = sv_view_pwrite(c->view, payload, r->len, r->offset, fl, err);
+		if (ret == 0) {
+			if (r->len <= SV_NBD_INLINE_MAX && !(fl & SV_FUA))
+				account(c, sv_now_ns() - t0);
+			atomic_fetch_add(&c->bytes_written, r->len);
+		}
+		return ret;
+	}
+	case NBD_CMD_TRIM:
+		return sv_view_trim(c->view, r->len, r->offset, fl, err);
+	default:
+		if (r->flags & NBD_CMD_FLAG_NO_HOLE)
+			fl |= SV_NO_HOLE;
+		if (r->flags & NBD_CMD_FLAG_FAST_ZERO)
+			fl |= SV_FAST_ZERO;
+		return sv_view_zero(c->view, r->len, r->offset, fl, err);
+	}
+}
+
+static void
+reply_modify(struct sv_nbd_conn *c, bool inl, const struct sv_nbd_request *r, int ret, int err)
+{
+	if (ret == -1)
+		send_engine_error(c, inl, r, err);
+	else
+		send_simple(c, inl, r->cookie, NBD_SUCCESS);
+}
+
+/* The drainer: serves parked requests in order, waiting at the gate. */
+static void *
+drainer_main(void *arg)
+{
+	struct parking *pk = arg;
+	struct sv_nbd_conn *c = pk->c;
+	sv_lock_or_abort(&pk->lock);
+	for (;;) {
+		while (!pk->head && !pk->stop)
+			pthread_cond_wait(&pk->cond, &pk->lock);
+		struct parked *p = pk->head;
+		if (!p)
+			break;
+		pk->head = p->next;
+		if (!pk->head)
+			pk->tail = NULL;
+		sv_unlock_or_abort(&pk->lock);
+
+		int err = 0;
+		int ret = modify(c, &p->r, p->payload, p->flags, &err);
+		reply_modify(c, false, &p->r, ret, err);
+
+		sv_lock_or_abort(&pk->lock);
+		pk->n--;
+		atomic_store_explicit(&pk->nq, pk->n, memory_order_relaxed);
+		pk->bytes -= sv_nbd_request_payload(&p->r);
+		pthread_cond_broadcast(&pk->cond);
+		free(p->payload);
+		free(p);
+	}
+	sv_unlock_or_abort(&pk->lock);
+	return NULL;
+}
+
+/* No room for a request with n bytes of payload (parking lock held). */
+static bool
+park_full_locked(const struct parking *pk, uint32_t n)
+{
+	return pk->bytes + n > SV_NBD_PARK_MAX || pk->n >= SV_NBD_PARK_MAX_N;
+}
+
+/* Queue a request behind the freeze (parking lock held).  false if it
+ * could not be (out of memory), and the caller answers it. */
+static bool
+park_locked(struct parking *pk, const struct sv_nbd_request *r, const uint8_t *payload, unsigned fl)
+{
+	uint32_t n = sv_nbd_request_payload(r);
+	struct parked *p = calloc(1, sizeof *p);
+	if (!p)
+		return false;
+	if (n && !(p->payload = malloc(n))) {
+		free(p);
+		return false;
+	}
+	if (n)
+		memcpy(p->payload, payload, n);
+	if (!pk->started) {
+		int e = pthread_create(&pk->tid, NULL, drainer_main, pk);
+		if (e) {
+			sv_log_error("conn %u: cannot start a thread for held writes: %s",
+				     pk->c->id, strerror(e));
+			free(p->payload);
+			free(p);
+			return false;
+		}
+		pk->started = true;
+	}
+	p->r = *r;
+	p->flags = fl;
+	if (pk->tail)
+		pk->tail->next = p;
+	else
+		pk->head = p;
+	pk->tail = p;
+	pk->n++;
+	atomic_store_explicit(&pk->nq, pk->n, memory_order_relaxed);
+	pk->bytes += n;
+	pthread_cond_broadcast(&pk->cond);
+	return true;
+}
+
+/* WRITE, TRIM, WRITE_ZEROES: try without waiting at the gate; if writes
+ * are held (or others are parked already), park it. */
+static void
+serve_modify(struct sv_nbd_conn *c, struct worker *w, const struct sv_nbd_request *r,
+	     const uint8_t *payload, unsigned fl, bool inl)
+{
+	struct parking *pk = w->park;
+	uint32_t n = sv_nbd_request_payload(r);
+	int err = 0, ret;
+	/* A stale answer only reorders requests that were in flight at once,
+	 * which NBD leaves unordered anyway. */
+	if (atomic_load_explicit(&pk->nq, memory_order_relaxed) == 0) {
+		ret = modify(c, r, payload, fl | SV_NOWAIT, &err);
+		if (ret == 0 || err != EAGAIN) {
+			reply_modify(c, inl, r, ret, err);
+			return;
+		}
+	}
+	sv_lock_or_abort(&pk->lock);
+	while (pk->n > 0 && park_full_locked(pk, n))
+		pthread_cond_wait(&pk->cond, &pk->lock);
+	bool ok = park_locked(pk, r, payload, fl);
+	sv_unlock_or_abort(&pk->lock);
+	if (!ok) {
+		/* No memory to hold it: serve it here, waiting at the gate. */
+		ret = modify(c, r, payload, fl, &err);
+		reply_modify(c, inl, r, ret, err);
+	}
+}
+
+/* Reader role held: while writes are parked, a new WRITE, TRIM or
+ * WRITE_ZEROES joins the queue here, so the queue keeps the order of the
+ * wire.  true if it was parked (the drainer will answer it). */
+static bool
+park_behind(struct sv_nbd_conn *c, struct worker *w, const struct sv_nbd_request *r,
+	    uint32_t verdict, const uint8_t *payload)
+{
+	if (verdict != NBD_SUCCESS || (r->type != NBD_CMD_WRITE && r->type != NBD_CMD_TRIM &&
+				       r->type != NBD_CMD_WRITE_ZEROES))
+		return false;
+	struct parking *pk = w->park;
+	if (atomic_load_explicit(&pk->nq, memory_order_relaxed) == 0)
+		return false; /* the fast path: nothing parked */
+	SV_LOCK_SCOPE(&pk->lock);
+	if (pk->n == 0)
+		return false;
+	uint32_t n = sv_nbd_request_payload(r);
+	if (park_full_locked(pk, n)) {
+		/* About to wait for room: let the replies batched so far go. */
+		sv_unlock_or_abort(&pk->lock);
+		flush_batch(c);
+		sv_lock_or_abort(&pk->lock);
+	}
+	while (pk->n > 0 && park_full_locked(pk, n))
+		pthread_cond_wait(&pk->cond, &pk->lock);
+	if (!park_locked(pk, r, payload, (r->flags & NBD_CMD_FLAG_FUA) ? SV_FUA : 0))
+		return false;
+	atomic_fetch_add(&c->requests, 1);
+	return true;
 }
 
 /* Serve one request; inl: by the reader, replying into the batch. */
@@ -533,31 +796,16 @@ serve(struct sv_nbd_conn *c, struct worker *w, const struct sv_nbd_request *r, u
 	case NBD_CMD_BLOCK_STATUS:
 		do_block_status(c, w, r, inl);
 		return;
-	case NBD_CMD_WRITE: {
-		uint64_t t0 = sv_now_ns();
-		ret = sv_view_pwrite(c->view, payload, r->len, r->offset, fl, &err);
-		if (ret == 0) {
-			if (r->len <= SV_NBD_INLINE_MAX && !fl)
-				account(c, sv_now_ns() - t0);
-			atomic_fetch_add(&c->bytes_written, r->len);
-		}
-		break;
-	}
+	case NBD_CMD_WRITE:
+	case NBD_CMD_TRIM:
+	case NBD_CMD_WRITE_ZEROES:
+		serve_modify(c, w, r, payload, fl, inl);
+		return;
 	case NBD_CMD_FLUSH:
 		ret = sv_view_flush(c->view, &err);
 		break;
-	case NBD_CMD_TRIM:
-		ret = sv_view_trim(c->view, r->len, r->offset, fl, &err);
-		break;
 	case NBD_CMD_CACHE:
 		ret = sv_view_cache(c->view, r->len, r->offset, &err);
-		break;
-	case NBD_CMD_WRITE_ZEROES:
-		if (r->flags & NBD_CMD_FLAG_NO_HOLE)
-			fl |= SV_NO_HOLE;
-		if (r->flags & NBD_CMD_FLAG_FAST_ZERO)
-			fl |= SV_FAST_ZERO;
-		ret = sv_view_zero(c->view, r->len, r->offset, fl, &err);
 		break;
 	default: /* validate_request let through only known commands */
 		send_error(c, inl, r, NBD_EINVAL, "unknown command");
@@ -626,6 +874,8 @@ worker_main(void *arg)
 				release_role(c, true);
 				return NULL;
 			}
+			if (park_behind(c, w, &r, verdict, payload))
+				continue;
 			if (inl) {
 				serve(c, w, &r, verdict, why, payload, true);
 				continue;
@@ -661,8 +911,13 @@ sv_nbd_transmission(struct sv_nbd_conn *c)
 	c->batch_len = 0;
 	c->batch_n = 0;
 	unsigned started = 1;
-	for (unsigned i = 0; i < n; i++)
+	struct parking pk = {.c = c};
+	pthread_mutex_init(&pk.lock, NULL);
+	pthread_cond_init(&pk.cond, NULL);
+	for (unsigned i = 0; i < n; i++) {
 		ws[i].c = c;
+		ws[i].park = &pk;
+	}
 	for (unsigned i = 1; i < n; i++) {
 		int e = pthread_create(&ws[i].tid, NULL, worker_main, &ws[i]);
 		if (e) {
@@ -675,6 +930,17 @@ sv_nbd_transmission(struct sv_nbd_conn *c)
 	worker_main(&ws[0]);
 	for (unsigned i = 1; i < started; i++)
 		pthread_join(ws[i].tid, NULL);
+	/* Parked writes are finished and answered before the connection ends
+	 * (bounded: every freeze ends). */
+	sv_lock_or_abort(&pk.lock);
+	pk.stop = true;
+	pthread_cond_broadcast(&pk.cond);
+	bool drainer = pk.started;
+	sv_unlock_or_abort(&pk.lock);
+	if (drainer)
+		pthread_join(pk.tid, NULL);
+	pthread_cond_destroy(&pk.cond);
+	pthread_mutex_destroy(&pk.lock);
 	for (unsigned i = 0; i < n; i++) {
 		free(ws[i].buf);
 		free(ws[i].ext);

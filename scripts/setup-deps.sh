@@ -7,10 +7,12 @@ set -euo pipefail
 PKGS=(
   # build
   build-essential meson ninja-build pkg-config clang libclang-rt-14-dev
-  libjansson-dev libroaring-dev libgnutls28-dev liburing-dev zlib1g-dev libcmocka-dev
+  libjansson-dev libroaring-dev libgnutls28-dev liburing-dev zlib1g-dev libcmocka-dev libnbd-dev
   clang-format clang-tidy cppcheck
   # real NBD clients and peers for tests and benchmarks
   libnbd-bin python3-libnbd nbdkit qemu-utils qemu-system-common fio
+  # TLS keys and certificates for the TLS tests (psktool, certtool)
+  gnutls-bin
   # filesystems on volumes in tests
   fuse3 e2fsprogs xfsprogs util-linux
   # docs and plots

@@ -5,9 +5,9 @@
 # also served) and the raw file hold.  Bad --listen values are refused at
 # start with a message and a non-zero exit.
 #
-# When TLS becomes the default for TCP (a later issue), a plain TCP server
-# will need an explicit opt-out: set SV_TCP_PLAIN_ARGS to it, e.g.
-# SV_TCP_PLAIN_ARGS=--tls=off.
+# TCP requires TLS by default (test-tls.py covers that); this test serves
+# plain TCP with the explicit opt-out, --insecure (SV_TCP_PLAIN_ARGS
+# overrides it).
 source "$(dirname "$0")/functions.sh"
 requires nbdinfo --version
 requires nbdcopy --version
@@ -32,7 +32,7 @@ sv list | grep -q vm1 || fail "list after failed serve attempts"
 
 # --- a real TCP server ---
 PORT=$(free_port)
-WAIT_FOR="127.0.0.1:$PORT $P/control.sock" start_server --listen "127.0.0.1:$PORT" ${SV_TCP_PLAIN_ARGS:-}
+WAIT_FOR="127.0.0.1:$PORT $P/control.sock" start_server --listen "127.0.0.1:$PORT" ${SV_TCP_PLAIN_ARGS:---insecure}
 TU="nbd://127.0.0.1:$PORT/vm1"
 
 assert_eq "size over TCP" 33554432 "$(nbdinfo --size "$TU")"
@@ -61,7 +61,7 @@ fi
 PORT2=$(free_port)
 set +e
 out=$(timeout 20 "$SNAPVOL" --pool "$P" serve --listen "127.0.0.1:$PORT2" \
-	--socket "$T/other.sock" --control "$T/other-control.sock" 2>&1 </dev/null)
+	--socket "$T/other.sock" --control "$T/other-control.sock" ${SV_TCP_PLAIN_ARGS:---insecure} 2>&1 </dev/null)
 rc=$?
 set -e
 [ $rc -ne 124 ] || fail "a second server on the pool kept running"

@@ -243,12 +243,23 @@ test_version_and_commands(void **state)
 						 "snapshot-list",
 						 "snapshot-delete",
 						 "snapshot-rollback",
+						 "diff",
+						 "snapshot-set",
+						 "snapshot-release",
+						 "freeze",
+						 "heartbeat",
+						 "diff",
 						 NULL};
 	for (size_t i = 0; i < n; i++) {
 		bool needs = false;
 		for (int k = 0; needs_args[k]; k++)
 			needs |= !strcmp(sv_ctl_command_names[i], needs_args[k]);
 		reply = run(f, sv_ctl_command_names[i], NULL);
+		if (!strcmp(sv_ctl_command_names[i], "thaw")) {
+			/* two optional arguments, exactly one of which is needed */
+			expect_engine_error(reply, "EINVAL", EINVAL, "either");
+			continue;
+		}
 		if (needs) {
 			expect_engine_error(reply, "EINVAL", EINVAL, "missing argument");
 			continue;
@@ -459,8 +470,12 @@ test_status_without_server(void **state)
 	json_decref(run(f, "create", "{\"name\": \"vm1\", \"size\": \"1M\"}"));
 	json_t *reply = run(f, "status", NULL);
 	json_t *r = ret_of(reply);
-	assert_int_equal(json_object_size(r), 4);
+	assert_int_equal(json_object_size(r), 5);
 	assert_true(json_is_false(json_object_get(r, "running")));
+	/* no server, no freezes: they live in a server, for its connections */
+	assert_int_equal(json_array_size(json_object_get(r, "freezes")), 0);
+	expect_engine_error(run(f, "freeze", "{\"names\": [\"vm1\"]}"), "ENOTCONN", ENOTCONN,
+			    "start `snapvol serve`");
 	assert_string_equal(json_string_value(json_object_get(r, "message")), "no server running");
 	assert_string_equal(json_string_value(json_object_get(r, "pool")),
 			    sv_pool_describe(f->pool));

@@ -1,0 +1,202 @@
+#!/usr/bin/env bash
+# freeze.sh: the freeze window and the write stall of a filesystem-consistent
+# snapshot (issue 4, "Measure"), snapvol against doing it by hand.
+#
+# Two stacks, each a 4 GiB ext4 (VOL_GIB) on an NBD export through nbdfuse
+# + a loop device (direct I/O), mounted: one on "snapvol serve", one on
+# qemu-storage-daemon (a raw file, exported over NBD, QMP on a socket).
+# Inside each, fio writes 4 KiB at random (libaio, direct, QD16) at the same
+# rate (RATE_IOPS) with a per-I/O latency log.  Then, N times each:
+#   snapvol   snapvol snapshot create vol@N --fsfreeze MNT
+#   byhand    fsfreeze -f MNT; snapvol snapshot create vol@N; fsfreeze -u MNT
+#   qsd       fsfreeze -f MNT; QMP transaction (blockdev-backup sync=none:
+#             qemu's copy-before-write snapshot); fsfreeze -u MNT
+# snapvol and byhand run interleaved on the snapvol stack, then qsd on its
+# own (two stacks at once would share 2 cores).  Per event: the freeze window
+# (snapvol: FIFREEZE to FITHAW as its watchdog measures it; by hand: from
+# starting fsfreeze -f to fsfreeze -u returning) and the longest write stall
+# fio saw (the longest write in flight during the window), and the same
+# measure over a quiet control window before it.  freeze.py has the details.
+#
+#   bench/freeze.sh                    # ~4 min with the defaults
+#   N=5 RUNTIME=40 bench/freeze.sh     # smoke run
+# Knobs: N (events per method, 30), VOL_GIB (4), RATE_IOPS (500),
+# SNAPVOL (build/cli/snapvol), BENCH_TMPDIR (/var/tmp), RESULTS_DIR
+# (bench/results).  Needs root, fio, nbdfuse, qemu-storage-daemon,
+# qemu-img, gnuplot, util-linux fsfreeze.  Writes
+# bench/results/freeze-DATE.{md,tsv,events.tsv,png}.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/.." && pwd)
+if [[ $# -gt 0 ]]; then
+	sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+	exit 2
+fi
+CMDLINE=
+for v in N VOL_GIB RATE_IOPS SNAPVOL BENCH_TMPDIR RESULTS_DIR; do
+	[[ -n "${!v+x}" ]] && CMDLINE+="$v=$(printf '%q' "${!v}") "
+done
+CMDLINE+="$0"
+N=${N:-30}
+VOL_GIB=${VOL_GIB:-4}
+RATE_IOPS=${RATE_IOPS:-500}
+SNAPVOL=$(realpath "${SNAPVOL:-$REPO/build/cli/snapvol}")
+BENCH_TMPDIR=${BENCH_TMPDIR:-/var/tmp}
+RESULTS_DIR=${RESULTS_DIR:-$HERE/results}
+PY=/usr/bin/python3
+export PATH=/usr/bin:/usr/sbin:/bin:/sbin:$PATH
+
+log() { echo "freeze.sh: $*" >&2; }
+die() {
+	log "error: $*"
+	exit 1
+}
+[[ $(id -u) -eq 0 ]] || die "needs root (FIFREEZE, loop devices, mount)"
+for t in fio nbdfuse qemu-storage-daemon qemu-img gnuplot fsfreeze losetup; do
+	command -v $t >/dev/null || die "$t is missing"
+done
+[[ -x $SNAPVOL ]] || die "no snapvol binary at $SNAPVOL (SNAPVOL=...)"
+
+STAMP=$(date +%Y-%m-%d-%H%M%S)
+TMP=$(mktemp -d "$BENCH_TMPDIR/freeze-bench.XXXXXX")
+mkdir -p "$RESULTS_DIR"
+OUT=$RESULTS_DIR/freeze-$STAMP
+
+# ---------------------------------------------------------------- cleanup
+declare -A LOOP MNT FUSE FPID
+PIDS=()
+teardown_stack() { # NAME
+	local n=$1
+	[[ -n ${MNT[$n]:-} ]] || return 0
+	fsfreeze -u "${MNT[$n]}" 2>/dev/null || true
+	if mountpoint -q "${MNT[$n]}"; then umount "${MNT[$n]}" || umount -l "${MNT[$n]}"; fi
+	[[ -n ${LOOP[$n]:-} ]] && losetup -d "${LOOP[$n]}" 2>/dev/null
+	if mountpoint -q "${FUSE[$n]}"; then fusermount3 -u "${FUSE[$n]}" || fusermount3 -u -z "${FUSE[$n]}"; fi
+	[[ -n ${FPID[$n]:-} ]] && kill "${FPID[$n]}" 2>/dev/null
+	MNT[$n]=
+	return 0
+}
+cleanup() {
+	set +e
+	trap - EXIT INT TERM HUP
+	for p in "${FIOPIDS[@]:-}"; do [[ -n $p ]] && kill "$p" 2>/dev/null; done
+	teardown_stack sv
+	teardown_stack qsd
+	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+	wait 2>/dev/null
+	rm -rf "$TMP"
+}
+FIOPIDS=()
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
+
+# ---------------------------------------------------------------- stacks
+# stack_up NAME URI: nbdfuse + loop + mkfs.ext4 + mount on $TMP/mnt-NAME.
+stack_up() {
+	local n=$1 uri=$2 i
+	FUSE[$n]=$TMP/fuse-$n MNT[$n]=$TMP/mnt-$n
+	mkdir -p "${FUSE[$n]}" "${MNT[$n]}"
+	setsid nbdfuse -P "$TMP/fuse-$n.pid" "${FUSE[$n]}" "$uri" </dev/null >"$TMP/nbdfuse-$n.log" 2>&1 &
+	for ((i = 0; i < 300; i++)); do
+		[[ -s $TMP/fuse-$n.pid && -e ${FUSE[$n]}/nbd ]] && break
+		sleep 0.1
+	done
+	[[ -s $TMP/fuse-$n.pid ]] || die "nbdfuse $uri did not start"
+	FPID[$n]=$(cat "$TMP/fuse-$n.pid")
+	LOOP[$n]=$(losetup -f --show --direct-io=on "${FUSE[$n]}/nbd")
+	mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "${LOOP[$n]}"
+	mount "${LOOP[$n]}" "${MNT[$n]}"
+	log "ext4 on $uri mounted on ${MNT[$n]} (${LOOP[$n]})"
+}
+
+wait_sock() {
+	local i
+	for ((i = 0; i < 200; i++)); do [[ -S $1 ]] && return 0; sleep 0.05; done
+	die "no socket $1"
+}
+
+POOL=$TMP/pool
+"$SNAPVOL" --pool "$POOL" create vol --size "${VOL_GIB}G" >/dev/null
+"$SNAPVOL" --pool "$POOL" serve >"$TMP/serve.log" 2>&1 &
+PIDS+=($!)
+wait_sock "$POOL/control.sock"
+wait_sock "$POOL/nbd.sock"
+stack_up sv "nbd+unix:///vol?socket=$POOL/nbd.sock"
+
+truncate -s "${VOL_GIB}G" "$TMP/qsd.raw"
+qemu-storage-daemon \
+	--blockdev driver=file,node-name=orig-file,filename="$TMP/qsd.raw" \
+	--blockdev driver=raw,node-name=top,file=orig-file \
+	--nbd-server addr.type=unix,addr.path="$TMP/qsd.sock" \
+	--export type=nbd,id=exp0,node-name=top,name=vol,writable=on \
+	--chardev socket,id=qmp0,path="$TMP/qmp.sock",server=on,wait=off \
+	--monitor chardev=qmp0 >"$TMP/qsd.log" 2>&1 &
+PIDS+=($!)
+wait_sock "$TMP/qsd.sock"
+wait_sock "$TMP/qmp.sock"
+stack_up qsd "nbd+unix:///vol?socket=$TMP/qsd.sock"
+
+# fio_start NAME: the load inside the filesystem, until fio_stop.
+fio_start() {
+	local n=$1
+	fio --name=load --directory="${MNT[$n]}" --size=1G --rw=randwrite --bs=4k \
+		--ioengine=libaio --direct=1 --iodepth=16 --rate_iops="$RATE_IOPS" \
+		--time_based --runtime=3600 --write_lat_log="$TMP/lat-$n" --log_avg_msec=0 \
+		--log_unix_epoch=1 --output="$TMP/fio-$n.out" >/dev/null 2>&1 &
+	FIOPIDS+=($!)
+	# laid out and running: the latency log grows
+	local i
+	for ((i = 0; i < 600; i++)); do
+		[[ -s $TMP/lat-${n}_lat.1.log ]] && break
+		sleep 0.1
+	done
+	sleep 2
+}
+fio_stop() {
+	kill "${FIOPIDS[-1]}" 2>/dev/null || true
+	wait "${FIOPIDS[-1]}" 2>/dev/null || true
+	unset 'FIOPIDS[-1]'
+}
+
+export SNAPVOL POOL TMP
+export SV_MNT=${MNT[sv]} QSD_MNT=${MNT[qsd]} QSD_QMP=$TMP/qmp.sock
+LOAD_START=$(cut -d' ' -f1 /proc/loadavg)
+
+log "snapvol and by hand, $N each, interleaved, under $RATE_IOPS IOPS of 4 KiB random writes"
+fio_start sv
+"$PY" "$HERE/freeze.py" run "$TMP/events-sv.tsv" "$N" snapvol byhand
+fio_stop
+log "qemu-storage-daemon, $N events"
+fio_start qsd
+"$PY" "$HERE/freeze.py" run "$TMP/events-qsd.tsv" "$N" qsd
+fio_stop
+LOAD_END=$(cut -d' ' -f1 /proc/loadavg)
+
+{
+	cat "$TMP/events-sv.tsv"
+	tail -n +2 "$TMP/events-qsd.tsv"
+} >"$OUT.events.tsv"
+"$PY" "$HERE/freeze.py" report "$OUT.events.tsv" "$TMP"/lat-*_lat.1.log >"$OUT.tsv"
+WIDTH=$("$PY" "$HERE/freeze.py" dat "$OUT.tsv" "$TMP")
+gnuplot -e "dir='$TMP'; out='$OUT.png'; width=$WIDTH" "$HERE/freeze.gp" ||
+	log "gnuplot failed; no plot"
+
+{
+	echo "# Freeze window and write stall: snapshot create --fsfreeze vs by hand ($STAMP)"
+	echo
+	echo "- command: \`$CMDLINE\`"
+	echo "- machine: $(nproc) cores, $(uname -r), load average $LOAD_START at the start, $LOAD_END at the end (shared machine: other engineers' builds and tests ran meanwhile)"
+	echo "- versions: snapvol $("$SNAPVOL" --version | awk '{print $2}'); $(qemu-storage-daemon --version | head -n 1); $(fio --version)"
+	echo "- load: fio 4 KiB randwrite, libaio direct QD16 at $RATE_IOPS IOPS on a 1 GiB file inside a ${VOL_GIB} GiB ext4 (nbdfuse + loop, direct I/O) on each server; $N events per method"
+	echo "- window: snapvol = FIFREEZE to FITHAW (its watchdog's clock); by hand = fsfreeze -f started to fsfreeze -u returned"
+	echo "- stall: the longest write in flight during the window (fio per-I/O latency log); control = the same over an equal window ending 300 ms before, nothing frozen"
+	echo
+	"$PY" "$HERE/freeze.py" md "$OUT.tsv"
+	echo
+	echo "Plot: \`$(basename "$OUT").png\` (histograms of windows and stalls); per event: \`$(basename "$OUT").tsv\`."
+} >"$OUT.md"
+cat "$OUT.md"
+log "results: $OUT.md"

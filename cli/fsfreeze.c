@@ -1,0 +1,535 @@
+/*
+ * fsfreeze.c: "snapvol fsfreeze MOUNTPOINT... -- CMD" and
+ * "snapvol snapshot create VOL@SNAP --fsfreeze MOUNTPOINT": the filesystem
+ * half of DESIGN.md's freeze sequence, on the host that mounts it.
+ *
+ * The freeze itself is held by the agent's watchdog process (agent/), so it
+ * ends if this process dies, is killed or stops; this file only drives it:
+ *
+ *   snapshot create --fsfreeze (one control connection, opened first):
+ *     info (volume size, origin)   watchdog forked, mount points opened
+ *     FIFREEZE (top-down)          the server keeps serving the flushes it causes
+ *     GETFSMAP                     free ranges, while nothing can change them
+ *     snapshot-create              consistency "crash", quiesce: writes held
+ *                                  around the epoch switch
+ *     query the watchdog           "frozen without a gap since FIFREEZE?"
+ *     FITHAW (bottom-up)
+ *     snapshot-release             the free ranges (only if it stayed frozen)
+ *     snapshot-set frozen          only if it stayed frozen
+ *   So a snapshot is called "frozen" only once the watchdog confirmed it, and
+ *   whatever dies half-way (this process, the watchdog, the server) leaves
+ *   it "crash": never frozen falsely.  The free ranges are handed over after
+ *   the thaw (the window stays short), and only when the watchdog confirmed
+ *   the freeze, because a map read before a lost freeze may be stale.
+ *
+ * The free-space hint names byte ranges of the filesystem's device; they are
+ * ranges of the volume only if the filesystem sits on the volume at offset
+ * 0 (nbdfuse + loop).  The rule: one volume snapshotted, exactly one frozen
+ * filesystem whose device size equals the volume's, and the first 64 KiB of
+ * that device (read with O_DIRECT while frozen, so through the server)
+ * equal the first 64 KiB of the volume's origin file.  Anything else, or a
+ * volume whose origin is not a local file, gives no hint: releasing a range
+ * the filesystem uses would lose data from the snapshot.
+ *
+ * Nothing is printed while frozen: stdout or stderr may be a file on the
+ * frozen filesystem, and a write there would hang this process (the lease
+ * would then thaw it, but the snapshot would be "crash").
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "agent.h"
+#include "cli.h"
+#include "ctl.h"
+#include "engine.h"
+#include "error.h"
+#include "log.h"
+#include "util.h"
+
+#define DEFAULT_LEASE_NS	    (2 * 1000000000ull)
+#define DEFAULT_TIMEOUT_NS	    (60 * 1000000000ull)
+#define DEFAULT_SNAPSHOT_TIMEOUT_NS (10 * 1000000000ull)
+#define HINT_CHECK_BYTES	    65536
+#define RELEASE_BATCH		    10000
+
+/* --lease and --timeout, bounded as the agent bounds them. */
+static int
+freeze_times(struct cli *cli, uint64_t dflt_timeout, uint64_t *lease, uint64_t *timeout)
+{
+	*lease = DEFAULT_LEASE_NS;
+	*timeout = dflt_timeout;
+	if (cli->val[OPT_FREEZE_LEASE] &&
+	    sv_parse_duration(cli->val[OPT_FREEZE_LEASE], lease) == -1)
+		return cli_usage_error(cli, "--lease: %s", sv_last_error());
+	if (cli->val[OPT_FREEZE_TIMEOUT] &&
+	    sv_parse_duration(cli->val[OPT_FREEZE_TIMEOUT], timeout) == -1)
+		return cli_usage_error(cli, "--timeout: %s", sv_last_error());
+	if (*lease < SV_AGENT_LEASE_MIN_NS || *lease > SV_AGENT_LEASE_MAX_NS)
+		return cli_usage_error(cli, "--lease: %s is out of range (100ms to 10m)",
+				       cli->val[OPT_FREEZE_LEASE]);
+	if (*timeout < SV_AGENT_TIMEOUT_MIN_NS || *timeout > SV_AGENT_TIMEOUT_MAX_NS)
+		return cli_usage_error(cli, "--timeout: %s is out of range (100ms to 1h)",
+				       cli->val[OPT_FREEZE_TIMEOUT]);
+	return 0;
+}
+
+static double
+ms(uint64_t ns)
+{
+	return (double)ns / 1e6;
+}
+
+/* ---- snapvol fsfreeze ---- */
+
+int
+cli_run_fsfreeze(struct cli *cli)
+{
+	uint64_t lease, timeout;
+	int r;
+	if (!cli->dashdash || cli->dashdash_pos == 0 || cli->dashdash_pos >= cli->npos)
+		return cli_usage_error(cli, "'fsfreeze' needs MOUNTPOINT... -- CMD [ARGS...]");
+	if ((r = freeze_times(cli, DEFAULT_TIMEOUT_NS, &lease, &timeout)))
+		return r;
+	unsigned nfs = cli->dashdash_pos;
+	struct sv_fs fs[SV_AGENT_MAX_FS];
+	if (nfs > SV_AGENT_MAX_FS)
+		return cli_usage_error(cli, "at most %d mount points", SV_AGENT_MAX_FS);
+	if (sv_fs_resolve(cli->pos, nfs, fs) == -1)
+		return cli_fail("%s", sv_last_error());
+	char *argv[CLI_MAX_POS + 1];
+	unsigned argc = 0;
+	for (unsigned i = cli->dashdash_pos; i < cli->npos; i++)
+		argv[argc++] = (char *)cli->pos[i];
+	argv[argc] = NULL;
+
+	struct sv_watchdog *wd;
+	if (sv_watchdog_start(fs, nfs, lease, timeout, &wd) == -1)
+		return cli_fail("%s", sv_last_error());
+	if (sv_watchdog_freeze(wd) == -1) {
+		r = cli_fail("%s", sv_last_error());
+		sv_watchdog_close(wd);
+		return r;
+	}
+	if (sv_watchdog_start_heartbeats(wd) == -1) {
+		r = cli_fail("%s", sv_last_error());
+		sv_watchdog_close(wd);
+		return r;
+	}
+	pid_t pid = fork();
+	if (pid == 0) {
+		execvp(argv[0], argv);
+		_exit(127); /* said after the thaw, from the status */
+	}
+	int pidfd = pid > 0 ? (int)syscall(SYS_pidfd_open, pid, 0) : -1;
+	int status = 0;
+	bool told = false;
+	if (pid > 0) {
+		for (;;) {
+			struct pollfd p[2] = {{.fd = pidfd, .events = POLLIN},
+					      {.fd = sv_watchdog_fd(wd), .events = POLLIN}};
+			int n = poll(p, told ? 1 : 2, pidfd >= 0 ? -1 : 100);
+			if (n == -1 && errno != EINTR)
+				break;
+			if (!told && n > 0 && p[1].revents) {
+				struct sv_watchdog_state st;
+				int gone = sv_watchdog_poll(wd);
+				sv_watchdog_get_state(wd, &st);
+				if (!st.frozen) {
+					/* thawed: printing is safe now */
+					fprintf(
+					    stderr,
+					    "snapvol: fsfreeze: thawed after %.1f ms, before %s "
+					    "ended: %s\n",
+					    ms(st.thawed_ns - st.freeze_start_ns), argv[0],
+					    sv_thaw_reason_str(st.reason));
+					told = true;
+				} else if (gone == -1) {
+					told = true;
+				}
+			}
+			pid_t w = waitpid(pid, &status, WNOHANG);
+			if (w == pid)
+				break;
+		}
+	}
+	int thaw_r = sv_watchdog_thaw(wd);
+	struct sv_watchdog_state st;
+	sv_watchdog_get_state(wd, &st);
+	sv_watchdog_close(wd);
+	if (pidfd >= 0)
+		close(pidfd);
+	if (thaw_r == -1)
+		cli_fail("thaw: %s", sv_last_error());
+	if (pid == -1)
+		return cli_fail("cannot run %s: %s", argv[0], strerror(errno));
+	int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+	if (WIFEXITED(status) && code == 127)
+		fprintf(stderr, "snapvol: fsfreeze: %s exited 127 (not found or not executable?)\n",
+			argv[0]);
+	if (cli->json) {
+		json_t *order = json_array();
+		for (unsigned i = 0; i < nfs; i++)
+			json_array_append_new(order, json_string(fs[i].path));
+		json_t *o = json_pack(
+		    "{s:i, s:o, s:I, s:I, s:b, s:s}", "status", code, "order", order, "window_us",
+		    (json_int_t)((st.thawed_ns - st.freeze_start_ns) / 1000), "fifreeze_us",
+		    (json_int_t)((st.frozen_ns - st.freeze_start_ns) / 1000), "thawed_early", told,
+		    "reason", sv_thaw_reason_str(st.reason));
+		char *txt = json_dumps(o, JSON_COMPACT);
+		if (txt)
+			puts(txt);
+		free(txt);
+		json_decref(o);
+	} else if (sv_verbose)
+		fprintf(stderr, "snapvol: fsfreeze: frozen for %.1f ms (FIFREEZE %.1f ms)\n",
+			ms(st.thawed_ns - st.freeze_start_ns),
+			ms(st.frozen_ns - st.freeze_start_ns));
+	return code;
+}
+
+/* ---- snapshot create --fsfreeze ---- */
+
+/* One control connection for the whole sequence, or the pool opened here
+ * when no server runs. */
+struct session {
+	int fd;
+	struct sv_pool *pool;
+	struct sv_ctl_context ctx;
+};
+
+static int
+session_open(struct cli *cli, struct session *s)
+{
+	char *control = cli_control_path(cli);
+	memset(s, 0, sizeof *s);
+	s->fd = sv_ctl_client_connect(control);
+	if (s->fd < 0) {
+		char why[512];
+		snprintf(why, sizeof why, "%s", sv_last_error());
+		if (sv_pool_open(cli->pool, 0, &s->pool) == -1) {
+			if (sv_last_errno() == EWOULDBLOCK) {
+				char msg[1024];
+				cli_pool_in_use_message(cli, control, why, msg, sizeof msg);
+				sv_error(EWOULDBLOCK, "%s", msg);
+			}
+			free(control);
+			return -1;
+		}
+		s->ctx.pool = s->pool;
+	}
+	free(control);
+	return 0;
+}
+
+static void
+session_close(struct session *s)
+{
+	if (s->fd >= 0)
+		close(s->fd);
+	if (s->pool)
+		sv_pool_close(s->pool);
+}
+
+/* Run command; its "return" value, or NULL with the error set. */
+static json_t *
+session_call(struct session *s, const char *command, json_t *args)
+{
+	json_t *reply = s->fd >= 0 ? sv_ctl_client_call(s->fd, command, args)
+				   : sv_ctl_execute(&s->ctx, command, args);
+	if (!reply)
+		return NULL;
+	json_t *err = json_object_get(reply, "error");
+	if (err) {
+		const char *desc = json_string_value(json_object_get(err, "desc"));
+		json_int_t e = json_integer_value(json_object_get(err, "errno"));
+		sv_error(e > 0 ? (int)e : EIO, "%s: %s", command, desc ? desc : "unknown error");
+		json_decref(reply);
+		return NULL;
+	}
+	json_t *ret = json_incref(json_object_get(reply, "return"));
+	json_decref(reply);
+	if (!ret)
+		sv_error(EIO, "the reply to '%s' has no result", command);
+	return ret;
+}
+
+/* What the free-space hint needs, opened before the freeze. */
+struct hint {
+	int fs;		/* index of the filesystem, or -1: no hint */
+	char why[1024]; /* why not */
+	int dir_fd;	/* on the filesystem, for GETFSMAP */
+	int dev_fd;	/* its device, O_DIRECT */
+	int origin_fd;	/* the volume's origin file */
+	struct sv_range *ranges;
+	size_t n;
+	uint64_t bytes;
+};
+
+static void
+hint_prepare(struct cli *cli, struct session *s, const struct sv_fs *fs, size_t nfs,
+	     json_t *snapshots, struct hint *h)
+{
+	memset(h, 0, sizeof *h);
+	h->fs = h->dir_fd = h->dev_fd = h->origin_fd = -1;
+	if (cli->val[OPT_NO_FS_HINT]) {
+		snprintf(h->why, sizeof h->why, "--no-fs-hint");
+		return;
+	}
+	if (json_array_size(snapshots) != 1) {
+		snprintf(h->why, sizeof h->why, "more than one volume");
+		return;
+	}
+	char vol[SV_NAME_MAX + 1], snap[SV_NAME_MAX + 1];
+	bool has;
+	const char *spec = json_string_value(json_array_get(snapshots, 0));
+	if (sv_split_export_name(spec, strlen(spec), vol, snap, &has) == -1)
+		return;
+	json_t *args = json_pack("{s:s}", "name", vol);
+	json_t *info = session_call(s, "info", args);
+	json_decref(args);
+	if (!info) {
+		snprintf(h->why, sizeof h->why, "%s", sv_last_error());
+		return;
+	}
+	uint64_t size = (uint64_t)json_integer_value(json_object_get(info, "size"));
+	const char *origin = json_string_value(json_object_get(info, "origin"));
+	int match = -1, matches = 0;
+	for (size_t i = 0; i < nfs; i++)
+		if (fs[i].dev_size == size) {
+			match = (int)i;
+			matches++;
+		}
+	if (matches != 1) {
+		snprintf(h->why, sizeof h->why,
+			 "%s frozen filesystem's device has the volume's size",
+			 matches ? "more than one" : "no");
+	} else if (!origin) {
+		snprintf(h->why, sizeof h->why, "the volume's origin is not a local file");
+	} else {
+		struct stat st;
+		h->dir_fd = open(fs[match].path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		h->dev_fd = open(fs[match].source, O_RDONLY | O_DIRECT | O_CLOEXEC);
+		h->origin_fd = open(origin, O_RDONLY | O_CLOEXEC);
+		if (h->dir_fd < 0 || h->dev_fd < 0 || h->origin_fd < 0)
+			snprintf(h->why, sizeof h->why, "cannot open %.200s, %.200s or %.200s",
+				 fs[match].path, fs[match].source, origin);
+		else if (fstat(h->dev_fd, &st) == -1 || !S_ISBLK(st.st_mode) ||
+			 st.st_rdev != fs[match].dev)
+			snprintf(h->why, sizeof h->why, "%.200s is not the device of %.200s",
+				 fs[match].source, fs[match].path);
+		else
+			h->fs = match;
+	}
+	json_decref(info);
+}
+
+/* While frozen: GETFSMAP, and the check that the device is the volume. */
+static void
+hint_read(const struct sv_fs *fs, struct hint *h)
+{
+	if (h->fs < 0)
+		return;
+	void *a = NULL, *b = malloc(HINT_CHECK_BYTES);
+	bool same = b && posix_memalign(&a, 4096, HINT_CHECK_BYTES) == 0 &&
+		    pread(h->dev_fd, a, HINT_CHECK_BYTES, 0) == HINT_CHECK_BYTES &&
+		    pread(h->origin_fd, b, HINT_CHECK_BYTES, 0) == HINT_CHECK_BYTES &&
+		    !memcmp(a, b, HINT_CHECK_BYTES);
+	free(a);
+	free(b);
+	if (!same) {
+		snprintf(h->why, sizeof h->why, "%.200s does not hold the volume's bytes",
+			 fs[h->fs].source);
+		h->fs = -1;
+		return;
+	}
+	if (sv_fs_free_ranges(h->dir_fd, fs[h->fs].dev, &h->ranges, &h->n) == -1) {
+		snprintf(h->why, sizeof h->why, "%s", sv_last_error());
+		h->fs = -1;
+		return;
+	}
+	for (size_t i = 0; i < h->n; i++)
+		h->bytes += h->ranges[i].len;
+}
+
+static void
+hint_close(struct hint *h)
+{
+	if (h->dir_fd >= 0)
+		close(h->dir_fd);
+	if (h->dev_fd >= 0)
+		close(h->dev_fd);
+	if (h->origin_fd >= 0)
+		close(h->origin_fd);
+	free(h->ranges);
+}
+
+/* Hand the free ranges to the server, in batches; the bytes it released. */
+static int
+hint_release(struct session *s, const char *spec, struct hint *h, uint64_t *released)
+{
+	*released = 0;
+	for (size_t i = 0; i < h->n; i += RELEASE_BATCH) {
+		json_t *arr = json_array();
+		for (size_t k = i; k < h->n && k < i + RELEASE_BATCH; k++)
+			json_array_append_new(arr, json_pack("[I, I]", (json_int_t)h->ranges[k].off,
+							     (json_int_t)h->ranges[k].len));
+		json_t *args = json_pack("{s:s, s:o}", "snapshot", spec, "ranges", arr);
+		json_t *ret = session_call(s, "snapshot-release", args);
+		json_decref(args);
+		if (!ret)
+			return -1;
+		*released += (uint64_t)json_integer_value(json_object_get(ret, "bytes"));
+		json_decref(ret);
+	}
+	return 0;
+}
+
+int
+cli_snapshot_create_fsfreeze(struct cli *cli, json_t *snapshots)
+{
+	uint64_t lease, timeout;
+	int r;
+	struct sv_fs fs[SV_AGENT_MAX_FS];
+	struct session s;
+	struct hint h;
+	struct sv_watchdog *wd = NULL;
+
+	if ((r = freeze_times(cli, DEFAULT_SNAPSHOT_TIMEOUT_NS, &lease, &timeout))) {
+		json_decref(snapshots);
+		return r;
+	}
+	if (sv_fs_resolve(cli->fsfreeze, cli->nfsfreeze, fs) == -1) {
+		json_decref(snapshots);
+		return cli_fail("%s", sv_last_error());
+	}
+	if (session_open(cli, &s) == -1) {
+		json_decref(snapshots);
+		return cli_fail("%s", sv_last_error());
+	}
+	hint_prepare(cli, &s, fs, cli->nfsfreeze, snapshots, &h);
+
+	if (sv_watchdog_start(fs, cli->nfsfreeze, lease, timeout, &wd) == -1 ||
+	    sv_watchdog_freeze(wd) == -1) {
+		r = cli_fail("%s", sv_last_error());
+		goto out;
+	}
+	/* Frozen: nothing printed from here to the thaw. */
+	(void)sv_watchdog_start_heartbeats(wd); /* without: the lease alone decides */
+	hint_read(fs, &h);
+	json_t *args = json_pack("{s:O, s:s, s:b}", "snapshots", snapshots, "consistency", "crash",
+				 "quiesce", 1);
+	json_t *created = session_call(&s, "snapshot-create", args);
+	json_decref(args);
+	char create_err[1024] = "";
+	if (!created)
+		snprintf(create_err, sizeof create_err, "%s", sv_last_error());
+	bool throughout = false;
+	if (created && sv_watchdog_query(wd, &throughout) == -1)
+		throughout = false;
+	int thaw_r = sv_watchdog_thaw(wd);
+	struct sv_watchdog_state st;
+	sv_watchdog_get_state(wd, &st);
+	/* Thawed: the rest may print. */
+	if (thaw_r == -1)
+		cli_fail("thaw: %s", sv_last_error());
+	if (!created) {
+		r = cli_fail("%s", create_err);
+		goto out;
+	}
+
+	uint64_t released = 0;
+	bool hinted = false;
+	char hint_err[512] = "";
+	if (throughout && h.fs >= 0) {
+		const char *spec = json_string_value(json_array_get(snapshots, 0));
+		if (hint_release(&s, spec, &h, &released) == 0)
+			hinted = true;
+		else
+			snprintf(hint_err, sizeof hint_err, "%s", sv_last_error());
+	} else if (h.fs >= 0) {
+		snprintf(h.why, sizeof h.why, "the freeze did not last");
+	}
+	const char *consistency = "crash";
+	if (throughout) {
+		consistency = "frozen";
+		size_t i;
+		json_t *v;
+		json_array_foreach(snapshots, i, v)
+		{
+			json_t *a = json_pack("{s:O, s:s}", "snapshot", v, "consistency", "frozen");
+			json_t *ret = session_call(&s, "snapshot-set", a);
+			json_decref(a);
+			if (!ret) {
+				consistency = "crash";
+				cli_fail("%s (the snapshots stay \"crash\")", sv_last_error());
+				break;
+			}
+			json_decref(ret);
+		}
+	}
+	uint64_t window = st.thawed_ns - st.freeze_start_ns;
+	uint64_t fifreeze = st.frozen_ns - st.freeze_start_ns;
+	if (!throughout)
+		fprintf(stderr,
+			"snapvol: warning: the filesystems did not stay frozen through the "
+			"snapshot (%s): recorded as crash-consistent\n",
+			sv_thaw_reason_str(st.reason != SV_THAW_REQUESTED ? st.reason
+									  : SV_THAW_FREEZE_LOST));
+	if (hint_err[0])
+		fprintf(stderr, "snapvol: warning: free-space hint not applied: %s\n", hint_err);
+	if (cli->json) {
+		json_t *mps = json_array();
+		for (unsigned i = 0; i < cli->nfsfreeze; i++)
+			json_array_append_new(mps, json_string(fs[i].path));
+		json_object_set_new(created, "consistency", json_string(consistency));
+		json_object_set_new(created, "freeze",
+				    json_pack("{s:o, s:I, s:I, s:I, s:b, s:s}", "mountpoints", mps,
+					      "window_us", (json_int_t)(window / 1000),
+					      "fifreeze_us", (json_int_t)(fifreeze / 1000),
+					      "presync_us", (json_int_t)(st.presync_ns / 1000),
+					      "frozen_throughout", throughout, "thaw",
+					      sv_thaw_reason_str(st.reason)));
+		json_object_set_new(created, "fs_hint",
+				    json_pack("{s:b, s:I, s:I, s:I, s:s}", "applied", hinted,
+					      "ranges", (json_int_t)(hinted ? h.n : 0),
+					      "free_bytes", (json_int_t)(hinted ? h.bytes : 0),
+					      "released_bytes", (json_int_t)released, "reason",
+					      hinted ? "" : (hint_err[0] ? hint_err : h.why)));
+		char *txt = json_dumps(created, JSON_INDENT(2));
+		if (txt)
+			puts(txt);
+		free(txt);
+	} else {
+		size_t i;
+		json_t *v;
+		json_array_foreach(snapshots, i, v)
+		    printf("created snapshot %s (%s)\n", json_string_value(v), consistency);
+		printf("freeze window: %.1f ms (FIFREEZE %.1f ms)\n", ms(window), ms(fifreeze));
+		if (hinted) {
+			char a[32], b[32];
+			printf("free-space hint: %zu free ranges (%s), %s released\n", h.n,
+			       sv_format_size(h.bytes, a, sizeof a),
+			       sv_format_size(released, b, sizeof b));
+		} else if (!hint_err[0]) {
+			printf("free-space hint: none (%s)\n", h.why);
+		}
+	}
+	json_decref(created);
+	r = EXIT_OK;
+out:
+	sv_watchdog_close(wd);
+	hint_close(&h);
+	session_close(&s);
+	json_decref(snapshots);
+	return r;
+}

@@ -1,0 +1,142 @@
+/*
+ * test-agent.c: the freeze agent's checks and the watchdog's protocol, with
+ * no filesystem frozen (the integration tests test-fsfreeze-*.sh freeze real
+ * ext4 and xfs).  Mount points are resolved from /proc/self/mountinfo ("/"
+ * and "/proc" always exist); procfs cannot be frozen, so a freeze of /proc
+ * exercises the whole round trip to the watchdog process and back, and its
+ * clean exit, without touching a real filesystem.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "agent.h"
+#include "error.h"
+
+#define S (1000000000ull)
+
+static void
+test_resolve(void **state)
+{
+	(void)state;
+	struct sv_fs fs[SV_AGENT_MAX_FS];
+	const char *ok[] = {"/proc", "/"};
+	assert_int_equal(sv_fs_resolve(ok, 2, fs), 0);
+	assert_string_equal(fs[0].path, "/proc");
+	assert_string_equal(fs[0].fstype, "proc");
+	assert_string_equal(fs[1].path, "/");
+	assert_int_equal(fs[0].below, -1);
+	assert_int_equal(fs[0].dev_size, 0); /* not a block device */
+
+	const char *notmnt[] = {"/proc/self/fd"};
+	assert_int_equal(sv_fs_resolve(notmnt, 1, fs), -1);
+	assert_int_equal(sv_last_errno(), EINVAL);
+	assert_non_null(strstr(sv_last_error(), "is not a mount point"));
+
+	const char *twice[] = {"/proc", "/proc/."};
+	assert_int_equal(sv_fs_resolve(twice, 2, fs), -1);
+	assert_non_null(strstr(sv_last_error(), "the same filesystem"));
+
+	const char *missing[] = {"/nonexistent-snapvol-path"};
+	assert_int_equal(sv_fs_resolve(missing, 1, fs), -1);
+	assert_int_equal(sv_last_errno(), ENOENT);
+
+	const char *file[] = {"/proc/self/status"};
+	assert_int_equal(sv_fs_resolve(file, 1, fs), -1);
+	assert_int_equal(sv_last_errno(), EINVAL);
+	assert_int_equal(sv_fs_resolve(ok, 0, fs), -1);
+}
+
+static void
+test_bounds(void **state)
+{
+	(void)state;
+	struct sv_fs fs[1];
+	const char *p[] = {"/proc"};
+	struct sv_watchdog *wd = NULL;
+	assert_int_equal(sv_fs_resolve(p, 1, fs), 0);
+	assert_int_equal(sv_watchdog_start(fs, 1, 0, 10 * S, &wd), -1);
+	assert_int_equal(sv_last_errno(), EINVAL);
+	assert_non_null(strstr(sv_last_error(), "lease"));
+	assert_int_equal(sv_watchdog_start(fs, 1, 365ull * 86400 * S, 10 * S, &wd), -1);
+	assert_int_equal(sv_last_errno(), EINVAL);
+	assert_int_equal(sv_watchdog_start(fs, 1, S, 0, &wd), -1);
+	assert_non_null(strstr(sv_last_error(), "timeout"));
+	assert_int_equal(sv_watchdog_start(fs, 1, S, 365ull * 86400 * S, &wd), -1);
+	assert_int_equal(sv_watchdog_start(fs, 0, S, S, &wd), -1);
+	assert_null(wd);
+}
+
+/* procfs cannot be frozen: the watchdog answers with the error (EOPNOTSUPP
+ * as root, EPERM otherwise), holds nothing, and exits when closed. */
+static void
+test_watchdog_round_trip(void **state)
+{
+	(void)state;
+	struct sv_fs fs[1];
+	const char *p[] = {"/proc"};
+	struct sv_watchdog *wd;
+	struct sv_watchdog_state st;
+	bool throughout = true;
+	assert_int_equal(sv_fs_resolve(p, 1, fs), 0);
+	assert_int_equal(sv_watchdog_start(fs, 1, S, 10 * S, &wd), 0);
+	sv_watchdog_get_state(wd, &st);
+	assert_true(st.pid > 0);
+	assert_false(st.frozen);
+	assert_int_equal(sv_watchdog_query(wd, &throughout), 0);
+	assert_false(throughout); /* nothing frozen yet */
+	assert_int_equal(sv_watchdog_freeze(wd), -1);
+	assert_true(sv_last_errno() == EOPNOTSUPP || sv_last_errno() == EPERM);
+	assert_non_null(strstr(sv_last_error(), "/proc"));
+	sv_watchdog_get_state(wd, &st);
+	assert_false(st.frozen);
+	assert_int_equal(sv_watchdog_heartbeat(wd), 0);
+	assert_int_equal(sv_watchdog_poll(wd), 0);
+	pid_t pid = st.pid;
+	sv_watchdog_close(wd);
+	/* reaped by close: no such child any more */
+	assert_int_equal(waitpid(pid, NULL, WNOHANG), -1);
+	assert_int_equal(errno, ECHILD);
+}
+
+static void
+test_no_fsmap(void **state)
+{
+	(void)state;
+	int fd = open("/proc", O_RDONLY | O_DIRECTORY);
+	struct sv_range *r = NULL;
+	size_t n = 0;
+	assert_true(fd >= 0);
+	assert_int_equal(sv_fs_free_ranges(fd, 0, &r, &n), -1);
+	assert_int_equal(sv_last_errno(), EOPNOTSUPP);
+	close(fd);
+}
+
+static void
+test_reasons(void **state)
+{
+	(void)state;
+	for (int r = SV_THAW_NONE; r <= SV_THAW_WATCHDOG_GONE; r++)
+		assert_string_not_equal(sv_thaw_reason_str((enum sv_thaw_reason)r), "unknown");
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_resolve),
+	    cmocka_unit_test(test_bounds),
+	    cmocka_unit_test(test_watchdog_round_trip),
+	    cmocka_unit_test(test_no_fsmap),
+	    cmocka_unit_test(test_reasons),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
