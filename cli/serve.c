@@ -21,6 +21,7 @@
  * they are created 0600, so neither is ever wider than asked.
  */
 #include <errno.h>
+#include <malloc.h>
 #include <grp.h>
 #include <limits.h>
 #include <pthread.h>
@@ -187,6 +188,11 @@ security_options(struct cli *cli, struct sv_nbd_config *cfg, gid_t *gid)
 int
 cli_run_serve(struct cli *cli)
 {
+	/* Request buffers (parked writes, write-behind payloads) are made on
+	 * one thread and freed on another; glibc's per-thread arenas would
+	 * each grow to their own peak (measured: RSS 106 MiB and climbing
+	 * after 7 snapshots, against 35 MiB flat with two arenas). */
+	mallopt(M_ARENA_MAX, 2);
 	struct sv_nbd_config cfg;
 	sv_nbd_config_defaults(&cfg);
 	uint64_t v;

@@ -49,7 +49,7 @@
  *
  * Torn pre-images: a copy in epoch E+1 could read a chunk while a write
  * stamped E (started before the snapshot, still in flight) is writing it.
- * So copies in an epoch wait until the previous epoch's writes have drained;
+ * So copies in an epoch wait until every older epoch's writes have drained;
  * snapshot creation waits for the same thing before it returns, so this
  * only ever delays the first copies after a snapshot, by the length of the
  * writes that were in flight at the switch.
@@ -199,14 +199,15 @@ bit_only_locked(struct sv_epoch *ep, uint64_t c)
 	return ep->bitonly && roaring_bitmap_contains(ep->bitonly, (uint32_t)c);
 }
 
-static struct sv_epoch *
-previous_epoch_locked(struct sv_volume *vol, struct sv_epoch *ep)
+bool
+sv_older_writes_locked(struct sv_volume *vol, uint64_t id)
 {
-	/* from the end: ep is nearly always the current epoch */
-	for (size_t i = vol->n_epochs; i-- > 1;)
-		if (vol->epochs[i] == ep)
-			return vol->epochs[i - 1];
-	return NULL;
+	/* Not only the epoch just before: deleting the last snapshot starts
+	 * a fresh epoch while writes of the old one may still be landing. */
+	for (size_t i = 0; i < vol->n_epochs && vol->epochs[i]->id < id; i++)
+		if (vol->epochs[i]->writes > 0)
+			return true;
+	return false;
 }
 
 /* Copy runs of chunks into ep's pre-image object and commit them; runs
@@ -286,42 +287,90 @@ fail:
 	return -1;
 }
 
-int
-sv_cow_write_begin(struct sv_volume *vol, uint64_t off, uint64_t len, int gate,
-		   struct sv_write_ticket *t, int *err)
+static uint64_t
+next_set(const roaring_bitmap_t *bm, uint64_t from, uint64_t limit)
 {
-	SV_LOCK_SCOPE(&vol->cow_lock);
-	/* The freeze gate (freeze.c): held writes wait here, before they are
-	 * stamped, so a freeze need only wait for the stamped ones. */
-	if (gate == SV_GATE_TRY && vol->gate_holds) {
-		*err = EAGAIN;
-		return -1;
-	}
-	while (gate != SV_GATE_NONE && vol->gate_holds)
+	if (!bm || from >= limit)
+		return limit;
+	roaring_uint32_iterator_t it;
+	roaring_init_iterator(bm, &it);
+	if (!roaring_move_uint32_iterator_equalorlarger(&it, (uint32_t)from))
+		return limit;
+	return it.current_value < limit ? it.current_value : limit;
+}
+
+/* Is any chunk in [first, last] in a write-behind not yet landed?  cow_lock. */
+static bool
+landing_overlaps_locked(struct sv_volume *vol, uint64_t first, uint64_t last)
+{
+	return vol->n_landing && next_set(vol->landing, first, last + 1) <= last;
+}
+
+/* Pass the gate (freeze.c) and wait behind writes still landing on the
+ * range (writebehind.c), then stamp the write with the current epoch.
+ * cow_lock held.  -1 with *err: EAGAIN at a closed gate with SV_GATE_TRY,
+ * EIO while a failed rollback is pending. */
+static int
+admit_locked(struct sv_volume *vol, uint64_t off, uint64_t len, int gate, struct sv_write_ticket *t,
+	     int *err)
+{
+	for (;;) {
+		/* Held writes wait here, before they are stamped, so a freeze
+		 * need only wait for the stamped ones. */
+		if (gate == SV_GATE_TRY && vol->gate_holds) {
+			*err = EAGAIN;
+			return -1;
+		}
+		while (gate != SV_GATE_NONE && vol->gate_holds)
+			pthread_cond_wait(&vol->cow_cond, &vol->cow_lock);
+		if (gate != SV_GATE_NONE && vol->rollback_to[0]) {
+			/* A rollback failed half-way and stays recorded: the next
+			 * open finishes it, over anything written meanwhile.
+			 * Refuse writes until a rollback succeeds, rather than
+			 * lose them. */
+			*err = EIO;
+			return -1;
+		}
+		/* An acknowledged write-behind of the same chunks lands first:
+		 * writes to a chunk reach the origin in the order they were
+		 * acknowledged.  The wait is short (landing never waits at the
+		 * gate), but it lets go of cow_lock and the gate may close
+		 * meanwhile: look at it again. */
+		if (len == 0 || !landing_overlaps_locked(vol, off >> vol->chunk_shift,
+							 (off + len - 1) >> vol->chunk_shift))
+			break;
 		pthread_cond_wait(&vol->cow_cond, &vol->cow_lock);
-	if (gate != SV_GATE_NONE && vol->rollback_to[0]) {
-		/* A rollback failed half-way and stays recorded: the next open
-		 * finishes it, over anything written meanwhile.  Refuse writes
-		 * until a rollback succeeds, rather than lose them. */
-		*err = EIO;
-		return -1;
 	}
 	struct sv_epoch *ep = sv_current_epoch_locked(vol);
 	ep->writes++;
 	t->ep = ep;
-	if (!ep->cow || len == 0)
-		return 0;
+	return 0;
+}
 
+/* Does a write of [off, off+len) stamped with ep need copies?  cow_lock. */
+static bool
+needs_copy_locked(struct sv_volume *vol, struct sv_epoch *ep, uint64_t off, uint64_t len)
+{
+	if (!ep->cow || len == 0)
+		return false; /* no snapshot (or the last one went away meanwhile) */
+	uint64_t first = off >> vol->chunk_shift, last = (off + len - 1) >> vol->chunk_shift;
+	return !roaring_bitmap_contains_range(ep->nocopy ? ep->nocopy : ep->changed, first,
+					      last + 1);
+}
+
+/* Make the pre-images a write stamped with t->ep needs durable (steps 1-3
+ * above).  cow_lock held; on failure the stamp is still held. */
+static int
+copy_for_write_locked(struct sv_volume *vol, uint64_t off, uint64_t len, struct sv_write_ticket *t,
+		      int *err)
+{
+	struct sv_epoch *ep = t->ep;
 	uint64_t first = off >> vol->chunk_shift, last = (off + len - 1) >> vol->chunk_shift;
 	for (;;) {
-		if (!ep->cow)
-			return 0; /* the last snapshot went away meanwhile */
-		roaring_bitmap_t *bm = ep->nocopy ? ep->nocopy : ep->changed;
-		if (roaring_bitmap_contains_range(bm, first, last + 1))
+		if (!needs_copy_locked(vol, ep, off, len))
 			return 0; /* everything already copied: the rewrite fast path */
 
-		struct sv_epoch *prev;
-		while ((prev = previous_epoch_locked(vol, ep)) && prev->writes > 0)
+		while (sv_older_writes_locked(vol, ep->id))
 			pthread_cond_wait(&vol->cow_cond, &vol->cow_lock);
 
 		struct sv_jrec runs[MAX_RUNS];
@@ -365,8 +414,6 @@ sv_cow_write_begin(struct sv_volume *vol, uint64_t off, uint64_t len, int gate,
 					if (r == 0)
 						continue;
 				}
-				ep->writes--;
-				pthread_cond_broadcast(&vol->cow_cond);
 				return -1;
 			}
 			continue;
@@ -376,13 +423,89 @@ sv_cow_write_begin(struct sv_volume *vol, uint64_t off, uint64_t len, int gate,
 	}
 }
 
+static void
+unstamp_locked(struct sv_volume *vol, struct sv_write_ticket *t)
+{
+	assert(t->ep->writes > 0);
+	if (--t->ep->writes == 0)
+		pthread_cond_broadcast(&vol->cow_cond);
+}
+
+int
+sv_cow_write_begin(struct sv_volume *vol, uint64_t off, uint64_t len, int gate,
+		   struct sv_write_ticket *t, int *err)
+{
+	SV_LOCK_SCOPE(&vol->cow_lock);
+	if (admit_locked(vol, off, len, gate, t, err) == -1)
+		return -1;
+	if (copy_for_write_locked(vol, off, len, t, err) == -1) {
+		unstamp_locked(vol, t);
+		return -1;
+	}
+	return 0;
+}
+
+int
+sv_cow_write_begin_behind(struct sv_volume *vol, uint64_t off, uint64_t len, int gate,
+			  struct sv_write_ticket *t, bool *behind, int *err)
+{
+	SV_LOCK_SCOPE(&vol->cow_lock);
+	if (admit_locked(vol, off, len, gate, t, err) == -1)
+		return -1;
+	*behind = needs_copy_locked(vol, t->ep, off, len);
+	if (*behind) {
+		roaring_bitmap_add_range(vol->landing, off >> vol->chunk_shift,
+					 ((off + len - 1) >> vol->chunk_shift) + 1);
+		__atomic_add_fetch(&vol->n_landing, 1, __ATOMIC_RELEASE);
+	}
+	return 0;
+}
+
+int
+sv_cow_write_copy(struct sv_volume *vol, uint64_t off, uint64_t len, struct sv_write_ticket *t,
+		  int *err)
+{
+	SV_LOCK_SCOPE(&vol->cow_lock);
+	return copy_for_write_locked(vol, off, len, t, err);
+}
+
+void
+sv_cow_write_landed(struct sv_volume *vol, uint64_t off, uint64_t len, struct sv_write_ticket *t)
+{
+	SV_LOCK_SCOPE(&vol->cow_lock);
+	roaring_bitmap_remove_range(vol->landing, off >> vol->chunk_shift,
+				    ((off + len - 1) >> vol->chunk_shift) + 1);
+	__atomic_sub_fetch(&vol->n_landing, 1, __ATOMIC_RELEASE);
+	pthread_cond_broadcast(&vol->cow_cond);
+	unstamp_locked(vol, t);
+}
+
+void
+sv_cow_wait_landed(struct sv_volume *vol, uint64_t off, uint64_t len)
+{
+	if (len == 0 || !__atomic_load_n(&vol->n_landing, __ATOMIC_ACQUIRE))
+		return;
+	SV_LOCK_SCOPE(&vol->cow_lock);
+	while (landing_overlaps_locked(vol, off >> vol->chunk_shift,
+				       (off + len - 1) >> vol->chunk_shift))
+		pthread_cond_wait(&vol->cow_cond, &vol->cow_lock);
+}
+
+bool
+sv_cow_landing(struct sv_volume *vol, uint64_t off, uint64_t len)
+{
+	if (len == 0 || !__atomic_load_n(&vol->n_landing, __ATOMIC_ACQUIRE))
+		return false;
+	SV_LOCK_SCOPE(&vol->cow_lock);
+	return landing_overlaps_locked(vol, off >> vol->chunk_shift,
+				       (off + len - 1) >> vol->chunk_shift);
+}
+
 void
 sv_cow_write_end(struct sv_volume *vol, struct sv_write_ticket *t)
 {
 	SV_LOCK_SCOPE(&vol->cow_lock);
-	assert(t->ep->writes > 0);
-	if (--t->ep->writes == 0)
-		pthread_cond_broadcast(&vol->cow_cond);
+	unstamp_locked(vol, t);
 }
 
 /* ---- the snapshot read path ---- */
@@ -404,18 +527,6 @@ source_locked(struct sv_volume *vol, const struct sv_snap *s, uint64_t c)
 			return ep;
 	}
 	return NULL;
-}
-
-static uint64_t
-next_set(const roaring_bitmap_t *bm, uint64_t from, uint64_t limit)
-{
-	if (!bm || from >= limit)
-		return limit;
-	roaring_uint32_iterator_t it;
-	roaring_init_iterator(bm, &it);
-	if (!roaring_move_uint32_iterator_equalorlarger(&it, (uint32_t)from))
-		return limit;
-	return it.current_value < limit ? it.current_value : limit;
 }
 
 /* The first chunk in [from, limit) that snapshot s might not read from the
@@ -449,7 +560,8 @@ resolve_locked(struct sv_volume *vol, const struct sv_snap *s, uint64_t off, uin
 	size_t n = 0;
 	while (pos < end) {
 		uint64_t c = pos >> vol->chunk_shift;
-		while (roaring_bitmap_contains(vol->inflight, (uint32_t)c))
+		while (roaring_bitmap_contains(vol->inflight, (uint32_t)c) ||
+		       landing_overlaps_locked(vol, c, c))
 			pthread_cond_wait(&vol->cow_cond, &vol->cow_lock);
 		struct sv_epoch *ep = source_locked(vol, s, c);
 		uint64_t cend = (c + 1) << vol->chunk_shift;

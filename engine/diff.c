@@ -115,6 +115,19 @@ union_locked(struct sv_volume *vol, uint64_t lo, uint64_t hi, uint64_t a, uint64
 			roaring_bitmap_free(part);
 		}
 	}
+	/* To the live volume: acknowledged write-behinds whose records are
+	 * not made yet (writebehind.c) changed their chunks too; they are all
+	 * stamped after the newest snapshot (its creation waited for older
+	 * ones), so after any lo. */
+	if (hi == UINT64_MAX && vol->n_landing) {
+		if (whole) {
+			roaring_bitmap_or_inplace(u, vol->landing);
+		} else {
+			roaring_bitmap_t *part = roaring_bitmap_and(vol->landing, range);
+			roaring_bitmap_or_inplace(u, part);
+			roaring_bitmap_free(part);
+		}
+	}
 	if (range)
 		roaring_bitmap_free(range);
 	return u;

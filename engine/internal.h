@@ -125,12 +125,35 @@ struct sv_volume {
 	unsigned freezes;	    /* lease freezes (freeze.c) among gate_holds; cow_lock */
 	unsigned snap_readers;	    /* snapshot reads holding epoch pointers; cow_lock */
 	unsigned setting_up;	    /* snapshots being set up: new views wait; cow_lock */
+	/* Chunks of acknowledged write-behinds not yet on the origin
+	 * (writebehind.c): reads and later writes of them wait.  cow_lock;
+	 * n_landing (the number of such writes) is also read without it. */
+	roaring_bitmap_t *landing;
+	unsigned n_landing;
+	/* This volume's write-behinds in the order they were acknowledged,
+	 * the sequence number of the last, and the first error one met since
+	 * the last flush (reported by it).  pool->wb.lock. */
+	struct sv_wb_entry *wb_oldest, *wb_newest;
+	uint64_t wb_seq;
+	int wb_error;
 	char rollback_to[SV_NAME_MAX + 1]; /* persisted rollback in progress */
 
 	struct sv_journal journal;
 
 	/* counters (cow_lock) */
 	uint64_t stat_copies, stat_copied_bytes, stat_hole_copies;
+};
+
+/* Write-behind of first writes after a snapshot (writebehind.c). */
+struct sv_wb {
+	pthread_mutex_t lock;
+	pthread_cond_t work;		 /* queued, or stopping */
+	pthread_cond_t landed;		 /* a write-behind landed */
+	struct sv_wb_entry *head, *tail; /* queued, oldest first */
+	size_t bytes, max_bytes;	 /* held in entries; 0 max: disabled */
+	pthread_t *threads;
+	unsigned nthreads;
+	bool stop;
 };
 
 struct sv_pool {
@@ -141,6 +164,7 @@ struct sv_pool {
 	pthread_mutex_t lock;
 	struct sv_volume *open;
 	struct sv_freezer *freezer; /* freeze leases and their reaper (freeze.c) */
+	struct sv_wb wb;
 };
 
 /* meta.c: checksummed, versioned JSON blobs */
@@ -193,11 +217,26 @@ struct sv_write_ticket {
 int sv_cow_write_begin(struct sv_volume *vol, uint64_t off, uint64_t len, int gate,
 		       struct sv_write_ticket *t, int *err);
 void sv_cow_write_end(struct sv_volume *vol, struct sv_write_ticket *t);
+/* Write-behind (writebehind.c): admit and stamp a write; *behind says
+ * whether it needs copies, and then its chunks are marked landing until
+ * sv_cow_write_landed, after sv_cow_write_copy and the origin write. */
+int sv_cow_write_begin_behind(struct sv_volume *vol, uint64_t off, uint64_t len, int gate,
+			      struct sv_write_ticket *t, bool *behind, int *err);
+int sv_cow_write_copy(struct sv_volume *vol, uint64_t off, uint64_t len, struct sv_write_ticket *t,
+		      int *err);
+void sv_cow_write_landed(struct sv_volume *vol, uint64_t off, uint64_t len,
+			 struct sv_write_ticket *t);
+/* Readers of the live volume: wait until no write-behind of the range is
+ * landing; or only ask. */
+void sv_cow_wait_landed(struct sv_volume *vol, uint64_t off, uint64_t len);
+bool sv_cow_landing(struct sv_volume *vol, uint64_t off, uint64_t len);
 int sv_cow_snap_pread(struct sv_volume *vol, struct sv_snap *s, void *buf, uint64_t len,
 		      uint64_t off, int *err);
 int sv_cow_snap_extents(struct sv_volume *vol, struct sv_snap *s, uint64_t len, uint64_t off,
 			struct sv_extent *ext, size_t max, size_t *n, int *err);
 /* Epoch helpers; cow_lock held. */
+/* Are writes stamped with an epoch older than id still in flight? */
+bool sv_older_writes_locked(struct sv_volume *vol, uint64_t id);
 struct sv_epoch *sv_epoch_new_locked(struct sv_volume *vol, uint64_t id);
 struct sv_epoch *sv_epoch_find_locked(struct sv_volume *vol, uint64_t id);
 /* Give a dropped epoch's space back and move it to the graveyard; no
@@ -227,6 +266,22 @@ void sv_gate_drain_locked(struct sv_volume *vol);
 /* view.c: what a view is of (diff.c answers dirty-bitmap queries). */
 struct sv_volume *sv_view_volume(struct sv_view *v);
 struct sv_snap *sv_view_snap(struct sv_view *v); /* NULL: the live volume */
+/* writebehind.c */
+void sv_wb_init(struct sv_pool *pool);
+/* Land everything queued and stop the threads (pool close). */
+void sv_wb_shutdown(struct sv_pool *pool);
+void sv_wb_free(struct sv_pool *pool); /* after every volume is closed */
+/* A write of the live volume, without FUA: 1 if it is done (taken behind,
+ * to land later, in order; or written in place because it needed no
+ * copy), 0 if the caller must write it the ordinary way (write-behind
+ * full or off), -1 with *err. */
+int sv_wb_write(struct sv_volume *vol, const void *buf, uint32_t len, uint64_t off, int gate,
+		int *err);
+/* Wait for the volume's write-behinds acknowledged so far to land; the
+ * first error one met since the last flush, if any, fails it. */
+int sv_wb_flush(struct sv_volume *vol, int *err);
+/* Wait until the volume has none (volume close). */
+void sv_wb_drain(struct sv_volume *vol);
 
 /* snapshot.c */
 int sv_snap_state_load(struct sv_volume *vol, json_t *volmeta);

@@ -57,6 +57,7 @@ sv_pool_open_store(struct sv_store *st, const char *spec, struct sv_pool **out)
 		ops->close(st);
 		return -1;
 	}
+	sv_wb_init(pool);
 	*out = pool;
 	return 0;
 }
@@ -67,9 +68,11 @@ sv_pool_close(struct sv_pool *pool)
 	if (!pool)
 		return;
 	sv_freezer_shutdown(pool); /* thaws what is still frozen */
+	sv_wb_shutdown(pool);	   /* then every acknowledged write lands */
 	sv_lock_or_abort(&pool->lock);
 	sv_volume_close_all_locked(pool);
 	sv_unlock_or_abort(&pool->lock);
+	sv_wb_free(pool);
 	pthread_mutex_destroy(&pool->lock);
 	pool->ops->close(pool->st);
 	free(pool);

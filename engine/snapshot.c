@@ -750,7 +750,7 @@ sv_snapshot_create_ex(struct sv_pool *pool, const char *const *specs, size_t n,
 	for (size_t i = 0; i < n; i++) {
 		struct sv_volume *vol = m[i].vol;
 		SV_LOCK_SCOPE(&vol->cow_lock);
-		while (m[i].old->writes > 0)
+		while (sv_older_writes_locked(vol, m[i].old->id + 1))
 			pthread_cond_wait(&vol->cow_cond, &vol->cow_lock);
 	}
 	for (size_t i = 0; i < n; i++) {

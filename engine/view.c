@@ -2,7 +2,8 @@
  * view.c: views, what an NBD export serves.
  *
  * A view of "VOL" reads and writes the live volume: reads go straight to
- * the origin object; writes, trims and zero-writes go through the
+ * the origin object (after any write-behind of the same chunks has landed,
+ * writebehind.c); writes, trims and zero-writes go through the
  * copy-on-write path (cow.c) first, which copies pre-images a live snapshot
  * still needs, and then to the origin.  A view of "VOL@SNAP" is read-only
  * and reads through cow.c's snapshot path.  nbd/ sees no difference.
@@ -156,6 +157,7 @@ sv_view_pread(struct sv_view *v, void *buf, uint32_t len, uint64_t off, int *err
 	struct sv_volume *vol = v->vol;
 	if (v->snap)
 		return sv_cow_snap_pread(vol, v->snap, buf, len, off, err);
+	sv_cow_wait_landed(vol, off, len); /* read what was acknowledged */
 	if (vol->ops->obj_pread(vol->origin, buf, len, off) == -1)
 		return fail(err);
 	return 0;
@@ -167,6 +169,8 @@ sv_view_read_fd(struct sv_view *v, uint32_t len, uint64_t off, int *fd, uint64_t
 	assert_range(v, len, off);
 	if (v->snap)
 		return -1; /* resolved chunk by chunk: no single descriptor */
+	if (sv_cow_landing(v->vol, off, len))
+		return -1; /* not on the origin yet: sv_view_pread waits for it */
 	int f = v->vol->ops->obj_fd(v->vol->origin);
 	if (f < 0)
 		return -1;
@@ -182,6 +186,11 @@ sv_view_pwrite(struct sv_view *v, const void *buf, uint32_t len, uint64_t off, u
 	assert_range(v, len, off);
 	assert(!v->readonly);
 	struct sv_volume *vol = v->vol;
+	if (!(flags & SV_FUA)) {
+		int done = sv_wb_write(vol, buf, len, off, gate_mode(flags), err);
+		if (done)
+			return done > 0 ? 0 : -1;
+	}
 	struct sv_write_ticket t;
 	if (sv_cow_write_begin(vol, off, len, gate_mode(flags), &t, err) == -1)
 		return -1;
@@ -245,6 +254,8 @@ sv_view_flush(struct sv_view *v, int *err)
 {
 	if (v->snap)
 		return 0; /* nothing is ever written through a snapshot's view */
+	if (sv_wb_flush(v->vol, err) == -1)
+		return -1;
 	if (v->vol->ops->obj_sync(v->vol->origin) == -1)
 		return fail(err);
 	return 0;
@@ -269,6 +280,7 @@ sv_view_extents(struct sv_view *v, uint32_t len, uint64_t off, struct sv_extent 
 	struct sv_volume *vol = v->vol;
 	if (v->snap)
 		return sv_cow_snap_extents(vol, v->snap, len, off, ext, max, n, err);
+	sv_cow_wait_landed(vol, off, len); /* data not yet on the origin is data */
 	uint64_t end = off + len;
 	size_t k = 0;
 	while (off < end && max > 0) {

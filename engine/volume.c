@@ -319,6 +319,8 @@ sv_volume_list(struct sv_pool *pool, struct sv_volume_info **infos, size_t *n)
 static void
 volume_close(struct sv_volume *v)
 {
+	if (v->landing)
+		sv_wb_drain(v);
 	if (v->journal.obj && sv_journal_checkpoint(v) == -1)
 		sv_log_warn("volume %s: %s", v->name, sv_last_error());
 	if (v->ops->obj_sync(v->origin) == -1)
@@ -327,6 +329,8 @@ volume_close(struct sv_volume *v)
 	sv_snap_state_free(v);
 	if (v->inflight)
 		roaring_bitmap_free(v->inflight);
+	if (v->landing)
+		roaring_bitmap_free(v->landing);
 	v->ops->obj_close(v->origin);
 	pthread_mutex_destroy(&v->admin_lock);
 	pthread_mutex_destroy(&v->pre_lock);
@@ -415,6 +419,7 @@ sv_volume_get_locked(struct sv_pool *pool, const char *name, struct sv_volume **
 	pthread_mutex_init(&v->cow_lock, NULL);
 	pthread_cond_init(&v->cow_cond, NULL);
 	v->inflight = roaring_bitmap_create();
+	v->landing = roaring_bitmap_create();
 	int r = volume_load(v, body);
 	json_decref(body);
 	if (r == -1) {

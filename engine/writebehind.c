@@ -1,0 +1,290 @@
+/*
+ * writebehind.c: acknowledging first writes after a snapshot before their
+ * copies are made.
+ *
+ * The first write to a chunk after a snapshot must wait until the chunk's
+ * old contents are durable in the epoch's pre-image (DESIGN invariant 1):
+ * a pre-image sync and a journal sync, a millisecond or more on most disks.
+ * Done while the client waits, that caps a client at queue-depth writes
+ * per commit, a few thousand IOPS.  But NBD, like a disk with a volatile
+ * write cache, only promises that a write is durable after a FLUSH (or
+ * with FUA).  So such a write is acknowledged at once and kept here, its
+ * payload copied; worker threads then do exactly what the client would
+ * have waited for (copy, group commit, origin write), many at a time, so
+ * group commits grow with the load instead of with the client's depth.
+ *
+ * What stays true (the invariants hold because nothing below changes):
+ *   - the origin is still written only after the pre-image and its record
+ *     are durable; a crash loses at most writes that were never flushed,
+ *     which NBD allows, and never a snapshot's contents;
+ *   - the write is stamped with its epoch when it is acknowledged, so a
+ *     snapshot taken later contains it (snapshot creation waits for the
+ *     writes stamped before it, landed ones included);
+ *   - its chunks are marked "landing" until the origin holds the data:
+ *     reads of the live volume, block status, and later writes of those
+ *     chunks wait for it (read-your-writes, and writes to a chunk reach
+ *     the origin in the order they were acknowledged); snapshot reads wait
+ *     for it too;
+ *   - FLUSH waits for every write-behind of the volume acknowledged before
+ *     it, then syncs the origin; an error a write-behind met (EIO, or
+ *     ENOSPC under the fail-writes policy) fails the next FLUSH, the way
+ *     Linux reports writeback errors at fsync.  To keep ENOSPC synchronous
+ *     where it is likely, a volume with the fail-writes policy takes writes
+ *     behind only while its filesystem has room for every byte held here
+ *     plus a reserve;
+ *   - memory is bounded: at most max_bytes of payload (16 MiB by default,
+ *     SNAPVOL_WRITE_BEHIND_MB, 0 turns write-behind off); past it, writes
+ *     are done in place as before.
+ * FUA writes, trims and write-zeroes are always done in place.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/statvfs.h>
+
+#include "error.h"
+#include "internal.h"
+#include "log.h"
+#include "util.h"
+
+#define WB_THREADS	 16
+#define WB_DEFAULT_MB	 16
+#define WB_SPACE_RESERVE (UINT64_C(256) << 20)
+
+struct sv_wb_entry {
+	struct sv_wb_entry *next;	   /* the queue */
+	struct sv_wb_entry *vnext, *vprev; /* the volume's outstanding list */
+	struct sv_volume *vol;
+	struct sv_write_ticket t;
+	uint64_t off, seq;
+	uint32_t len;
+	char data[];
+};
+
+void
+sv_wb_init(struct sv_pool *pool)
+{
+	struct sv_wb *wb = &pool->wb;
+	pthread_mutex_init(&wb->lock, NULL);
+	pthread_cond_init(&wb->work, NULL);
+	pthread_cond_init(&wb->landed, NULL);
+	uint64_t mb = WB_DEFAULT_MB;
+	const char *env = getenv("SNAPVOL_WRITE_BEHIND_MB");
+	if (env && sv_parse_size(env, &mb) == -1) {
+		sv_log_warn("SNAPVOL_WRITE_BEHIND_MB=%s: not a number; using %u", env,
+			    WB_DEFAULT_MB);
+		mb = WB_DEFAULT_MB;
+	}
+	wb->max_bytes = (size_t)(mb > 4096 ? 4096 : mb) << 20;
+}
+
+/* Copy, commit, write the origin: what the client would have waited for. */
+static void
+land(struct sv_wb_entry *e)
+{
+	struct sv_volume *vol = e->vol;
+	int err = 0; /* meaningful only on failure: a retried copy leaves it set */
+	int r = sv_cow_write_copy(vol, e->off, e->len, &e->t, &err);
+	if (r == 0 && (r = vol->ops->obj_pwrite(vol->origin, e->data, e->len, e->off, 0)) == -1)
+		err = errno ? errno : EIO;
+	if (r == 0)
+		err = 0;
+	if (err)
+		sv_log_error("volume %s: a write of %" PRIu32 " bytes at %" PRIu64
+			     " acknowledged before its copy could not be completed: %s; the "
+			     "next flush fails",
+			     vol->name, e->len, e->off, strerror(err));
+	/* Leave the outstanding list before the chunks stop landing: a flush
+	 * that sees the list empty then also sees the data on the origin. */
+	sv_lock_or_abort(&vol->pool->wb.lock);
+	if (err && !vol->wb_error)
+		vol->wb_error = err;
+	*(e->vprev ? &e->vprev->vnext : &vol->wb_oldest) = e->vnext;
+	*(e->vnext ? &e->vnext->vprev : &vol->wb_newest) = e->vprev;
+	vol->pool->wb.bytes -= e->len;
+	pthread_cond_broadcast(&vol->pool->wb.landed);
+	sv_unlock_or_abort(&vol->pool->wb.lock);
+	sv_cow_write_landed(vol, e->off, e->len, &e->t);
+	free(e);
+}
+
+static void *
+lander(void *arg)
+{
+	struct sv_wb *wb = arg;
+	sv_lock_or_abort(&wb->lock);
+	for (;;) {
+		while (!wb->head && !wb->stop)
+			pthread_cond_wait(&wb->work, &wb->lock);
+		struct sv_wb_entry *e = wb->head;
+		if (!e)
+			break; /* stopping, and nothing is left */
+		/* Strictly oldest first: a write of epoch E+1 waits in its copy
+		 * for the writes of epoch E, which are then already taken. */
+		wb->head = e->next;
+		if (!wb->head)
+			wb->tail = NULL;
+		sv_unlock_or_abort(&wb->lock);
+		land(e);
+		sv_lock_or_abort(&wb->lock);
+	}
+	sv_unlock_or_abort(&wb->lock);
+	return NULL;
+}
+
+/* Reserve room for len bytes; start the threads on first use.  wb->lock. */
+static bool
+reserve_locked(struct sv_wb *wb, uint32_t len)
+{
+	if (wb->stop || wb->bytes + len > wb->max_bytes)
+		return false;
+	if (!wb->threads) {
+		wb->threads = calloc(WB_THREADS, sizeof *wb->threads);
+		if (!wb->threads)
+			return false;
+		for (unsigned i = 0; i < WB_THREADS; i++) {
+			if (pthread_create(&wb->threads[i], NULL, lander, wb) != 0)
+				break;
+			wb->nthreads++;
+		}
+		if (!wb->nthreads) {
+			sv_log_warn(
+			    "write-behind: cannot start a thread; writes are done in place");
+			wb->max_bytes = 0;
+			return false;
+		}
+	}
+	wb->bytes += len;
+	return true;
+}
+
+/* With the fail-writes policy, ENOSPC must reach the writer: take writes
+ * behind only while the store has clear room for them. */
+static bool
+room_for(struct sv_volume *vol, size_t held)
+{
+	sv_lock_or_abort(&vol->cow_lock);
+	bool drop = vol->drop_when_full;
+	sv_unlock_or_abort(&vol->cow_lock);
+	if (drop)
+		return true;
+	int fd = vol->ops->obj_fd(vol->origin);
+	struct statvfs sv;
+	if (fd < 0 || fstatvfs(fd, &sv) == -1)
+		return false;
+	return (uint64_t)sv.f_bavail * sv.f_frsize > 2 * (uint64_t)held + WB_SPACE_RESERVE;
+}
+
+static void
+unreserve(struct sv_wb *wb, uint32_t len)
+{
+	SV_LOCK_SCOPE(&wb->lock);
+	wb->bytes -= len;
+}
+
+int
+sv_wb_write(struct sv_volume *vol, const void *buf, uint32_t len, uint64_t off, int gate, int *err)
+{
+	struct sv_wb *wb = &vol->pool->wb;
+	if (!wb->max_bytes || len == 0)
+		return 0;
+	struct sv_write_ticket t;
+	bool behind;
+	if (sv_cow_write_begin_behind(vol, off, len, gate, &t, &behind, err) == -1)
+		return -1;
+	if (!behind) {
+		/* No copy needed (a rewrite, or no snapshot): write in place. */
+		int r = vol->ops->obj_pwrite(vol->origin, buf, len, off, 0);
+		if (r == -1)
+			*err = errno ? errno : EIO;
+		sv_cow_write_end(vol, &t);
+		return r == -1 ? -1 : 1;
+	}
+	sv_lock_or_abort(&wb->lock);
+	bool ok = reserve_locked(wb, len);
+	size_t held = wb->bytes;
+	sv_unlock_or_abort(&wb->lock);
+	struct sv_wb_entry *e = ok && room_for(vol, held) ? malloc(sizeof *e + len) : NULL;
+	if (!e) {
+		/* Full, or near a full store: what the client would have
+		 * waited for anyway, now. */
+		if (ok)
+			unreserve(wb, len);
+		int r = sv_cow_write_copy(vol, off, len, &t, err);
+		if (r == 0 && (r = vol->ops->obj_pwrite(vol->origin, buf, len, off, 0)) == -1)
+			*err = errno ? errno : EIO;
+		sv_cow_write_landed(vol, off, len, &t);
+		return r == -1 ? -1 : 1;
+	}
+	e->vol = vol;
+	e->t = t;
+	e->off = off;
+	e->len = len;
+	memcpy(e->data, buf, len);
+	sv_lock_or_abort(&wb->lock);
+	e->seq = ++vol->wb_seq;
+	e->vnext = NULL;
+	e->vprev = vol->wb_newest;
+	*(vol->wb_newest ? &vol->wb_newest->vnext : &vol->wb_oldest) = e;
+	vol->wb_newest = e;
+	e->next = NULL;
+	*(wb->tail ? &wb->tail->next : &wb->head) = e;
+	wb->tail = e;
+	pthread_cond_signal(&wb->work);
+	sv_unlock_or_abort(&wb->lock);
+	return 1;
+}
+
+int
+sv_wb_flush(struct sv_volume *vol, int *err)
+{
+	struct sv_wb *wb = &vol->pool->wb;
+	SV_LOCK_SCOPE(&wb->lock);
+	uint64_t upto = vol->wb_seq;
+	while (vol->wb_oldest && vol->wb_oldest->seq <= upto)
+		pthread_cond_wait(&wb->landed, &wb->lock);
+	if (vol->wb_error) {
+		*err = vol->wb_error;
+		vol->wb_error = 0;
+		return -1;
+	}
+	return 0;
+}
+
+void
+sv_wb_drain(struct sv_volume *vol)
+{
+	struct sv_wb *wb = &vol->pool->wb;
+	SV_LOCK_SCOPE(&wb->lock);
+	while (vol->wb_oldest)
+		pthread_cond_wait(&wb->landed, &wb->lock);
+	if (vol->wb_error)
+		sv_log_error("volume %s: a write acknowledged before its copy was lost (%s) and "
+			     "no flush reported it",
+			     vol->name, strerror(vol->wb_error));
+}
+
+void
+sv_wb_shutdown(struct sv_pool *pool)
+{
+	struct sv_wb *wb = &pool->wb;
+	sv_lock_or_abort(&wb->lock);
+	wb->stop = true;
+	pthread_cond_broadcast(&wb->work);
+	sv_unlock_or_abort(&wb->lock);
+	for (unsigned i = 0; i < wb->nthreads; i++)
+		pthread_join(wb->threads[i], NULL);
+	free(wb->threads);
+	wb->threads = NULL;
+	wb->nthreads = 0;
+}
+
+void
+sv_wb_free(struct sv_pool *pool)
+{
+	pthread_cond_destroy(&pool->wb.landed);
+	pthread_cond_destroy(&pool->wb.work);
+	pthread_mutex_destroy(&pool->wb.lock);
+}
