@@ -132,7 +132,12 @@ def main(pool, runner):
                                                     acked[i], stop)) for i in range(2)]
         for t in ts:
             t.start()
-        time.sleep(rnd.uniform(0.1, 0.8))
+        # Kill at a random moment once some flushed writes exist (a loaded
+        # machine may take a while to complete the first flushes).
+        deadline = time.time() + 30
+        while len(acked[0]) + len(acked[1]) <= 40 and time.time() < deadline:
+            time.sleep(0.02)
+        time.sleep(rnd.uniform(0.05, 0.6))
         pid = srv.pid()
         check(pid, "server pid")
         os.kill(pid, signal.SIGKILL)
