@@ -265,14 +265,16 @@ probe() { # probe TARGET: "copied_bytes commits" of the target's snapshot store
 
 # run_fio SECTION TARGET URI QD NSNAP PHASE REP: one pass of FIRST_IOS 4 KiB
 # random writes (seed SEED, random map: no block twice, the same blocks for
-# every target and pass); appends a line to $RUNS
+# every target and pass), ended by a FLUSH (end_fsync) so that writes a
+# target acknowledged before making them durable (snapvol's write-behind,
+# qemu's cache) are paid for in the pass; appends a line to $RUNS
 run_fio() {
 	local sec=$1 t=$2 uri=$3 qd=$4 ns=$5 phase=$6 rep=$7 note=${8:-} id p0 p1 row rc=0
 	id="$sec.$t.q$qd.n$ns.$phase.r$rep"
 	p0=$(probe "$t")
 	timeout -k 5 $((FIO_MAXTIME + 60)) fio --name=w --ioengine=nbd --uri="$uri" \
 		--rw=randwrite --bs=4k --iodepth="$qd" --size="$VOL" --randrepeat=0 --randseed="$SEED" \
-		--number_ios="$FIRST_IOS" --runtime="$FIO_MAXTIME" --lat_percentiles=1 \
+		--number_ios="$FIRST_IOS" --runtime="$FIO_MAXTIME" --lat_percentiles=1 --end_fsync=1 \
 		--percentile_list=50:99:99.9 --output-format=json --output="$TMP/fio/$id.json" \
 		>"$TMP/fio/$id.out" 2>&1 &
 	FIO_PID=$!
