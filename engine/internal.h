@@ -174,6 +174,9 @@ int sv_meta_encode(json_t *body, char **buf, size_t *len);
 int sv_meta_decode(const char *buf, size_t len, json_t **body);
 int sv_meta_load(struct sv_pool *pool, const char *vol, const char *key, json_t **body);
 int sv_meta_store(struct sv_pool *pool, const char *vol, const char *key, json_t *body);
+/* A bitmap from its portable form, checked: NULL if it is malformed, does
+ * not fill len exactly, or names a chunk >= nchunks. */
+roaring_bitmap_t *sv_bitmap_load(const char *buf, size_t len, uint64_t nchunks);
 
 /* volume.c */
 struct sv_volume_meta {

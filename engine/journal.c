@@ -177,16 +177,12 @@ parse_checkpoint(struct sv_volume *vol, const char *buf, size_t len, uint64_t *g
 		have -= 16;
 		if (n > have)
 			return sv_error(EUCLEAN, "volume %s: changed.meta is truncated", vol->name);
-		roaring_bitmap_t *bm = roaring_bitmap_portable_deserialize_safe((const char *)p, n);
+		roaring_bitmap_t *bm = sv_bitmap_load((const char *)p, n, vol->nchunks);
 		if (!bm)
-			return sv_error(EUCLEAN, "volume %s: changed.meta has a bad bitmap",
-					vol->name);
-		if (!roaring_bitmap_is_empty(bm) && roaring_bitmap_maximum(bm) >= vol->nchunks) {
-			roaring_bitmap_free(bm);
 			return sv_error(EUCLEAN,
-					"volume %s: changed.meta names chunks past the end",
+					"volume %s: changed.meta has a bad bitmap (malformed, or "
+					"naming chunks past the end)",
 					vol->name);
-		}
 		struct sv_epoch *ep = sv_epoch_find_locked(vol, id);
 		if (!ep && !(ep = sv_epoch_new_locked(vol, id))) {
 			roaring_bitmap_free(bm);

@@ -419,7 +419,7 @@ sv_snap_released_load(struct sv_volume *vol)
 		have -= 2u + l + 8u;
 		if (bl > have)
 			goto out;
-		roaring_bitmap_t *bm = roaring_bitmap_portable_deserialize_safe(p, bl);
+		roaring_bitmap_t *bm = sv_bitmap_load(p, bl, vol->nchunks);
 		if (!bm)
 			goto out;
 		struct sv_snap *s = sv_snap_find_locked(vol, name);

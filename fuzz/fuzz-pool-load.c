@@ -67,10 +67,11 @@ fix_header(char *b, size_t *len, size_t cap)
 	if (!l || !c || c < l)
 		return;
 	size_t body = *len - (size_t)(nl + 1 - b);
+	/* the fields between len=N and crc32= (no str*(): b has no NUL) */
+	const char *mid = memchr(l + 1, ' ', (size_t)(c - l)); /* c itself is a space */
 	char hdr[256];
 	int n = snprintf(hdr, sizeof hdr, "%.*s len=%zu%.*s crc32=0x%08lx\n", (int)(l - b), b, body,
-			 (int)(c - strchrnul(l + 1, ' ')), strchrnul(l + 1, ' '),
-			 crc32(0, (const Bytef *)nl + 1, (uInt)body));
+			 (int)(c - mid), mid, crc32(0, (const Bytef *)nl + 1, (uInt)body));
 	if (n <= 0 || (size_t)n >= sizeof hdr || (size_t)n + body > cap)
 		return;
 	memmove(b + n, nl + 1, body);
