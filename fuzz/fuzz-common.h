@@ -94,4 +94,19 @@ fuzz_pump(int fd, const uint8_t *data, size_t size)
 	}
 }
 
+/* fuzz_pump as a thread, for targets whose server runs on the caller's. */
+struct fuzz_client {
+	int fd;
+	const uint8_t *data;
+	size_t size;
+};
+
+static inline void *
+fuzz_client_main(void *arg)
+{
+	struct fuzz_client *cl = arg;
+	fuzz_pump(cl->fd, cl->data, cl->size);
+	return NULL;
+}
+
 #endif

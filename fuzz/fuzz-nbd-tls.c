@@ -81,20 +81,6 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 	return 0;
 }
 
-struct client {
-	int fd;
-	const uint8_t *data;
-	size_t size;
-};
-
-static void *
-client_main(void *arg)
-{
-	struct client *cl = arg;
-	fuzz_pump(cl->fd, cl->data, cl->size);
-	return NULL;
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -107,9 +93,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	int sv[2];
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == -1)
 		abort();
-	struct client cl = {.fd = sv[0], .data = data, .size = size};
+	struct fuzz_client cl = {.fd = sv[0], .data = data, .size = size};
 	pthread_t t;
-	if (pthread_create(&t, NULL, client_main, &cl) != 0)
+	if (pthread_create(&t, NULL, fuzz_client_main, &cl) != 0)
 		abort();
 	sv_nbd_serve_fd(s, sv[1]); /* closes sv[1] */
 	pthread_join(t, NULL);

@@ -317,6 +317,25 @@ class Runner:
         return 1 if fails else 0
 
 
+def run_main(main, cleanups=()):
+    """The usual end of a test script: main(pool, runner) on a new pool,
+    then the runner's summary; an exception outside a case fails the test.
+    Exits with the status (1 on any failure)."""
+    pool = Pool()
+    runner = Runner()
+    try:
+        main(pool, runner)
+        rc = runner.finish()
+    except Exception:
+        traceback.print_exc()
+        rc = 1
+    finally:
+        for c in cleanups:
+            c.cleanup()
+        pool.cleanup()
+    sys.exit(rc)
+
+
 def check(cond, msg):
     if not cond:
         raise AssertionError(msg)

@@ -408,17 +408,4 @@ POOL_B = []
 
 
 if __name__ == "__main__":
-    pool = Pool()
-    runner = Runner()
-    try:
-        main(pool, runner)
-        rc = runner.finish()
-    except Exception:
-        import traceback
-        traceback.print_exc()
-        rc = 1
-    finally:
-        for p in POOL_B:
-            p.cleanup()
-        pool.cleanup()
-    sys.exit(rc)
+    run_main(main, POOL_B)

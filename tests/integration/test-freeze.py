@@ -394,15 +394,4 @@ def main(pool, runner):
 
 
 if __name__ == "__main__":
-    pool = Pool()
-    runner = Runner()
-    try:
-        main(pool, runner)
-        rc = runner.finish()
-    except Exception:
-        import traceback
-        traceback.print_exc()
-        rc = 1
-    finally:
-        pool.cleanup()
-    sys.exit(rc)
+    run_main(main)
