@@ -35,9 +35,6 @@
 #include "log.h"
 #include "util.h"
 
-static const char ORIGIN[] = "origin";
-static const char JOURNAL[] = "journal"; /* journal.c */
-
 struct checker {
 	struct sv_pool *pool;
 	bool repair;
@@ -103,7 +100,7 @@ static void
 check_pre_space(struct checker *ck, struct sv_volume *v, struct sv_epoch *ep)
 {
 	char name[32];
-	snprintf(name, sizeof name, "pre-%" PRIu64, ep->id);
+	sv_epoch_pre_name(ep, name, sizeof name);
 	struct sv_obj *o;
 	unsigned flags = ck->repair ? 0 : SV_OBJ_RDONLY;
 	if (v->ops->obj_open(v->pool->st, v->name, name, v->size, flags, &o) == -1) {
@@ -174,7 +171,7 @@ check_objects(struct checker *ck, struct sv_volume *v)
 	for (size_t i = 0; i < n; i++) {
 		uint64_t id;
 		char tail;
-		if (!strcmp(names[i], ORIGIN) || !strcmp(names[i], JOURNAL)) {
+		if (!strcmp(names[i], SV_OBJ_ORIGIN) || !strcmp(names[i], SV_OBJ_JOURNAL)) {
 			/* known */
 		} else if (sscanf(names[i], "pre-%" SCNu64 "%c", &id, &tail) == 1) {
 			if (!sv_epoch_find_locked(v, id)) {
@@ -212,8 +209,8 @@ check_volume(struct checker *ck, const char *name)
 		return;
 	}
 	struct sv_obj *origin;
-	if (ck->pool->ops->obj_open(ck->pool->st, name, ORIGIN, m.size, SV_OBJ_RDONLY, &origin) ==
-	    -1) {
+	if (ck->pool->ops->obj_open(ck->pool->st, name, SV_OBJ_ORIGIN, m.size, SV_OBJ_RDONLY,
+				    &origin) == -1) {
 		if (errno == EUCLEAN)
 			report(ck, name, "error", false,
 			       "the origin's size is not the volume's %" PRIu64 " bytes", m.size);

@@ -114,8 +114,8 @@ sv_epoch_find_locked(struct sv_volume *vol, uint64_t id)
 	return NULL;
 }
 
-static void
-pre_name(const struct sv_epoch *ep, char *buf, size_t len)
+void
+sv_epoch_pre_name(const struct sv_epoch *ep, char *buf, size_t len)
 {
 	snprintf(buf, len, "pre-%" PRIu64, ep->id);
 }
@@ -138,7 +138,7 @@ void
 sv_epoch_retire(struct sv_volume *vol, struct sv_epoch *ep)
 {
 	char name[32];
-	pre_name(ep, name, sizeof name);
+	sv_epoch_pre_name(ep, name, sizeof name);
 	/* The unlink can take seconds (a large sparse file on a filesystem
 	 * mounted with discard): not under pre_lock, which copies take. */
 	if (vol->ops->obj_remove(vol->pool->st, vol->name, name) == -1 && errno != ENOENT)
@@ -169,7 +169,7 @@ sv_epoch_pre(struct sv_volume *vol, struct sv_epoch *ep, bool create, struct sv_
 	}
 	if (!ep->pre) {
 		char name[32];
-		pre_name(ep, name, sizeof name);
+		sv_epoch_pre_name(ep, name, sizeof name);
 		if (vol->ops->obj_open(vol->pool->st, vol->name, name, vol->size,
 				       create ? SV_OBJ_CREATE : 0, &ep->pre) == -1) {
 			ep->pre = NULL;

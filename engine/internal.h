@@ -167,6 +167,10 @@ struct sv_pool {
 	struct sv_wb wb;
 };
 
+/* A volume's data objects (the store names them; pre-images are "pre-E"). */
+#define SV_OBJ_ORIGIN  "origin"
+#define SV_OBJ_JOURNAL "journal"
+
 /* meta.c: checksummed, versioned JSON blobs */
 #define SV_META_VOLUME	"volume.meta"
 #define SV_META_CHANGED "changed.meta"
@@ -242,6 +246,8 @@ int sv_cow_snap_extents(struct sv_volume *vol, struct sv_snap *s, uint64_t len, 
 bool sv_older_writes_locked(struct sv_volume *vol, uint64_t id);
 struct sv_epoch *sv_epoch_new_locked(struct sv_volume *vol, uint64_t id);
 struct sv_epoch *sv_epoch_find_locked(struct sv_volume *vol, uint64_t id);
+/* The name of the epoch's pre-image object ("pre-E"). */
+void sv_epoch_pre_name(const struct sv_epoch *ep, char *buf, size_t len);
 /* Give a dropped epoch's space back and move it to the graveyard; no
  * cow_lock held. */
 void sv_epoch_retire(struct sv_volume *vol, struct sv_epoch *ep);
@@ -275,11 +281,12 @@ void sv_wb_init(struct sv_pool *pool);
 void sv_wb_shutdown(struct sv_pool *pool);
 void sv_wb_free(struct sv_pool *pool); /* after every volume is closed */
 /* A write of the live volume, without FUA: 1 if it is done (taken behind,
- * to land later, in order; or written in place because it needed no
- * copy), 0 if the caller must write it the ordinary way (write-behind
- * full or off), -1 with *err. */
+ * to land later, in order, or landed now when write-behind is full); 0 if
+ * it is admitted and stamped in *t and needs no copy (or write-behind is
+ * off and its copies are made): the caller writes it in place and calls
+ * sv_cow_write_end; -1 with *err. */
 int sv_wb_write(struct sv_volume *vol, const void *buf, uint32_t len, uint64_t off, int gate,
-		int *err);
+		struct sv_write_ticket *t, int *err);
 /* Wait for the volume's write-behinds acknowledged so far to land; the
  * first error one met since the last flush, if any, fails it. */
 int sv_wb_flush(struct sv_volume *vol, int *err);

@@ -53,7 +53,6 @@
 #define JREC_SIZE     32
 #define JREC_MAGIC    0x524a5653u	  /* the bytes "SVJR" on disk */
 #define JOURNAL_SLOTS (UINT64_C(1) << 20) /* 32 MiB of records, sparse */
-static const char JOURNAL_OBJ[] = "journal";
 
 struct waiter {
 	int err;
@@ -110,7 +109,7 @@ journal_open(struct sv_volume *vol, unsigned flags)
 	pthread_cond_init(&j->cond, NULL);
 	j->capacity = JOURNAL_SLOTS;
 	j->batch_open = 1;
-	if (vol->ops->obj_open(vol->pool->st, vol->name, JOURNAL_OBJ, j->capacity * JREC_SIZE,
+	if (vol->ops->obj_open(vol->pool->st, vol->name, SV_OBJ_JOURNAL, j->capacity * JREC_SIZE,
 			       flags, &j->obj) == -1) {
 		j->obj = NULL;
 		if (!(flags & SV_OBJ_CREATE) && errno == ENOENT)

@@ -186,14 +186,11 @@ sv_view_pwrite(struct sv_view *v, const void *buf, uint32_t len, uint64_t off, u
 	assert_range(v, len, off);
 	assert(!v->readonly);
 	struct sv_volume *vol = v->vol;
-	if (!(flags & SV_FUA)) {
-		int done = sv_wb_write(vol, buf, len, off, gate_mode(flags), err);
-		if (done)
-			return done > 0 ? 0 : -1;
-	}
 	struct sv_write_ticket t;
-	if (sv_cow_write_begin(vol, off, len, gate_mode(flags), &t, err) == -1)
-		return -1;
+	int done = (flags & SV_FUA) ? sv_cow_write_begin(vol, off, len, gate_mode(flags), &t, err)
+				    : sv_wb_write(vol, buf, len, off, gate_mode(flags), &t, err);
+	if (done)
+		return done > 0 ? 0 : -1;
 	int r =
 	    vol->ops->obj_pwrite(vol->origin, buf, len, off, (flags & SV_FUA) ? SV_STORE_FUA : 0);
 	if (r == -1)

@@ -25,8 +25,6 @@
 #define VOLUME_FORMAT  "snapvol-volume"
 #define VOLUME_VERSION 1
 
-static const char ORIGIN[] = "origin";
-
 static void volume_close(struct sv_volume *v);
 
 static int
@@ -132,8 +130,8 @@ sv_volume_create(struct sv_pool *pool, const char *name, uint64_t size, uint32_t
 			return sv_error_errno("volume %s: cannot create", name);
 	}
 	struct sv_obj *origin;
-	if (ops->obj_open(pool->st, name, ORIGIN, size, SV_OBJ_CREATE | SV_OBJ_EXCL, &origin) ==
-	    -1) {
+	if (ops->obj_open(pool->st, name, SV_OBJ_ORIGIN, size, SV_OBJ_CREATE | SV_OBJ_EXCL,
+			  &origin) == -1) {
 		sv_error_errno("volume %s: cannot create its data", name);
 		goto undo;
 	}
@@ -215,7 +213,8 @@ fill_info_locked(struct sv_pool *pool, const char *name, struct sv_volume_info *
 	struct sv_obj *o = v ? v->origin : NULL;
 	bool opened = false;
 	if (!o) {
-		if (pool->ops->obj_open(pool->st, name, ORIGIN, m.size, SV_OBJ_RDONLY, &o) == -1)
+		if (pool->ops->obj_open(pool->st, name, SV_OBJ_ORIGIN, m.size, SV_OBJ_RDONLY, &o) ==
+		    -1)
 			return sv_error_errno("volume %s: cannot open its data", name);
 		opened = true;
 	}
@@ -224,7 +223,7 @@ fill_info_locked(struct sv_pool *pool, const char *name, struct sv_volume_info *
 		pool->ops->obj_close(o);
 	if (r == -1)
 		return sv_error_errno("volume %s: cannot measure its data", name);
-	if (pool->ops->obj_locate(pool->st, name, ORIGIN, info->origin_path,
+	if (pool->ops->obj_locate(pool->st, name, SV_OBJ_ORIGIN, info->origin_path,
 				  sizeof info->origin_path) == -1)
 		info->origin_path[0] = '\0';
 	/* Snapshot figures come from the metadata, without opening (and so
@@ -400,7 +399,7 @@ sv_volume_get_locked(struct sv_pool *pool, const char *name, struct sv_volume **
 		json_decref(body);
 		return sv_error(ENOMEM, "out of memory");
 	}
-	if (pool->ops->obj_open(pool->st, name, ORIGIN, m.size, 0, &v->origin) == -1) {
+	if (pool->ops->obj_open(pool->st, name, SV_OBJ_ORIGIN, m.size, 0, &v->origin) == -1) {
 		free(v);
 		json_decref(body);
 		return sv_error_errno("volume %s: cannot open its data", name);

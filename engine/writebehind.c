@@ -80,16 +80,25 @@ sv_wb_init(struct sv_pool *pool)
 	wb->max_bytes = (size_t)(mb > 4096 ? 4096 : mb) << 20;
 }
 
-/* Copy, commit, write the origin: what the client would have waited for. */
+/* Copy, commit, write the origin: what the client would have waited for.
+ * 0, or -1 with *err (*err is meaningful only then: a copy retried after
+ * dropping a snapshot leaves it set). */
+static int
+copy_and_write(struct sv_volume *vol, const void *buf, uint32_t len, uint64_t off,
+	       struct sv_write_ticket *t, int *err)
+{
+	int r = sv_cow_write_copy(vol, off, len, t, err);
+	if (r == 0 && (r = vol->ops->obj_pwrite(vol->origin, buf, len, off, 0)) == -1)
+		*err = errno ? errno : EIO;
+	return r;
+}
+
 static void
 land(struct sv_wb_entry *e)
 {
 	struct sv_volume *vol = e->vol;
-	int err = 0; /* meaningful only on failure: a retried copy leaves it set */
-	int r = sv_cow_write_copy(vol, e->off, e->len, &e->t, &err);
-	if (r == 0 && (r = vol->ops->obj_pwrite(vol->origin, e->data, e->len, e->off, 0)) == -1)
-		err = errno ? errno : EIO;
-	if (r == 0)
+	int err = 0;
+	if (copy_and_write(vol, e->data, e->len, e->off, &e->t, &err) == 0)
 		err = 0;
 	if (err)
 		sv_log_error("volume %s: a write of %" PRIu32 " bytes at %" PRIu64
@@ -185,23 +194,17 @@ unreserve(struct sv_wb *wb, uint32_t len)
 }
 
 int
-sv_wb_write(struct sv_volume *vol, const void *buf, uint32_t len, uint64_t off, int gate, int *err)
+sv_wb_write(struct sv_volume *vol, const void *buf, uint32_t len, uint64_t off, int gate,
+	    struct sv_write_ticket *t, int *err)
 {
 	struct sv_wb *wb = &vol->pool->wb;
 	if (!wb->max_bytes || len == 0)
-		return 0;
-	struct sv_write_ticket t;
+		return sv_cow_write_begin(vol, off, len, gate, t, err);
 	bool behind;
-	if (sv_cow_write_begin_behind(vol, off, len, gate, &t, &behind, err) == -1)
+	if (sv_cow_write_begin_behind(vol, off, len, gate, t, &behind, err) == -1)
 		return -1;
-	if (!behind) {
-		/* No copy needed (a rewrite, or no snapshot): write in place. */
-		int r = vol->ops->obj_pwrite(vol->origin, buf, len, off, 0);
-		if (r == -1)
-			*err = errno ? errno : EIO;
-		sv_cow_write_end(vol, &t);
-		return r == -1 ? -1 : 1;
-	}
+	if (!behind)
+		return 0; /* no copy needed (a rewrite, or no snapshot) */
 	sv_lock_or_abort(&wb->lock);
 	bool ok = reserve_locked(wb, len);
 	size_t held = wb->bytes;
@@ -212,14 +215,12 @@ sv_wb_write(struct sv_volume *vol, const void *buf, uint32_t len, uint64_t off, 
 		 * waited for anyway, now. */
 		if (ok)
 			unreserve(wb, len);
-		int r = sv_cow_write_copy(vol, off, len, &t, err);
-		if (r == 0 && (r = vol->ops->obj_pwrite(vol->origin, buf, len, off, 0)) == -1)
-			*err = errno ? errno : EIO;
-		sv_cow_write_landed(vol, off, len, &t);
+		int r = copy_and_write(vol, buf, len, off, t, err);
+		sv_cow_write_landed(vol, off, len, t);
 		return r == -1 ? -1 : 1;
 	}
 	e->vol = vol;
-	e->t = t;
+	e->t = *t;
 	e->off = off;
 	e->len = len;
 	memcpy(e->data, buf, len);

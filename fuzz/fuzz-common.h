@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <ftw.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -21,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 static inline int
 fuzz_rm_one(const char *path, const struct stat *sb, int type, struct FTW *ftw)
@@ -94,19 +96,38 @@ fuzz_pump(int fd, const uint8_t *data, size_t size)
 	}
 }
 
-/* fuzz_pump as a thread, for targets whose server runs on the caller's. */
-struct fuzz_client {
+#ifdef SV_NBD_SERVER_H
+struct fuzz_input {
 	int fd;
 	const uint8_t *data;
 	size_t size;
 };
 
 static inline void *
-fuzz_client_main(void *arg)
+fuzz_pump_thread(void *arg)
 {
-	struct fuzz_client *cl = arg;
-	fuzz_pump(cl->fd, cl->data, cl->size);
+	const struct fuzz_input *in = arg;
+	fuzz_pump(in->fd, in->data, in->size);
 	return NULL;
 }
+
+/* One NBD session of the input against srv: the server runs on this
+ * thread (sv_nbd_serve_fd, the path a real connection takes), the phony
+ * client on another.  For the targets that include nbd-server.h first. */
+static inline void
+fuzz_nbd_session(struct sv_nbd_server *srv, const uint8_t *data, size_t size)
+{
+	int sv[2];
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == -1)
+		abort();
+	struct fuzz_input in = {.fd = sv[0], .data = data, .size = size};
+	pthread_t t;
+	if (pthread_create(&t, NULL, fuzz_pump_thread, &in) != 0)
+		abort();
+	sv_nbd_serve_fd(srv, sv[1]); /* closes sv[1] */
+	pthread_join(t, NULL);
+	close(sv[0]);
+}
+#endif
 
 #endif

@@ -28,8 +28,9 @@
 #include <unistd.h>
 
 #include "engine.h"
-#include "fuzz-common.h"
 #include "nbd-server.h"
+
+#include "fuzz-common.h" /* after nbd-server.h: fuzz_nbd_session */
 
 static struct sv_nbd_server *srv;
 static struct sv_pool *pool;
@@ -70,15 +71,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	int sv[2];
-	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == -1)
-		abort();
-	struct fuzz_client cl = {.fd = sv[0], .data = data, .size = size};
-	pthread_t t;
-	if (pthread_create(&t, NULL, fuzz_client_main, &cl) != 0)
-		abort();
-	sv_nbd_serve_fd(srv, sv[1]); /* closes sv[1] */
-	pthread_join(t, NULL);
-	close(sv[0]);
+	fuzz_nbd_session(srv, data, size);
 	return 0;
 }

@@ -302,19 +302,6 @@ test_foreign_directory(void **state)
 	assert_int_equal(fs.repaired, 0);
 }
 
-static void
-test_refused_while_served(void **state)
-{
-	struct fixture *fx = *state;
-	/* A server holds the pool's lock: a second opener (the CLI's check)
-	 * is refused before it reads anything. */
-	struct sv_pool *server, *other;
-	assert_int_equal(sv_pool_open(fx->dir, 0, &server), 0);
-	assert_int_equal(sv_pool_open(fx->dir, 0, &other), -1);
-	assert_int_equal(sv_last_errno(), EWOULDBLOCK);
-	sv_pool_close(server);
-}
-
 int
 main(void)
 {
@@ -326,7 +313,6 @@ main(void)
 	    cmocka_unit_test_setup_teardown(test_rotten_metadata, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_origin_size, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_foreign_directory, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_refused_while_served, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
