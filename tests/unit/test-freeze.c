@@ -40,6 +40,7 @@
 #include "nbd-server.h"
 #include "protocol.h"
 #include "util.h"
+#include "testwire.h"
 
 #define MiB (1u << 20)
 
@@ -368,24 +369,6 @@ serve_thread(void *arg)
 	struct nbd_session *s = arg;
 	sv_nbd_serve_fd(s->srv, s->sfd);
 	return NULL;
-}
-
-static void
-xsend(int fd, const void *buf, size_t len)
-{
-	assert_int_equal(send(fd, buf, len, MSG_NOSIGNAL), (ssize_t)len);
-}
-
-static void
-xrecv(int fd, void *buf, size_t len)
-{
-	char *p = buf;
-	while (len > 0) {
-		ssize_t r = recv(fd, p, len, 0);
-		assert_true(r > 0);
-		p += r;
-		len -= (size_t)r;
-	}
 }
 
 static void

@@ -30,6 +30,7 @@
 
 #include "engine.h"
 #include "testpool.h"
+#include "testwire.h"
 #include "nbd-server.h"
 #include "protocol.h"
 
@@ -536,24 +537,6 @@ teardown_pool(void **state)
 	int r = test_rmtree(s->dir);
 	free(s);
 	return r;
-}
-
-static void
-xsend(int fd, const void *buf, size_t len)
-{
-	assert_int_equal(send(fd, buf, len, MSG_NOSIGNAL), (ssize_t)len);
-}
-
-static void
-xrecv(int fd, void *buf, size_t len)
-{
-	char *p = buf;
-	while (len > 0) {
-		ssize_t r = recv(fd, p, len, 0);
-		assert_true(r > 0);
-		p += r;
-		len -= (size_t)r;
-	}
 }
 
 /* The server closed the stream (after reading what it wanted). */
