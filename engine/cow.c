@@ -75,8 +75,9 @@
 #include "log.h"
 #include "util.h"
 
-#define MAX_RUNS 32
-#define COPY_BUF (1u << 20)
+#define MAX_RUNS       32
+#define MAX_BATCH_RUNS 4096
+#define COPY_BUF       (1u << 20)
 
 /* ---- epochs ---- */
 
@@ -358,43 +359,76 @@ needs_copy_locked(struct sv_volume *vol, struct sv_epoch *ep, uint64_t off, uint
 					      last + 1);
 }
 
-/* Make the pre-images a write stamped with t->ep needs durable (steps 1-3
- * above).  cow_lock held; on failure the stamp is still held. */
-static int
-copy_for_write_locked(struct sv_volume *vol, uint64_t off, uint64_t len, struct sv_write_ticket *t,
-		      int *err)
+/* Claim, under cow_lock, the chunks of [first, last] that still need a copy
+ * in ep and nobody is copying, as runs appended to runs[*nruns] (at most
+ * cap); *others is set if someone else is copying one of them. */
+static void
+claim_runs_locked(struct sv_volume *vol, struct sv_epoch *ep, uint64_t first, uint64_t last,
+		  struct sv_jrec *runs, bool *nodata, size_t *nruns, size_t cap, bool *others)
 {
-	struct sv_epoch *ep = t->ep;
-	uint64_t first = off >> vol->chunk_shift, last = (off + len - 1) >> vol->chunk_shift;
+	for (uint64_t c = first; c <= last && *nruns < cap; c++) {
+		if (no_copy_needed_locked(ep, c))
+			continue;
+		if (roaring_bitmap_contains(vol->inflight, (uint32_t)c)) {
+			*others = true;
+			continue;
+		}
+		uint64_t a = c;
+		bool bitonly = bit_only_locked(ep, c);
+		while (c + 1 <= last && !no_copy_needed_locked(ep, c + 1) &&
+		       !roaring_bitmap_contains(vol->inflight, (uint32_t)(c + 1)) &&
+		       bit_only_locked(ep, c + 1) == bitonly)
+			c++;
+		roaring_bitmap_add_range(vol->inflight, a, c + 1);
+		nodata[*nruns] = bitonly;
+		runs[(*nruns)++] = (struct sv_jrec){
+		    .ep = ep, .first = (uint32_t)a, .count = (uint32_t)(c + 1 - a)};
+	}
+}
+
+/* Make the pre-images that writes of the ranges rg[0..n), all stamped with
+ * ep, need durable (steps 1-3 above).  Several writes at once (the
+ * write-behind landers) share one journal commit: its two syncs are the
+ * cost of a first write, so a batch of them costs little more than one.
+ * cow_lock held; on failure the stamps are still held. */
+static int
+copy_for_writes_locked(struct sv_volume *vol, struct sv_epoch *ep, const struct sv_range *rg,
+		       size_t n, int *err)
+{
+	struct sv_jrec stack_runs[MAX_RUNS], *runs = stack_runs;
+	bool stack_nodata[MAX_RUNS], *nodata = stack_nodata;
+	size_t cap = MAX_RUNS;
+	if (n > MAX_RUNS / 2) {
+		size_t want = n * 2 < MAX_BATCH_RUNS ? n * 2 : MAX_BATCH_RUNS;
+		struct sv_jrec *r = malloc(want * sizeof *r);
+		bool *nd = malloc(want * sizeof *nd);
+		if (r && nd) {
+			runs = r;
+			nodata = nd;
+			cap = want;
+		} else {
+			free(r);
+			free(nd);
+		}
+	}
+	int ret = 0;
 	for (;;) {
-		if (!needs_copy_locked(vol, ep, off, len))
-			return 0; /* everything already copied: the rewrite fast path */
+		bool any = false;
+		for (size_t i = 0; i < n && !any; i++)
+			any = needs_copy_locked(vol, ep, rg[i].off, rg[i].len);
+		if (!any)
+			break; /* everything already copied: the rewrite fast path */
 
 		while (sv_older_writes_locked(vol, ep->id))
 			pthread_cond_wait(&vol->cow_cond, &vol->cow_lock);
 
-		struct sv_jrec runs[MAX_RUNS];
-		bool nodata[MAX_RUNS];
 		size_t nruns = 0;
 		bool others = false;
-		for (uint64_t c = first; c <= last && nruns < MAX_RUNS; c++) {
-			if (no_copy_needed_locked(ep, c))
-				continue;
-			if (roaring_bitmap_contains(vol->inflight, (uint32_t)c)) {
-				others = true;
-				continue;
-			}
-			uint64_t a = c;
-			bool bitonly = bit_only_locked(ep, c);
-			while (c + 1 <= last && !no_copy_needed_locked(ep, c + 1) &&
-			       !roaring_bitmap_contains(vol->inflight, (uint32_t)(c + 1)) &&
-			       bit_only_locked(ep, c + 1) == bitonly)
-				c++;
-			roaring_bitmap_add_range(vol->inflight, a, c + 1);
-			nodata[nruns] = bitonly;
-			runs[nruns++] = (struct sv_jrec){
-			    .ep = ep, .first = (uint32_t)a, .count = (uint32_t)(c + 1 - a)};
-		}
+		for (size_t i = 0; i < n && nruns < cap; i++)
+			if (rg[i].len)
+				claim_runs_locked(vol, ep, rg[i].off >> vol->chunk_shift,
+						  (rg[i].off + rg[i].len - 1) >> vol->chunk_shift,
+						  runs, nodata, &nruns, cap, &others);
 		if (nruns > 0) {
 			sv_unlock_or_abort(&vol->cow_lock);
 			int r = copy_runs(vol, ep, runs, nodata, nruns, err);
@@ -414,13 +448,19 @@ copy_for_write_locked(struct sv_volume *vol, uint64_t off, uint64_t len, struct 
 					if (r == 0)
 						continue;
 				}
-				return -1;
+				ret = -1;
+				break;
 			}
 			continue;
 		}
 		if (others)
 			pthread_cond_wait(&vol->cow_cond, &vol->cow_lock);
 	}
+	if (runs != stack_runs) {
+		free(runs);
+		free(nodata);
+	}
+	return ret;
 }
 
 static void
@@ -438,7 +478,8 @@ sv_cow_write_begin(struct sv_volume *vol, uint64_t off, uint64_t len, int gate,
 	SV_LOCK_SCOPE(&vol->cow_lock);
 	if (admit_locked(vol, off, len, gate, t, err) == -1)
 		return -1;
-	if (copy_for_write_locked(vol, off, len, t, err) == -1) {
+	struct sv_range rg = {off, len};
+	if (copy_for_writes_locked(vol, t->ep, &rg, 1, err) == -1) {
 		unstamp_locked(vol, t);
 		return -1;
 	}
@@ -462,11 +503,11 @@ sv_cow_write_begin_behind(struct sv_volume *vol, uint64_t off, uint64_t len, int
 }
 
 int
-sv_cow_write_copy(struct sv_volume *vol, uint64_t off, uint64_t len, struct sv_write_ticket *t,
+sv_cow_write_copy(struct sv_volume *vol, struct sv_epoch *ep, const struct sv_range *rg, size_t n,
 		  int *err)
 {
 	SV_LOCK_SCOPE(&vol->cow_lock);
-	return copy_for_write_locked(vol, off, len, t, err);
+	return copy_for_writes_locked(vol, ep, rg, n, err);
 }
 
 void

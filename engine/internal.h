@@ -229,8 +229,14 @@ void sv_cow_write_end(struct sv_volume *vol, struct sv_write_ticket *t);
  * sv_cow_write_landed, after sv_cow_write_copy and the origin write. */
 int sv_cow_write_begin_behind(struct sv_volume *vol, uint64_t off, uint64_t len, int gate,
 			      struct sv_write_ticket *t, bool *behind, int *err);
-int sv_cow_write_copy(struct sv_volume *vol, uint64_t off, uint64_t len, struct sv_write_ticket *t,
-		      int *err);
+/* A byte range of a write. */
+struct sv_range {
+	uint64_t off, len;
+};
+/* Copy what writes of the ranges, all stamped with ep, need (one journal
+ * commit for all of them). */
+int sv_cow_write_copy(struct sv_volume *vol, struct sv_epoch *ep, const struct sv_range *rg,
+		      size_t n, int *err);
 void sv_cow_write_landed(struct sv_volume *vol, uint64_t off, uint64_t len,
 			 struct sv_write_ticket *t);
 /* Readers of the live volume: wait until no write-behind of the range is

@@ -50,6 +50,7 @@
 #include "util.h"
 
 #define WB_THREADS	 16
+#define WB_BATCH	 256
 #define WB_DEFAULT_MB	 16
 #define WB_SPACE_RESERVE (UINT64_C(256) << 20)
 
@@ -87,56 +88,85 @@ static int
 copy_and_write(struct sv_volume *vol, const void *buf, uint32_t len, uint64_t off,
 	       struct sv_write_ticket *t, int *err)
 {
-	int r = sv_cow_write_copy(vol, off, len, t, err);
+	struct sv_range rg = {off, len};
+	int r = sv_cow_write_copy(vol, t->ep, &rg, 1, err);
 	if (r == 0 && (r = vol->ops->obj_pwrite(vol->origin, buf, len, off, 0)) == -1)
 		*err = errno ? errno : EIO;
 	return r;
 }
 
+/* Land b[0..n): writes of one volume stamped with one epoch, copied
+ * together under one journal commit, then written to the origin. */
 static void
-land(struct sv_wb_entry *e)
+land(struct sv_wb_entry **b, size_t n)
 {
-	struct sv_volume *vol = e->vol;
+	struct sv_volume *vol = b[0]->vol;
+	struct sv_range rg[WB_BATCH];
+	for (size_t i = 0; i < n; i++)
+		rg[i] = (struct sv_range){b[i]->off, b[i]->len};
 	int err = 0;
-	if (copy_and_write(vol, e->data, e->len, e->off, &e->t, &err) == 0)
+	size_t failed = 0;
+	if (sv_cow_write_copy(vol, b[0]->t.ep, rg, n, &err) == -1) {
+		failed = n;
+	} else {
 		err = 0;
+		for (size_t i = 0; i < n; i++) {
+			if (vol->ops->obj_pwrite(vol->origin, b[i]->data, b[i]->len, b[i]->off,
+						 0) == -1) {
+				err = errno ? errno : EIO;
+				failed++;
+			}
+		}
+	}
 	if (err)
-		sv_log_error("volume %s: a write of %" PRIu32 " bytes at %" PRIu64
-			     " acknowledged before its copy could not be completed: %s; the "
-			     "next flush fails",
-			     vol->name, e->len, e->off, strerror(err));
+		sv_log_error("volume %s: %zu of %zu writes acknowledged before their copies "
+			     "could not be completed: %s; the next flush fails",
+			     vol->name, failed, n, strerror(err));
 	/* Leave the outstanding list before the chunks stop landing: a flush
 	 * that sees the list empty then also sees the data on the origin. */
 	sv_lock_or_abort(&vol->pool->wb.lock);
 	if (err && !vol->wb_error)
 		vol->wb_error = err;
-	*(e->vprev ? &e->vprev->vnext : &vol->wb_oldest) = e->vnext;
-	*(e->vnext ? &e->vnext->vprev : &vol->wb_newest) = e->vprev;
-	vol->pool->wb.bytes -= e->len;
+	for (size_t i = 0; i < n; i++) {
+		struct sv_wb_entry *e = b[i];
+		*(e->vprev ? &e->vprev->vnext : &vol->wb_oldest) = e->vnext;
+		*(e->vnext ? &e->vnext->vprev : &vol->wb_newest) = e->vprev;
+		vol->pool->wb.bytes -= e->len;
+	}
 	pthread_cond_broadcast(&vol->pool->wb.landed);
 	sv_unlock_or_abort(&vol->pool->wb.lock);
-	sv_cow_write_landed(vol, e->off, e->len, &e->t);
-	free(e);
+	for (size_t i = 0; i < n; i++) {
+		sv_cow_write_landed(vol, b[i]->off, b[i]->len, &b[i]->t);
+		free(b[i]);
+	}
 }
 
 static void *
 lander(void *arg)
 {
 	struct sv_wb *wb = arg;
+	struct sv_wb_entry *batch[WB_BATCH];
 	sv_lock_or_abort(&wb->lock);
 	for (;;) {
 		while (!wb->head && !wb->stop)
 			pthread_cond_wait(&wb->work, &wb->lock);
-		struct sv_wb_entry *e = wb->head;
-		if (!e)
+		if (!wb->head)
 			break; /* stopping, and nothing is left */
 		/* Strictly oldest first: a write of epoch E+1 waits in its copy
-		 * for the writes of epoch E, which are then already taken. */
-		wb->head = e->next;
+		 * for the writes of epoch E, which are then already taken.  The
+		 * writes behind the oldest that share its volume and epoch come
+		 * along, so one commit makes all their copies durable. */
+		size_t n = 0;
+		struct sv_wb_entry *first = wb->head;
+		while (n < WB_BATCH && wb->head && wb->head->vol == first->vol &&
+		       wb->head->t.ep == first->t.ep) {
+			batch[n++] = wb->head;
+			wb->head = wb->head->next;
+		}
 		if (!wb->head)
 			wb->tail = NULL;
 		sv_unlock_or_abort(&wb->lock);
-		land(e);
+		land(batch, n);
 		sv_lock_or_abort(&wb->lock);
 	}
 	sv_unlock_or_abort(&wb->lock);
@@ -253,6 +283,7 @@ sv_wb_flush(struct sv_volume *vol, int *err)
 	}
 	return 0;
 }
+
 
 void
 sv_wb_drain(struct sv_volume *vol)
