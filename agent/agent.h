@@ -86,6 +86,7 @@ struct sv_watchdog_state {
 	bool frozen;		    /* all filesystems frozen now, as far as the owner knows */
 	enum sv_thaw_reason reason; /* set once the freeze ended */
 	uint64_t presync_ns;	    /* how long the syncfs() before the freeze took */
+	uint64_t checkpoint_ns;	    /* of which the ext4 journal checkpoint */
 	uint64_t freeze_start_ns;   /* CLOCK_MONOTONIC: before the first FIFREEZE */
 	uint64_t frozen_ns;	    /* after the last FIFREEZE returned */
 	uint64_t thaw_start_ns;	    /* before the first FITHAW */

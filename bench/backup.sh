@@ -10,14 +10,17 @@
 #   - incr:    snapvol backup vm1@tue FILE --since vm1@mon, onto a fresh copy of
 #              the mon backup (the copy is not timed): reads only the changed
 #              extents, writes them into FILE;
+#   - incr-qcow2: snapvol backup vm1@tue NEW.qcow2 --since vm1@mon --base-file
+#              MON.img: the same extents into a new qcow2 overlay on the mon
+#              backup, written through qemu-nbd (nothing to copy first);
 #   - nbdcopy: nbdcopy of the whole snapshot vm1@tue to a new file (it skips
 #              holes through base:allocation: it reads all allocated data);
 #   - nbdcopy-flush: the same with --flush (durable on return, as a backup is);
 #   - null:    the same nbdcopy to null: (reads only, no file written).
 # Throughput = bytes read / wall time (incr: the changed bytes; nbdcopy: the
-# snapshot's allocated bytes).  Goal: incr >= 90% of nbdcopy's, and incr
-# reads no byte outside the changed extents: its --json bytes_read must not
-# exceed changed_bytes (checked; the run fails otherwise).
+# snapshot's allocated bytes).  Goal: incr (and incr-qcow2) >= 90% of
+# nbdcopy's, and they read no byte outside the changed extents: the --json
+# bytes_read must not exceed changed_bytes (checked; the run fails otherwise).
 # Results: bench/results/backup-DATE.{md,tsv} (with this command line), also printed.
 #
 # Environment: SNAPVOL (default build-bench/cli/snapvol, else build/cli/snapvol),
@@ -95,6 +98,21 @@ for rep in $(seq "$REPS"); do
 	printf '%s\tincr\t%.3f\t%s\t%s\t%.1f\n' "$rep" "$s" "$rd" "$ch" "$(echo "$rd / $s / 1048576" | bc -l)" >>"$tsv"
 	rm -f "$tmp/inc.img" "$tmp/inc.img.snapvol.json"
 
+	say "rep $rep: incremental backup into a qcow2 overlay"
+	rm -f "$tmp/inc.qcow2" "$tmp/inc.qcow2.snapvol.json"
+	t0=$(now)
+	sv --json backup vm1@tue "$tmp/inc.qcow2" --since vm1@mon --base-file "$tmp/mon.img" >"$tmp/incq.json"
+	t1=$(now)
+	read -r rd ch < <(/usr/bin/python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); print(j["bytes_read"], j["changed_bytes"])' "$tmp/incq.json")
+	if [ "$rd" -gt "$ch" ]; then
+		say "FAIL: the qcow2 incremental read $rd bytes, more than the $ch that changed"
+		exit 1
+	fi
+	s=$(echo "($t1 - $t0) / 1000000000" | bc -l)
+	printf '%s\tincr-qcow2\t%.3f\t%s\t%s\t%.1f\n' "$rep" "$s" "$rd" "$ch" "$(echo "$rd / $s / 1048576" | bc -l)" >>"$tsv"
+	qsize=$(du -B1 "$tmp/inc.qcow2" | cut -f1)
+	rm -f "$tmp/inc.qcow2" "$tmp/inc.qcow2.snapvol.json"
+
 	say "rep $rep: nbdcopy of vm1@tue to a file"
 	rm -f "$tmp/copy.img"
 	t0=$(now)
@@ -130,7 +148,9 @@ for r in rows:
 med = {k: statistics.median(v) for k, v in by.items()}
 ratio = med["incr"] / med["nbdcopy"]
 ratio_f = med["incr"] / med["nbdcopy-flush"]
-incr = [r for r in rows if r[1] == "incr"]
+ratio_q = med["incr-qcow2"] / med["nbdcopy"]
+ratio_qf = med["incr-qcow2"] / med["nbdcopy-flush"]
+incr = [r for r in rows if r[1] in ("incr", "incr-qcow2")]
 ok_bytes = all(int(r[3]) <= int(r[4]) for r in incr)
 with open(sys.argv[2], "w") as f:
     p = lambda *a: print(*a, file=f)
@@ -147,6 +167,7 @@ with open(sys.argv[2], "w") as f:
     p(f"| changed extents (snapvol diff) | {incr[0][4]} bytes, listed in ${diff_ms} ms |")
     p("| allocated in vm1@tue (what nbdcopy reads) | $alloc bytes |")
     p("| full backup of vm1@mon (once) | ${full_ms} ms |")
+    p("| qcow2 overlay on disk (last rep, du) | ${qsize:-?} bytes |")
     p()
     p("| rep | method | seconds | bytes read | changed bytes | MiB/s |")
     p("|---|---|---|---|---|---|")
@@ -156,11 +177,14 @@ with open(sys.argv[2], "w") as f:
     p(f"Median throughput: incremental {med['incr']:.1f} MiB/s on the changed bytes; "
       f"nbdcopy {med['nbdcopy']:.1f} MiB/s to a file, {med['nbdcopy-flush']:.1f} MiB/s with "
       f"--flush (durable, as the backup is: it fsyncs before it records the backup complete), "
-      f"{med['null']:.1f} MiB/s to null:.")
+      f"{med['null']:.1f} MiB/s to null:; qcow2 overlay incremental {med['incr-qcow2']:.1f} MiB/s.")
     p()
     p(f"- Goal: incremental >= 90% of nbdcopy: {ratio * 100:.0f}% of plain nbdcopy "
       f"({'met' if ratio >= 0.9 else 'NOT met'}), {ratio_f * 100:.0f}% of nbdcopy --flush "
       f"({'met' if ratio_f >= 0.9 else 'NOT met'})")
+    p(f"- Goal: qcow2 overlay incremental >= 90% of nbdcopy: {ratio_q * 100:.0f}% of plain nbdcopy "
+      f"({'met' if ratio_q >= 0.9 else 'NOT met'}), {ratio_qf * 100:.0f}% of nbdcopy --flush "
+      f"({'met' if ratio_qf >= 0.9 else 'NOT met'})")
     p(f"- Goal: no byte read outside the changed extents (bytes_read <= changed_bytes in every run): "
       f"{'met' if ok_bytes else 'NOT met'}")
 PY

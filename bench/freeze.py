@@ -10,16 +10,25 @@
                                     each event, and of control windows
   freeze.py md STALLS.tsv           the Markdown summary (p50/p99, ratios)
   freeze.py dat STALLS.tsv DIR      histogram data for freeze.gp
+  freeze.py phases EVENTS.jsonl [FLUSHES.txt [SERVE.log]]
+                                    where snapvol's window goes, per phase
+                                    (p50/p99), with the NBD FLUSHes the
+                                    server served in each (perf uprobes) and
+                                    the server's own steps (its trace log)
 
 Modes (the environment gives the paths: SNAPVOL, POOL, SV_MNT, QSD_QMP,
 QSD_MNT, TMP):
   snapvol   snapvol snapshot create vol@N --fsfreeze SV_MNT: the window is
-            the watchdog's FIFREEZE-to-FITHAW, from the command's JSON
-  byhand    fsfreeze -f SV_MNT; snapvol snapshot create vol@N; fsfreeze -u:
-            the window is from starting fsfreeze -f to fsfreeze -u returning
-  qsd       fsfreeze -f QSD_MNT; a QMP transaction (blockdev-backup
-            sync=none into a qcow2 fleecing image: qemu's copy-before-write
-            snapshot); fsfreeze -u.  Window as for byhand.
+            the watchdog's FIFREEZE-to-FITHAW, from the command's JSON (its
+            syncfs before FIFREEZE is outside the window, and reported apart)
+  byhand    FIFREEZE SV_MNT; snapvol snapshot create vol@N; FITHAW, the
+            ioctls fsfreeze -f/-u make, issued from here so that the window
+            is measured exactly as snapvol's: from calling FIFREEZE to FITHAW
+            returning (no process start-up of fsfreeze(8) inside it)
+  qsd       FIFREEZE QSD_MNT; a QMP transaction (blockdev-backup sync=none
+            into a qcow2 fleecing image: qemu's copy-before-write snapshot);
+            FITHAW.  Window as for byhand.
+The peers freeze the way a user does by hand: no sync before the freeze.
 Every event is followed by clean-up outside the window (snapshot delete,
 block-job-cancel) and a pause, so events do not overlap.
 
@@ -47,6 +56,16 @@ def now_ms():
     return time.time() * 1e3
 
 
+# linux/fs.h: _IOWR('X', 119, int) and _IOWR('X', 120, int)
+FIFREEZE = 0xC0045877
+FITHAW = 0xC0045878
+
+
+def fs_ioctl(fd, req):
+    import fcntl
+    fcntl.ioctl(fd, req, 0)
+
+
 def run_snapvol(i, env):
     t0 = now_ms()
     out = subprocess.run([env["SNAPVOL"], "--pool", env["POOL"], "--json", "snapshot", "create",
@@ -54,6 +73,8 @@ def run_snapvol(i, env):
                          check=True, capture_output=True, text=True).stdout
     t1 = now_ms()
     j = json.loads(out)
+    with open(os.path.join(env["TMP"], "snapvol-events.jsonl"), "a") as f:
+        f.write(json.dumps(j) + "\n")
     fr = j["freeze"]
     if j["consistency"] != "frozen":
         print("warning: vol@f%d is %s" % (i, j["consistency"]), file=sys.stderr)
@@ -61,34 +82,34 @@ def run_snapvol(i, env):
     return t0, t1, fr["window_us"] / 1e3, fr["fifreeze_us"] / 1e3
 
 
-def timed(cmd):
-    t = now_ms()
-    subprocess.run(cmd, check=True)
-    return now_ms() - t
+def frozen_around(mnt, fn):
+    """FIFREEZE mnt, fn(), FITHAW: (start, end, FIFREEZE ms), wall ms."""
+    fd = os.open(mnt, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        t0 = now_ms()
+        fs_ioctl(fd, FIFREEZE)
+        f = now_ms() - t0
+        try:
+            fn()
+        finally:
+            fs_ioctl(fd, FITHAW)
+        t1 = now_ms()
+    finally:
+        os.close(fd)
+    return t0, t1, f
 
 
 def run_byhand(i, env):
-    t0 = now_ms()
-    f = timed(["fsfreeze", "-f", env["SV_MNT"]])
-    try:
-        subprocess.run([env["SNAPVOL"], "--pool", env["POOL"], "snapshot", "create",
-                        "vol@h%d" % i], check=True, capture_output=True)
-    finally:
-        subprocess.run(["fsfreeze", "-u", env["SV_MNT"]], check=True)
-    t1 = now_ms()
+    cmd = [env["SNAPVOL"], "--pool", env["POOL"], "snapshot", "create", "vol@h%d" % i]
+    t0, t1, f = frozen_around(env["SV_MNT"],
+                              lambda: subprocess.run(cmd, check=True, capture_output=True))
     return t0, t1, t1 - t0, f
 
 
 def run_qsd(i, env, q):
     fleece = os.path.join(env["TMP"], "fleece.qcow2")
     qmp.make_qcow2(fleece, qmp.node_size(q))
-    t0 = now_ms()
-    f = timed(["fsfreeze", "-f", env["QSD_MNT"]])
-    try:
-        qmp.insert_txn(q, fleece)
-    finally:
-        subprocess.run(["fsfreeze", "-u", env["QSD_MNT"]], check=True)
-    t1 = now_ms()
+    t0, t1, f = frozen_around(env["QSD_MNT"], lambda: qmp.insert_txn(q, fleece))
     return t0, t1, t1 - t0, f
 
 
@@ -188,8 +209,8 @@ def load_stalls(path):
 
 NAMES = {
     "snapvol": "snapvol `snapshot create --fsfreeze`",
-    "byhand": "by hand: `fsfreeze -f`; `snapvol snapshot create`; `fsfreeze -u`",
-    "qsd": "qemu-storage-daemon CBW (QMP transaction), by hand with `fsfreeze -f/-u`",
+    "byhand": "by hand: FIFREEZE; `snapvol snapshot create`; FITHAW",
+    "qsd": "qemu-storage-daemon CBW (QMP transaction), by hand: FIFREEZE; QMP; FITHAW",
 }
 
 
@@ -249,6 +270,142 @@ def cmd_dat(path, outdir):
     print(width)
 
 
+# snapvol's phases, in the order they happen (freeze.phases_us of its JSON).
+PHASES = [
+    ("presync", "syncfs + ext4 journal checkpoint before FIFREEZE (outside the window)", False),
+    ("checkpoint", "  of which the journal checkpoint", False),
+    ("fifreeze", "FIFREEZE", True),
+    ("to_owner", "watchdog -> agent: frozen", True),
+    ("fsmap", "GETFSMAP (free-space map)", True),
+    ("create", "snapshot-create to the event SNAPSHOT_TAKEN (the control round trip)", True),
+    ("query", "watchdog query: frozen throughout?", True),
+    ("to_thaw", "agent -> watchdog: thaw", True),
+    ("fithaw", "FITHAW", True),
+    ("durable_after_thaw", "snapshot durable (create's reply) after FITHAW (outside)", False),
+]
+
+
+def load_flushes(path):
+    """[(start ns, end ns, write-behind bytes at arrival)] of the server's
+    NBD FLUSHes (sv_view_flush), from perf script -F tid,time,event,trace
+    with -k CLOCK_MONOTONIC."""
+    out, open_ = [], {}
+    with open(path) as f:
+        for line in f:
+            p = line.split()
+            if len(p) < 3:
+                continue
+            try:
+                tid, t = int(p[0]), float(p[1].rstrip(":")) * 1e9
+            except ValueError:
+                continue
+            ev = p[2].rstrip(":").split(":")[-1]
+            if ev == "flush":
+                wb = 0
+                for kv in p[3:]:
+                    if kv.startswith("wbbytes="):
+                        wb = int(kv.split("=")[1])
+                open_[tid] = (t, wb)
+            elif ev.startswith("flush_ret") and tid in open_:
+                t0, wb = open_.pop(tid)
+                out.append((t0, t, wb))
+    out.sort()
+    return out
+
+
+def load_server_trace(path):
+    """{snapshot: {step: us}} from the server's SNAPVOL_TRACE_FREEZE lines."""
+    import re
+    steps = {}
+    rx = re.compile(r"trace: snapshot (\S+): (.*)$")
+    with open(path) as f:
+        for line in f:
+            m = rx.search(line)
+            if not m:
+                continue
+            d = {}
+            for part in m.group(2).split(", "):
+                k, _, v = part.rpartition(" ")
+                if k.endswith(" us") or v == "us":
+                    k, v = part[:-3].rsplit(" ", 1)
+                d[k] = int(v)
+            steps[m.group(1)] = d
+    return steps
+
+
+def row(name, vals, unit_div=1e3):
+    v = [x / unit_div for x in vals]
+    return "| %s | %.1f | %.1f | %.1f |" % (name, pct(v, 50), pct(v, 99), max(v) if v else 0)
+
+
+def cmd_phases(events, flushes=None, serve_log=None):
+    ev = []
+    with open(events) as f:
+        for line in f:
+            if line.strip():
+                ev.append(json.loads(line))
+    ev = [e for e in ev if "phases_us" in e.get("freeze", {})]
+    print("Where snapvol's window goes (%d events; ms; the window is FIFREEZE to FITHAW):" %
+          len(ev))
+    print()
+    print("| phase | p50 | p99 | max |")
+    print("|---|---|---|---|")
+    for key, name, inside in PHASES:
+        vals = [e["freeze"]["phases_us"].get(key, 0) for e in ev]
+        print(row(name if inside else "_%s_" % name, vals))
+    print(row("**window**", [e["freeze"]["window_us"] for e in ev]))
+    if flushes and os.path.exists(flushes):
+        fl = load_flushes(flushes)
+        per = {"pre": [], "fz": [], "rest": []}
+        each, wbs = {"pre": [], "fz": [], "rest": []}, []
+        for e in ev:
+            fr = e["freeze"]
+            st = fr["start_ns"]
+            ph = fr["phases_us"]
+            spans = {"pre": (st - ph["presync"] * 1000, st),
+                     "fz": (st, st + ph["fifreeze"] * 1000),
+                     "rest": (st + ph["fifreeze"] * 1000, st + fr["window_us"] * 1000)}
+            for k, (a, b) in spans.items():
+                mine = [x for x in fl if a <= x[0] < b]
+                per[k].append((len(mine), sum(x[1] - x[0] for x in mine)))
+                each[k] += [x[1] - x[0] for x in mine]
+                if k != "pre":
+                    wbs += [x[2] for x in mine]
+        print()
+        print("NBD FLUSHes the server served (perf uprobes on sv_view_flush: write-behind "
+              "wait + origin fdatasync), per event:")
+        print()
+        print("| when | flushes p50 | flushes max | server ms p50 | server ms p99 | "
+              "one flush ms p50 | one flush ms p99 |")
+        print("|---|---|---|---|---|---|---|")
+        names = {"pre": "_before FIFREEZE (presync)_", "fz": "during FIFREEZE",
+                 "rest": "after FIFREEZE, to FITHAW's end"}
+        for k in ("pre", "fz", "rest"):
+            n = [x[0] for x in per[k]]
+            ms_ = [x[1] / 1e6 for x in per[k]]
+            one = [x / 1e6 for x in each[k]]
+            print("| %s | %d | %d | %.1f | %.1f | %.2f | %.2f |" % (
+                names[k], pct(n, 50), max(n) if n else 0, pct(ms_, 50), pct(ms_, 99),
+                pct(one, 50), pct(one, 99)))
+        print()
+        print("Write-behind buffer at the arrival of a FLUSH inside the window: max %d bytes "
+              "(%d FLUSHes)." % (max(wbs) if wbs else 0, len(wbs)))
+    if serve_log and os.path.exists(serve_log):
+        tr = load_server_trace(serve_log)
+        names = [s for e in ev for s in e.get("snapshots", [])]
+        got = [tr[n] for n in names if n in tr]
+        if got:
+            print()
+            print("The server's quiesced snapshot-create (SNAPVOL_TRACE_FREEZE; ms); only "
+                  "drain and switch are inside the window, the rest follows "
+                  "SNAPSHOT_TAKEN:")
+            print()
+            print("| step | p50 | p99 | max |")
+            print("|---|---|---|---|")
+            for k in got[0]:
+                print(row(k, [g.get(k, 0) for g in got]))
+
+
 def main():
     if len(sys.argv) < 3:
         sys.exit(__doc__)
@@ -261,6 +418,8 @@ def main():
         cmd_md(sys.argv[2])
     elif op == "dat":
         cmd_dat(sys.argv[2], sys.argv[3])
+    elif op == "phases":
+        cmd_phases(*sys.argv[2:5])
     else:
         sys.exit(__doc__)
 

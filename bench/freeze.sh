@@ -8,23 +8,32 @@
 # Inside each, fio writes 4 KiB at random (libaio, direct, QD16) at the same
 # rate (RATE_IOPS) with a per-I/O latency log.  Then, N times each:
 #   snapvol   snapvol snapshot create vol@N --fsfreeze MNT
-#   byhand    fsfreeze -f MNT; snapvol snapshot create vol@N; fsfreeze -u MNT
-#   qsd       fsfreeze -f MNT; QMP transaction (blockdev-backup sync=none:
-#             qemu's copy-before-write snapshot); fsfreeze -u MNT
-# snapvol and byhand run interleaved on the snapvol stack, then qsd on its
-# own (two stacks at once would share 2 cores).  Per event: the freeze window
-# (snapvol: FIFREEZE to FITHAW as its watchdog measures it; by hand: from
-# starting fsfreeze -f to fsfreeze -u returning) and the longest write stall
-# fio saw (the longest write in flight during the window), and the same
-# measure over a quiet control window before it.  freeze.py has the details.
+#   byhand    FIFREEZE MNT; snapvol snapshot create vol@N; FITHAW MNT
+#   qsd       FIFREEZE MNT; QMP transaction (blockdev-backup sync=none:
+#             qemu's copy-before-write snapshot); FITHAW MNT
+# (the peers' FIFREEZE/FITHAW are the ioctls fsfreeze -f/-u make, issued by
+# freeze.py itself).  snapvol and byhand run interleaved on the snapvol
+# stack, then qsd on its own (two stacks at once would share 2 cores).  Per
+# event: the freeze window, measured the same way for every method, from
+# calling FIFREEZE to FITHAW returning (snapvol's syncfs before FIFREEZE is
+# outside it, as a by-hand user's own sync would be), and the longest write
+# stall fio saw (the longest write in flight during the window), and the
+# same measure over a quiet control window before it.
+# With TRACE=1 (the default when perf is there) the breakdown of snapvol's
+# window is added: its phases (from its --json), the NBD FLUSHes the server
+# served in each (perf uprobes on sv_view_flush: count, time, write-behind
+# bytes) and the server's quiesced-create steps (SNAPVOL_TRACE_FREEZE=1).
+# freeze.py has the details.
 #
 #   bench/freeze.sh                    # ~4 min with the defaults
 #   N=5 RUNTIME=40 bench/freeze.sh     # smoke run
 # Knobs: N (events per method, 30), VOL_GIB (4), RATE_IOPS (500),
 # SNAPVOL (build/cli/snapvol), BENCH_TMPDIR (/var/tmp), RESULTS_DIR
-# (bench/results).  Needs root, fio, nbdfuse, qemu-storage-daemon,
-# qemu-img, gnuplot, util-linux fsfreeze.  Writes
-# bench/results/freeze-DATE.{md,tsv,events.tsv,png}.
+# (bench/results), TRACE (1 if perf is installed).  Needs root, fio,
+# nbdfuse, qemu-storage-daemon, qemu-img, gnuplot, util-linux fsfreeze;
+# perf for TRACE (a SNAPVOL built with debug info, e.g. debugoptimized).
+# Writes bench/results/freeze-DATE.{md,tsv,events.tsv,png} (+ .snapvol.jsonl:
+# snapvol's JSON per event).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -34,7 +43,7 @@ if [[ $# -gt 0 ]]; then
 	exit 2
 fi
 CMDLINE=
-for v in N VOL_GIB RATE_IOPS SNAPVOL BENCH_TMPDIR RESULTS_DIR; do
+for v in N VOL_GIB RATE_IOPS SNAPVOL BENCH_TMPDIR RESULTS_DIR TRACE; do
 	[[ -n "${!v+x}" ]] && CMDLINE+="$v=$(printf '%q' "${!v}") "
 done
 CMDLINE+="$0"
@@ -46,6 +55,10 @@ BENCH_TMPDIR=${BENCH_TMPDIR:-/var/tmp}
 RESULTS_DIR=${RESULTS_DIR:-$HERE/results}
 PY=/usr/bin/python3
 export PATH=/usr/bin:/usr/sbin:/bin:/sbin:$PATH
+if [[ -z ${TRACE:-} ]]; then
+	TRACE=0
+	command -v perf >/dev/null && TRACE=1
+fi
 
 log() { echo "freeze.sh: $*" >&2; }
 die() {
@@ -81,6 +94,7 @@ cleanup() {
 	set +e
 	trap - EXIT INT TERM HUP
 	for p in "${FIOPIDS[@]:-}"; do [[ -n $p ]] && kill "$p" 2>/dev/null; done
+	trace_stop
 	teardown_stack sv
 	teardown_stack qsd
 	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
@@ -118,9 +132,44 @@ wait_sock() {
 	die "no socket $1"
 }
 
+# ---------------------------------------------------------------- tracing
+# perf uprobes on the server's NBD FLUSH (sv_view_flush, entry and return,
+# with the write-behind bytes held), recorded on CLOCK_MONOTONIC, the clock
+# of snapvol's own phase times.  Only the probes added here are removed.
+PERF_PID= PROBES=
+trace_start() {
+	[[ $TRACE == 1 ]] || return 0
+	if ! perf probe -q -x "$SNAPVOL" -a \
+		'svbench:flush=sv_view_flush wbbytes=v->vol->pool->wb.bytes:u64' 2>/dev/null &&
+		! perf probe -q -x "$SNAPVOL" -a 'svbench:flush=sv_view_flush' 2>/dev/null; then
+		log "perf probe failed: no FLUSH breakdown"
+		return 0
+	fi
+	PROBES=1
+	perf probe -q -x "$SNAPVOL" -a 'svbench:flush_ret=sv_view_flush%return' 2>/dev/null || true
+	perf record -q -k CLOCK_MONOTONIC -e 'svbench:*' -a -o "$TMP/perf.data" \
+		>"$TMP/perf.log" 2>&1 &
+	PERF_PID=$!
+	sleep 1
+}
+trace_stop() {
+	if [[ -n $PERF_PID ]]; then
+		kill -INT "$PERF_PID" 2>/dev/null || true
+		wait "$PERF_PID" 2>/dev/null || true # 130: it stopped on the SIGINT
+		PERF_PID=
+		perf script -i "$TMP/perf.data" -F tid,time,event,trace >"$TMP/flushes.txt" \
+			2>/dev/null || true
+	fi
+	if [[ -n $PROBES ]]; then
+		perf probe -q -d 'svbench:*' 2>/dev/null || true
+		PROBES=
+	fi
+	return 0
+}
+
 POOL=$TMP/pool
 "$SNAPVOL" --pool "$POOL" create vol --size "${VOL_GIB}G" >/dev/null
-"$SNAPVOL" --pool "$POOL" serve >"$TMP/serve.log" 2>&1 &
+SNAPVOL_TRACE_FREEZE=$TRACE "$SNAPVOL" --pool "$POOL" serve >"$TMP/serve.log" 2>&1 &
 PIDS+=($!)
 wait_sock "$POOL/control.sock"
 wait_sock "$POOL/nbd.sock"
@@ -167,7 +216,9 @@ LOAD_START=$(cut -d' ' -f1 /proc/loadavg)
 
 log "snapvol and by hand, $N each, interleaved, under $RATE_IOPS IOPS of 4 KiB random writes"
 fio_start sv
+trace_start
 "$PY" "$HERE/freeze.py" run "$TMP/events-sv.tsv" "$N" snapvol byhand
+trace_stop
 fio_stop
 log "qemu-storage-daemon, $N events"
 fio_start qsd
@@ -191,12 +242,16 @@ gnuplot -e "dir='$TMP'; out='$OUT.png'; width=$WIDTH" "$HERE/freeze.gp" ||
 	echo "- machine: $(nproc) cores, $(uname -r), load average $LOAD_START at the start, $LOAD_END at the end (shared machine: other engineers' builds and tests ran meanwhile)"
 	echo "- versions: snapvol $("$SNAPVOL" --version | awk '{print $2}'); $(qemu-storage-daemon --version | head -n 1); $(fio --version)"
 	echo "- load: fio 4 KiB randwrite, libaio direct QD16 at $RATE_IOPS IOPS on a 1 GiB file inside a ${VOL_GIB} GiB ext4 (nbdfuse + loop, direct I/O) on each server; $N events per method"
-	echo "- window: snapvol = FIFREEZE to FITHAW (its watchdog's clock); by hand = fsfreeze -f started to fsfreeze -u returned"
+	echo "- window: FIFREEZE called to FITHAW returned, for every method (snapvol: its watchdog's clock; the peers: freeze.py issuing the ioctls fsfreeze -f/-u make).  snapvol's syncfs + journal checkpoint just before FIFREEZE is outside the window (reported below); the peers freeze as a user does by hand, without one"
 	echo "- stall: the longest write in flight during the window (fio per-I/O latency log); control = the same over an equal window ending 300 ms before, nothing frozen"
 	echo
 	"$PY" "$HERE/freeze.py" md "$OUT.tsv"
 	echo
 	echo "Plot: \`$(basename "$OUT").png\` (histograms of windows and stalls); per event: \`$(basename "$OUT").tsv\`."
+	echo
+	"$PY" "$HERE/freeze.py" phases "$TMP/snapvol-events.jsonl" "$TMP/flushes.txt" \
+		"$TMP/serve.log"
 } >"$OUT.md"
+cp "$TMP/snapvol-events.jsonl" "$OUT.snapvol.jsonl"
 cat "$OUT.md"
 log "results: $OUT.md"

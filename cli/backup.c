@@ -33,6 +33,28 @@
  * extents from BASE to SNAP rewrite the same bytes) but is never mistaken
  * for a complete backup by restore.
  *
+ * An incremental can also be its own file: with --base-file BASE (a
+ * complete backup of VOL@BASE, raw or qcow2) FILE is a new qcow2 overlay
+ * whose backing file is BASE, so qemu-img info/compare/convert/commit and
+ * qemu itself read the chain.  No qcow2 is written here: "qemu-img create
+ * -f qcow2 -b BASE -F FMT" makes the file (BASE by its name alone when
+ * both are in one directory, so a chain can be moved as a set), and
+ * qemu-nbd, started by libnbd over a socket pair (systemd socket
+ * activation), takes the writes: changed data runs as writes, changed runs
+ * that read as zeros as write-zeroes (qcow2 zero clusters, which shadow
+ * the base), a flush at the end, and only then is the sidecar "complete".
+ * The qcow2 unit of allocation is the volume's chunk (the cluster, or with
+ * extended L2 entries a 1/32 subcluster, the cluster staying >= 64 KiB), so
+ * changed chunks are whole units and qcow2 never copies from the backing
+ * file.  The sidecar adds image_format, since and base_file; FILE is never
+ * overwritten unless it is this same backup left "writing" (then it is
+ * made again).  Restore of a qcow2 reads it through qemu-nbd (qemu
+ * resolves the chain) after "qemu-img info --backing-chain" showed every
+ * link a complete backup of the snapshot the one above it starts from,
+ * skipping holes by base:allocation.  Without --since a FILE named
+ * *.qcow2 (or --format qcow2) is a full backup as qcow2.  qemu-img and
+ * qemu-nbd (qemu-utils) are needed only for qcow2 files.
+ *
  * Receive is made re-runnable with a marker snapshot, VOL@snapvol.receiving,
  * taken before the first write (docs/send-stream.md): a later receive that
  * finds it knows the volume's changes since it are a receive's own, rolls
@@ -42,6 +64,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <libgen.h>
 #include <libnbd.h>
 #include <limits.h>
 #include <poll.h>
@@ -51,6 +74,7 @@
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -907,6 +931,46 @@ backup_piece(void *opaque, const struct piece *p, const uint8_t *buf)
 	return 0;
 }
 
+static int delete_volume(struct acc *a, const char *vol);
+
+/* qcow2 backups, below the restore writer they share. */
+static int backup_qcow2(struct cli *cli, const char *vol, const char *snap, const char *base,
+			const char *file);
+static int restore_qcow2(struct cli *cli, const char *file, const char *vol);
+
+static bool
+ends_with(const char *s, const char *suffix)
+{
+	size_t n = strlen(s), m = strlen(suffix);
+	return n >= m && !strcmp(s + n - m, suffix);
+}
+
+/* raw or qcow2: --format, else qcow2 with --base-file or a FILE named
+ * *.qcow2, else raw; and the options that go with each. */
+static int
+backup_format(struct cli *cli, const char *file, bool incr, bool *qcow2)
+{
+	const char *f = cli->val[OPT_FORMAT];
+	const char *base_file = cli->val[OPT_BASE_FILE];
+	if (f && strcmp(f, "raw") && strcmp(f, "qcow2"))
+		return cli_usage_error(cli, "--format %s: the formats are raw and qcow2", f);
+	*qcow2 = f ? !strcmp(f, "qcow2") : base_file || ends_with(file, ".qcow2");
+	if (base_file && !incr)
+		return cli_usage_error(cli,
+				       "--base-file needs --since VOL@BASE: the base file holds "
+				       "VOL@BASE, the snapshot the incremental starts from");
+	if (base_file && !*qcow2)
+		return cli_usage_error(cli, "--base-file makes a qcow2 overlay; --format raw "
+					    "updates FILE in place instead (without --base-file)");
+	if (incr && *qcow2 && !base_file)
+		return cli_usage_error(
+		    cli,
+		    "an incremental qcow2 backup needs --base-file BASE (the backup of %s it "
+		    "is an overlay on); to update a raw backup in place give --format raw",
+		    cli->val[OPT_SINCE]);
+	return 0;
+}
+
 int
 cli_run_backup(struct cli *cli)
 {
@@ -918,6 +982,11 @@ cli_run_backup(struct cli *cli)
 	bool incr = base[0] != '\0';
 	if (incr && !strcmp(base, snap))
 		return cli_usage_error(cli, "--since names the snapshot being backed up");
+	bool qcow2 = false;
+	if ((r = backup_format(cli, file, incr, &qcow2)))
+		return r;
+	if (qcow2)
+		return backup_qcow2(cli, vol, snap, base, file);
 	if (!incr && access(file, F_OK) == 0 && !cli->val[OPT_FORCE])
 		return cli_fail("%s exists: give --since VOL@BASE to update a backup of the base, "
 				"or --force to overwrite it with a full backup",
@@ -929,6 +998,14 @@ cli_run_backup(struct cli *cli)
 		 * BASE to SNAP (which is redone whole). */
 		if (!(sc = sidecar_read(file)))
 			return cli_fail("%s", sv_last_error());
+		if (!strcmp(jstr(sc, "image_format"), "qcow2")) {
+			r = cli_fail(
+			    "%s is a qcow2 backup, which is never updated in place: make the "
+			    "incremental a new file with --base-file %s",
+			    file, file);
+			json_decref(sc);
+			return r;
+		}
 		const char *state = jstr(sc, "state");
 		bool holds_base = !strcmp(state, "complete") && !strcmp(jstr(sc, "snapshot"), base);
 		bool resumable = !strcmp(state, "writing") && !strcmp(jstr(sc, "snapshot"), snap) &&
@@ -994,10 +1071,11 @@ cli_run_backup(struct cli *cli)
 		cli_fail("%s: %s", file, strerror(errno));
 		goto out;
 	}
-	json_t *desc = json_pack("{s:s, s:i, s:s, s:s, s:s, s:I, s:I, s:I}", "format",
-				 "snapvol-backup", "version", 1, "state", "writing", "volume", vol,
-				 "snapshot", snap, "size", (json_int_t)size, "chunk_size",
-				 (json_int_t)chunk, "updated", (json_int_t)sv_realtime_s());
+	json_t *desc =
+	    json_pack("{s:s, s:i, s:s, s:s, s:s, s:I, s:I, s:I, s:s}", "format", "snapvol-backup",
+		      "version", 1, "state", "writing", "volume", vol, "snapshot", snap, "size",
+		      (json_int_t)size, "chunk_size", (json_int_t)chunk, "updated",
+		      (json_int_t)sv_realtime_s(), "image_format", "raw");
 	json_object_set_new(desc, "since", incr ? json_string(base) : json_null());
 	if (sidecar_write(file, desc) == -1) {
 		json_decref(desc);
@@ -1127,6 +1205,38 @@ writer_drain(struct writer *w)
 	return r;
 }
 
+/* The volume a restore writes: an existing one only with --force and of
+ * the backup's size, else a new one (*created). */
+static int
+restore_target(struct acc *a, const char *vol, uint64_t size, uint64_t chunk, bool force,
+	       bool *created)
+{
+	uint64_t vsize;
+	uint32_t vchunk;
+	*created = false;
+	if (volume_geometry(a, vol, &vsize, &vchunk) == 0) {
+		if (!force)
+			return sv_error(EEXIST,
+					"volume %s exists: give --force to overwrite its contents",
+					vol);
+		if (vsize != size)
+			return sv_error(EINVAL,
+					"volume %s is %" PRIu64 " bytes; the backup is %" PRIu64,
+					vol, vsize, size);
+		return 0;
+	}
+	if (sv_last_errno() != ENOENT)
+		return -1;
+	json_t *ret = acc_callv(a, "create",
+				json_pack("{s:s, s:I, s:I}", "name", vol, "size", (json_int_t)size,
+					  "chunk_size", (json_int_t)chunk));
+	if (!ret)
+		return -1;
+	json_decref(ret);
+	*created = true;
+	return 0;
+}
+
 int
 cli_run_restore(struct cli *cli)
 {
@@ -1142,6 +1252,10 @@ cli_run_restore(struct cli *cli)
 		return cli_fail("%s is an incomplete backup (interrupted while it was written); "
 				"run the backup again",
 				file);
+	}
+	if (!strcmp(jstr(sc, "image_format"), "qcow2")) {
+		json_decref(sc);
+		return restore_qcow2(cli, file, vol);
 	}
 	uint64_t size = (uint64_t)json_integer_value(json_object_get(sc, "size"));
 	uint64_t chunk = (uint64_t)json_integer_value(json_object_get(sc, "chunk_size"));
@@ -1168,38 +1282,15 @@ cli_run_restore(struct cli *cli)
 	bool created = false;
 	struct view vw = {0};
 	struct writer w = {.vw = &vw, .bufs = malloc((size_t)WRITE_DEPTH * PIECE_MAX)};
-	uint64_t vsize;
-	uint32_t vchunk;
 	uint64_t bytes_read = 0, written = 0, zeroed = 0;
 	struct sv_progress prog;
 	if (!w.bufs) {
 		cli_fail("out of memory");
 		goto out;
 	}
-	if (volume_geometry(&a, vol, &vsize, &vchunk) == 0) {
-		if (!force) {
-			cli_fail("volume %s exists: give --force to overwrite its contents", vol);
-			goto out;
-		}
-		if (vsize != size) {
-			cli_fail("volume %s is %" PRIu64 " bytes; the backup is %" PRIu64, vol,
-				 vsize, size);
-			goto out;
-		}
-	} else if (sv_last_errno() != ENOENT) {
+	if (restore_target(&a, vol, size, chunk, force, &created) == -1) {
 		cli_fail("%s", sv_last_error());
 		goto out;
-	} else {
-		json_t *ret =
-		    acc_callv(&a, "create",
-			      json_pack("{s:s, s:I, s:I}", "name", vol, "size", (json_int_t)size,
-					"chunk_size", (json_int_t)chunk));
-		if (!ret) {
-			cli_fail("%s", sv_last_error());
-			goto out;
-		}
-		json_decref(ret);
-		created = true;
 	}
 	if (view_open(&a, vol, &vw, 1) == -1) {
 		cli_fail("%s", sv_last_error());
@@ -1288,6 +1379,741 @@ out:
 	view_close(&vw);
 	free(w.bufs);
 	close(fd);
+	acc_close(&a);
+	return r;
+}
+
+/* ---- qcow2 backups: qemu-img makes the files, qemu-nbd writes and reads them ---- */
+
+/* A program on PATH, as a path in buf. */
+static int
+find_tool(const char *name, char *buf, size_t len)
+{
+	const char *path = getenv("PATH");
+	if (!path || !*path)
+		path = "/usr/local/bin:/usr/bin:/bin";
+	while (*path) {
+		const char *colon = strchrnul(path, ':');
+		int n = (int)(colon - path);
+		snprintf(buf, len, "%.*s/%s", n ? n : 1, n ? path : ".", name);
+		struct stat st;
+		if (stat(buf, &st) == 0 && S_ISREG(st.st_mode) && access(buf, X_OK) == 0)
+			return 0;
+		path = *colon ? colon + 1 : colon;
+	}
+	return sv_error(ENOENT,
+			"%s is not installed (not found in PATH): qcow2 backups need qemu-img "
+			"and qemu-nbd (Debian/Ubuntu package qemu-utils)",
+			name);
+}
+
+struct tools {
+	char img[PATH_MAX], nbd[PATH_MAX];
+};
+
+static int
+find_tools(struct tools *t)
+{
+	return find_tool("qemu-img", t->img, sizeof t->img) == -1 ||
+		       find_tool("qemu-nbd", t->nbd, sizeof t->nbd) == -1
+		   ? -1
+		   : 0;
+}
+
+/* A file name as an argument to a qemu tool: a relative one that starts
+ * with '-' (an option) or holds a ':' (a protocol prefix, as in "nbd:...")
+ * gets "./", so that it means the file. */
+static char *
+qemu_arg(const char *path)
+{
+	char *p;
+	bool dot = path[0] != '/' && (path[0] == '-' || strchr(path, ':'));
+	if (asprintf(&p, "%s%s", dot ? "./" : "", path) == -1) {
+		cli_fail("out of memory");
+		exit(EXIT_FAIL);
+	}
+	return p;
+}
+
+/* Run argv (argv[0] a path), standard input /dev/null.  Its standard
+ * output goes into *out (malloc'd, NUL-terminated; out may be NULL), its
+ * standard error into err (truncated, trailing newlines dropped).  Returns
+ * the exit status (128+N if killed by signal N), or -1 with the last error
+ * set if it could not be run. */
+static int
+run_tool(char *const argv[], char **out, char *err, size_t errlen)
+{
+	int po[2] = {-1, -1}, pe[2] = {-1, -1};
+	size_t elen = 0, olen = 0, ocap = 0;
+	char *obuf = NULL;
+	err[0] = '\0';
+	if (out)
+		*out = NULL;
+	if (pipe2(po, O_CLOEXEC) == -1 || pipe2(pe, O_CLOEXEC) == -1) {
+		sv_error_errno("pipe");
+		goto fail;
+	}
+	pid_t pid = fork();
+	if (pid == -1) {
+		sv_error_errno("fork");
+		goto fail;
+	}
+	if (pid == 0) {
+		int null = open("/dev/null", O_RDONLY);
+		if (null == -1 || dup2(null, 0) == -1 || dup2(po[1], 1) == -1 ||
+		    dup2(pe[1], 2) == -1)
+			_exit(127);
+		execv(argv[0], argv);
+		dprintf(2, "cannot run %s: %s", argv[0], strerror(errno));
+		_exit(127);
+	}
+	close(po[1]);
+	close(pe[1]);
+	po[1] = pe[1] = -1;
+	struct pollfd pfd[2] = {{po[0], POLLIN, 0}, {pe[0], POLLIN, 0}};
+	while (pfd[0].fd >= 0 || pfd[1].fd >= 0) {
+		if (poll(pfd, 2, -1) == -1) {
+			if (errno == EINTR)
+				continue;
+			break;
+		}
+		char buf[4096];
+		for (int i = 0; i < 2; i++) {
+			if (pfd[i].fd < 0 || !pfd[i].revents)
+				continue;
+			ssize_t n = read(pfd[i].fd, buf, sizeof buf);
+			if (n == -1 && errno == EINTR)
+				continue;
+			if (n <= 0) {
+				pfd[i].fd = -1;
+				continue;
+			}
+			if (i == 1) {
+				size_t k =
+				    (size_t)n < errlen - 1 - elen ? (size_t)n : errlen - 1 - elen;
+				memcpy(err + elen, buf, k);
+				elen += k;
+				err[elen] = '\0';
+			} else if (out) {
+				if (olen + (size_t)n + 1 > ocap) {
+					ocap = (olen + (size_t)n + 1) * 2;
+					char *nb = realloc(obuf, ocap);
+					if (!nb) {
+						free(obuf);
+						obuf = NULL;
+						out = NULL;
+						continue;
+					}
+					obuf = nb;
+				}
+				memcpy(obuf + olen, buf, (size_t)n);
+				olen += (size_t)n;
+				obuf[olen] = '\0';
+			}
+		}
+	}
+	close(po[0]);
+	close(pe[0]);
+	while (elen > 0 && err[elen - 1] == '\n')
+		err[--elen] = '\0';
+	int status;
+	while (waitpid(pid, &status, 0) == -1)
+		if (errno != EINTR)
+			return sv_error_errno("waitpid");
+	if (out)
+		*out = obuf ? obuf : strdup("");
+	else
+		free(obuf);
+	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+fail:
+	for (int i = 0; i < 2; i++) {
+		if (po[i] != -1)
+			close(po[i]);
+		if (pe[i] != -1)
+			close(pe[i]);
+	}
+	return -1;
+}
+
+static const char *
+image_format(json_t *sc)
+{
+	const char *f = json_string_value(json_object_get(sc, "image_format"));
+	return f ? f : "raw"; /* sidecars from before qcow2 backups */
+}
+
+/* Check the backing chain of FILE (format fmt) as qemu resolves it: every
+ * image in it is a complete snapvol backup of the same volume and size in
+ * the format its sidecar says, and each qcow2 overlay holds the changes
+ * since the snapshot its backing file holds.  *top: FILE's sidecar. */
+static int
+chain_check(const struct tools *t, const char *file, const char *fmt, json_t **top)
+{
+	char *arg = qemu_arg(file);
+	char *const argv[] = {(char *)t->img,	 "info",	  "-f", (char *)fmt,
+			      "--backing-chain", "--output=json", arg,	NULL};
+	char *out, err[1024];
+	int st = run_tool(argv, &out, err, sizeof err);
+	free(arg);
+	if (st != 0) {
+		if (st > 0)
+			sv_error(EINVAL,
+				 "%s or its backing chain cannot be read (qemu-img info): %s", file,
+				 err[0] ? err : "failed with no message");
+		free(out);
+		return -1;
+	}
+	json_error_t je;
+	json_t *chain = json_loads(out, 0, &je);
+	free(out);
+	if (!json_is_array(chain) || json_array_size(chain) == 0) {
+		json_decref(chain);
+		return sv_error(EPROTO, "qemu-img info %s: unexpected output", file);
+	}
+	size_t n = json_array_size(chain);
+	json_t *prev = NULL, *first = NULL;
+	const char *prev_name = file;
+	int r = 0;
+	for (size_t i = 0; i < n && r == 0; i++) {
+		json_t *img = json_array_get(chain, i);
+		const char *name = i ? jstr(img, "filename") : file;
+		char where[PATH_MAX + 64] = "";
+		if (i)
+			snprintf(where, sizeof where, " (the backing file of %s)", prev_name);
+		json_t *sc = sidecar_read(name);
+		if (!sc) {
+			r = sv_error(sv_last_errno(), "%s%s", sv_last_error(), where);
+			break;
+		}
+		const char *vol = jstr(sc, "volume"), *snap = jstr(sc, "snapshot");
+		json_int_t size = json_integer_value(json_object_get(sc, "size"));
+		bool full =
+		    json_is_null(json_object_get(sc, "since")) || !json_object_get(sc, "since");
+		if (strcmp(jstr(sc, "state"), "complete"))
+			r = sv_error(EINVAL,
+				     "%s%s is an incomplete backup of %s@%s (interrupted while it "
+				     "was written); run that backup again",
+				     name, where, vol, snap);
+		else if (strcmp(image_format(sc), jstr(img, "format")))
+			r = sv_error(EINVAL, "%s%s is a %s image, but its description says %s",
+				     name, where, jstr(img, "format"), image_format(sc));
+		else if (json_integer_value(json_object_get(img, "virtual-size")) != size)
+			r = sv_error(EINVAL,
+				     "%s%s is %" JSON_INTEGER_FORMAT
+				     " bytes, but its description says %" JSON_INTEGER_FORMAT,
+				     name, where,
+				     json_integer_value(json_object_get(img, "virtual-size")),
+				     size);
+		else if (first && (strcmp(vol, jstr(first, "volume")) ||
+				   size != json_integer_value(json_object_get(first, "size"))))
+			r = sv_error(EINVAL,
+				     "%s%s is a backup of another volume (%s, %" JSON_INTEGER_FORMAT
+				     " bytes)",
+				     name, where, vol, size);
+		else if (prev && strcmp(jstr(prev, "since"), snap))
+			r = sv_error(
+			    EINVAL,
+			    "%s holds the changes since %s@%s, but its backing file %s holds "
+			    "%s@%s",
+			    prev_name, vol, jstr(prev, "since"), name, vol, snap);
+		else if (!strcmp(image_format(sc), "qcow2") && full != (i + 1 == n))
+			r = sv_error(
+			    EINVAL,
+			    full ? "%s%s is a full backup, yet it has a backing file"
+				 : "%s%s is an incremental backup, but it has no backing file",
+			    name, where);
+		if (r) {
+			json_decref(sc);
+			break;
+		}
+		json_decref(prev);
+		prev = sc;
+		if (!first)
+			first = json_incref(sc);
+		prev_name = name;
+	}
+	json_decref(prev);
+	if (r == 0)
+		*top = first;
+	else
+		json_decref(first);
+	json_decref(chain);
+	return r;
+}
+
+/* qemu-nbd serving FILE (qcow2, with its backing chain) to us alone, over
+ * a socket pair (systemd socket activation: libnbd starts it, and stops
+ * it when the handle closes).  vw is set up as a one-connection view. */
+static int
+qemu_nbd_start(const struct tools *t, const char *file, bool readonly, const char *cache,
+	       struct view *vw)
+{
+	memset(vw, 0, sizeof *vw);
+	struct nbd_handle *h = nbd_create();
+	if (!h)
+		return nbd_fail("libnbd");
+	char *arg = qemu_arg(file);
+	char *argv[] = {(char *)t->nbd,
+			"-f",
+			"qcow2",
+			(char *)cache,
+			readonly ? "--read-only" : "--discard=unmap",
+			arg,
+			NULL};
+	int r = 0;
+	if ((readonly && nbd_add_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION) == -1) ||
+	    nbd_connect_systemd_socket_activation(h, argv) == -1) {
+		r = sv_error(nbd_get_errno() ? nbd_get_errno() : EIO,
+			     "qemu-nbd could not serve %s (%s): %s", file, t->nbd, nbd_get_error());
+	} else {
+		int64_t size = nbd_get_size(h);
+		if (size < 0)
+			r = nbd_fail(file);
+		else if (!readonly && nbd_is_read_only(h) != 0)
+			r = sv_error(EROFS, "qemu-nbd serves %s read-only", file);
+		vw->size = (uint64_t)size;
+	}
+	free(arg);
+	if (r) {
+		nbd_close(h);
+		return r;
+	}
+	vw->nbd = vw->conn[0] = h;
+	vw->nconns = 1;
+	return 0;
+}
+
+/* qemu-nbd on FILE with --cache=none (O_DIRECT) where the filesystem has
+ * it: a backup streams through once, so the page cache only costs a copy
+ * (measured: ~1.3x faster and a third less CPU than writeback on a busy
+ * 2-core machine); else (tmpfs, or a backing file on one) writeback.
+ * Either way the flush at the end makes the file durable. */
+static int
+qcow2_open(const struct tools *t, const char *file, bool readonly, struct view *vw)
+{
+	int fd = open(file, O_RDONLY | O_DIRECT | O_CLOEXEC);
+	if (fd != -1) {
+		close(fd);
+		if (qemu_nbd_start(t, file, readonly, "--cache=none", vw) == 0)
+			return 0;
+		sv_log_debug("%s; trying again without O_DIRECT", sv_last_error());
+	}
+	return qemu_nbd_start(t, file, readonly, "--cache=writeback", vw);
+}
+
+/* Writes zeroes through the writer: queued with the writes over NBD. */
+static int
+writer_zero(struct writer *w, uint64_t off, uint64_t len)
+{
+	if (!w->vw->nbd)
+		return view_zero(w->vw, off, len);
+	while (len > 0) {
+		uint64_t n = len > ZERO_MAX ? ZERO_MAX : len;
+		if (!writer_buf(w)) /* frees the slot for the cookie */
+			return -1;
+		int64_t c = nbd_aio_zero(w->vw->nbd, n, off, NBD_NULL_COMPLETION, 0);
+		if (c == -1)
+			return nbd_fail("write zeroes");
+		w->cookie[w->slot] = c;
+		w->slot = (w->slot + 1) % WRITE_DEPTH;
+		off += n;
+		len -= n;
+	}
+	return 0;
+}
+
+/* Copy a piece read from a source into w: data is written, zeros (a hole,
+ * or data that reads as zeros) become write-zeroes unless the target reads
+ * as zeros there already (fresh). */
+struct copy_ctx {
+	struct writer w;
+	bool fresh;
+	struct sv_progress prog;
+	uint64_t written, zeroed;
+};
+
+static int
+copy_piece(void *opaque, const struct piece *p, const uint8_t *buf)
+{
+	struct copy_ctx *c = opaque;
+	if (buf)
+		sv_progress_add(&c->prog, p->len);
+	if (!buf || is_zero(buf, p->len)) {
+		if (c->fresh)
+			return 0;
+		if (writer_zero(&c->w, p->off, p->len) == -1)
+			return -1;
+		c->zeroed += p->len;
+		return 0;
+	}
+	/* The read buffer is reused once we return: the write gets a copy. */
+	uint8_t *dst = writer_buf(&c->w);
+	if (!dst)
+		return -1;
+	memcpy(dst, buf, p->len);
+	if (writer_submit(&c->w, p->len, p->off) == -1)
+		return -1;
+	c->written += p->len;
+	return 0;
+}
+
+/* The qcow2 geometry for a volume's chunk size: the unit of allocation
+ * (a cluster, or with extended L2 entries a subcluster, 1/32 of one) is
+ * the chunk, so a changed chunk is always whole units and qcow2 never
+ * copies the rest of a unit up from the backing file; and the cluster is
+ * at least 64 KiB (qcow2's default), so the L2 tables and their cache
+ * stay as small as qemu expects. */
+static void
+qcow2_options(uint32_t chunk, char *buf, size_t len)
+{
+	if (chunk >= 65536)
+		snprintf(buf, len, "cluster_size=%" PRIu32, chunk);
+	else
+		snprintf(buf, len, "cluster_size=%" PRIu32 ",extended_l2=on", chunk * 32);
+}
+
+/* The backing path to write into FILE's header: BASE's name alone when
+ * both are in one directory (the chain can be moved as a set), else
+ * BASE's absolute path (qemu reads a relative one from FILE's directory). */
+static char *
+backing_path(const char *file, const char *base)
+{
+	char *f = strdup(file), *b = strdup(base);
+	char fdir[PATH_MAX], bdir[PATH_MAX], babs[PATH_MAX];
+	char *p = NULL;
+	if (f && b && realpath(dirname(f), fdir) && realpath(base, babs)) {
+		snprintf(bdir, sizeof bdir, "%s", babs);
+		char *slash = strrchr(bdir, '/');
+		*slash = '\0';
+		const char *bdir_s = bdir[0] ? bdir : "/";
+		if (!strcmp(fdir, bdir_s))
+			p = strdup(slash + 1);
+		else
+			p = strdup(babs);
+	}
+	if (!p)
+		sv_error_errno("%s", base);
+	free(f);
+	free(b);
+	return p;
+}
+
+static int
+backup_qcow2(struct cli *cli, const char *vol, const char *snap, const char *base, const char *file)
+{
+	bool incr = base[0] != '\0';
+	const char *base_file = cli->val[OPT_BASE_FILE];
+	struct tools t;
+	if (find_tools(&t) == -1)
+		return cli_fail("%s", sv_last_error());
+	int r;
+	/* FILE: new, or an interrupted run of this same backup (redone). */
+	bool exists = access(file, F_OK) == 0;
+	if (exists && !incr && !cli->val[OPT_FORCE])
+		return cli_fail("%s exists: give --force to overwrite it with a full backup", file);
+	if (exists && incr) {
+		json_t *sc = sidecar_read(file);
+		bool rerun =
+		    sc && !strcmp(image_format(sc), "qcow2") &&
+		    !strcmp(jstr(sc, "state"), "writing") && !strcmp(jstr(sc, "volume"), vol) &&
+		    !strcmp(jstr(sc, "snapshot"), snap) && !strcmp(jstr(sc, "since"), base);
+		if (!rerun) {
+			char holds[3 * SV_NAME_MAX + 64] = "";
+			if (sc)
+				snprintf(holds, sizeof holds, " (it holds %s@%s%s)",
+					 jstr(sc, "volume"), jstr(sc, "snapshot"),
+					 strcmp(jstr(sc, "state"), "complete") ? ", incomplete"
+									       : "");
+			json_decref(sc);
+			return cli_fail(
+			    "%s exists%s: an incremental qcow2 backup is written into a "
+			    "new file; remove it or choose another name",
+			    file, holds);
+		}
+		json_decref(sc);
+		sv_log_info("%s: redoing an interrupted backup of %s@%s since %s", file, vol, snap,
+			    base);
+	}
+	/* BASE: a complete backup of VOL@BASE, and so is all its chain. */
+	json_t *bsc = NULL;
+	const char *bfmt = NULL;
+	if (incr) {
+		if (access(base_file, F_OK) == -1)
+			return cli_fail("--base-file %s: %s", base_file, strerror(errno));
+		json_t *top = sidecar_read(base_file);
+		if (!top)
+			return cli_fail("--base-file %s", sv_last_error());
+		bool ok = !strcmp(jstr(top, "volume"), vol) && !strcmp(jstr(top, "snapshot"), base);
+		if (!ok || strcmp(jstr(top, "state"), "complete")) {
+			if (!ok)
+				r = cli_fail(
+				    "--base-file %s holds %s@%s, not %s@%s: the base of an "
+				    "incremental is a backup of the snapshot given to --since",
+				    base_file, jstr(top, "volume"), jstr(top, "snapshot"), vol,
+				    base);
+			else
+				r = cli_fail("--base-file %s is an incomplete backup of %s@%s "
+					     "(interrupted while it was written); run that backup "
+					     "again first",
+					     base_file, vol, base);
+			json_decref(top);
+			return r;
+		}
+		const char *fmt = strcmp(image_format(top), "qcow2") ? "raw" : "qcow2";
+		r = chain_check(&t, base_file, fmt, &bsc);
+		json_decref(top);
+		if (r == -1)
+			return cli_fail("--base-file: %s", sv_last_error());
+		bfmt = image_format(bsc);
+	}
+
+	struct acc a;
+	if ((r = acc_open(cli, &a, 0))) {
+		json_decref(bsc);
+		return r;
+	}
+	struct view vw = {0}, ov = {0};
+	struct runs rs = {0};
+	struct pieces ps = {0};
+	struct copy_ctx c = {.w = {.vw = &ov}, .fresh = !incr};
+	json_t *desc = NULL;
+	char *backing = NULL, *farg = NULL;
+	bool made = false;
+	uint64_t size;
+	uint32_t chunk;
+	char spec[2 * SV_NAME_MAX + 2];
+	snprintf(spec, sizeof spec, "%s@%s", vol, snap);
+	r = EXIT_FAIL;
+	if (volume_geometry(&a, vol, &size, &chunk) == -1 ||
+	    view_open(&a, spec, &vw, MAX_CONNS) == -1) {
+		cli_fail("%s", sv_last_error());
+		goto out;
+	}
+	if (incr) {
+		json_int_t bsize = json_integer_value(json_object_get(bsc, "size"));
+		if (bsize != (json_int_t)size) {
+			cli_fail("--base-file %s is a backup of a %" JSON_INTEGER_FORMAT
+				 "-byte volume; %s is %" PRIu64 " bytes",
+				 base_file, bsize, vol, size);
+			goto out;
+		}
+		if (acc_diff(&a, vol, base, snap, size, &rs) == -1) {
+			cli_fail("%s", sv_last_error());
+			goto out;
+		}
+		if (!(backing = backing_path(file, base_file))) {
+			cli_fail("%s", sv_last_error());
+			goto out;
+		}
+	}
+	if (plan_pieces(&vw, incr ? &rs : NULL, &ps) == -1) {
+		cli_fail("%s", sv_last_error());
+		goto out;
+	}
+	c.w.bufs = malloc((size_t)WRITE_DEPTH * PIECE_MAX);
+	if (!c.w.bufs) {
+		cli_fail("out of memory");
+		goto out;
+	}
+
+	/* The sidecar says "writing" before FILE is made, "complete" once it
+	 * is flushed. */
+	char opts[64], sizearg[32];
+	qcow2_options(chunk, opts, sizeof opts);
+	desc =
+	    json_pack("{s:s, s:i, s:s, s:s, s:s, s:I, s:I, s:I, s:s, s:s, s:o, s:o}", "format",
+		      "snapvol-backup", "version", 1, "state", "writing", "volume", vol, "snapshot",
+		      snap, "size", (json_int_t)size, "chunk_size", (json_int_t)chunk, "updated",
+		      (json_int_t)sv_realtime_s(), "image_format", "qcow2", "qcow2_options", opts,
+		      "since", incr ? json_string(base) : json_null(), "base_file",
+		      incr ? json_string(backing) : json_null());
+	if (!desc || sidecar_write(file, desc) == -1) {
+		cli_fail("%s", desc ? sv_last_error() : "out of memory");
+		goto out;
+	}
+	made = !exists;
+	farg = qemu_arg(file);
+	snprintf(sizearg, sizeof sizearg, "%" PRIu64, size);
+	char *bqarg = backing ? qemu_arg(backing) : NULL;
+	char *cargs[16] = {t.img, "create", "-q", "-f", "qcow2", "-o", opts};
+	int ci = 7;
+	if (incr) {
+		cargs[ci++] = "-b";
+		cargs[ci++] = bqarg;
+		cargs[ci++] = "-F";
+		cargs[ci++] = (char *)bfmt;
+	}
+	cargs[ci++] = farg;
+	cargs[ci++] = sizearg;
+	char err[1024];
+	int st = run_tool(cargs, NULL, err, sizeof err);
+	free(bqarg);
+	if (st != 0) {
+		cli_fail("qemu-img create %s: %s", file,
+			 st > 0 ? (err[0] ? err : "failed with no message") : sv_last_error());
+		goto out;
+	}
+	if (qcow2_open(&t, file, false, &ov) == -1) {
+		cli_fail("%s", sv_last_error());
+		goto out;
+	}
+	if (ov.size != size) {
+		cli_fail("qemu-nbd serves %s as %" PRIu64 " bytes, not %" PRIu64, file, ov.size,
+			 size);
+		goto out;
+	}
+
+	sv_progress_start(&c.prog, "backup", ps.data_bytes, cli->json);
+	if (read_pieces(&vw, &ps, copy_piece, &c) == -1 || writer_drain(&c.w) == -1 ||
+	    view_flush(&ov) == -1) {
+		sv_progress_end(&c.prog);
+		cli_fail("%s: %s", file, sv_last_error());
+		goto out;
+	}
+	double secs = sv_progress_end(&c.prog);
+	view_close(&ov); /* qemu-nbd exits; FILE was flushed */
+	json_object_set_new(desc, "state", json_string("complete"));
+	json_object_set_new(desc, "updated", json_integer((json_int_t)sv_realtime_s()));
+	if (sidecar_write(file, desc) == -1) {
+		cli_fail("%s", sv_last_error());
+		goto out;
+	}
+	made = false;
+	/* The promise: nothing outside the changed extents was read. */
+	uint64_t limit = incr ? rs.bytes : size;
+	if (vw.bytes_read > limit) {
+		cli_fail("internal error: read %" PRIu64 " bytes, more than the %" PRIu64
+			 " that changed",
+			 vw.bytes_read, limit);
+		goto out;
+	}
+	double rate = secs > 0 ? (double)vw.bytes_read / secs : 0;
+	if (!cli->json) {
+		char a1[32], a2[32], a3[32];
+		printf("backed up %s to %s (qcow2%s%s): read %s (%s %s) in %.2f s (%s)\n", spec,
+		       file, incr ? " over " : "", incr ? base_file : "",
+		       sv_format_size(vw.bytes_read, a1, sizeof a1), incr ? "changed:" : "volume:",
+		       sv_format_size(incr ? rs.bytes : size, a2, sizeof a2), secs,
+		       sv_progress_rate(rate, a3, sizeof a3));
+	}
+	print_summary(
+	    json_pack("{s:s, s:s, s:s, s:o, s:s, s:b, s:s, s:o, s:I, s:I, s:I, s:I, s:I, s:I, "
+		      "s:f, s:f}",
+		      "operation", "backup", "source", spec, "file", file, "since",
+		      incr ? json_string(base) : json_null(), "via", a.server ? "nbd" : "direct",
+		      "incremental", incr, "image_format", "qcow2", "base_file",
+		      incr ? json_string(base_file) : json_null(), "size", (json_int_t)size,
+		      "changed_bytes", (json_int_t)(incr ? rs.bytes : size), "changed_extents",
+		      (json_int_t)(incr ? rs.n : 1), "bytes_read", (json_int_t)vw.bytes_read,
+		      "bytes_written", (json_int_t)c.written, "bytes_punched", (json_int_t)c.zeroed,
+		      "seconds", secs, "read_rate", rate),
+	    cli->json);
+	r = EXIT_OK;
+out:
+	if (ov.nbd && c.w.bufs)
+		writer_drain(&c.w); /* the buffers must outlive the writes */
+	view_close(&ov);
+	if (made) { /* a file this run created and could not finish */
+		unlink(file);
+		char *side = sidecar_path(file);
+		unlink(side);
+		free(side);
+	}
+	free(c.w.bufs);
+	free(farg);
+	free(backing);
+	json_decref(desc);
+	json_decref(bsc);
+	view_close(&vw);
+	runs_free(&rs);
+	free(ps.v);
+	acc_close(&a);
+	return r;
+}
+
+/* Restore from a qcow2 backup: qemu-nbd reads it with its chain; only
+ * what base:allocation says is data is read. */
+static int
+restore_qcow2(struct cli *cli, const char *file, const char *vol)
+{
+	bool force = cli->val[OPT_FORCE] != NULL;
+	struct tools t;
+	json_t *sc = NULL;
+	if (find_tools(&t) == -1 || chain_check(&t, file, "qcow2", &sc) == -1)
+		return cli_fail("%s", sv_last_error());
+	uint64_t size = (uint64_t)json_integer_value(json_object_get(sc, "size"));
+	uint64_t chunk = (uint64_t)json_integer_value(json_object_get(sc, "chunk_size"));
+	char from[2 * SV_NAME_MAX + 2];
+	snprintf(from, sizeof from, "%s@%s", jstr(sc, "volume"), jstr(sc, "snapshot"));
+	json_decref(sc);
+	struct view src;
+	if (qcow2_open(&t, file, true, &src) == -1)
+		return cli_fail("%s", sv_last_error());
+	if (src.size != size) {
+		view_close(&src);
+		return cli_fail("qemu-nbd serves %s as %" PRIu64 " bytes, but its description says "
+				"%" PRIu64,
+				file, src.size, size);
+	}
+	struct acc a;
+	int r;
+	if ((r = acc_open(cli, &a, SV_POOL_CREATE))) {
+		view_close(&src);
+		return r;
+	}
+	r = EXIT_FAIL;
+	struct view vw = {0};
+	struct pieces ps = {0};
+	struct copy_ctx c = {.w = {.vw = &vw, .bufs = malloc((size_t)WRITE_DEPTH * PIECE_MAX)}};
+	bool created = false;
+	if (!c.w.bufs) {
+		cli_fail("out of memory");
+		goto out;
+	}
+	if (plan_pieces(&src, NULL, &ps) == -1 ||
+	    restore_target(&a, vol, size, chunk, force, &created) == -1) {
+		cli_fail("%s", sv_last_error());
+		goto out;
+	}
+	c.fresh = created;
+	if (view_open(&a, vol, &vw, 1) == -1) {
+		cli_fail("%s", sv_last_error());
+		goto fail;
+	}
+	sv_progress_start(&c.prog, "restore", ps.data_bytes, cli->json);
+	if (read_pieces(&src, &ps, copy_piece, &c) == -1 || writer_drain(&c.w) == -1 ||
+	    view_flush(&vw) == -1) {
+		sv_progress_end(&c.prog);
+		cli_fail("%s", sv_last_error());
+		goto fail;
+	}
+	double secs = sv_progress_end(&c.prog);
+	if (!cli->json) {
+		char a1[32];
+		printf("restored %s (%s) into volume %s: %s written in %.2f s\n", file, from, vol,
+		       sv_format_size(c.written, a1, sizeof a1), secs);
+	}
+	print_summary(json_pack("{s:s, s:s, s:s, s:s, s:s, s:b, s:I, s:I, s:I, s:I, s:f}",
+				"operation", "restore", "file", file, "image_format", "qcow2",
+				"backup_of", from, "volume", vol, "created", created, "size",
+				(json_int_t)size, "bytes_read", (json_int_t)src.bytes_read,
+				"bytes_written", (json_int_t)c.written, "bytes_zeroed",
+				(json_int_t)c.zeroed, "seconds", secs),
+		      cli->json);
+	r = EXIT_OK;
+	goto out;
+fail:
+	if (vw.nbd)
+		writer_drain(&c.w);
+	view_close(&vw);
+	if (created && delete_volume(&a, vol) == -1)
+		sv_log_warn("could not delete the half-restored volume %s: %s", vol,
+			    sv_last_error());
+out:
+	view_close(&vw);
+	view_close(&src);
+	free(c.w.bufs);
+	free(ps.v);
 	acc_close(&a);
 	return r;
 }

@@ -28,6 +28,8 @@ enum opt_id {
 	OPT_VERBOSE,
 	OPT_HELP,
 	OPT_VERSION,
+	OPT_CEPH_CONF,
+	OPT_CEPH_ID,
 	/* create */
 	OPT_SIZE,
 	OPT_CHUNK_SIZE,
@@ -62,6 +64,8 @@ enum opt_id {
 	/* backup, restore, send */
 	OPT_SINCE,
 	OPT_FORCE,
+	OPT_BASE_FILE,
+	OPT_FORMAT,
 	/* check */
 	OPT_REPAIR,
 	OPT__COUNT

@@ -40,6 +40,13 @@ void
 cli_pool_in_use_message(const struct cli *cli, const char *control, const char *why, char *buf,
 			size_t len)
 {
+	/* A RADOS pool's claim names its holder (host, pid, Ceph client) in the
+	 * error sv_pool_open just left. */
+	if (!strncmp(cli->pool, "rados:", 6) && sv_last_errno() == EWOULDBLOCK) {
+		snprintf(buf, len, "%s; its control socket %s does not answer here (%s)",
+			 sv_last_error(), control, why);
+		return;
+	}
 	/* The file backend writes its pid into pool.lock (a hint: the flock
 	 * is the lock).  Name it only if that process exists. */
 	char pidinfo[48] = "";

@@ -7,15 +7,28 @@
  * ends if this process dies, is killed or stops; this file only drives it:
  *
  *   snapshot create --fsfreeze (one control connection, opened first):
- *     info (volume size, origin)   watchdog forked, mount points opened
+ *     info (volume size, origin)   watchdog forked, mount points opened, the
+ *                                  device checked to hold the volume's bytes
+ *     syncfs + journal checkpoint  by the watchdog, while writes go on: FIFREEZE
+ *                                  then has little left to write
+ *   the window (FIFREEZE to FITHAW):
  *     FIFREEZE (top-down)          the server keeps serving the flushes it causes
  *     GETFSMAP                     free ranges, while nothing can change them
  *     snapshot-create              consistency "crash", quiesce: writes held
- *                                  around the epoch switch
+ *       ... event SNAPSHOT_TAKEN   around the epoch switch; the server says
+ *                                  when the instant has passed
  *     query the watchdog           "frozen without a gap since FIFREEZE?"
  *     FITHAW (bottom-up)
+ *   after it:
+ *       ... snapshot-create reply  the server's syncs and metadata write done:
+ *                                  the snapshot is durable
  *     snapshot-release             the free ranges (only if it stayed frozen)
  *     snapshot-set frozen          only if it stayed frozen
+ *   The snapshot's content is fixed at the switch, so the thaw need not wait
+ *   for it to be durable; the command still succeeds only once it is, and
+ *   a failure after the switch leaves no snapshot (nothing falsely "frozen").
+ *   Without a server (the pool opened in this process) the thaw follows the
+ *   whole create.
  *   So a snapshot is called "frozen" only once the watchdog confirmed it, and
  *   whatever dies half-way (this process, the watchdog, the server) leaves
  *   it "crash": never frozen falsely.  The free ranges are handed over after
@@ -26,7 +39,7 @@
  * ranges of the volume only if the filesystem sits on the volume at offset
  * 0 (nbdfuse + loop).  The rule: one volume snapshotted, exactly one frozen
  * filesystem whose device size equals the volume's, and the first 64 KiB of
- * that device (read with O_DIRECT while frozen, so through the server)
+ * that device (read with O_DIRECT before the freeze, so through the server)
  * equal the first 64 KiB of the volume's origin file.  Anything else, or a
  * volume whose origin is not a local file, gives no hint: releasing a range
  * the filesystem uses would lose data from the snapshot.
@@ -43,6 +56,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -87,6 +101,13 @@ static double
 ms(uint64_t ns)
 {
 	return (double)ns / 1e6;
+}
+
+/* b..a in microseconds for JSON; 0 if either end was never reached. */
+static json_int_t
+us(uint64_t a, uint64_t b)
+{
+	return a >= b && a ? (json_int_t)((a - b) / 1000) : 0;
 }
 
 /* ---- snapvol fsfreeze ---- */
@@ -240,14 +261,10 @@ session_close(struct session *s)
 		sv_pool_close(s->pool);
 }
 
-/* Run command; its "return" value, or NULL with the error set. */
+/* A reply's "return" value, or NULL with the error set; drops reply. */
 static json_t *
-session_call(struct session *s, const char *command, json_t *args)
+reply_result(json_t *reply, const char *command)
 {
-	json_t *reply = s->fd >= 0 ? sv_ctl_client_call(s->fd, command, args)
-				   : sv_ctl_execute(&s->ctx, command, args);
-	if (!reply)
-		return NULL;
 	json_t *err = json_object_get(reply, "error");
 	if (err) {
 		const char *desc = json_string_value(json_object_get(err, "desc"));
@@ -263,6 +280,125 @@ session_call(struct session *s, const char *command, json_t *args)
 	return ret;
 }
 
+/* Run command; its "return" value, or NULL with the error set. */
+static json_t *
+session_call(struct session *s, const char *command, json_t *args)
+{
+	json_t *reply = s->fd >= 0 ? sv_ctl_client_call(s->fd, command, args)
+				   : sv_ctl_execute(&s->ctx, command, args);
+	return reply ? reply_result(reply, command) : NULL;
+}
+
+/* One line from the control socket, as JSON, or NULL with the error set.
+ * Reads only up to the newline (the rest stays in the socket). */
+static json_t *
+read_message(int fd)
+{
+	char *buf = NULL;
+	size_t len = 0;
+	for (;;) {
+		char peek[4096];
+		ssize_t r = recv(fd, peek, sizeof peek, MSG_PEEK);
+		if (r == -1 && errno == EINTR)
+			continue;
+		if (r <= 0) {
+			free(buf);
+			sv_error(r ? errno : ECONNRESET, "the control connection failed: %s",
+				 r ? strerror(errno) : "closed by the server");
+			return NULL;
+		}
+		char *nl = memchr(peek, '\n', (size_t)r);
+		size_t take = nl ? (size_t)(nl - peek) + 1 : (size_t)r;
+		char *nbuf = len + take > (64u << 20) ? NULL : realloc(buf, len + take);
+		if (!nbuf) {
+			free(buf);
+			sv_error(EMSGSIZE, "the control server sent too long a line");
+			return NULL;
+		}
+		buf = nbuf;
+		ssize_t got;
+		do
+			got = recv(fd, buf + len, take, 0);
+		while (got == -1 && errno == EINTR);
+		if (got != (ssize_t)take) {
+			free(buf);
+			sv_error(EIO, "reading from the control socket: short read");
+			return NULL;
+		}
+		len += take;
+		if (nl)
+			break;
+	}
+	json_t *o = json_loadb(buf, len - 1, 0, NULL);
+	free(buf);
+	if (!json_is_object(o)) {
+		json_decref(o);
+		sv_error(EPROTO, "the control server sent something that is not a JSON object");
+		return NULL;
+	}
+	return o;
+}
+
+/* snapshot-create with "notify": sends the request and returns once the
+ * server says the instant has passed (*taken set) or replied (*reply set,
+ * the result: an error or a failure before the instant); NULL reply and
+ * !*taken: the connection failed (error set). */
+static int
+create_start(struct session *s, json_t *args, bool *taken, json_t **reply)
+{
+	*taken = false;
+	*reply = NULL;
+	json_t *req =
+	    json_pack("{s:s, s:O, s:i}", "execute", "snapshot-create", "arguments", args, "id", 1);
+	char *line = req ? json_dumps(req, JSON_COMPACT) : NULL;
+	json_decref(req);
+	if (!line)
+		return sv_error(ENOMEM, "out of memory");
+	size_t n = strlen(line) + 1, done = 0;
+	line[n - 1] = '\n'; /* replaces the NUL: sent by length */
+	while (done < n) {
+		ssize_t k = send(s->fd, line + done, n - done, MSG_NOSIGNAL);
+		if (k == -1 && errno == EINTR)
+			continue;
+		if (k == -1) {
+			free(line);
+			return sv_error_errno("writing to the control socket");
+		}
+		done += (size_t)k;
+	}
+	free(line);
+	for (;;) {
+		json_t *m = read_message(s->fd);
+		if (!m)
+			return -1;
+		const char *ev = json_string_value(json_object_get(m, "event"));
+		if (ev && !strcmp(ev, "SNAPSHOT_TAKEN")) {
+			json_decref(m);
+			*taken = true;
+			return 0;
+		}
+		if (json_object_get(m, "return") || json_object_get(m, "error")) {
+			*reply = m;
+			return 0;
+		}
+		json_decref(m); /* another event */
+	}
+}
+
+/* The reply that follows SNAPSHOT_TAKEN. */
+static json_t *
+create_finish(struct session *s)
+{
+	for (;;) {
+		json_t *m = read_message(s->fd);
+		if (!m)
+			return NULL;
+		if (json_object_get(m, "return") || json_object_get(m, "error"))
+			return reply_result(m, "snapshot-create");
+		json_decref(m);
+	}
+}
+
 /* What the free-space hint needs, opened before the freeze. */
 struct hint {
 	int fs;		/* index of the filesystem, or -1: no hint */
@@ -274,6 +410,25 @@ struct hint {
 	size_t n;
 	uint64_t bytes;
 };
+
+/* Does the device hold the volume's bytes?  Checked before the freeze (it
+ * is a question of identity, and the window stays shorter): a write between
+ * the two reads can make them differ, so a few tries; a false "no" only
+ * costs the hint. */
+static bool
+same_bytes(struct hint *h)
+{
+	void *a = NULL, *b = malloc(HINT_CHECK_BYTES);
+	bool same = false;
+	if (b && posix_memalign(&a, 4096, HINT_CHECK_BYTES) == 0)
+		for (int i = 0; i < 3 && !same; i++)
+			same = pread(h->dev_fd, a, HINT_CHECK_BYTES, 0) == HINT_CHECK_BYTES &&
+			       pread(h->origin_fd, b, HINT_CHECK_BYTES, 0) == HINT_CHECK_BYTES &&
+			       !memcmp(a, b, HINT_CHECK_BYTES);
+	free(a);
+	free(b);
+	return same;
+}
 
 static void
 hint_prepare(struct cli *cli, struct session *s, const struct sv_fs *fs, size_t nfs,
@@ -327,31 +482,21 @@ hint_prepare(struct cli *cli, struct session *s, const struct sv_fs *fs, size_t 
 			 st.st_rdev != fs[match].dev)
 			snprintf(h->why, sizeof h->why, "%.200s is not the device of %.200s",
 				 fs[match].source, fs[match].path);
+		else if (!same_bytes(h))
+			snprintf(h->why, sizeof h->why, "%.200s does not hold the volume's bytes",
+				 fs[match].source);
 		else
 			h->fs = match;
 	}
 	json_decref(info);
 }
 
-/* While frozen: GETFSMAP, and the check that the device is the volume. */
+/* While frozen: GETFSMAP. */
 static void
 hint_read(const struct sv_fs *fs, struct hint *h)
 {
 	if (h->fs < 0)
 		return;
-	void *a = NULL, *b = malloc(HINT_CHECK_BYTES);
-	bool same = b && posix_memalign(&a, 4096, HINT_CHECK_BYTES) == 0 &&
-		    pread(h->dev_fd, a, HINT_CHECK_BYTES, 0) == HINT_CHECK_BYTES &&
-		    pread(h->origin_fd, b, HINT_CHECK_BYTES, 0) == HINT_CHECK_BYTES &&
-		    !memcmp(a, b, HINT_CHECK_BYTES);
-	free(a);
-	free(b);
-	if (!same) {
-		snprintf(h->why, sizeof h->why, "%.200s does not hold the volume's bytes",
-			 fs[h->fs].source);
-		h->fs = -1;
-		return;
-	}
 	if (sv_fs_free_ranges(h->dir_fd, fs[h->fs].dev, &h->ranges, &h->n) == -1) {
 		snprintf(h->why, sizeof h->why, "%s", sv_last_error());
 		h->fs = -1;
@@ -424,24 +569,49 @@ cli_snapshot_create_fsfreeze(struct cli *cli, json_t *snapshots)
 		goto out;
 	}
 	/* Frozen: nothing printed from here to the thaw. */
+	uint64_t t_seen = sv_now_ns();		/* the owner learnt it is frozen */
 	(void)sv_watchdog_start_heartbeats(wd); /* without: the lease alone decides */
 	hint_read(fs, &h);
-	json_t *args = json_pack("{s:O, s:s, s:b}", "snapshots", snapshots, "consistency", "crash",
-				 "quiesce", 1);
-	json_t *created = session_call(&s, "snapshot-create", args);
+	uint64_t t_fsmap = sv_now_ns();
+	/* With a server: it says when the instant has passed, and the thaw
+	 * comes then, before the server's syncs and metadata write (the reply,
+	 * once they are durable, comes after).  Run in this process: the
+	 * reply comes at the end, and the thaw after it. */
+	json_t *args = json_pack("{s:O, s:s, s:b, s:b}", "snapshots", snapshots, "consistency",
+				 "crash", "quiesce", 1, "notify", s.fd >= 0);
+	json_t *created = NULL;
+	bool taken = false;
+	if (s.fd >= 0) {
+		json_t *reply;
+		if (create_start(&s, args, &taken, &reply) == 0 && reply)
+			created = reply_result(reply, "snapshot-create");
+		taken |= created != NULL; /* replied without the event: taken too */
+	} else {
+		created = session_call(&s, "snapshot-create", args);
+		taken = created != NULL;
+	}
 	json_decref(args);
+	uint64_t t_created = sv_now_ns();
 	char create_err[1024] = "";
-	if (!created)
+	if (!taken)
 		snprintf(create_err, sizeof create_err, "%s", sv_last_error());
 	bool throughout = false;
-	if (created && sv_watchdog_query(wd, &throughout) == -1)
+	if (taken && sv_watchdog_query(wd, &throughout) == -1)
 		throughout = false;
+	uint64_t t_queried = sv_now_ns();
 	int thaw_r = sv_watchdog_thaw(wd);
 	struct sv_watchdog_state st;
 	sv_watchdog_get_state(wd, &st);
 	/* Thawed: the rest may print. */
 	if (thaw_r == -1)
 		cli_fail("thaw: %s", sv_last_error());
+	uint64_t t_durable = t_created;
+	if (taken && !created) {
+		created = create_finish(&s);
+		t_durable = sv_now_ns();
+		if (!created)
+			snprintf(create_err, sizeof create_err, "%s", sv_last_error());
+	}
 	if (!created) {
 		r = cli_fail("%s", create_err);
 		goto out;
@@ -492,13 +662,24 @@ cli_snapshot_create_fsfreeze(struct cli *cli, json_t *snapshots)
 		for (unsigned i = 0; i < cli->nfsfreeze; i++)
 			json_array_append_new(mps, json_string(fs[i].path));
 		json_object_set_new(created, "consistency", json_string(consistency));
-		json_object_set_new(created, "freeze",
-				    json_pack("{s:o, s:I, s:I, s:I, s:b, s:s}", "mountpoints", mps,
-					      "window_us", (json_int_t)(window / 1000),
-					      "fifreeze_us", (json_int_t)(fifreeze / 1000),
-					      "presync_us", (json_int_t)(st.presync_ns / 1000),
-					      "frozen_throughout", throughout, "thaw",
-					      sv_thaw_reason_str(st.reason)));
+		/* Where the window went, in order (all one clock, CLOCK_MONOTONIC,
+		 * in both processes); the phases add up to window_us. */
+		json_t *ph = json_pack(
+		    "{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "presync",
+		    us(st.presync_ns, 0), "checkpoint", us(st.checkpoint_ns, 0), "fifreeze",
+		    us(st.frozen_ns, st.freeze_start_ns), "to_owner", us(t_seen, st.frozen_ns),
+		    "fsmap", us(t_fsmap, t_seen), "create", us(t_created, t_fsmap), "query",
+		    us(t_queried, t_created), "to_thaw", us(st.thaw_start_ns, t_queried), "fithaw",
+		    us(st.thawed_ns, st.thaw_start_ns), "durable_after_thaw",
+		    us(t_durable, st.thawed_ns));
+		json_object_set_new(
+		    created, "freeze",
+		    json_pack("{s:o, s:I, s:I, s:I, s:I, s:b, s:s, s:o}", "mountpoints", mps,
+			      "start_ns", (json_int_t)st.freeze_start_ns, "window_us",
+			      (json_int_t)(window / 1000), "fifreeze_us",
+			      (json_int_t)(fifreeze / 1000), "presync_us",
+			      (json_int_t)(st.presync_ns / 1000), "frozen_throughout", throughout,
+			      "thaw", sv_thaw_reason_str(st.reason), "phases_us", ph));
 		json_object_set_new(created, "fs_hint",
 				    json_pack("{s:b, s:I, s:I, s:I, s:s}", "applied", hinted,
 					      "ranges", (json_int_t)(hinted ? h.n : 0),

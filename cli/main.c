@@ -19,6 +19,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "config.h"
@@ -29,8 +31,16 @@
 /* ---- tables ---- */
 
 static const struct cli_option global_options[] = {
-    {"pool", 0, "DIR", OPT_POOL, "the pool directory (default: $SNAPVOL_POOL, else ./data)"},
-    {"control", 0, "PATH", OPT_CONTROL, "the control socket (default: POOL/control.sock)"},
+    {"pool", 0, "DIR", OPT_POOL,
+     "the pool: a directory, or rados:NAME for a Ceph RADOS pool (default: $SNAPVOL_POOL, "
+     "else ./data)"},
+    {"control", 0, "PATH", OPT_CONTROL,
+     "the control socket (default: POOL/control.sock; for rados: pools, in the run directory)"},
+    {"ceph-conf", 0, "FILE", OPT_CEPH_CONF,
+     "rados: pools: the Ceph configuration (default: $CEPH_CONF, else /etc/ceph/ceph.conf)"},
+    {"ceph-id", 0, "ID", OPT_CEPH_ID,
+     "rados: pools: the Ceph client id, e.g. admin for client.admin (default: "
+     "$SNAPVOL_CEPH_ID, else admin)"},
     {"json", 0, NULL, OPT_JSON, "print the result as JSON (the control command's return value)"},
     {"verbose", 'v', NULL, OPT_VERBOSE, "print debug messages on stderr"},
     {"help", 'h', NULL, OPT_HELP, "show this help and exit"},
@@ -87,7 +97,13 @@ static const struct cli_option thaw_options[] = {
 
 static const struct cli_option backup_options[] = {
     {"since", 0, "VOL@BASE", OPT_SINCE,
-     "incremental: FILE holds a backup of VOL@BASE; write only what changed since"},
+     "incremental: write only what changed since VOL@BASE (into FILE, a raw backup of "
+     "VOL@BASE, or with --base-file into a new qcow2 overlay)"},
+    {"base-file", 0, "BASE", OPT_BASE_FILE,
+     "with --since: FILE is a new qcow2 overlay whose backing file is BASE, a complete "
+     "backup of VOL@BASE (raw or qcow2)"},
+    {"format", 0, "FORMAT", OPT_FORMAT,
+     "raw or qcow2 (default: qcow2 with --base-file or when FILE ends in .qcow2, else raw)"},
     {"force", 0, NULL, OPT_FORCE, "a full backup overwrites an existing FILE"},
     {NULL},
 };
@@ -239,20 +255,26 @@ static const struct cli_subcommand subcommands[] = {
      "\"chunk_size\".  What is reported is complete even after a crash or power loss: "
      "nothing that changed is ever left out.",
      NULL, 1, 2, cli_run_diff},
-    {"backup", "VOL@SNAP FILE [--since VOL@BASE] [--force]",
-     "back up a snapshot into a sparse raw image",
+    {"backup", "VOL@SNAP FILE [--since VOL@BASE [--base-file BASE]] [--format FORMAT] [--force]",
+     "back up a snapshot into a sparse raw image or a qcow2 file",
      "Write the snapshot VOL@SNAP into FILE, a sparse raw image that qemu-img, losetup and "
      "'snapvol restore' read: holes stay holes and only allocated data is read.  With --since "
      "VOL@BASE, FILE must already hold a backup of VOL@BASE (for instance a copy of it): only "
      "the extents that changed between the two snapshots are read and written into it, and no "
-     "other byte of the volume is read.  What FILE holds is recorded in FILE.snapvol.json; a "
-     "FILE that holds another volume or base is refused, and an interrupted update can be run "
-     "again.  Shows a progress bar on a terminal; --json prints progress lines on stderr and "
-     "a summary (bytes_read, changed_bytes, seconds...) on stdout.",
+     "other byte of the volume is read.  With --since and --base-file BASE, FILE is instead a "
+     "new qcow2 overlay whose backing file is BASE (a complete backup of VOL@BASE, raw or "
+     "qcow2): it holds only the changed extents, chains of them work with every qemu tool, "
+     "and 'snapvol restore FILE' follows the chain (needs qemu-img and qemu-nbd).  What FILE "
+     "holds is recorded in FILE.snapvol.json; a FILE that holds another volume or base is "
+     "refused, and an interrupted backup can be run again.  Shows a progress bar on a "
+     "terminal; --json prints progress lines on stderr and a summary (bytes_read, "
+     "changed_bytes, seconds...) on stdout.",
      backup_options, 2, 2, cli_run_backup},
     {"restore", "FILE VOL [--force]", "create a volume from a backup image",
      "Create the volume VOL from FILE, a backup made by 'snapvol backup' (its size and chunk "
-     "size come from FILE.snapvol.json); only FILE's data is read and written.  An existing "
+     "size come from FILE.snapvol.json); only FILE's data is read and written.  A qcow2 "
+     "backup is read through qemu-nbd with its whole backing chain, each link of which must "
+     "be a complete backup of the one before.  An existing "
      "VOL is refused unless --force, which overwrites its contents (same size).  A restore "
      "that fails deletes the volume it created.",
      restore_options, 2, 2, cli_run_restore},
@@ -454,9 +476,41 @@ join_path(const char *dir, const char *name)
 	return p;
 }
 
+/* A RADOS pool has no local directory: its sockets go in a run directory,
+ * $XDG_RUNTIME_DIR/snapvol/rados:NAME, else /run/snapvol/rados:NAME for
+ * root, else /tmp/snapvol-UID/rados:NAME, made (0700) when first asked for. */
+static char *
+rados_run_dir(const char *pool)
+{
+	const char *xdg = getenv("XDG_RUNTIME_DIR");
+	char *base;
+	int n;
+	if (xdg && *xdg)
+		n = asprintf(&base, "%s/snapvol", xdg);
+	else if (geteuid() == 0)
+		n = asprintf(&base, "/run/snapvol");
+	else
+		n = asprintf(&base, "/tmp/snapvol-%ld", (long)geteuid());
+	if (n == -1) {
+		fprintf(stderr, "%s: error: out of memory\n", progname);
+		exit(EXIT_FAIL);
+	}
+	char *dir = join_path(base, pool);
+	(void)mkdir(base, 0700);
+	(void)mkdir(dir, 0700); /* if this fails, binding the socket says why */
+	free(base);
+	return dir;
+}
+
 char *
 cli_pool_file(const struct cli *cli, const char *name)
 {
+	if (!strncmp(cli->pool, "rados:", 6)) {
+		char *dir = rados_run_dir(cli->pool);
+		char *p = join_path(dir, name);
+		free(dir);
+		return p;
+	}
 	return join_path(cli->pool, name);
 }
 
@@ -698,5 +752,10 @@ main(int argc, char **argv)
 	}
 	if (!*cli.pool)
 		return cli_usage_error(&cli, "--pool: empty path");
+	/* The RADOS backend reads these from the environment (store-rados.c). */
+	if (cli.val[OPT_CEPH_CONF] && setenv("CEPH_CONF", cli.val[OPT_CEPH_CONF], 1) == -1)
+		return cli_fail("--ceph-conf: %s", strerror(errno));
+	if (cli.val[OPT_CEPH_ID] && setenv("SNAPVOL_CEPH_ID", cli.val[OPT_CEPH_ID], 1) == -1)
+		return cli_fail("--ceph-id: %s", strerror(errno));
 	return cli.sub->run(&cli);
 }

@@ -259,7 +259,8 @@ cli_run_serve(struct cli *cli)
 
 	if (sv_pool_open(cli->pool, SV_POOL_CREATE, &pool) == -1) {
 		if (sv_last_errno() == EWOULDBLOCK) {
-			char msg[1024];
+			char msg[1024], held[512];
+			snprintf(held, sizeof held, "%s", sv_last_error());
 			int fd = sv_ctl_client_connect(control_path);
 			if (fd >= 0) {
 				close(fd);
@@ -267,8 +268,11 @@ cli_run_serve(struct cli *cli)
 					 "control socket is %s",
 					 cli->pool, control_path);
 			} else {
-				const char *why = sv_last_error();
+				char why[512];
+				snprintf(why, sizeof why, "%s", sv_last_error());
 				const char *colon = strrchr(why, ':');
+				/* who holds it (a RADOS claim), for the message */
+				sv_error(EWOULDBLOCK, "%s", held);
 				cli_pool_in_use_message(cli, control_path,
 							colon && colon[1] == ' ' ? colon + 2 : why,
 							msg, sizeof msg);

@@ -45,6 +45,10 @@ sv_full_pwrite(int fd, const void *buf, size_t len, uint64_t off)
 				continue;
 			return -1;
 		}
+		if (r == 0) {
+			errno = EIO; /* no progress: never loop forever */
+			return -1;
+		}
 		p += r;
 		len -= (size_t)r;
 		off += (uint64_t)r;

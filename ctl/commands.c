@@ -506,8 +506,28 @@ static const struct arg_spec snapshot_create_args[] = {
      "\"crash\" (default) or \"frozen\" (the caller froze the filesystem on top)"},
     {"quiesce", ARG_BOOL, false,
      "hold the volumes' writes (a block-level freeze) around the instant; default false"},
+    {"notify", ARG_BOOL, false,
+     "send the event SNAPSHOT_TAKEN on this connection at the instant, before the wait for "
+     "durability (an fsfreeze agent thaws then); the reply still comes once durable"},
     {NULL},
 };
+
+/* The instant has passed: tell the client (sv_snapshot_create_cb). */
+struct taken_note {
+	struct sv_ctl_session *ses;
+	json_t *list;
+	uint64_t t0;
+};
+
+static void
+snapshot_taken(void *arg)
+{
+	struct taken_note *tn = arg;
+	json_t *data = json_pack("{s:O, s:I}", "snapshots", tn->list, "after_us",
+				 (json_int_t)((sv_now_ns() - tn->t0) / 1000));
+	/* A client that went away learns nothing; the snapshot goes on. */
+	(void)sv_ctl_session_event(tn->ses, "SNAPSHOT_TAKEN", data);
+}
 
 static json_t *
 cmd_snapshot_create_run(struct call *c)
@@ -521,7 +541,10 @@ cmd_snapshot_create_run(struct call *c)
 		specs[i] = json_string_value(json_array_get(list, i));
 	uint64_t t0 = sv_now_ns();
 	unsigned flags = arg_num(c, "quiesce", 0) ? SV_SNAP_QUIESCE : 0;
-	int r = sv_snapshot_create_ex(c->ctx->pool, specs, n, arg_str(c, "consistency"), flags);
+	struct taken_note tn = {c->ctx->session, list, t0};
+	bool notify = arg_num(c, "notify", 0) && tn.ses; /* no connection when run in the CLI */
+	int r = sv_snapshot_create_cb(c->ctx->pool, specs, n, arg_str(c, "consistency"), flags,
+				      notify ? snapshot_taken : NULL, &tn);
 	uint64_t t1 = sv_now_ns();
 	free(specs);
 	if (r == -1)

@@ -37,7 +37,12 @@ struct sv_ctl_session {
 	unsigned uid;
 	uint64_t *freezes; /* ids of freezes taken on this connection */
 	size_t n_freezes, cap_freezes;
+	int fd; /* the connection: events are sent on it */
 };
+/* Send {"event": name, "data": data} on the session's connection now, ahead
+ * of the running command's reply (only that connection's thread calls it);
+ * takes data's reference.  -1 if the client is gone. */
+int sv_ctl_session_event(struct sv_ctl_session *s, const char *name, json_t *data);
 /* Remember a freeze to end when the connection closes; -1 on ENOMEM. */
 int sv_ctl_session_hold_freeze(struct sv_ctl_session *s, uint64_t id);
 

@@ -23,6 +23,10 @@
  * "thaw": a lease must not lapse, nor a thaw wait, because another client's
  * snapshot is syncing a large volume; they run at once.
  *
+ * Events: a command may send lines {"event": ...} ahead of its reply
+ * (sv_ctl_session_event; snapshot-create's SNAPSHOT_TAKEN).  It runs in the
+ * connection's own thread, so an event never interleaves with a reply.
+ *
  * Sessions (DESIGN invariant 7): each connection has its own copy of the
  * context with a session: the peer's pid and uid (SO_PEERCRED) and the
  * freezes taken on it.  When the connection closes (the holder exited, was
@@ -234,6 +238,39 @@ sv_ctl_session_hold_freeze(struct sv_ctl_session *s, uint64_t id)
 	return 0;
 }
 
+/* The command that sends an event holds locks (cmd_lock, a volume's): a
+ * client that does not read must not hold them.  So an event that finds the
+ * socket full is dropped, and one half sent gets a second to finish before
+ * the connection is shut down (a half line would garble the stream). */
+int
+sv_ctl_session_event(struct sv_ctl_session *s, const char *name, json_t *data)
+{
+	json_t *ev = json_pack("{s:s, s:o}", "event", name, "data", data ? data : json_object());
+	char *line = ev ? json_dumps(ev, JSON_COMPACT) : NULL;
+	json_decref(ev);
+	if (!line)
+		return -1;
+	size_t len = strlen(line) + 1, off = 0;
+	line[len - 1] = '\n'; /* replaces the NUL: sent by length */
+	while (off < len) {
+		ssize_t r = send(s->fd, line + off, len - off, MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (r > 0) {
+			off += (size_t)r;
+			continue;
+		}
+		if (r == -1 && errno == EINTR)
+			continue;
+		struct pollfd p = {.fd = s->fd, .events = POLLOUT};
+		if (r == -1 && errno == EAGAIN && off > 0 && poll(&p, 1, 1000) == 1)
+			continue;
+		if (off > 0)
+			shutdown(s->fd, SHUT_RDWR);
+		break;
+	}
+	free(line);
+	return off == len ? 0 : -1;
+}
+
 /* The connection is gone: what it held ends now. */
 static void
 end_session(struct client *c)
@@ -373,6 +410,7 @@ accept_one(struct sv_ctl_server *srv)
 	c->fd = fd;
 	c->ctx = *srv->ctx;
 	c->ctx.session = &c->session;
+	c->session.fd = fd;
 	struct ucred cred;
 	socklen_t cl = sizeof cred;
 	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) == 0) {

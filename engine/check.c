@@ -8,8 +8,11 @@
  * not match, JSON that does not parse, bitmaps naming chunks past the end),
  * an origin of the wrong size, pre-image space that no record names
  * (copies a crash cut short before their record was durable: harmless but
- * wasted), pre-image objects of epochs no metadata knows, and work a crash
- * left pending.
+ * wasted), pre-image objects of epochs no metadata knows, work a crash
+ * left pending, and snapshots recorded invalid (their pre-images could not
+ * be kept: a failed sync of them, or dropped when the store was full):
+ * those are warnings (the record is right, and the snapshot cannot be
+ * read; deleting it is the user's call), never repaired.
  *
  * Without repair nothing is written: the volume's state is loaded into a
  * private struct with the same functions the real open uses (so the check
@@ -242,6 +245,12 @@ check_volume(struct checker *ck, const char *name)
 			report(ck, name, "info", ck->repair,
 			       "a rollback to snapshot %s was interrupted%s", v->rollback_to,
 			       ck->repair ? "; finished" : "; the next open finishes it");
+		for (size_t i = 0; i < v->n_dead; i++)
+			report(ck, name, "warning", false,
+			       "snapshot %s@%s is invalid: its pre-images could not be kept (a "
+			       "failed sync of them, or the store was full under the drop-snapshot "
+			       "policy); it cannot be read; delete it",
+			       name, v->dead[i]->name);
 		for (size_t i = 0; i < v->n_epochs; i++)
 			check_pre_space(ck, v, v->epochs[i]);
 		check_objects(ck, v);

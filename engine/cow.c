@@ -140,14 +140,22 @@ sv_epoch_retire(struct sv_volume *vol, struct sv_epoch *ep)
 {
 	char name[32];
 	sv_epoch_pre_name(ep, name, sizeof name);
-	/* The unlink can take seconds (a large sparse file on a filesystem
-	 * mounted with discard): not under pre_lock, which copies take. */
+	/* Freeing the space of a large sparse file can take seconds (one
+	 * discard per extent on a filesystem mounted with discard).  It
+	 * happens when the last handle goes, so remove the name holding a
+	 * handle (opened here if need be), and let the pool's reclaimer
+	 * close it (reclaim.c). */
+	sv_lock_or_abort(&vol->pre_lock);
+	struct sv_obj *pre = ep->pre;
+	ep->pre = NULL;
+	sv_unlock_or_abort(&vol->pre_lock);
+	if (!pre && vol->ops->obj_open(vol->pool->st, vol->name, name, vol->size, 0, &pre) == -1)
+		pre = NULL; /* none (ENOENT), or it is removed in place below */
 	if (vol->ops->obj_remove(vol->pool->st, vol->name, name) == -1 && errno != ENOENT)
 		sv_log_warn("volume %s: cannot remove %s: %m", vol->name, name);
+	if (pre)
+		sv_reclaim_close(vol->pool, pre);
 	SV_LOCK_SCOPE(&vol->pre_lock);
-	if (ep->pre)
-		vol->ops->obj_close(ep->pre);
-	ep->pre = NULL;
 	roaring_bitmap_free(ep->changed);
 	ep->changed = NULL;
 	if (ep->nocopy)
@@ -330,6 +338,10 @@ admit_locked(struct sv_volume *vol, uint64_t off, uint64_t len, int gate, struct
 			 * Refuse writes until a rollback succeeds, rather than
 			 * lose them. */
 			*err = EIO;
+			return -1;
+		}
+		if (__atomic_load_n(&vol->pre_untrusted, __ATOMIC_ACQUIRE)) {
+			*err = EIO; /* sv_snap_invalidate_epoch could not record it */
 			return -1;
 		}
 		/* An acknowledged write-behind of the same chunks lands first:

@@ -107,6 +107,13 @@ int sv_snapshot_create(struct sv_pool *pool, const char *const *specs, size_t n,
 #define SV_SNAP_QUIESCE 0x1u
 int sv_snapshot_create_ex(struct sv_pool *pool, const char *const *specs, size_t n,
 			  const char *consistency, unsigned flags);
+/* The same, calling taken(arg) once the instant has passed (every volume
+ * switched, held writes released) and before the durability wait: an
+ * fsfreeze agent thaws then, so the syncs are outside its freeze window.
+ * The snapshots exist only if this then returns 0.  taken may be NULL. */
+int sv_snapshot_create_cb(struct sv_pool *pool, const char *const *specs, size_t n,
+			  const char *consistency, unsigned flags, void (*taken)(void *arg),
+			  void *arg);
 /* Record a snapshot as "crash" or "frozen" (an fsfreeze agent upgrades it
  * once it knows the filesystem stayed frozen through the switch). */
 int sv_snapshot_set_consistency(struct sv_pool *pool, const char *volume, const char *snap,

@@ -79,6 +79,25 @@ struct sv_freezer {
 	unsigned ended_next;
 };
 
+/* ---- tracing ---- */
+
+static int tracing;
+static pthread_once_t tracing_once = PTHREAD_ONCE_INIT;
+
+static void
+tracing_init(void)
+{
+	const char *e = getenv("SNAPVOL_TRACE_FREEZE");
+	tracing = e && *e && strcmp(e, "0");
+}
+
+bool
+sv_freeze_tracing(void)
+{
+	pthread_once(&tracing_once, tracing_init);
+	return tracing;
+}
+
 /* ---- the gate ---- */
 
 void
@@ -318,8 +337,12 @@ cmp_vol(const void *a, const void *b)
 static int
 make_clean(struct sv_volume *vol, uint64_t *ckpt_ns)
 {
-	if (vol->ops->obj_sync(vol->origin) == -1)
-		return sv_error_errno("volume %s: cannot sync for the freeze", vol->name);
+	if (vol->ops->obj_sync(vol->origin) == -1) {
+		int e = errno ? errno : EIO;
+		sv_wb_note_error(vol, e); /* the next FLUSH reports it too */
+		return sv_error(e, "volume %s: cannot sync for the freeze: %s", vol->name,
+				strerror(e));
+	}
 	struct sv_epoch **eps;
 	size_t n;
 	{

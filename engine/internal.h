@@ -131,12 +131,20 @@ struct sv_volume {
 	roaring_bitmap_t *landing;
 	unsigned n_landing;
 	/* This volume's write-behinds in the order they were acknowledged,
-	 * the sequence number of the last, and the first error one met since
-	 * the last flush (reported by it).  pool->wb.lock. */
+	 * the sequence number of the last; the last error that may have lost
+	 * acknowledged writes (a landing's, a failed origin sync), counted in
+	 * wb_err_seq, and the count last reported by some flush: like Linux's
+	 * errseq, every view (connection) reports each error once at its next
+	 * flush (sv_wb_flush).  pool->wb.lock. */
 	struct sv_wb_entry *wb_oldest, *wb_newest;
 	uint64_t wb_seq;
 	int wb_error;
+	uint64_t wb_err_seq, wb_err_told;
 	char rollback_to[SV_NAME_MAX + 1]; /* persisted rollback in progress */
+	/* A pre-image sync failed and the snapshots reading those pre-images
+	 * could not be recorded invalid (sv_snap_invalidate_epoch): writes
+	 * fail until the volume is reopened.  __atomic loads and stores. */
+	bool pre_untrusted;
 
 	struct sv_journal journal;
 
@@ -156,6 +164,16 @@ struct sv_wb {
 	bool stop;
 };
 
+/* Closing removed objects in the background (reclaim.c). */
+struct sv_reclaim_item;
+struct sv_reclaim {
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	struct sv_reclaim_item *head, *tail;
+	pthread_t thread;
+	bool started, stop, busy; /* busy: closing one now */
+};
+
 struct sv_pool {
 	struct sv_store *st;
 	const struct sv_store_ops *ops;
@@ -165,7 +183,17 @@ struct sv_pool {
 	struct sv_volume *open;
 	struct sv_freezer *freezer; /* freeze leases and their reaper (freeze.c) */
 	struct sv_wb wb;
+	struct sv_reclaim reclaim;
 };
+
+/* reclaim.c: obj, already removed from the store, is closed by a pool
+ * thread (the close frees its space, which can take seconds). */
+void sv_reclaim_init(struct sv_pool *pool);
+void sv_reclaim_close(struct sv_pool *pool, struct sv_obj *obj);
+/* Wait until everything queued so far is closed (space needed now). */
+void sv_reclaim_wait(struct sv_pool *pool);
+/* Close everything queued, then stop (pool close). */
+void sv_reclaim_shutdown(struct sv_pool *pool);
 
 /* A volume's data objects (the store names them; pre-images are "pre-E"). */
 #define SV_OBJ_ORIGIN  "origin"
@@ -277,6 +305,9 @@ void sv_freezer_shutdown(struct sv_pool *pool);
 void sv_gate_close_locked(struct sv_volume *vol);
 void sv_gate_open_locked(struct sv_volume *vol);
 void sv_gate_drain_locked(struct sv_volume *vol);
+/* SNAPVOL_TRACE_FREEZE=1 in the server's environment: log where the time
+ * of quiesced snapshots and freezes goes (read once). */
+bool sv_freeze_tracing(void);
 
 /* view.c: what a view is of (diff.c answers dirty-bitmap queries). */
 struct sv_volume *sv_view_volume(struct sv_view *v);
@@ -293,11 +324,18 @@ void sv_wb_free(struct sv_pool *pool); /* after every volume is closed */
  * sv_cow_write_end; -1 with *err. */
 int sv_wb_write(struct sv_volume *vol, const void *buf, uint32_t len, uint64_t off, int gate,
 		struct sv_write_ticket *t, int *err);
-/* Wait for the volume's write-behinds acknowledged so far to land; the
- * first error one met since the last flush, if any, fails it. */
-int sv_wb_flush(struct sv_volume *vol, int *err);
+/* Wait for the volume's write-behinds acknowledged so far to land; an
+ * error noted after *seen (a view's last sample) fails it, once per view. */
+int sv_wb_flush(struct sv_volume *vol, uint64_t *seen, int *err);
+/* The error count now, for a view that opens. */
+uint64_t sv_wb_error_sample(struct sv_volume *vol);
 /* Wait until the volume has none (volume close). */
 void sv_wb_drain(struct sv_volume *vol);
+/* A sync of the origin failed outside a flush (a snapshot, a rollback):
+ * the file may have lost acknowledged writes and a later sync succeed, so
+ * every view's next flush reports err, as it does a landing's error.
+ * Returns the new error count (for the view that reports it at once). */
+uint64_t sv_wb_note_error(struct sv_volume *vol, int err);
 
 /* snapshot.c */
 int sv_snap_state_load(struct sv_volume *vol, json_t *volmeta);
@@ -318,6 +356,13 @@ void sv_snap_refresh_current_locked(struct sv_volume *vol);
  * held.  -1 if there is none or it could not be recorded. */
 int sv_snap_invalidate_oldest(struct sv_volume *vol);
 int sv_snap_finish_rollback(struct sv_volume *vol);
+/* A sync of epoch's pre-image object failed (cause: its errno): the file
+ * may have lost dirty pages, other chunks' pre-images among them, and a
+ * later sync may still succeed.  Every snapshot that reads that epoch's
+ * pre-images (taken at or before it) is marked invalid, logged, and
+ * recorded in volume.meta; if that record fails, pre_untrusted is set and
+ * writes fail.  No locks held (the journal leader calls it).  0 or -1. */
+int sv_snap_invalidate_epoch(struct sv_volume *vol, uint64_t epoch, int cause);
 /* Trim on a snapshot's export: release whole chunks of [off, off+len). */
 int sv_snap_release(struct sv_volume *vol, struct sv_snap *s, uint64_t off, uint64_t len, int *err);
 int sv_snap_released_load(struct sv_volume *vol);

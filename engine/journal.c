@@ -362,8 +362,9 @@ sv_journal_load(struct sv_volume *vol, json_t *volmeta)
 
 /* ---- commit ---- */
 
+/* On failure *bad is the epoch whose object failed. */
 static int
-sync_pre_objects(struct sv_volume *vol, struct pending_rec *b, size_t n)
+sync_pre_objects(struct sv_volume *vol, struct pending_rec *b, size_t n, uint64_t *bad)
 {
 	for (size_t i = 0; i < n; i++) {
 		struct sv_epoch *ep = b[i].rec.ep;
@@ -375,8 +376,10 @@ sync_pre_objects(struct sv_volume *vol, struct pending_rec *b, size_t n)
 		sv_lock_or_abort(&vol->pre_lock);
 		struct sv_obj *o = ep->pre;
 		sv_unlock_or_abort(&vol->pre_lock);
-		if (o && vol->ops->obj_sync(o) == -1)
+		if (o && vol->ops->obj_sync(o) == -1) {
+			*bad = ep->id;
 			return -1;
+		}
 	}
 	return 0;
 }
@@ -385,8 +388,15 @@ static int
 commit_batch(struct sv_volume *vol, struct pending_rec *b, size_t n)
 {
 	struct sv_journal *j = &vol->journal;
-	if (sync_pre_objects(vol, b, n) == -1)
-		return errno ? errno : EIO;
+	uint64_t bad;
+	if (__atomic_load_n(&vol->pre_untrusted, __ATOMIC_ACQUIRE))
+		return EIO; /* see sv_snap_invalidate_epoch */
+	if (sync_pre_objects(vol, b, n, &bad) == -1) {
+		/* Sticky: the file may have lost other pre-images (snapshot.c). */
+		int e = errno ? errno : EIO;
+		(void)sv_snap_invalidate_epoch(vol, bad, e);
+		return e;
+	}
 	if ((j->must_checkpoint || j->next + n > j->capacity) && checkpoint_as_leader(vol) == -1)
 		return sv_last_errno();
 	unsigned char *recs = malloc(n * JREC_SIZE);

@@ -31,9 +31,12 @@ sv_pool_open_store(struct sv_store *st, const char *spec, struct sv_pool **out)
 		ops->close(st);
 		return sv_error(ENOTSUP, "store backend %s is too old for this snapvol", ops->name);
 	}
+	sv_clear_error();
 	if (ops->lock(st) == -1) {
 		int e = errno;
 		ops->close(st);
+		if (e == EWOULDBLOCK && sv_last_errno() == EWOULDBLOCK)
+			return -1; /* the store named the holder (a RADOS claim) */
 		if (e == EWOULDBLOCK)
 			return sv_error(
 			    EWOULDBLOCK,
@@ -58,6 +61,7 @@ sv_pool_open_store(struct sv_store *st, const char *spec, struct sv_pool **out)
 		return -1;
 	}
 	sv_wb_init(pool);
+	sv_reclaim_init(pool);
 	*out = pool;
 	return 0;
 }
@@ -72,6 +76,7 @@ sv_pool_close(struct sv_pool *pool)
 	sv_lock_or_abort(&pool->lock);
 	sv_volume_close_all_locked(pool);
 	sv_unlock_or_abort(&pool->lock);
+	sv_reclaim_shutdown(pool); /* removed objects' space is given back */
 	sv_wb_free(pool);
 	pthread_mutex_destroy(&pool->lock);
 	pool->ops->close(pool->st);

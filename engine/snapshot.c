@@ -637,6 +637,13 @@ int
 sv_snapshot_create_ex(struct sv_pool *pool, const char *const *specs, size_t n,
 		      const char *consistency, unsigned flags)
 {
+	return sv_snapshot_create_cb(pool, specs, n, consistency, flags, NULL, NULL);
+}
+
+int
+sv_snapshot_create_cb(struct sv_pool *pool, const char *const *specs, size_t n,
+		      const char *consistency, unsigned flags, void (*taken)(void *arg), void *arg)
+{
 	if (flags & ~SV_SNAP_QUIESCE)
 		return sv_error(EINVAL, "unknown snapshot flags 0x%x", flags);
 	if (n == 0)
@@ -711,6 +718,7 @@ sv_snapshot_create_ex(struct sv_pool *pool, const char *const *specs, size_t n,
 		}
 		quiesced = true;
 	}
+	uint64_t t_drained = sv_now_ns();
 
 	/* The instant: every volume of the group switches under all locks. */
 	for (size_t i = 0; i < n; i++)
@@ -739,11 +747,14 @@ sv_snapshot_create_ex(struct sv_pool *pool, const char *const *specs, size_t n,
 		sv_gate_open_locked(m[i].vol);
 	for (size_t i = n; i-- > 0;)
 		sv_unlock_or_abort(&m[i].vol->cow_lock);
+	uint64_t t_switched = sv_now_ns();
 	if (quiesced)
 		sv_log_debug("snapshot %s: writes held %" PRIu64 " us around the switch", specs[0],
-			     (sv_now_ns() - t_held) / 1000);
+			     (t_switched - t_held) / 1000);
 	if (err)
 		goto undo;
+	if (taken)
+		taken(arg);
 
 	/* Writes that started before the switch belong to the snapshot: wait
 	 * for them, then make them durable. */
@@ -753,20 +764,34 @@ sv_snapshot_create_ex(struct sv_pool *pool, const char *const *specs, size_t n,
 		while (sv_older_writes_locked(vol, m[i].old->id + 1))
 			pthread_cond_wait(&vol->cow_cond, &vol->cow_lock);
 	}
+	uint64_t t_older = sv_now_ns();
 	for (size_t i = 0; i < n; i++) {
 		struct sv_volume *vol = m[i].vol;
 		if (vol->ops->obj_sync(vol->origin) == -1) {
+			sv_wb_note_error(vol, errno ? errno : EIO); /* writes may be lost */
 			sv_error_errno("volume %s: cannot sync for the snapshot", vol->name);
 			goto undo;
 		}
 	}
+	uint64_t t_synced = sv_now_ns();
 	for (; saved < n; saved++)
 		if (sv_volume_save_meta(m[saved].vol) == -1)
 			goto undo;
+	if (sv_freeze_tracing())
+		sv_log_info("trace: snapshot %s: drain %" PRIu64 " us, switch %" PRIu64
+			    " us, older writes %" PRIu64 " us, origin sync %" PRIu64
+			    " us, metadata %" PRIu64 " us",
+			    specs[0], (t_drained - t_held) / 1000, (t_switched - t_drained) / 1000,
+			    (t_older - t_switched) / 1000, (t_synced - t_older) / 1000,
+			    (sv_now_ns() - t_synced) / 1000);
 	for (size_t i = 0; i < n; i++) {
 		struct sv_volume *vol = m[i].vol;
 		SV_LOCK_SCOPE(&vol->cow_lock);
 		m[i].s->pending = false;
+		/* Invalidated while pending (sv_snap_invalidate_epoch): it is
+		 * recorded so; it joins the others. */
+		if (m[i].s->invalid && add_dead_locked(vol, m[i].s) == 0)
+			remove_snap_locked(vol, m[i].s);
 		m[i].s = NULL;
 		vol->setting_up--;
 		pthread_cond_broadcast(&vol->cow_cond);
@@ -1087,6 +1112,57 @@ sv_snap_invalidate_oldest(struct sv_volume *vol)
 	if (sv_journal_checkpoint(vol) == -1)
 		sv_log_warn("volume %s: %s", vol->name, sv_last_error());
 	free_dropped(vol, dropped, nd);
+	sv_reclaim_wait(vol->pool); /* the retry needs the space now */
+	return 0;
+}
+
+/* ---- a pre-image that can no longer be trusted ---- */
+
+int
+sv_snap_invalidate_epoch(struct sv_volume *vol, uint64_t epoch, int cause)
+{
+	char names[512] = "";
+	size_t len = 0, moved = 0;
+	sv_lock_or_abort(&vol->cow_lock);
+	for (size_t i = 0; i < vol->n_snaps && vol->snaps[i]->epoch <= epoch;) {
+		struct sv_snap *s = vol->snaps[i];
+		if (len < sizeof names)
+			len += (size_t)snprintf(names + len, sizeof names - len, "%s%s",
+						moved ? ", " : "", s->name);
+		moved++;
+		if (s->pending) {
+			/* being created: recorded invalid by its own metadata
+			 * write or ours; sv_snapshot_create_ex moves it */
+			s->invalid = true;
+			i++;
+		} else if (add_dead_locked(vol, s) == 0) {
+			remove_snap_locked(vol, s);
+		} else {
+			s->invalid = true; /* readers see it; the record below decides */
+			i++;
+		}
+	}
+	/* Writes go on copying as before until the record is durable: none
+	 * may skip a copy on the strength of an invalidation a crash forgets. */
+	sv_unlock_or_abort(&vol->cow_lock);
+	if (!moved)
+		return 0;
+	if (sv_volume_save_meta(vol) == -1) {
+		__atomic_store_n(&vol->pre_untrusted, true, __ATOMIC_RELEASE);
+		sv_log_error("volume %s: a sync of the pre-images of epoch %" PRIu64
+			     " failed (%s) and snapshot(s) %s cannot be recorded invalid (%s): "
+			     "writes to the volume fail until it is reopened",
+			     vol->name, epoch, strerror(cause), names, sv_last_error());
+		return -1;
+	}
+	sv_log_error("volume %s: a sync of the pre-images of epoch %" PRIu64
+		     " failed (%s): snapshot(s) %s can no longer be trusted and are now invalid "
+		     "(reads of them fail; delete them); the volume goes on",
+		     vol->name, epoch, strerror(cause), names);
+	sv_lock_or_abort(&vol->cow_lock);
+	sv_snap_refresh_current_locked(vol);
+	pthread_cond_broadcast(&vol->cow_cond);
+	sv_unlock_or_abort(&vol->cow_lock);
 	return 0;
 }
 
@@ -1104,7 +1180,7 @@ do_rollback(struct sv_volume *vol, struct sv_snap *s)
 	/* Released chunks read as zeros in the snapshot: so they become. */
 	if (s->released)
 		roaring_bitmap_or_inplace(d, s->released);
-	bool newest = vol->snaps[vol->n_snaps - 1] == s;
+	bool newest = vol->n_snaps && vol->snaps[vol->n_snaps - 1] == s;
 	sv_unlock_or_abort(&vol->cow_lock);
 
 	const uint64_t piece = 1 << 20;
@@ -1135,8 +1211,10 @@ do_rollback(struct sv_volume *vol, struct sv_snap *s)
 	roaring_bitmap_free(d);
 	if (!buf)
 		err = ENOMEM;
-	if (!err && vol->ops->obj_sync(vol->origin) == -1)
+	if (!err && vol->ops->obj_sync(vol->origin) == -1) {
 		err = errno ? errno : EIO;
+		sv_wb_note_error(vol, err); /* writes before it may be lost */
+	}
 	if (err)
 		return sv_error(err, "volume %s: rollback to %s failed: %s", vol->name, s->name,
 				strerror(err));
@@ -1171,10 +1249,33 @@ do_rollback(struct sv_volume *vol, struct sv_snap *s)
 	return 0;
 }
 
+/* The target of a rollback was invalidated (a pre-image sync failed on the
+ * way): the rollback can never be finished.  The volume keeps the mixture
+ * of old and rolled-back chunks it has; say so, and let writes go on. */
+static int
+abandon_rollback(struct sv_volume *vol)
+{
+	sv_log_error("volume %s: the rollback to %s cannot be finished: that snapshot is now "
+		     "invalid; the volume holds a mixture of its contents before the rollback "
+		     "and the snapshot's",
+		     vol->name, vol->rollback_to);
+	vol->rollback_to[0] = '\0';
+	return sv_volume_save_meta(vol);
+}
+
+static bool
+snap_invalid(struct sv_volume *vol, struct sv_snap *s)
+{
+	SV_LOCK_SCOPE(&vol->cow_lock);
+	return s->invalid;
+}
+
 int
 sv_snap_finish_rollback(struct sv_volume *vol)
 {
 	struct sv_snap *s = sv_snap_find_locked(vol, vol->rollback_to);
+	if (s->invalid)
+		return abandon_rollback(vol);
 	sv_log_info("volume %s: finishing the interrupted rollback to %s", vol->name,
 		    vol->rollback_to);
 	if (do_rollback(vol, s) == -1)
@@ -1216,6 +1317,13 @@ sv_snapshot_rollback(struct sv_pool *pool, const char *volume, const char *snap)
 		rc = sv_volume_save_meta(vol);
 		if (rc == -1) /* still recorded: a failed rollback, as below */
 			snprintf(vol->rollback_to, sizeof vol->rollback_to, "%s", snap);
+	} else if (snap_invalid(vol, s)) {
+		int e = sv_last_errno();
+		char msg[1024];
+		snprintf(msg, sizeof msg, "%s", sv_last_error());
+		if (abandon_rollback(vol) == -1) /* recorded still: the next open abandons it */
+			snprintf(vol->rollback_to, sizeof vol->rollback_to, "%s", snap);
+		sv_error(e, "%s", msg);
 	}
 	/* On failure the target stays persisted: the next open finishes it,
 	 * and until a rollback succeeds the volume refuses writes (cow.c),

@@ -25,6 +25,7 @@
 
 struct sv_view {
 	struct sv_volume *vol;
+	uint64_t err_seen;    /* the volume's write error count this view reported */
 	struct sv_snap *snap; /* NULL for the live volume; a counted reference */
 	bool readonly;
 	char description[256];
@@ -83,6 +84,7 @@ sv_view_open(struct sv_pool *pool, const char *export_name, size_t len, struct s
 			 sz);
 	}
 	sv_unlock_or_abort(&volume->cow_lock);
+	v->err_seen = sv_wb_error_sample(volume);
 	*out = v;
 	return 0;
 }
@@ -202,8 +204,13 @@ sv_view_pwrite(struct sv_view *v, const void *buf, uint32_t len, uint64_t off, u
 static int
 sync_if_fua(struct sv_view *v, unsigned flags, int *err)
 {
-	if ((flags & SV_FUA) && v->vol->ops->obj_sync(v->vol->origin) == -1)
-		return fail(err);
+	if ((flags & SV_FUA) && v->vol->ops->obj_sync(v->vol->origin) == -1) {
+		/* Other unflushed writes may be lost with it: the next FLUSH
+		 * must say so even if its own sync then succeeds. */
+		int r = fail(err);
+		v->err_seen = sv_wb_note_error(v->vol, *err); /* told here */
+		return r;
+	}
 	return 0;
 }
 
@@ -251,10 +258,15 @@ sv_view_flush(struct sv_view *v, int *err)
 {
 	if (v->snap)
 		return 0; /* nothing is ever written through a snapshot's view */
-	if (sv_wb_flush(v->vol, err) == -1)
+	if (sv_wb_flush(v->vol, &v->err_seen, err) == -1)
 		return -1;
-	if (v->vol->ops->obj_sync(v->vol->origin) == -1)
-		return fail(err);
+	if (v->vol->ops->obj_sync(v->vol->origin) == -1) {
+		/* Every view's writes may be lost: each one's next flush says
+		 * so (this one's now). */
+		int r = fail(err);
+		v->err_seen = sv_wb_note_error(v->vol, *err);
+		return r;
+	}
 	return 0;
 }
 

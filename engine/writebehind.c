@@ -125,8 +125,10 @@ land(struct sv_wb_entry **b, size_t n)
 	/* Leave the outstanding list before the chunks stop landing: a flush
 	 * that sees the list empty then also sees the data on the origin. */
 	sv_lock_or_abort(&vol->pool->wb.lock);
-	if (err && !vol->wb_error)
+	if (err) {
 		vol->wb_error = err;
+		vol->wb_err_seq++;
+	}
 	for (size_t i = 0; i < n; i++) {
 		struct sv_wb_entry *e = b[i];
 		*(e->vprev ? &e->vprev->vnext : &vol->wb_oldest) = e->vnext;
@@ -269,21 +271,35 @@ sv_wb_write(struct sv_volume *vol, const void *buf, uint32_t len, uint64_t off, 
 }
 
 int
-sv_wb_flush(struct sv_volume *vol, int *err)
+sv_wb_flush(struct sv_volume *vol, uint64_t *seen, int *err)
 {
 	struct sv_wb *wb = &vol->pool->wb;
 	SV_LOCK_SCOPE(&wb->lock);
 	uint64_t upto = vol->wb_seq;
 	while (vol->wb_oldest && vol->wb_oldest->seq <= upto)
 		pthread_cond_wait(&wb->landed, &wb->lock);
-	if (vol->wb_error) {
+	if (vol->wb_err_seq > *seen) {
 		*err = vol->wb_error;
-		vol->wb_error = 0;
+		*seen = vol->wb_err_told = vol->wb_err_seq;
 		return -1;
 	}
 	return 0;
 }
 
+uint64_t
+sv_wb_error_sample(struct sv_volume *vol)
+{
+	SV_LOCK_SCOPE(&vol->pool->wb.lock);
+	return vol->wb_err_seq;
+}
+
+uint64_t
+sv_wb_note_error(struct sv_volume *vol, int err)
+{
+	SV_LOCK_SCOPE(&vol->pool->wb.lock);
+	vol->wb_error = err;
+	return ++vol->wb_err_seq;
+}
 
 void
 sv_wb_drain(struct sv_volume *vol)
@@ -292,7 +308,7 @@ sv_wb_drain(struct sv_volume *vol)
 	SV_LOCK_SCOPE(&wb->lock);
 	while (vol->wb_oldest)
 		pthread_cond_wait(&wb->landed, &wb->lock);
-	if (vol->wb_error)
+	if (vol->wb_err_seq > vol->wb_err_told)
 		sv_log_error("volume %s: a write acknowledged before its copy was lost (%s) and "
 			     "no flush reported it",
 			     vol->name, strerror(vol->wb_error));

@@ -9,12 +9,15 @@ PKGS=(
   build-essential meson ninja-build pkg-config clang libclang-rt-14-dev
   libjansson-dev libroaring-dev libgnutls28-dev liburing-dev zlib1g-dev libcmocka-dev libnbd-dev
   clang-format clang-tidy cppcheck
-  # real NBD clients and peers for tests and benchmarks
+  # real NBD clients and peers for tests and benchmarks; qemu-utils (qemu-img,
+  # qemu-nbd) is also needed at run time by qcow2 backups and their restore
   libnbd-bin python3-libnbd nbdkit qemu-utils qemu-system-common fio
   # TLS keys and certificates for the TLS tests (psktool, certtool)
   gnutls-bin
   # filesystems on volumes in tests
   fuse3 e2fsprogs xfsprogs util-linux
+  # Ceph RADOS backend (issue 7): librados to build, a single-node cluster in tests
+  librados-dev ceph-mon ceph-osd ceph-common
   # docs and plots
   man-db groff-base gnuplot-nox python3
 )

@@ -111,6 +111,9 @@ struct sv_store_ops {
 
 /* The local-file backend: a pool is a directory (see store-file.c). */
 extern const struct sv_store_ops sv_store_file_ops;
+/* The Ceph RADOS backend, "rados:POOL" (store-rados.c; built when librados
+ * is found: SV_HAVE_RADOS in config.h). */
+extern const struct sv_store_ops sv_store_rados_ops;
 
 /* Every open store starts with this header so the engine can find its ops. */
 struct sv_store_base {

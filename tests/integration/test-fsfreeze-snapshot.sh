@@ -10,7 +10,12 @@
 #  - kill -9 of the CLI while frozen: the filesystem is writable again at
 #    once (measured), and the snapshot that the server still takes stays
 #    "crash";
-#  - without the delay: "frozen".
+#  - without the delay: "frozen", and the phases of its window (--json)
+#    add up to the window.
+# A second proxy holds back instead the reply that follows the event
+# SNAPSHOT_TAKEN: the filesystem is writable while the CLI still waits for
+# it (the thaw comes at the instant, not once the snapshot is durable), and
+# the snapshot is still "frozen".
 # Bad input: not a mount point, a filesystem frozen by someone else (left
 # frozen by them), a lease of 0: an error, no snapshot, nothing frozen.
 source "$(dirname "$0")/functions.sh"
@@ -25,11 +30,13 @@ mkfs.ext4 -q -F "${S_LOOP[live]}"
 mount_stack live
 M=${S_MNT[live]}
 
-# A control-socket proxy that delays one command.
-PROXY=$T/slow.sock
-$PY - "$P/control.sock" "$PROXY" <<'PYEOF' >"$T/proxy.log" 2>&1 &
+# A control-socket proxy that delays one command (mode "create"), or the
+# reply that follows the event SNAPSHOT_TAKEN by 3 s (mode "reply"; it
+# touches MARK when it passes the event on).
+start_proxy() { # PATH MODE
+	$PY - "$P/control.sock" "$1" "$2" "$T/event-seen" <<'PYEOF' >>"$T/proxy.log" 2>&1 &
 import json, os, socket, sys, threading, time
-real, path = sys.argv[1], sys.argv[2]
+real, path, mode, mark = sys.argv[1:5]
 srv = socket.socket(socket.AF_UNIX)
 srv.bind(path)
 srv.listen(8)
@@ -43,9 +50,15 @@ def pump(src, dst, delay):
             buf += data
             while b"\n" in buf:
                 line, buf = buf.split(b"\n", 1)
-                if delay and b'"snapshot-create"' in line:
+                if mode == "create" and delay and b'"snapshot-create"' in line:
                     time.sleep(1.5)
+                if mode == "reply" and not delay and b'"return"' in line and seen:
+                    time.sleep(3)
+                    seen.clear()
                 dst.sendall(line + b"\n")
+                if b'"SNAPSHOT_TAKEN"' in line:
+                    seen.append(1)
+                    open(mark, "w").close()
     except OSError:
         pass
     for s in (src, dst):
@@ -57,12 +70,15 @@ while True:
     c, _ = srv.accept()
     u = socket.socket(socket.AF_UNIX)
     u.connect(real)
+    seen = []
     threading.Thread(target=pump, args=(c, u, True), daemon=True).start()
     threading.Thread(target=pump, args=(u, c, False), daemon=True).start()
 PYEOF
-PROXY_PID=$!
-cleanup_fn kill $PROXY_PID
-for ((i = 0; i < 100; i++)); do [ -S "$PROXY" ] && break; sleep 0.05; done
+	cleanup_fn kill $!
+	for ((i = 0; i < 100; i++)); do [ -S "$1" ] && break; sleep 0.05; done
+}
+PROXY=$T/slow.sock
+start_proxy "$PROXY" create
 
 echo data >"$M/file"
 
@@ -96,6 +112,26 @@ log "vm1@killed: '${c:-not taken}'"
 # ---- and the normal case ----
 sv --json snapshot create vm1@good --fsfreeze "$M" >"$T/good.json"
 assert_eq "vm1@good recorded as" frozen "$(snap_consistency vm1 good)"
+# The phases inside the window are consecutive spans of one clock: they add
+# up to it (each is rounded down to a microsecond).
+d=$(jget "$T/good.json" 'd["freeze"]["window_us"] - sum(d["freeze"]["phases_us"][k] for k in
+    ("fifreeze", "to_owner", "fsmap", "create", "query", "to_thaw", "fithaw"))')
+[ "$d" -ge 0 ] && [ "$d" -le 10 ] || fail "the phases miss $d us of the window"
+
+# ---- the thaw comes at the instant, before the snapshot is durable ----
+PROXY2=$T/hold-reply.sock
+start_proxy "$PROXY2" reply
+sv --control "$PROXY2" --json snapshot create vm1@early --fsfreeze "$M" >"$T/early.json" &
+CP=$!
+for ((i = 0; i < 400; i++)); do [ -e "$T/event-seen" ] && break; sleep 0.05; done
+[ -e "$T/event-seen" ] || fail "no SNAPSHOT_TAKEN event passed the proxy"
+t=$(probe_write "$M")
+kill -0 $CP 2>/dev/null || fail "the CLI finished before the held reply: it did not wait for it"
+log "writable $t ms after SNAPSHOT_TAKEN, while the reply was still held"
+wait $CP || fail "snapshot create vm1@early failed"
+assert_eq "vm1@early recorded as" frozen "$(snap_consistency vm1 early)"
+a=$(jget "$T/early.json" 'd["freeze"]["phases_us"]["durable_after_thaw"] >= 1000000')
+assert_eq "thawed a held reply's time before the snapshot was durable" True "$a"
 
 # ---- bad input: no snapshot, nothing frozen ----
 expect_fail() { # STATUS PATTERN ARGS...

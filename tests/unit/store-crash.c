@@ -29,7 +29,15 @@
  *     in-memory state can be discarded through its ordinary close path
  *     without anything more reaching the disk;
  *   - can also fail one chosen call with an error and go on (a fault, not
- *     a crash: a full disk, a bad sector), to test the error paths.
+ *     a crash: a full disk, a bad sector), to test the error paths: the
+ *     Nth counted call (ctl->fail_at), or the Nth call of one kind on
+ *     objects of a chosen name (crash_store_arm), with EIO or ENOSPC,
+ *     short (a write applies its first half, a read fills its first half,
+ *     then the call fails), or sticky (every later call of the kind fails
+ *     too, until the test disarms it: a dead disk).  A failed sync loses
+ *     the file's unsynced writes (unless the fault says to keep them):
+ *     after a writeback error Linux may drop the dirty pages, and a later
+ *     fsync returns 0, which is what the engine must survive.
  *
  * A clean close (no power loss) applies what is pending, as the kernel
  * writes back a killed process's dirty pages.
@@ -70,6 +78,12 @@ struct cfile {
 	struct cfile *next; /* store's list (only while linked) */
 };
 
+/* An armed kind fault and how many matching calls it has seen. */
+struct armed {
+	struct crash_fault f;
+	uint64_t seen;
+};
+
 struct cstore {
 	struct sv_store_base base;
 	struct sv_store *inner;
@@ -77,6 +91,18 @@ struct cstore {
 	struct crash_ctl *ctl;
 	pthread_mutex_t lock; /* everything below and every call */
 	struct cfile *files;
+	struct armed armed[CRASH_MAX_FAULTS];
+	size_t n_armed;
+	pthread_cond_t stall; /* CRASH_STALL: a call waits, or was released */
+	unsigned stalled;
+	bool released;
+	uint64_t counts[CRASH_OP_KINDS];
+};
+
+const char *const crash_op_names[CRASH_OP_KINDS] = {
+    [CRASH_OP_READ] = "read",	  [CRASH_OP_WRITE] = "write",	  [CRASH_OP_SYNC] = "sync",
+    [CRASH_OP_PUNCH] = "punch",	  [CRASH_OP_META] = "meta_write", [CRASH_OP_OPEN] = "open",
+    [CRASH_OP_REMOVE] = "remove", [CRASH_OP_EXTENT] = "extent",
 };
 
 struct cobj {
@@ -125,6 +151,26 @@ queue(struct cfile *f, enum pend_kind kind, const void *data, uint64_t off, uint
 		f->head = p;
 	f->tail = p;
 	return 0;
+}
+
+/* A failed writeback: the file's pending writes are lost, but for FUA
+ * writes (acknowledged as durable, so already on the disk). */
+static void
+drop_dirty(struct cfile *f)
+{
+	struct pending **pp = &f->head;
+	f->tail = NULL;
+	while (*pp) {
+		struct pending *p = *pp;
+		if (p->durable) {
+			f->tail = p;
+			pp = &p->next;
+			continue;
+		}
+		*pp = p->next;
+		free(p->data);
+		free(p);
+	}
 }
 
 /* Apply the part [off, off+len) of pending write p to the disk. */
@@ -248,6 +294,53 @@ enter_locked(struct cstore *cs, bool counted)
 	return 0;
 }
 
+/* Count a call of kind op on vol/name and decide whether an armed fault
+ * fails it: 0, or the errno to fail with (*flags: the fault's flags).
+ * Lock held, after enter_locked. */
+static int
+kind_fault_locked(struct cstore *cs, enum crash_op op, const char *vol, const char *name,
+		  unsigned *flags)
+{
+	cs->counts[op]++;
+	int err = 0;
+	for (size_t i = 0; i < cs->n_armed; i++) {
+		struct armed *a = &cs->armed[i];
+		if (a->f.op != op || strncmp(name, a->f.obj, strlen(a->f.obj)) ||
+		    strncmp(vol, a->f.vol, strlen(a->f.vol)))
+			continue;
+		a->seen++;
+		if (a->seen < a->f.nth || (a->seen > a->f.nth && !(a->f.flags & CRASH_STICKY)))
+			continue;
+		if (!err) {
+			err = a->f.err ? a->f.err : EIO;
+			*flags = a->f.flags;
+		}
+	}
+	if (err) {
+		struct crash_ctl *ctl = cs->ctl;
+		struct crash_fired f = {.op = op, .err = err};
+		snprintf(f.vol, sizeof f.vol, "%s", vol);
+		snprintf(f.obj, sizeof f.obj, "%s", name);
+		if (ctl->fired++ == 0)
+			ctl->first = f;
+		bool seen = false;
+		for (size_t i = 0; i < ctl->n_fired_list && !seen; i++)
+			seen = ctl->fired_list[i].op == op &&
+			       !strcmp(ctl->fired_list[i].obj, f.obj) &&
+			       !strcmp(ctl->fired_list[i].vol, f.vol);
+		if (!seen && ctl->n_fired_list < sizeof ctl->fired_list / sizeof *ctl->fired_list)
+			ctl->fired_list[ctl->n_fired_list++] = f;
+		if (*flags & CRASH_STALL) { /* others' calls go on while it waits */
+			cs->stalled++;
+			pthread_cond_broadcast(&cs->stall);
+			while (!cs->released)
+				pthread_cond_wait(&cs->stall, &cs->lock);
+			cs->stalled--;
+		}
+	}
+	return err;
+}
+
 /* Unlock, keeping errno. */
 static int
 leave(struct cstore *cs, int r)
@@ -263,6 +356,17 @@ leave(struct cstore *cs, int r)
 		pthread_mutex_lock(&(cs)->lock);                                                   \
 		if (enter_locked((cs), (counted)) == -1)                                           \
 			return leave((cs), -1);                                                    \
+	} while (0)
+
+/* A call of kind op that an armed fault may fail outright. */
+#define KIND_FAULT(cs, op, vol, name)                                                              \
+	do {                                                                                       \
+		unsigned fl_;                                                                      \
+		int e_ = kind_fault_locked((cs), (op), (vol), (name), &fl_);                       \
+		if (e_) {                                                                          \
+			errno = e_;                                                                \
+			return leave((cs), -1);                                                    \
+		}                                                                                  \
 	} while (0)
 
 /* ---- the pool ---- */
@@ -285,6 +389,7 @@ crash_store_open(const char *dir, bool create, struct crash_ctl *ctl, struct sv_
 	cs->base.ops = &crash_ops;
 	cs->ctl = ctl;
 	pthread_mutex_init(&cs->lock, NULL);
+	pthread_cond_init(&cs->stall, NULL);
 	*out = (struct sv_store *)cs;
 	return 0;
 }
@@ -296,6 +401,89 @@ crash_store_powerloss(struct sv_store *st)
 	pthread_mutex_lock(&cs->lock);
 	powerloss_locked(cs);
 	pthread_mutex_unlock(&cs->lock);
+}
+
+int
+crash_store_arm(struct sv_store *st, const struct crash_fault *f)
+{
+	struct cstore *cs = (struct cstore *)st;
+	pthread_mutex_lock(&cs->lock);
+	if (cs->n_armed == CRASH_MAX_FAULTS || f->op >= CRASH_OP_KINDS || f->nth == 0) {
+		pthread_mutex_unlock(&cs->lock);
+		errno = f->nth == 0 || f->op >= CRASH_OP_KINDS ? EINVAL : EBUSY;
+		return -1;
+	}
+	cs->armed[cs->n_armed++] = (struct armed){.f = *f};
+	cs->ctl->fired = 0;
+	cs->ctl->n_fired_list = 0;
+	pthread_mutex_unlock(&cs->lock);
+	return 0;
+}
+
+void
+crash_store_disarm(struct sv_store *st)
+{
+	struct cstore *cs = (struct cstore *)st;
+	pthread_mutex_lock(&cs->lock);
+	cs->n_armed = 0;
+	pthread_mutex_unlock(&cs->lock);
+}
+
+void
+crash_store_wait_stalled(struct sv_store *st)
+{
+	struct cstore *cs = (struct cstore *)st;
+	pthread_mutex_lock(&cs->lock);
+	while (!cs->stalled)
+		pthread_cond_wait(&cs->stall, &cs->lock);
+	pthread_mutex_unlock(&cs->lock);
+}
+
+void
+crash_store_release(struct sv_store *st)
+{
+	struct cstore *cs = (struct cstore *)st;
+	pthread_mutex_lock(&cs->lock);
+	cs->released = true;
+	pthread_cond_broadcast(&cs->stall);
+	pthread_mutex_unlock(&cs->lock);
+}
+
+void
+crash_store_counts(struct sv_store *st, uint64_t counts[CRASH_OP_KINDS])
+{
+	struct cstore *cs = (struct cstore *)st;
+	pthread_mutex_lock(&cs->lock);
+	memcpy(counts, cs->counts, sizeof cs->counts);
+	pthread_mutex_unlock(&cs->lock);
+}
+
+uint64_t
+crash_store_fired(struct sv_store *st, struct crash_fired *first)
+{
+	struct cstore *cs = (struct cstore *)st;
+	pthread_mutex_lock(&cs->lock);
+	uint64_t n = cs->ctl->fired;
+	if (first)
+		*first = cs->ctl->first;
+	pthread_mutex_unlock(&cs->lock);
+	return n;
+}
+
+bool
+crash_store_fired_on(struct sv_store *st, enum crash_op op, const char *prefix, char name[32])
+{
+	struct cstore *cs = (struct cstore *)st;
+	pthread_mutex_lock(&cs->lock);
+	bool found = false;
+	for (size_t i = 0; i < cs->ctl->n_fired_list && !found; i++) {
+		const struct crash_fired *f = &cs->ctl->fired_list[i];
+		found = f->op == op && !strncmp(f->obj, prefix, strlen(prefix));
+		if (found && name)
+			snprintf(name, 32, "%s", f->obj);
+	}
+	pthread_mutex_unlock(&cs->lock);
+	return found;
 }
 
 bool
@@ -348,6 +536,7 @@ c_close(struct sv_store *st)
 	cs->iops->close(cs->inner);
 	pthread_mutex_unlock(&cs->lock);
 	pthread_mutex_destroy(&cs->lock);
+	pthread_cond_destroy(&cs->stall);
 	free(cs);
 }
 
@@ -404,6 +593,7 @@ c_vol_remove(struct sv_store *st, const char *vol)
 {
 	struct cstore *cs = (struct cstore *)st;
 	ENTER(cs, true);
+	KIND_FAULT(cs, CRASH_OP_REMOVE, vol, "");
 	int r = cs->iops->vol_remove(cs->inner, vol);
 	if (r == 0) {
 		struct cfile *f = cs->files;
@@ -430,6 +620,7 @@ c_meta_write(struct sv_store *st, const char *vol, const char *key, const void *
 {
 	struct cstore *cs = (struct cstore *)st;
 	ENTER(cs, true);
+	KIND_FAULT(cs, CRASH_OP_META, vol, key);
 	return leave(cs, cs->iops->meta_write(cs->inner, vol, key, buf, len));
 }
 
@@ -438,6 +629,7 @@ c_meta_remove(struct sv_store *st, const char *vol, const char *key)
 {
 	struct cstore *cs = (struct cstore *)st;
 	ENTER(cs, true);
+	KIND_FAULT(cs, CRASH_OP_REMOVE, vol, key);
 	return leave(cs, cs->iops->meta_remove(cs->inner, vol, key));
 }
 
@@ -463,6 +655,7 @@ c_obj_open(struct sv_store *st, const char *vol, const char *obj, uint64_t size,
 		return -1;
 	}
 	ENTER(cs, (flags & SV_OBJ_CREATE) != 0);
+	KIND_FAULT(cs, CRASH_OP_OPEN, vol, obj);
 	/* The disk decides whether it exists, has the right size, etc. */
 	struct sv_obj *io;
 	if (cs->iops->obj_open(cs->inner, vol, obj, size, flags & ~SV_OBJ_RDONLY, &io) == -1)
@@ -511,6 +704,7 @@ c_obj_remove(struct sv_store *st, const char *vol, const char *obj)
 {
 	struct cstore *cs = (struct cstore *)st;
 	ENTER(cs, true);
+	KIND_FAULT(cs, CRASH_OP_REMOVE, vol, obj);
 	int r = cs->iops->obj_remove(cs->inner, vol, obj);
 	if (r == 0) {
 		struct cfile *f = find_file_locked(cs, vol, obj);
@@ -539,6 +733,12 @@ c_obj_pread(struct sv_obj *so, void *buf, size_t len, uint64_t off)
 	struct cstore *cs = o->cs;
 	struct cfile *f = o->f;
 	ENTER(cs, false);
+	unsigned fl = 0;
+	int fault = kind_fault_locked(cs, CRASH_OP_READ, f->vol, f->obj, &fl);
+	if (fault && !(fl & CRASH_SHORT)) {
+		errno = fault;
+		return leave(cs, -1);
+	}
 	if (cs->iops->obj_pread(f->inner, buf, len, off) == -1)
 		return leave(cs, -1);
 	/* what the cache holds, over what the disk holds */
@@ -553,6 +753,11 @@ c_obj_pread(struct sv_obj *so, void *buf, size_t len, uint64_t off)
 		else
 			memset((char *)buf + (a - off), 0, z - a);
 	}
+	if (fault) { /* short: the second half never arrived */
+		memset((char *)buf + len / 2, 0xee, len - len / 2);
+		errno = fault;
+		return leave(cs, -1);
+	}
 	return leave(cs, 0);
 }
 
@@ -566,6 +771,16 @@ c_obj_pwrite(struct sv_obj *so, const void *buf, size_t len, uint64_t off, unsig
 		errno = EINVAL;
 		return leave(cs, -1);
 	}
+	unsigned fl = 0;
+	int fault = kind_fault_locked(cs, CRASH_OP_WRITE, o->f->vol, o->f->obj, &fl);
+	if (fault) {
+		/* short: the first half reached the file (not durably) */
+		if ((fl & CRASH_SHORT) && len / 2 > 0 &&
+		    queue(o->f, P_WRITE, buf, off, len / 2, 0, false) == -1)
+			return leave(cs, -1);
+		errno = fault;
+		return leave(cs, -1);
+	}
 	if (len == 0)
 		return leave(cs, 0);
 	return leave(cs, queue(o->f, P_WRITE, buf, off, len, 0, (flags & SV_STORE_FUA) != 0));
@@ -577,6 +792,14 @@ c_obj_sync(struct sv_obj *so)
 	struct cobj *o = (struct cobj *)so;
 	struct cstore *cs = o->cs;
 	ENTER(cs, true);
+	unsigned fl = 0;
+	int fault = kind_fault_locked(cs, CRASH_OP_SYNC, o->f->vol, o->f->obj, &fl);
+	if (fault) {
+		if (!(fl & CRASH_KEEP_DIRTY))
+			drop_dirty(o->f);
+		errno = fault;
+		return leave(cs, -1);
+	}
 	return leave(cs, sync_file(cs, o->f));
 }
 
@@ -590,6 +813,7 @@ c_obj_punch(struct sv_obj *so, uint64_t off, uint64_t len)
 		errno = EINVAL;
 		return leave(cs, -1);
 	}
+	KIND_FAULT(cs, CRASH_OP_PUNCH, o->f->vol, o->f->obj);
 	if (len == 0)
 		return leave(cs, 0);
 	return leave(cs, queue(o->f, P_PUNCH, NULL, off, len, 0, false));
@@ -610,6 +834,7 @@ c_obj_zero(struct sv_obj *so, uint64_t off, uint64_t len, unsigned flags)
 		errno = ENOTSUP;
 		return leave(cs, -1);
 	}
+	KIND_FAULT(cs, CRASH_OP_PUNCH, o->f->vol, o->f->obj);
 	if (len == 0)
 		return leave(cs, 0);
 	return leave(cs, queue(o->f, P_ZERO, NULL, off, len, flags, false));
@@ -625,6 +850,7 @@ c_obj_extent(struct sv_obj *so, uint64_t off, uint64_t len, struct sv_extent *ex
 	struct cstore *cs = o->cs;
 	struct cfile *f = o->f;
 	ENTER(cs, false);
+	KIND_FAULT(cs, CRASH_OP_EXTENT, f->vol, f->obj);
 	if (cs->iops->obj_extent(f->inner, off, len, ext) == -1)
 		return leave(cs, -1);
 	uint64_t end = off + ext->length;

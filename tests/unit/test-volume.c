@@ -17,6 +17,7 @@
 
 #include <cmocka.h>
 
+#include "config.h"
 #include "engine.h"
 #include "testpool.h"
 #include "error.h"
@@ -117,8 +118,16 @@ test_pool_lock(void **state)
 	assert_non_null(strstr(sv_last_error(), "in use"));
 	assert_int_equal(sv_pool_open("/nonexistent/snapvol-pool", 0, &second), -1);
 	assert_int_equal(sv_last_errno(), ENOENT);
+	/* A RADOS pool without a Ceph configuration: refused, saying why. */
+	setenv("CEPH_CONF", "/nonexistent/ceph.conf", 1);
 	assert_int_equal(sv_pool_open("rados:x", 0, &second), -1);
+	unsetenv("CEPH_CONF");
+#ifdef SV_HAVE_RADOS
+	assert_int_equal(sv_last_errno(), ENOENT);
+	assert_non_null(strstr(sv_last_error(), "CEPH_CONF"));
+#else
 	assert_int_equal(sv_last_errno(), ENOTSUP);
+#endif
 }
 
 static void

@@ -1,0 +1,1325 @@
+/*
+ * store-rados.c: the Ceph RADOS backend ("--pool rados:POOL"), through
+ * librados, behind the same ops table as the local one (store.h): the
+ * engine does not know which backend it runs on.
+ *
+ * Layout in the RADOS pool (docs/design-notes.md says why, and how it
+ * compares with RBD's):
+ *
+ *   snapvol.pool                       pool header.  omap: "format" (1),
+ *                                      "object_size" (stripe size, fixed when
+ *                                      the first volume is made), "vol.NAME"
+ *                                      for each volume (the volume index),
+ *                                      "claim.addr" (the holder's address).
+ *                                      Carries the claim: the exclusive
+ *                                      RADOS lock "snapvol.claim".
+ *   snapvol.vol.NAME                   volume header.  omap: "obj.OBJ" = the
+ *                                      data object's size in bytes,
+ *                                      "meta.KEY" for each metadata blob
+ *   snapvol.vol.NAME/meta/KEY          a metadata blob, the whole object,
+ *                                      replaced with write_full (atomic)
+ *   snapvol.vol.NAME/data/OBJ.%016x    stripe i of data object OBJ (origin,
+ *                                      pre-images, journal): bytes
+ *                                      [i*S, (i+1)*S) of it, S = object_size
+ *                                      (default 4 MiB, as RBD's)
+ *
+ * A stripe that does not exist is a hole and reads as zeros; a stripe is
+ * as long as its last written byte, and what lies beyond reads as zeros
+ * too.  So creating a volume is O(1) (two omap entries), and a punch is a
+ * remove (a whole stripe), a truncate (its tail) or a zero (the middle),
+ * each one atomic RADOS op.  obj_extent reports holes at stripe
+ * granularity from existence and length (the C API has no sparse read):
+ * a coarse map is still exact about what it calls a hole.
+ *
+ * Durability: a RADOS write completes only once every replica has it
+ * committed, so obj_pwrite returns when its stripes are durable and
+ * obj_sync has nothing left to wait for (it only reports a lost claim);
+ * SV_STORE_FUA costs nothing more.  Writes spanning stripes go out in
+ * parallel (aio) and are waited for together.
+ *
+ * The claim (lock): one exclusive RADOS lock on snapvol.pool with a cookie
+ * naming this process ("HOST:PID:DURATION:RANDOM") and a duration (30 s;
+ * SNAPVOL_RADOS_CLAIM, e.g. "5s", for tests), renewed with MUST_RENEW by a
+ * thread every third of it.  Another server's lock() gets EWOULDBLOCK and
+ * a message naming the holder.  A holder that dies stops renewing, and the
+ * OSD drops its lock after the duration; the next holder blocklists the
+ * previous holder's address (recorded in "claim.addr", removed on a clean
+ * close) so that nothing it still had in flight can land.  Fencing: a write
+ * is only issued while it is certain to finish before the claim could
+ * lapse (the last renewal's send time + duration - the op timeout); once a
+ * renewal finds the lock gone, or time runs out, every write fails with
+ * EIO, never risking two writers.
+ *
+ * Errors: librados returns -errno; data-path calls map the cluster's
+ * failures to EIO, and a full pool (ENOSPC, EDQUOT) to ENOSPC, which the NBD
+ * layer passes on.  Timeouts (rados_osd_op_timeout, rados_mon_op_timeout,
+ * client_mount_timeout) turn a dead cluster into EIO within seconds instead
+ * of a hang.  Configuration: CEPH_CONF (or --ceph-conf) names ceph.conf,
+ * CEPH_ARGS adds options, SNAPVOL_CEPH_ID (--ceph-id) the client id.
+ * Messages for people go through error.h (sv_error); this file never prints.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <rados/librados.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "error.h"
+#include "store.h"
+#include "util.h"
+
+#define POOL_OID	 "snapvol.pool"
+#define CLAIM_LOCK	 "snapvol.claim"
+#define POOL_FORMAT	 "1"
+#define DEFAULT_OBJSZ	 (4u << 20)
+#define MAX_OBJSZ	 (64u << 20)
+#define MIN_OBJSZ	 (4u << 10)
+#define CLAIM_DEFAULT_MS 30000u
+#define META_MAX	 (64u << 20)
+#define BATCH		 64 /* aio ops in flight for removes and stats */
+
+struct rados_store {
+	struct sv_store_base base;
+	char *spec; /* "rados:POOL", for messages */
+	rados_t cluster;
+	rados_ioctx_t io;
+	uint64_t objsz;		/* stripe size; 0 until the pool header is made */
+	uint64_t op_timeout_ms; /* what a RADOS op may take before it fails */
+	pthread_mutex_t lock;	/* serializes index changes (volumes, objects) */
+
+	/* The claim. */
+	bool claimed; /* lock() succeeded (set once, before threads) */
+	char cookie[160];
+	uint64_t claim_ms;
+	_Atomic uint64_t valid_until; /* sv_now_ns(): writes may start until then */
+	atomic_bool fenced;	      /* the lock is gone: writes fail for good */
+	pthread_t renewer;
+	pthread_mutex_t claim_lock; /* protects stopping, with claim_cond */
+	pthread_cond_t claim_cond;
+	bool stopping;
+};
+
+struct rados_obj {
+	struct sv_obj_base base;
+	struct rados_store *st;
+	char *prefix; /* "snapvol.vol.NAME/data/OBJ." */
+	uint64_t size;
+	bool rdonly;
+};
+
+/* ---- helpers ---- */
+
+/* Data path: the cluster's failures become EIO, a full pool ENOSPC. */
+static int
+data_errno(int r)
+{
+	int e = r < 0 ? -r : r;
+	switch (e) {
+	case ENOSPC:
+	case EDQUOT:
+		return ENOSPC;
+	case ENOMEM:
+		return ENOMEM;
+	default:
+		return EIO;
+	}
+}
+
+static int
+fail_data(int r)
+{
+	errno = data_errno(r);
+	return -1;
+}
+
+/* Control path: keep what the caller can act on (ENOENT, EEXIST...). */
+static int
+fail_ctl(int r)
+{
+	int e = r < 0 ? -r : r;
+	if (e == ETIMEDOUT || e == ESHUTDOWN || e == ENOTCONN)
+		e = EIO;
+	if (e == EDQUOT)
+		e = ENOSPC;
+	errno = e;
+	return -1;
+}
+
+static char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static char *
+xasprintf(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	char *p;
+	int n = vasprintf(&p, fmt, ap);
+	va_end(ap);
+	if (n == -1) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	return p;
+}
+
+static void
+vol_oid(char *buf, size_t len, const char *vol)
+{
+	snprintf(buf, len, "snapvol.vol.%s", vol);
+}
+
+/* Writes may start only under a live claim (or with no claim taken at all:
+ * a store opened for a test of the contract). */
+static int
+check_claim(struct rados_store *rs)
+{
+	if (!rs->claimed)
+		return 0;
+	if (atomic_load(&rs->fenced) || sv_now_ns() >= atomic_load(&rs->valid_until)) {
+		errno = EIO;
+		return -1;
+	}
+	return 0;
+}
+
+/* ---- omap ---- */
+
+/* Value of key in oid's omap: 0, -ENOENT (no object or no key), or -errno. */
+static int
+omap_get(struct rados_store *rs, const char *oid, const char *key, char **val, size_t *vlen)
+{
+	rados_read_op_t op = rados_create_read_op();
+	if (!op)
+		return -ENOMEM;
+	rados_omap_iter_t it = NULL;
+	int prval = 0;
+	size_t klen = strlen(key);
+	rados_read_op_omap_get_vals_by_keys2(op, &key, 1, &klen, &it, &prval);
+	int r = rados_read_op_operate(op, rs->io, oid, 0);
+	if (r == 0)
+		r = prval;
+	if (r == 0) {
+		char *k = NULL, *v = NULL;
+		size_t kl = 0, vl = 0;
+		r = rados_omap_get_next2(it, &k, &v, &kl, &vl);
+		if (r == 0 && !k)
+			r = -ENOENT;
+		if (r == 0) {
+			*val = malloc(vl + 1);
+			if (!*val) {
+				r = -ENOMEM;
+			} else {
+				if (vl) /* an empty value may come as NULL */
+					memcpy(*val, v, vl);
+				(*val)[vl] = '\0';
+				if (vlen)
+					*vlen = vl;
+			}
+		}
+	}
+	if (it)
+		rados_omap_get_end(it);
+	rados_release_read_op(op);
+	return r;
+}
+
+/* Set (val != NULL) or remove one key; with must_exist, fail with -ENOENT
+ * if oid does not exist rather than create it. */
+static int
+omap_put(struct rados_store *rs, const char *oid, const char *key, const char *val, bool must_exist)
+{
+	rados_write_op_t op = rados_create_write_op();
+	if (!op)
+		return -ENOMEM;
+	if (must_exist)
+		rados_write_op_assert_exists(op);
+	size_t klen = strlen(key);
+	if (val) {
+		size_t vlen = strlen(val);
+		rados_write_op_omap_set2(op, &key, &val, &klen, &vlen, 1);
+	} else {
+		rados_write_op_omap_rm_keys2(op, &key, &klen, 1);
+	}
+	int r = rados_write_op_operate(op, rs->io, oid, NULL, 0);
+	rados_release_write_op(op);
+	return r;
+}
+
+/* Keys of oid's omap that start with prefix, without it (and values, if
+ * vals is not NULL).  -ENOENT if oid does not exist. */
+static int
+omap_list(struct rados_store *rs, const char *oid, const char *prefix, char ***keys, char ***vals,
+	  size_t *n)
+{
+	char **kv = NULL, **vv = NULL;
+	size_t cnt = 0, cap = 0;
+	size_t pl = strlen(prefix);
+	char *after = strdup(prefix);
+	int r = after ? 0 : -ENOMEM;
+	unsigned char more = 1;
+	while (r == 0 && more) {
+		rados_read_op_t op = rados_create_read_op();
+		if (!op) {
+			r = -ENOMEM;
+			break;
+		}
+		rados_omap_iter_t it = NULL;
+		int prval = 0;
+		more = 0;
+		rados_read_op_omap_get_vals2(op, after, prefix, 512, &it, &more, &prval);
+		r = rados_read_op_operate(op, rs->io, oid, 0);
+		if (r == 0)
+			r = prval;
+		while (r == 0) {
+			char *k = NULL, *v = NULL;
+			size_t kl = 0, vl = 0;
+			if ((r = rados_omap_get_next2(it, &k, &v, &kl, &vl)) != 0 || !k)
+				break;
+			if (cnt == cap) {
+				cap = cap ? 2 * cap : 16;
+				char **nk = realloc(kv, cap * sizeof *kv);
+				if (nk)
+					kv = nk;
+				char **nv = vals ? realloc(vv, cap * sizeof *vv) : NULL;
+				if (nv)
+					vv = nv;
+				if (!nk || (vals && !nv)) {
+					r = -ENOMEM;
+					break;
+				}
+			}
+			kv[cnt] = kl >= pl ? strndup(k + pl, kl - pl) : NULL;
+			if (vals)
+				vv[cnt] = strndup(vl ? v : "", vl);
+			if (!kv[cnt] || (vals && !vv[cnt])) {
+				free(kv[cnt]);
+				if (vals)
+					free(vv[cnt]);
+				r = -ENOMEM;
+				break;
+			}
+			cnt++;
+			free(after);
+			after = strndup(k, kl);
+			if (!after) {
+				r = -ENOMEM;
+				break;
+			}
+		}
+		if (it)
+			rados_omap_get_end(it);
+		rados_release_read_op(op);
+	}
+	free(after);
+	if (r < 0) {
+		for (size_t i = 0; i < cnt; i++) {
+			free(kv[i]);
+			if (vals)
+				free(vv[i]);
+		}
+		free(kv);
+		free(vv);
+		return r;
+	}
+	*keys = kv;
+	if (vals)
+		*vals = vv;
+	*n = cnt;
+	return 0;
+}
+
+static void
+free_names(char **v, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(v[i]);
+	free(v);
+}
+
+/* ---- parallel ops on many objects ---- */
+
+/* Remove the stripes [0, nstripes) of prefix, BATCH at a time; missing ones
+ * are fine. */
+static int
+remove_stripes(struct rados_store *rs, const char *prefix, uint64_t nstripes)
+{
+	rados_completion_t c[BATCH];
+	int first = 0;
+	for (uint64_t base = 0; base < nstripes; base += BATCH) {
+		unsigned k = 0;
+		for (uint64_t i = base; i < nstripes && k < BATCH; i++, k++) {
+			char oid[320];
+			snprintf(oid, sizeof oid, "%s%016" PRIx64, prefix, i);
+			int r = rados_aio_create_completion2(NULL, NULL, &c[k]);
+			if (r == 0 && (r = rados_aio_remove(rs->io, oid, c[k])) < 0)
+				rados_aio_release(c[k]);
+			if (r < 0) {
+				if (!first)
+					first = r;
+				break;
+			}
+		}
+		for (unsigned j = 0; j < k; j++) {
+			rados_aio_wait_for_complete(c[j]);
+			int r = rados_aio_get_return_value(c[j]);
+			if (r < 0 && r != -ENOENT && !first)
+				first = r;
+			rados_aio_release(c[j]);
+		}
+		if (first)
+			break;
+	}
+	return first;
+}
+
+static uint64_t
+nstripes_of(const struct rados_store *rs, uint64_t size)
+{
+	return (size + rs->objsz - 1) / rs->objsz;
+}
+
+/* ---- pool ---- */
+
+static uint64_t
+env_duration_ms(const char *name, uint64_t dflt)
+{
+	const char *s = getenv(name);
+	uint64_t ns;
+	/* At least 3 s: an op's timeout (1 s at least) must fit in a third. */
+	if (!s || !*s || sv_parse_duration(s, &ns) == -1 || ns < 3000000000ull)
+		return dflt;
+	return ns / 1000000u;
+}
+
+/* Read the pool header's object_size; make the header if create and it is
+ * missing. */
+static int
+load_pool_header(struct rados_store *rs, bool create)
+{
+	char *v = NULL;
+	int r = omap_get(rs, POOL_OID, "object_size", &v, NULL);
+	if (r == 0) {
+		char *end;
+		unsigned long long sz = strtoull(v, &end, 10);
+		bool junk = *end != '\0';
+		free(v);
+		if (junk || sz < MIN_OBJSZ || sz > MAX_OBJSZ || !sv_is_power_of_2(sz))
+			return sv_error(EUCLEAN, "pool %s: bad object_size in %s", rs->spec,
+					POOL_OID);
+		rs->objsz = sz;
+		return 0;
+	}
+	if (r != -ENOENT) {
+		fail_ctl(r);
+		return sv_error_errno("pool %s: cannot read %s", rs->spec, POOL_OID);
+	}
+	if (!create)
+		return sv_error(ENOENT, "pool %s has no snapvol volumes (no %s object)", rs->spec,
+				POOL_OID);
+	uint64_t sz = DEFAULT_OBJSZ;
+	const char *e = getenv("SNAPVOL_RADOS_OBJECT_SIZE");
+	if (e && *e &&
+	    (sv_parse_size(e, &sz) == -1 || sz < MIN_OBJSZ || sz > MAX_OBJSZ ||
+	     !sv_is_power_of_2(sz)))
+		return sv_error(EINVAL, "SNAPVOL_RADOS_OBJECT_SIZE: a power of 2 from 4K to 64M");
+	char szs[32];
+	snprintf(szs, sizeof szs, "%" PRIu64, sz);
+	const char *keys[2] = {"format", "object_size"};
+	const char *vals[2] = {POOL_FORMAT, szs};
+	size_t kl[2] = {strlen(keys[0]), strlen(keys[1])};
+	size_t vl[2] = {strlen(vals[0]), strlen(vals[1])};
+	rados_write_op_t op = rados_create_write_op();
+	if (!op)
+		return sv_error(ENOMEM, "out of memory");
+	/* Exclusive: two creators race to one header, the loser reads it. */
+	rados_write_op_create(op, LIBRADOS_CREATE_EXCLUSIVE, NULL);
+	rados_write_op_omap_set2(op, keys, vals, kl, vl, 2);
+	r = rados_write_op_operate(op, rs->io, POOL_OID, NULL, 0);
+	rados_release_write_op(op);
+	if (r == -EEXIST)
+		return load_pool_header(rs, false);
+	if (r < 0) {
+		fail_ctl(r);
+		return sv_error_errno("pool %s: cannot write %s", rs->spec, POOL_OID);
+	}
+	rs->objsz = sz;
+	return 0;
+}
+
+static int
+rados_store_open(const char *location, bool create, struct sv_store **out)
+{
+	const char *pool = location;
+	if (!strncmp(pool, "rados:", 6))
+		pool += 6;
+	if (!*pool)
+		return sv_error(EINVAL, "pool %s: no RADOS pool name after 'rados:'", location);
+	struct rados_store *rs = calloc(1, sizeof *rs);
+	if (!rs || !(rs->spec = xasprintf("rados:%s", pool))) {
+		free(rs);
+		return sv_error(ENOMEM, "out of memory");
+	}
+	rs->base.ops = &sv_store_rados_ops;
+	rs->claim_ms = env_duration_ms("SNAPVOL_RADOS_CLAIM", CLAIM_DEFAULT_MS);
+	/* An op must be able to fail well inside a third of the claim. */
+	rs->op_timeout_ms = rs->claim_ms / 4;
+	if (rs->op_timeout_ms > 10000)
+		rs->op_timeout_ms = 10000;
+	if (rs->op_timeout_ms < 1000)
+		rs->op_timeout_ms = 1000;
+	rs->op_timeout_ms -= rs->op_timeout_ms % 1000; /* Ceph takes whole seconds */
+	pthread_mutex_init(&rs->lock, NULL);
+	pthread_mutex_init(&rs->claim_lock, NULL);
+	pthread_cond_init(&rs->claim_cond, NULL);
+
+	const char *id = getenv("SNAPVOL_CEPH_ID");
+	int r = rados_create(&rs->cluster, id && *id ? id : NULL);
+	if (r < 0) {
+		fail_ctl(r);
+		sv_error_errno("pool %s: cannot create a RADOS client%s%s", rs->spec,
+			       id ? " with id " : "", id ? id : "");
+		goto fail_free;
+	}
+	/* NULL: $CEPH_CONF, else the usual places (/etc/ceph/ceph.conf...). */
+	r = rados_conf_read_file(rs->cluster, NULL);
+	if (r < 0) {
+		const char *cf = getenv("CEPH_CONF");
+		fail_ctl(r);
+		sv_error_errno("pool %s: cannot read the Ceph configuration %s (set CEPH_CONF or "
+			       "--ceph-conf)",
+			       rs->spec, cf && *cf ? cf : "/etc/ceph/ceph.conf");
+		goto fail_shutdown;
+	}
+	(void)rados_conf_parse_env(rs->cluster, NULL); /* CEPH_ARGS */
+	char tmo[32];
+	snprintf(tmo, sizeof tmo, "%" PRIu64, rs->op_timeout_ms / 1000);
+	const char *conf[][2] = {
+	    {"rados_osd_op_timeout", tmo},  {"rados_mon_op_timeout", tmo},
+	    {"client_mount_timeout", "10"}, {"log_to_stderr", "false"},
+	    {"err_to_stderr", "false"},
+	};
+	for (size_t i = 0; i < sizeof conf / sizeof conf[0]; i++) {
+		if ((r = rados_conf_set(rs->cluster, conf[i][0], conf[i][1])) < 0) {
+			fail_ctl(r);
+			sv_error_errno("pool %s: cannot set Ceph option %s=%s", rs->spec,
+				       conf[i][0], conf[i][1]);
+			goto fail_shutdown;
+		}
+	}
+	r = rados_connect(rs->cluster);
+	if (r < 0) {
+		fail_ctl(r);
+		sv_error_errno("pool %s: cannot connect to the Ceph cluster", rs->spec);
+		goto fail_shutdown;
+	}
+	r = rados_ioctx_create(rs->cluster, pool, &rs->io);
+	if (r < 0) {
+		if (r == -ENOENT)
+			sv_error(ENOENT,
+				 "pool %s: the cluster has no RADOS pool '%s' (snapvol does not "
+				 "create RADOS pools: ceph osd pool create %s)",
+				 rs->spec, pool, pool);
+		else {
+			fail_ctl(r);
+			sv_error_errno("pool %s: cannot open the RADOS pool", rs->spec);
+		}
+		goto fail_shutdown;
+	}
+	if (load_pool_header(rs, create) == -1)
+		goto fail_ioctx;
+	*out = (struct sv_store *)rs;
+	return 0;
+fail_ioctx:
+	rados_ioctx_destroy(rs->io);
+fail_shutdown:
+	rados_shutdown(rs->cluster);
+fail_free:;
+	int e = sv_last_errno();
+	pthread_cond_destroy(&rs->claim_cond);
+	pthread_mutex_destroy(&rs->claim_lock);
+	pthread_mutex_destroy(&rs->lock);
+	free(rs->spec);
+	free(rs);
+	errno = e;
+	return -1;
+}
+
+static void
+rados_store_close(struct sv_store *st)
+{
+	struct rados_store *rs = (struct rados_store *)st;
+	if (rs->claimed) {
+		sv_lock_or_abort(&rs->claim_lock);
+		rs->stopping = true;
+		pthread_cond_signal(&rs->claim_cond);
+		sv_unlock_or_abort(&rs->claim_lock);
+		pthread_join(rs->renewer, NULL);
+		/* A clean release: the next holder has nobody to blocklist. */
+		if (!atomic_load(&rs->fenced)) {
+			(void)omap_put(rs, POOL_OID, "claim.addr", NULL, true);
+			(void)rados_unlock(rs->io, POOL_OID, CLAIM_LOCK, rs->cookie);
+		}
+	}
+	rados_ioctx_destroy(rs->io);
+	rados_shutdown(rs->cluster);
+	pthread_cond_destroy(&rs->claim_cond);
+	pthread_mutex_destroy(&rs->claim_lock);
+	pthread_mutex_destroy(&rs->lock);
+	free(rs->spec);
+	free(rs);
+}
+
+/* ---- the claim ---- */
+
+static int
+take_lock(struct rados_store *rs, uint8_t flags)
+{
+	struct timeval tv = {.tv_sec = (time_t)(rs->claim_ms / 1000),
+			     .tv_usec = (suseconds_t)(rs->claim_ms % 1000) * 1000};
+	uint64_t sent = sv_now_ns();
+	int r = rados_lock_exclusive(rs->io, POOL_OID, CLAIM_LOCK, rs->cookie,
+				     "snapvol server claim", &tv, flags);
+	if (r == 0) {
+		/* Whatever this write starts must end before the lock could lapse. */
+		uint64_t margin = (rs->claim_ms - rs->op_timeout_ms) * 1000000ull;
+		atomic_store(&rs->valid_until, sent + margin);
+	}
+	return r;
+}
+
+static void *
+renew_thread(void *arg)
+{
+	struct rados_store *rs = arg;
+	uint64_t period_ms = rs->claim_ms / 3;
+	uint64_t wait_ms = period_ms;
+	sv_lock_or_abort(&rs->claim_lock);
+	while (!rs->stopping) {
+		struct timespec ts;
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		ts.tv_sec += (time_t)(wait_ms / 1000);
+		ts.tv_nsec += (long)(wait_ms % 1000) * 1000000L;
+		if (ts.tv_nsec >= 1000000000L) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000L;
+		}
+		pthread_cond_timedwait(&rs->claim_cond, &rs->claim_lock, &ts);
+		if (rs->stopping)
+			break;
+		sv_unlock_or_abort(&rs->claim_lock);
+		int r = take_lock(rs, LIBRADOS_LOCK_FLAG_MUST_RENEW);
+		sv_lock_or_abort(&rs->claim_lock);
+		if (r == -ENOENT || r == -EBUSY) {
+			/* Lapsed (and perhaps taken): fenced for good. */
+			atomic_store(&rs->fenced, true);
+			break;
+		}
+		/* A failure to reach the cluster: retry soon; valid_until
+		 * runs out by itself if it lasts. */
+		wait_ms = r == 0 ? period_ms : (period_ms < 1000 ? period_ms : 1000);
+	}
+	sv_unlock_or_abort(&rs->claim_lock);
+	return NULL;
+}
+
+/* Who holds the claim, for the refusal message. */
+static void
+describe_holder(struct rados_store *rs, char *buf, size_t len)
+{
+	char tag[64], clients[256], cookies[512], addrs[256];
+	size_t tl = sizeof tag, cl = sizeof clients, kl = sizeof cookies, al = sizeof addrs;
+	int excl = 0;
+	ssize_t n = rados_list_lockers(rs->io, POOL_OID, CLAIM_LOCK, &excl, tag, &tl, clients, &cl,
+				       cookies, &kl, addrs, &al);
+	if (n <= 0) {
+		snprintf(buf, len, "another snapvol process");
+		return;
+	}
+	char host[128] = "?";
+	long pid = 0;
+	unsigned long dur = 0;
+	/* cookie: HOST:PID:DURATION_MS:RANDOM */
+	char *c1 = strchr(cookies, ':');
+	if (c1) {
+		snprintf(host, sizeof host, "%.*s", (int)(c1 - cookies), cookies);
+		sscanf(c1 + 1, "%ld:%lu", &pid, &dur);
+	}
+	if (snprintf(buf, len,
+		     "snapvol pid %ld on host %s (RADOS %s at %s); its claim lapses %lu s after "
+		     "it stops renewing it",
+		     pid, host, clients, addrs, dur ? (dur + 999) / 1000 : 30) >= (int)len)
+		buf[len - 1] = '\0'; /* cut short: still names the holder */
+}
+
+/* Our own address, as the lockers list shows it. */
+static int
+own_addr(struct rados_store *rs, char *buf, size_t len)
+{
+	char tag[64], clients[1024], cookies[2048], addrs[1024];
+	size_t tl = sizeof tag, cl = sizeof clients, kl = sizeof cookies, al = sizeof addrs;
+	int excl = 0;
+	ssize_t n = rados_list_lockers(rs->io, POOL_OID, CLAIM_LOCK, &excl, tag, &tl, clients, &cl,
+				       cookies, &kl, addrs, &al);
+	const char *c = cookies, *a = addrs;
+	for (ssize_t i = 0; i < n; i++) {
+		if (!strcmp(c, rs->cookie)) {
+			snprintf(buf, len, "%s", a);
+			return 0;
+		}
+		c += strlen(c) + 1;
+		a += strlen(a) + 1;
+	}
+	return -1;
+}
+
+static int
+rados_store_lock(struct sv_store *st)
+{
+	struct rados_store *rs = (struct rados_store *)st;
+	char host[64] = "unknown";
+	gethostname(host, sizeof host - 1);
+	for (char *p = host; *p; p++)
+		if (*p == ':')
+			*p = '_';
+	unsigned rnd = (unsigned)(sv_now_ns() ^ (uint64_t)getpid() * 2654435761u);
+	snprintf(rs->cookie, sizeof rs->cookie, "%s:%ld:%" PRIu64 ":%08x", host, (long)getpid(),
+		 rs->claim_ms, rnd);
+	int r = take_lock(rs, 0);
+	if (r == -EBUSY || r == -EEXIST) {
+		char who[600];
+		describe_holder(rs, who, sizeof who);
+		sv_error(EWOULDBLOCK, "pool %s is claimed by %s", rs->spec, who);
+		errno = EWOULDBLOCK;
+		return -1;
+	}
+	if (r < 0) {
+		fail_ctl(r);
+		return sv_error_errno("pool %s: cannot take the claim", rs->spec);
+	}
+	/* Fence the previous holder if it did not let go cleanly: nothing it
+	 * still has in flight may land now that the claim is ours. */
+	char *prev = NULL;
+	char mine[256] = "";
+	own_addr(rs, mine, sizeof mine);
+	if (omap_get(rs, POOL_OID, "claim.addr", &prev, NULL) == 0) {
+		if (*prev && strcmp(prev, mine) != 0)
+			(void)rados_blocklist_add(rs->cluster, prev,
+						  (uint32_t)(rs->claim_ms / 1000) * 4);
+		free(prev);
+	}
+	if (*mine && (r = omap_put(rs, POOL_OID, "claim.addr", mine, false)) < 0) {
+		(void)rados_unlock(rs->io, POOL_OID, CLAIM_LOCK, rs->cookie);
+		fail_ctl(r);
+		return sv_error_errno("pool %s: cannot record the claim", rs->spec);
+	}
+	rs->claimed = true;
+	if (pthread_create(&rs->renewer, NULL, renew_thread, rs) != 0) {
+		rs->claimed = false;
+		(void)rados_unlock(rs->io, POOL_OID, CLAIM_LOCK, rs->cookie);
+		return sv_error(EAGAIN, "pool %s: cannot start the claim's renewal thread",
+				rs->spec);
+	}
+	return 0;
+}
+
+static const char *
+rados_store_describe(struct sv_store *st)
+{
+	return ((struct rados_store *)st)->spec;
+}
+
+/* ---- volumes ---- */
+
+static int
+rados_vol_list(struct sv_store *st, char ***names, size_t *n)
+{
+	struct rados_store *rs = (struct rados_store *)st;
+	int r = omap_list(rs, POOL_OID, "vol.", names, NULL, n);
+	if (r == -ENOENT) { /* no header yet: no volumes */
+		*names = NULL;
+		*n = 0;
+		return 0;
+	}
+	return r < 0 ? fail_ctl(r) : 0;
+}
+
+static int
+rados_vol_create(struct sv_store *st, const char *vol)
+{
+	struct rados_store *rs = (struct rados_store *)st;
+	if (check_claim(rs) == -1)
+		return -1;
+	char key[96], hdr[128];
+	snprintf(key, sizeof key, "vol.%s", vol);
+	vol_oid(hdr, sizeof hdr, vol);
+	SV_LOCK_SCOPE(&rs->lock);
+	char *v = NULL;
+	int r = omap_get(rs, POOL_OID, key, &v, NULL);
+	free(v);
+	if (r == 0) {
+		errno = EEXIST;
+		return -1;
+	}
+	if (r != -ENOENT)
+		return fail_ctl(r);
+	/* The header first, then the index entry: the entry is the commit. */
+	rados_write_op_t op = rados_create_write_op();
+	if (!op)
+		return fail_ctl(-ENOMEM);
+	rados_write_op_create(op, LIBRADOS_CREATE_IDEMPOTENT, NULL);
+	r = rados_write_op_operate(op, rs->io, hdr, NULL, 0);
+	rados_release_write_op(op);
+	if (r == 0)
+		r = omap_put(rs, POOL_OID, key, "", true);
+	return r < 0 ? fail_ctl(r) : 0;
+}
+
+static int
+rados_vol_remove(struct sv_store *st, const char *vol)
+{
+	struct rados_store *rs = (struct rados_store *)st;
+	if (check_claim(rs) == -1)
+		return -1;
+	char key[96], hdr[128];
+	snprintf(key, sizeof key, "vol.%s", vol);
+	vol_oid(hdr, sizeof hdr, vol);
+	SV_LOCK_SCOPE(&rs->lock);
+	char *v = NULL;
+	int r = omap_get(rs, POOL_OID, key, &v, NULL);
+	free(v);
+	if (r < 0 && r != -ENOENT)
+		return fail_ctl(r);
+	bool indexed = r == 0;
+	char **names, **vals;
+	size_t n;
+	r = omap_list(rs, hdr, "obj.", &names, &vals, &n);
+	if (r == -ENOENT && !indexed) {
+		errno = ENOENT;
+		return -1;
+	}
+	if (r == 0) {
+		for (size_t i = 0; i < n && r == 0; i++) {
+			char prefix[300];
+			snprintf(prefix, sizeof prefix, "%s/data/%s.", hdr, names[i]);
+			r = remove_stripes(rs, prefix,
+					   nstripes_of(rs, strtoull(vals[i], NULL, 10)));
+		}
+		free_names(names, n);
+		free_names(vals, n);
+	}
+	if (r == 0 && (r = omap_list(rs, hdr, "meta.", &names, NULL, &n)) == 0) {
+		for (size_t i = 0; i < n && (r == 0 || r == -ENOENT); i++) {
+			char oid[300];
+			snprintf(oid, sizeof oid, "%s/meta/%s", hdr, names[i]);
+			r = rados_remove(rs->io, oid);
+		}
+		free_names(names, n);
+		if (r == -ENOENT)
+			r = 0;
+	}
+	if (r == -ENOENT)
+		r = 0;
+	if (r == 0 && (r = rados_remove(rs->io, hdr)) == -ENOENT)
+		r = 0;
+	if (r == 0 && indexed)
+		r = omap_put(rs, POOL_OID, key, NULL, true);
+	return r < 0 ? fail_ctl(r) : 0;
+}
+
+/* ---- metadata blobs ---- */
+
+static int
+rados_meta_read(struct sv_store *st, const char *vol, const char *key, char **buf, size_t *len)
+{
+	struct rados_store *rs = (struct rados_store *)st;
+	char hdr[128], oid[256];
+	vol_oid(hdr, sizeof hdr, vol);
+	snprintf(oid, sizeof oid, "%s/meta/%s", hdr, key);
+	/* Size and bytes in one op, so a concurrent write_full is seen whole
+	 * or not at all; retry with the right buffer if the first was small. */
+	size_t cap = 64 << 10;
+	for (;;) {
+		char *b = malloc(cap + 1);
+		if (!b)
+			return fail_ctl(-ENOMEM);
+		rados_read_op_t op = rados_create_read_op();
+		if (!op) {
+			free(b);
+			return fail_ctl(-ENOMEM);
+		}
+		uint64_t size = 0;
+		size_t got = 0;
+		int pr1 = 0, pr2 = 0;
+		rados_read_op_stat(op, &size, NULL, &pr1);
+		rados_read_op_read(op, 0, cap, b, &got, &pr2);
+		int r = rados_read_op_operate(op, rs->io, oid, 0);
+		rados_release_read_op(op);
+		if (r == 0)
+			r = pr1 ? pr1 : pr2;
+		if (r < 0) {
+			free(b);
+			return fail_ctl(r);
+		}
+		if (size > META_MAX) {
+			free(b);
+			errno = EFBIG;
+			return -1;
+		}
+		if (size <= cap && got == size) {
+			b[got] = '\0';
+			*buf = b;
+			*len = got;
+			return 0;
+		}
+		free(b);
+		cap = (size_t)size;
+	}
+}
+
+static int
+rados_meta_write(struct sv_store *st, const char *vol, const char *key, const void *buf, size_t len)
+{
+	struct rados_store *rs = (struct rados_store *)st;
+	if (check_claim(rs) == -1)
+		return -1;
+	char hdr[128], oid[256], mkey[128];
+	vol_oid(hdr, sizeof hdr, vol);
+	snprintf(oid, sizeof oid, "%s/meta/%s", hdr, key);
+	snprintf(mkey, sizeof mkey, "meta.%s", key);
+	/* Index first (so vol_remove finds the blob), on an existing volume. */
+	int r = omap_put(rs, hdr, mkey, "", true);
+	if (r < 0)
+		return fail_ctl(r);
+	rados_write_op_t op = rados_create_write_op();
+	if (!op)
+		return fail_ctl(-ENOMEM);
+	rados_write_op_write_full(op, buf, len);
+	r = rados_write_op_operate(op, rs->io, oid, NULL, 0);
+	rados_release_write_op(op);
+	return r < 0 ? fail_ctl(r) : 0;
+}
+
+static int
+rados_meta_remove(struct sv_store *st, const char *vol, const char *key)
+{
+	struct rados_store *rs = (struct rados_store *)st;
+	if (check_claim(rs) == -1)
+		return -1;
+	char hdr[128], oid[256], mkey[128];
+	vol_oid(hdr, sizeof hdr, vol);
+	snprintf(oid, sizeof oid, "%s/meta/%s", hdr, key);
+	snprintf(mkey, sizeof mkey, "meta.%s", key);
+	int r = rados_remove(rs->io, oid);
+	if (r < 0)
+		return fail_ctl(r);
+	(void)omap_put(rs, hdr, mkey, NULL, true);
+	return 0;
+}
+
+/* ---- data objects ---- */
+
+static int
+rados_obj_open(struct sv_store *st, const char *vol, const char *obj, uint64_t size, unsigned flags,
+	       struct sv_obj **out)
+{
+	struct rados_store *rs = (struct rados_store *)st;
+	char hdr[128], okey[128];
+	vol_oid(hdr, sizeof hdr, vol);
+	snprintf(okey, sizeof okey, "obj.%s", obj);
+	if (rs->objsz == 0) { /* no pool header: nothing exists */
+		errno = ENOENT;
+		return -1;
+	}
+	SV_LOCK_SCOPE(&rs->lock);
+	char *v = NULL;
+	int r = omap_get(rs, hdr, okey, &v, NULL);
+	if (r == 0) {
+		char *end;
+		uint64_t have = strtoull(v, &end, 10);
+		bool bad = *end != '\0';
+		free(v);
+		if (flags & SV_OBJ_EXCL) {
+			errno = EEXIST;
+			return -1;
+		}
+		if (bad || have != size) {
+			errno = EUCLEAN; /* an object of the wrong size: damaged pool */
+			return -1;
+		}
+	} else if (r == -ENOENT && (flags & SV_OBJ_CREATE)) {
+		if (check_claim(rs) == -1)
+			return -1;
+		char sz[32];
+		snprintf(sz, sizeof sz, "%" PRIu64, size);
+		if ((r = omap_put(rs, hdr, okey, sz, true)) < 0)
+			return fail_ctl(r);
+	} else {
+		return fail_ctl(r);
+	}
+	struct rados_obj *ro = calloc(1, sizeof *ro);
+	if (!ro || !(ro->prefix = xasprintf("%s/data/%s.", hdr, obj))) {
+		free(ro);
+		errno = ENOMEM;
+		return -1;
+	}
+	ro->base.ops = &sv_store_rados_ops;
+	ro->st = rs;
+	ro->size = size;
+	ro->rdonly = (flags & SV_OBJ_RDONLY) != 0;
+	*out = (struct sv_obj *)ro;
+	return 0;
+}
+
+static void
+rados_obj_close(struct sv_obj *o)
+{
+	struct rados_obj *ro = (struct rados_obj *)o;
+	free(ro->prefix);
+	free(ro);
+}
+
+static int
+rados_obj_remove(struct sv_store *st, const char *vol, const char *obj)
+{
+	struct rados_store *rs = (struct rados_store *)st;
+	if (check_claim(rs) == -1)
+		return -1;
+	char hdr[128], okey[128], prefix[300];
+	vol_oid(hdr, sizeof hdr, vol);
+	snprintf(okey, sizeof okey, "obj.%s", obj);
+	snprintf(prefix, sizeof prefix, "%s/data/%s.", hdr, obj);
+	SV_LOCK_SCOPE(&rs->lock);
+	char *v = NULL;
+	int r = omap_get(rs, hdr, okey, &v, NULL);
+	if (r < 0)
+		return fail_ctl(r);
+	uint64_t size = strtoull(v, NULL, 10);
+	free(v);
+	/* Stripes first: a crash half-way leaves a listed object with holes
+	 * (it was being removed), never stripes nothing lists. */
+	if ((r = remove_stripes(rs, prefix, nstripes_of(rs, size))) < 0 ||
+	    (r = omap_put(rs, hdr, okey, NULL, true)) < 0)
+		return fail_ctl(r);
+	return 0;
+}
+
+static uint64_t
+rados_obj_size(struct sv_obj *o)
+{
+	return ((struct rados_obj *)o)->size;
+}
+
+static void
+stripe_oid(const struct rados_obj *ro, uint64_t i, char *buf, size_t len)
+{
+	snprintf(buf, len, "%s%016" PRIx64, ro->prefix, i);
+}
+
+/* One piece of a request: the part of [off, off+len) in one stripe. */
+struct piece {
+	rados_completion_t c;
+	char *p;
+	size_t len;
+};
+
+/* Run a read (write == false) or write over [off, off+len), one aio op per
+ * stripe, all in flight together. */
+static int
+striped_io(struct rados_obj *ro, char *buf, size_t len, uint64_t off, bool write)
+{
+	struct rados_store *rs = ro->st;
+	if (len == 0)
+		return 0;
+	if (off > ro->size || len > ro->size - off) {
+		errno = EINVAL;
+		return -1;
+	}
+	uint64_t first = off / rs->objsz, last = (off + len - 1) / rs->objsz;
+	size_t n = (size_t)(last - first + 1);
+	struct piece stack[8];
+	struct piece *pc = n <= 8 ? stack : calloc(n, sizeof *pc);
+	if (!pc) {
+		errno = ENOMEM;
+		return -1;
+	}
+	int err = 0;
+	size_t started = 0;
+	char *p = buf;
+	for (uint64_t i = first; i <= last; i++) {
+		uint64_t so = i == first ? off % rs->objsz : 0;
+		size_t k = (size_t)(rs->objsz - so);
+		if (k > len - (size_t)(p - buf))
+			k = len - (size_t)(p - buf);
+		char oid[320];
+		stripe_oid(ro, i, oid, sizeof oid);
+		struct piece *x = &pc[started];
+		x->p = p;
+		x->len = k;
+		int r = rados_aio_create_completion2(NULL, NULL, &x->c);
+		if (r == 0) {
+			r = write ? rados_aio_write(rs->io, oid, x->c, p, k, so)
+				  : rados_aio_read(rs->io, oid, x->c, p, k, so);
+			if (r < 0)
+				rados_aio_release(x->c);
+		}
+		if (r < 0) {
+			err = r;
+			break;
+		}
+		started++;
+		p += k;
+	}
+	for (size_t j = 0; j < started; j++) {
+		rados_aio_wait_for_complete(pc[j].c);
+		int r = rados_aio_get_return_value(pc[j].c);
+		rados_aio_release(pc[j].c);
+		if (!write) {
+			/* A missing stripe, or the part past its end: zeros. */
+			if (r == -ENOENT)
+				r = 0;
+			if (r >= 0 && (size_t)r < pc[j].len)
+				memset(pc[j].p + r, 0, pc[j].len - (size_t)r);
+		}
+		if (r < 0 && !err)
+			err = r;
+	}
+	if (pc != stack)
+		free(pc);
+	return err ? fail_data(err) : 0;
+}
+
+static int
+rados_obj_pread(struct sv_obj *o, void *buf, size_t len, uint64_t off)
+{
+	return striped_io((struct rados_obj *)o, buf, len, off, false);
+}
+
+static int
+rados_obj_pwrite(struct sv_obj *o, const void *buf, size_t len, uint64_t off, unsigned flags)
+{
+	(void)flags; /* every write is durable when it returns: FUA is free */
+	struct rados_obj *ro = (struct rados_obj *)o;
+	if (ro->rdonly) {
+		errno = EBADF;
+		return -1;
+	}
+	if (check_claim(ro->st) == -1)
+		return -1;
+	return striped_io(ro, (char *)buf, len, off, true);
+}
+
+static int
+rados_obj_sync(struct sv_obj *o)
+{
+	/* Nothing is ever left in flight (see the top of the file); a FLUSH
+	 * must still not report success once the claim is lost. */
+	return check_claim(((struct rados_obj *)o)->st);
+}
+
+static int
+rados_obj_punch(struct sv_obj *o, uint64_t off, uint64_t len)
+{
+	struct rados_obj *ro = (struct rados_obj *)o;
+	struct rados_store *rs = ro->st;
+	if (len == 0)
+		return 0;
+	if (ro->rdonly) {
+		errno = EBADF;
+		return -1;
+	}
+	if (off > ro->size || len > ro->size - off) {
+		errno = EINVAL;
+		return -1;
+	}
+	if (check_claim(rs) == -1)
+		return -1;
+	uint64_t end = off + len;
+	for (uint64_t i = off / rs->objsz; i * rs->objsz < end; i++) {
+		uint64_t s0 = i * rs->objsz, s1 = s0 + rs->objsz;
+		uint64_t a = off > s0 ? off - s0 : 0;
+		uint64_t z = (end < s1 ? end : s1) - s0;
+		char oid[320];
+		stripe_oid(ro, i, oid, sizeof oid);
+		int r;
+		if (a == 0 && (z == rs->objsz || s0 + z >= ro->size)) {
+			r = rados_remove(rs->io, oid);
+		} else {
+			/* On an existing stripe only: a missing one is a hole.  An
+			 * OSD turns a zero that reaches the stripe's end into a
+			 * truncate, and ignores one past it. */
+			rados_write_op_t op = rados_create_write_op();
+			if (!op)
+				return fail_data(-ENOMEM);
+			rados_write_op_assert_exists(op);
+			rados_write_op_zero(op, a, z - a);
+			r = rados_write_op_operate(op, rs->io, oid, NULL, 0);
+			rados_release_write_op(op);
+		}
+		if (r < 0 && r != -ENOENT)
+			return fail_data(r);
+	}
+	return 0;
+}
+
+static int
+rados_obj_zero(struct sv_obj *o, uint64_t off, uint64_t len, unsigned flags)
+{
+	/* A RADOS zero is a punch: fast, and gives the space back. */
+	(void)flags;
+	return rados_obj_punch(o, off, len);
+}
+
+static int
+rados_obj_extent(struct sv_obj *o, uint64_t off, uint64_t len, struct sv_extent *ext)
+{
+	struct rados_obj *ro = (struct rados_obj *)o;
+	struct rados_store *rs = ro->st;
+	uint64_t end = off + len;
+	if (end > ro->size || end < off)
+		end = ro->size;
+	ext->offset = off;
+	ext->length = 0;
+	ext->hole = true;
+	if (off >= end)
+		return 0;
+	/* Walk stripes while the kind stays the same, 64 stat calls at most. */
+	uint64_t pos = off;
+	for (int k = 0; k < 64 && pos < end; k++) {
+		uint64_t i = pos / rs->objsz, s0 = i * rs->objsz;
+		uint64_t s1 = s0 + rs->objsz < end ? s0 + rs->objsz : end;
+		char oid[320];
+		stripe_oid(ro, i, oid, sizeof oid);
+		uint64_t sz = 0;
+		time_t mt;
+		int r = rados_stat(rs->io, oid, &sz, &mt);
+		if (r < 0 && r != -ENOENT)
+			return fail_data(r);
+		if (r == -ENOENT)
+			sz = 0;
+		/* In this stripe: data up to s0+sz, a hole after. */
+		uint64_t dend = s0 + sz < s1 ? s0 + sz : s1;
+		bool data_here = pos < dend;
+		if (pos == off)
+			ext->hole = !data_here;
+		else if (ext->hole == data_here)
+			break;
+		if (data_here) {
+			ext->length += dend - pos;
+			pos = dend;
+			if (dend < s1)
+				break; /* a hole follows inside this stripe */
+		} else {
+			ext->length += s1 - pos;
+			pos = s1;
+		}
+	}
+	return 0;
+}
+
+static int
+rados_obj_cache(struct sv_obj *o, uint64_t off, uint64_t len)
+{
+	(void)o, (void)off, (void)len;
+	return 0; /* a hint; the OSDs cache for themselves */
+}
+
+static int
+rados_obj_fd(struct sv_obj *o)
+{
+	(void)o;
+	return -1; /* no descriptor: the NBD layer copies through memory */
+}
+
+static int
+rados_obj_allocated(struct sv_obj *o, uint64_t *bytes)
+{
+	struct rados_obj *ro = (struct rados_obj *)o;
+	struct rados_store *rs = ro->st;
+	uint64_t n = nstripes_of(rs, ro->size), total = 0;
+	rados_completion_t c[BATCH];
+	uint64_t sz[BATCH];
+	time_t mt[BATCH];
+	int err = 0;
+	for (uint64_t base = 0; base < n && !err; base += BATCH) {
+		unsigned k = 0;
+		for (uint64_t i = base; i < n && k < BATCH; i++, k++) {
+			char oid[320];
+			stripe_oid(ro, i, oid, sizeof oid);
+			sz[k] = 0;
+			int r = rados_aio_create_completion2(NULL, NULL, &c[k]);
+			if (r == 0 && (r = rados_aio_stat(rs->io, oid, c[k], &sz[k], &mt[k])) < 0)
+				rados_aio_release(c[k]);
+			if (r < 0) {
+				err = r;
+				break;
+			}
+		}
+		for (unsigned j = 0; j < k; j++) {
+			rados_aio_wait_for_complete(c[j]);
+			int r = rados_aio_get_return_value(c[j]);
+			rados_aio_release(c[j]);
+			if (r == 0)
+				total += sz[j];
+			else if (r != -ENOENT && !err)
+				err = r;
+		}
+	}
+	if (err)
+		return fail_data(err);
+	*bytes = total;
+	return 0;
+}
+
+static int
+rados_obj_locate(struct sv_store *st, const char *vol, const char *obj, char *buf, size_t len)
+{
+	(void)st, (void)vol, (void)obj, (void)buf, (void)len;
+	errno = ENOTSUP; /* no file: the data is in RADOS objects */
+	return -1;
+}
+
+static int
+rados_obj_list(struct sv_store *st, const char *vol, char ***names, size_t *n)
+{
+	struct rados_store *rs = (struct rados_store *)st;
+	char hdr[128];
+	vol_oid(hdr, sizeof hdr, vol);
+	int r = omap_list(rs, hdr, "obj.", names, NULL, n);
+	return r < 0 ? fail_ctl(r) : 0;
+}
+
+const struct sv_store_ops sv_store_rados_ops = {
+    .struct_size = sizeof(struct sv_store_ops),
+    .name = "rados",
+    .open = rados_store_open,
+    .close = rados_store_close,
+    .lock = rados_store_lock,
+    .describe = rados_store_describe,
+    .vol_list = rados_vol_list,
+    .vol_create = rados_vol_create,
+    .vol_remove = rados_vol_remove,
+    .meta_read = rados_meta_read,
+    .meta_write = rados_meta_write,
+    .meta_remove = rados_meta_remove,
+    .obj_open = rados_obj_open,
+    .obj_close = rados_obj_close,
+    .obj_remove = rados_obj_remove,
+    .obj_size = rados_obj_size,
+    .obj_pread = rados_obj_pread,
+    .obj_pwrite = rados_obj_pwrite,
+    .obj_sync = rados_obj_sync,
+    .obj_punch = rados_obj_punch,
+    .obj_zero = rados_obj_zero,
+    .obj_extent = rados_obj_extent,
+    .obj_cache = rados_obj_cache,
+    .obj_fd = rados_obj_fd,
+    .obj_allocated = rados_obj_allocated,
+    .obj_locate = rados_obj_locate,
+    .obj_list = rados_obj_list,
+};

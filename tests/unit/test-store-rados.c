@@ -1,0 +1,448 @@
+/*
+ * test-store-rados.c: the store contract (store.h) on the Ceph RADOS
+ * backend, against a real single-node cluster.
+ *
+ * The group starts one cluster (tests/integration/ceph-cluster.sh, about
+ * 3 s) and stops it at the end; the last case stops it early to see a dead
+ * cluster turn into EIO, not a hang.  Stripes are made small
+ * (SNAPVOL_RADOS_OBJECT_SIZE=64K) so that requests cross stripe boundaries,
+ * and the claim short (SNAPVOL_RADOS_CLAIM=3s) so that fencing shows within
+ * seconds.  Exit 77 (skip) only when the Ceph packages are missing.
+ *
+ * What each case would catch: a hole that reads as garbage, a write split
+ * wrongly over stripes, a punch that leaves data, a blob that is not
+ * replaced whole, a volume whose objects survive its removal, a second
+ * claim that is granted, a lost claim that still lets writes through.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+#include <errno.h>
+#include <rados/librados.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "error.h"
+#include "store.h"
+#include "util.h"
+
+#define OBJSZ (64u << 10)
+#define SPEC  "rados:blk"
+
+static char cluster_dir[128];
+static const char *cluster_sh;
+static const struct sv_store_ops *ops = &sv_store_rados_ops;
+
+static int
+run_cluster(const char *verb)
+{
+	char cmd[512];
+	/* A lifetime, so a test killed before its teardown leaves no cluster
+	 * running for long. */
+	snprintf(cmd, sizeof cmd, "CEPH_CLUSTER_LIFETIME=180 bash '%s' %s '%s' blk >'%s.log' 2>&1",
+		 cluster_sh, verb, cluster_dir, cluster_dir);
+	int st = system(cmd);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 1;
+}
+
+static struct sv_store *
+open_store(void)
+{
+	struct sv_store *st = NULL;
+	if (sv_store_open(SPEC, true, &st) == -1)
+		fail_msg("open %s: %s", SPEC, sv_last_error());
+	return st;
+}
+
+static void
+fill(char *buf, size_t len, unsigned seed)
+{
+	for (size_t i = 0; i < len; i++)
+		buf[i] = (char)((i * 131 + seed * 7 + 1) & 0xff);
+}
+
+static bool
+all_zero(const char *buf, size_t len)
+{
+	for (size_t i = 0; i < len; i++)
+		if (buf[i])
+			return false;
+	return true;
+}
+
+/* Every RADOS object whose name starts with prefix. */
+static int
+count_objects(const char *prefix)
+{
+	rados_t c;
+	rados_ioctx_t io;
+	assert_int_equal(rados_create(&c, NULL), 0);
+	assert_int_equal(rados_conf_read_file(c, NULL), 0);
+	assert_int_equal(rados_connect(c), 0);
+	assert_int_equal(rados_ioctx_create(c, "blk", &io), 0);
+	rados_list_ctx_t l;
+	assert_int_equal(rados_nobjects_list_open(io, &l), 0);
+	const char *oid;
+	int n = 0;
+	while (rados_nobjects_list_next(l, &oid, NULL, NULL) == 0)
+		if (!strncmp(oid, prefix, strlen(prefix)))
+			n++;
+	rados_nobjects_list_close(l);
+	rados_ioctx_destroy(io);
+	rados_shutdown(c);
+	return n;
+}
+
+static void
+test_volumes(void **state)
+{
+	(void)state;
+	struct sv_store *st = open_store();
+	assert_string_equal(ops->describe(st), SPEC);
+	assert_int_equal(ops->vol_create(st, "v1"), 0);
+	assert_int_equal(ops->vol_create(st, "v1"), -1);
+	assert_int_equal(errno, EEXIST);
+	assert_int_equal(ops->vol_create(st, "v2"), 0);
+	char **names;
+	size_t n;
+	assert_int_equal(ops->vol_list(st, &names, &n), 0);
+	assert_int_equal(n, 2);
+	assert_string_equal(names[0], "v1");
+	assert_string_equal(names[1], "v2");
+	for (size_t i = 0; i < n; i++)
+		free(names[i]);
+	free(names);
+	assert_int_equal(ops->vol_remove(st, "v2"), 0);
+	assert_int_equal(ops->vol_remove(st, "v2"), -1);
+	assert_int_equal(errno, ENOENT);
+	assert_int_equal(ops->vol_list(st, &names, &n), 0);
+	assert_int_equal(n, 1);
+	free(names[0]);
+	free(names);
+	ops->close(st);
+}
+
+static void
+test_data(void **state)
+{
+	(void)state;
+	struct sv_store *st = open_store();
+	const uint64_t size = 16 * OBJSZ;
+	struct sv_obj *o;
+	assert_int_equal(ops->obj_open(st, "v1", "d", size, SV_OBJ_CREATE | SV_OBJ_EXCL, &o), 0);
+	struct sv_obj *o2;
+	assert_int_equal(ops->obj_open(st, "v1", "d", size, SV_OBJ_CREATE | SV_OBJ_EXCL, &o2), -1);
+	assert_int_equal(errno, EEXIST);
+	assert_int_equal(ops->obj_open(st, "v1", "d", size * 2, 0, &o2), -1);
+	assert_int_equal(errno, EUCLEAN);
+	assert_int_equal(ops->obj_open(st, "v1", "missing", size, 0, &o2), -1);
+	assert_int_equal(errno, ENOENT);
+	assert_int_equal(ops->obj_open(st, "nosuchvol", "d", size, SV_OBJ_CREATE, &o2), -1);
+	assert_int_equal(errno, ENOENT);
+	assert_int_equal(ops->obj_size(o), size);
+	assert_int_equal(ops->obj_fd(o), -1);
+
+	/* Never written: zeros, one hole, nothing allocated. */
+	size_t big = 3 * OBJSZ + 1000;
+	char *buf = malloc(big), *back = malloc(big);
+	assert_int_equal(ops->obj_pread(o, back, big, 5000), 0);
+	assert_true(all_zero(back, big));
+	struct sv_extent e;
+	assert_int_equal(ops->obj_extent(o, 0, size, &e), 0);
+	assert_true(e.hole);
+	assert_int_equal(e.length, size);
+	uint64_t alloc = 1;
+	assert_int_equal(ops->obj_allocated(o, &alloc), 0);
+	assert_int_equal(alloc, 0);
+
+	/* A write across four stripes, unaligned at both ends. */
+	fill(buf, big, 1);
+	uint64_t off = OBJSZ + 5000;
+	assert_int_equal(ops->obj_pwrite(o, buf, big, off, 0), 0);
+	assert_int_equal(ops->obj_sync(o), 0);
+	memset(back, 0x55, big);
+	assert_int_equal(ops->obj_pread(o, back, big, off), 0);
+	assert_memory_equal(back, buf, big);
+	/* Around it: zeros (before it in its first stripe, after it in its last). */
+	char z[8000];
+	assert_int_equal(ops->obj_pread(o, z, sizeof z, off - 4000), 0);
+	assert_true(all_zero(z, 4000));
+	assert_memory_equal(z + 4000, buf, 4000);
+	assert_int_equal(ops->obj_pread(o, z, sizeof z, off + big), 0);
+	assert_true(all_zero(z, sizeof z));
+	/* FUA writes read back too. */
+	assert_int_equal(ops->obj_pwrite(o, "fua!", 4, size - 4, SV_STORE_FUA), 0);
+	assert_int_equal(ops->obj_pread(o, z, 4, size - 4), 0);
+	assert_memory_equal(z, "fua!", 4);
+
+	/* Extents: stripe 0 a hole, data from stripe 1 (its start: the
+	 * granularity is a stripe and its length). */
+	assert_int_equal(ops->obj_extent(o, 0, size, &e), 0);
+	assert_true(e.hole);
+	assert_int_equal(e.length, OBJSZ);
+	assert_int_equal(ops->obj_extent(o, OBJSZ, size - OBJSZ, &e), 0);
+	assert_false(e.hole);
+	assert_int_equal(OBJSZ + e.length, off + big);
+	assert_int_equal(ops->obj_extent(o, off + big, size, &e), 0);
+	assert_true(e.hole);
+	assert_int_equal(ops->obj_allocated(o, &alloc), 0);
+	/* Each stripe counts up to its last written byte: stripes 1-4, and
+	 * all of the last one (written at its very end). */
+	assert_int_equal(alloc, (off + big - OBJSZ) + OBJSZ);
+
+	/* Punch: the middle of a stripe, then a whole stripe (removed). */
+	assert_int_equal(ops->obj_punch(o, off + 100, 200), 0);
+	assert_int_equal(ops->obj_pread(o, back, big, off), 0);
+	assert_true(all_zero(back + 100, 200));
+	assert_memory_equal(back, buf, 100);
+	assert_memory_equal(back + 300, buf + 300, big - 300);
+	assert_int_equal(ops->obj_punch(o, 2 * OBJSZ, OBJSZ), 0);
+	assert_int_equal(ops->obj_extent(o, 2 * OBJSZ, size, &e), 0);
+	assert_true(e.hole);
+	assert_int_equal(e.length, OBJSZ);
+	assert_int_equal(ops->obj_pread(o, back, OBJSZ, 2 * OBJSZ), 0);
+	assert_true(all_zero(back, OBJSZ));
+	/* Zero over a stripe's tail: zeros, and the hole shows. */
+	assert_int_equal(ops->obj_zero(o, 3 * OBJSZ + 10, OBJSZ - 10, SV_ZERO_MAY_TRIM), 0);
+	assert_int_equal(ops->obj_pread(o, back, OBJSZ, 3 * OBJSZ), 0);
+	assert_memory_equal(back, buf + (3 * OBJSZ - off), 10);
+	assert_true(all_zero(back + 10, OBJSZ - 10));
+	assert_int_equal(ops->obj_extent(o, 3 * OBJSZ + 10, OBJSZ, &e), 0);
+	assert_true(e.hole);
+
+	/* A read-only handle refuses writes. */
+	assert_int_equal(ops->obj_open(st, "v1", "d", size, SV_OBJ_RDONLY, &o2), 0);
+	assert_int_equal(ops->obj_pwrite(o2, "x", 1, 0, 0), -1);
+	ops->obj_close(o2);
+
+	char **names;
+	size_t n;
+	assert_int_equal(ops->obj_list(st, "v1", &names, &n), 0);
+	assert_int_equal(n, 1);
+	assert_string_equal(names[0], "d");
+	free(names[0]);
+	free(names);
+	ops->obj_close(o);
+
+	/* Remove: every stripe goes, and the name is free again. */
+	assert_true(count_objects("snapvol.vol.v1/data/d.") > 0);
+	assert_int_equal(ops->obj_remove(st, "v1", "d"), 0);
+	assert_int_equal(count_objects("snapvol.vol.v1/data/d."), 0);
+	assert_int_equal(ops->obj_open(st, "v1", "d", size, 0, &o2), -1);
+	assert_int_equal(errno, ENOENT);
+	assert_int_equal(ops->obj_open(st, "v1", "d", size, SV_OBJ_CREATE | SV_OBJ_EXCL, &o2), 0);
+	assert_int_equal(ops->obj_pread(o2, back, big, off), 0);
+	assert_true(all_zero(back, big));
+	ops->obj_close(o2);
+	free(buf);
+	free(back);
+	ops->close(st);
+}
+
+static void
+test_meta(void **state)
+{
+	(void)state;
+	struct sv_store *st = open_store();
+	char *b;
+	size_t len;
+	assert_int_equal(ops->meta_read(st, "v1", "k.meta", &b, &len), -1);
+	assert_int_equal(errno, ENOENT);
+	assert_int_equal(ops->meta_write(st, "v1", "k.meta", "first, long one", 15), 0);
+	assert_int_equal(ops->meta_read(st, "v1", "k.meta", &b, &len), 0);
+	assert_int_equal(len, 15);
+	assert_memory_equal(b, "first, long one", 15);
+	free(b);
+	/* Replaced whole: shorter contents leave nothing of the old. */
+	assert_int_equal(ops->meta_write(st, "v1", "k.meta", "2nd", 3), 0);
+	assert_int_equal(ops->meta_read(st, "v1", "k.meta", &b, &len), 0);
+	assert_int_equal(len, 3);
+	assert_string_equal(b, "2nd");
+	free(b);
+	/* Larger than the first read's buffer. */
+	size_t big = 1 << 20;
+	char *x = malloc(big);
+	fill(x, big, 9);
+	assert_int_equal(ops->meta_write(st, "v1", "big.meta", x, big), 0);
+	assert_int_equal(ops->meta_read(st, "v1", "big.meta", &b, &len), 0);
+	assert_int_equal(len, big);
+	assert_memory_equal(b, x, big);
+	free(b);
+	free(x);
+	/* Empty blob. */
+	assert_int_equal(ops->meta_write(st, "v1", "empty.meta", "", 0), 0);
+	assert_int_equal(ops->meta_read(st, "v1", "empty.meta", &b, &len), 0);
+	assert_int_equal(len, 0);
+	free(b);
+	assert_int_equal(ops->meta_remove(st, "v1", "empty.meta"), 0);
+	assert_int_equal(ops->meta_read(st, "v1", "empty.meta", &b, &len), -1);
+	assert_int_equal(errno, ENOENT);
+	/* No volume, no blob. */
+	assert_int_equal(ops->meta_write(st, "nosuchvol", "k.meta", "x", 1), -1);
+	assert_int_equal(errno, ENOENT);
+
+	/* Removing the volume removes its blobs and objects. */
+	assert_true(count_objects("snapvol.vol.v1") > 0);
+	assert_int_equal(ops->vol_remove(st, "v1"), 0);
+	assert_int_equal(count_objects("snapvol.vol.v1"), 0);
+	assert_int_equal(ops->vol_create(st, "v1"), 0);
+	ops->close(st);
+}
+
+static void
+test_claim(void **state)
+{
+	(void)state;
+	struct sv_store *a = open_store(), *b = open_store();
+	assert_int_equal(ops->lock(a), 0);
+	sv_clear_error();
+	assert_int_equal(ops->lock(b), -1);
+	assert_int_equal(errno, EWOULDBLOCK);
+	/* The refusal names the holder: this process. */
+	char pid[32];
+	snprintf(pid, sizeof pid, "pid %ld ", (long)getpid());
+	assert_non_null(strstr(sv_last_error(), pid));
+	assert_non_null(strstr(sv_last_error(), "lapses 3 s"));
+	ops->close(b);
+
+	/* Renewed: still held well past its 3 s duration. */
+	struct sv_obj *o;
+	assert_int_equal(ops->obj_open(a, "v1", "d", OBJSZ, SV_OBJ_CREATE, &o), 0);
+	sleep(4);
+	assert_int_equal(ops->obj_pwrite(o, "held", 4, 0, 0), 0);
+	b = open_store();
+	assert_int_equal(ops->lock(b), -1);
+	ops->close(b);
+
+	/* A clean close lets the next one in at once. */
+	ops->obj_close(o);
+	ops->close(a);
+	b = open_store();
+	assert_int_equal(ops->lock(b), 0);
+
+	/* Lose the claim behind its holder's back (as when it lapsed and
+	 * another node took it): the holder stops writing. */
+	assert_int_equal(ops->obj_open(b, "v1", "d", OBJSZ, 0, &o), 0);
+	rados_t c;
+	rados_ioctx_t io;
+	assert_int_equal(rados_create(&c, NULL), 0);
+	assert_int_equal(rados_conf_read_file(c, NULL), 0);
+	assert_int_equal(rados_connect(c), 0);
+	assert_int_equal(rados_ioctx_create(c, "blk", &io), 0);
+	char tag[64], clients[256], cookies[256], addrs[256];
+	size_t tl = sizeof tag, cl = sizeof clients, kl = sizeof cookies, al = sizeof addrs;
+	int excl;
+	assert_int_equal(rados_list_lockers(io, "snapvol.pool", "snapvol.claim", &excl, tag, &tl,
+					    clients, &cl, cookies, &kl, addrs, &al),
+			 1);
+	assert_int_equal(rados_break_lock(io, "snapvol.pool", "snapvol.claim", clients, cookies),
+			 0);
+	rados_ioctx_destroy(io);
+	rados_shutdown(c);
+	int r = 0;
+	for (int i = 0; i < 60 && r == 0; i++) { /* renewal every second */
+		r = ops->obj_pwrite(o, "late", 4, 0, 0);
+		if (r == 0)
+			usleep(100000);
+	}
+	assert_int_equal(r, -1);
+	assert_int_equal(errno, EIO);
+	assert_int_equal(ops->obj_sync(o), -1);
+	assert_int_equal(errno, EIO);
+	assert_int_equal(ops->meta_write(b, "v1", "k.meta", "x", 1), -1);
+	assert_int_equal(errno, EIO);
+	/* Reads still work, and show nothing written after the fence (before
+	 * it, "late" may have landed). */
+	assert_int_equal(ops->obj_pwrite(o, "NOPE", 4, 0, 0), -1);
+	char back[4];
+	assert_int_equal(ops->obj_pread(o, back, 4, 0), 0);
+	assert_true(!memcmp(back, "late", 4) || !memcmp(back, "held", 4));
+	ops->obj_close(o);
+	ops->close(b);
+
+	/* The claim is free again: the fenced holder did not hold on. */
+	a = open_store();
+	assert_int_equal(ops->lock(a), 0);
+	ops->close(a);
+}
+
+static void
+test_dead_cluster(void **state)
+{
+	(void)state;
+	struct sv_store *st = open_store();
+	struct sv_obj *o;
+	assert_int_equal(ops->obj_open(st, "v1", "d", OBJSZ, 0, &o), 0);
+	assert_int_equal(run_cluster("stop"), 0);
+	uint64_t t0 = sv_now_ns();
+	char buf[4096];
+	assert_int_equal(ops->obj_pread(o, buf, sizeof buf, 0), -1);
+	assert_int_equal(errno, EIO);
+	assert_int_equal(ops->obj_pwrite(o, buf, sizeof buf, 0, 0), -1);
+	assert_int_equal(errno, EIO);
+	double s = (double)(sv_now_ns() - t0) / 1e9;
+	print_message("dead cluster: EIO after %.1f s for a read and a write\n", s);
+	assert_true(s < 30); /* not a hang; the op timeout is 1 s */
+	ops->obj_close(o);
+	ops->close(st);
+}
+
+static int
+group_setup(void **state)
+{
+	(void)state;
+	char cwd[64];
+	snprintf(cwd, sizeof cwd, "/tmp/snapvol-test-rados-XXXXXX");
+	if (!mkdtemp(cwd))
+		return -1;
+	snprintf(cluster_dir, sizeof cluster_dir, "%s/c", cwd);
+	int r = run_cluster("start");
+	if (r != 0) {
+		fprintf(stderr, "cannot start a Ceph cluster (status %d): see %s.log\n", r,
+			cluster_dir);
+		return -1;
+	}
+	char conf[160];
+	snprintf(conf, sizeof conf, "%s/ceph.conf", cluster_dir);
+	setenv("CEPH_CONF", conf, 1);
+	return 0;
+}
+
+static int
+group_teardown(void **state)
+{
+	(void)state;
+	run_cluster("stop");
+	char cmd[200];
+	snprintf(cmd, sizeof cmd, "rm -rf '%.*s'", (int)(strrchr(cluster_dir, '/') - cluster_dir),
+		 cluster_dir);
+	return system(cmd) == 0 ? 0 : -1;
+}
+
+int
+main(void)
+{
+	cluster_sh = getenv("CEPH_CLUSTER_SH");
+	if (!cluster_sh || access(cluster_sh, R_OK) != 0) {
+		fprintf(stderr, "CEPH_CLUSTER_SH must name tests/integration/ceph-cluster.sh\n");
+		return 1;
+	}
+	if (access("/usr/bin/ceph-mon", X_OK) != 0 || access("/usr/bin/ceph-osd", X_OK) != 0) {
+		fprintf(stderr, "SKIP: ceph-mon and ceph-osd are not installed\n");
+		return 77;
+	}
+	setenv("SNAPVOL_RADOS_OBJECT_SIZE", "64K", 1);
+	setenv("SNAPVOL_RADOS_CLAIM", "3s", 1);
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_volumes),	 cmocka_unit_test(test_data),
+	    cmocka_unit_test(test_meta),	 cmocka_unit_test(test_claim),
+	    cmocka_unit_test(test_dead_cluster),
+	};
+	return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
