@@ -16,7 +16,9 @@
  *        ninja -C build-fuzz fuzz/fuzz-send-stream
  * Run:   build-fuzz/fuzz/fuzz-send-stream fuzz/corpus/send-stream
  * Seeds: fuzz/corpus/send-stream/ holds real streams from "snapvol send"
- * (full and incremental) of small volumes.
+ * (full and incremental) of small volumes, each preceded by the one byte
+ * that sets the read size (00: 1-byte reads, 1b: 1000, ff: 9436); a seed
+ * without that byte loses its first magic byte and never gets past it.
  */
 #include <stdint.h>
 #include <stdlib.h>

@@ -265,17 +265,29 @@ test_lease_lapse_and_max(void **state)
 	assert_non_null(strstr(sv_last_error(), "lease lapsed"));
 	assert_int_equal(n_freezes(f->pool), 0);
 
-	/* renewed: lives past its lease, until the maximum */
-	assert_int_equal(sv_freeze_begin(f->pool, V, 1, 120, 600, &id), 0);
-	t0 = sv_now_ns();
-	while (sv_freeze_renew(f->pool, id) == 0) {
-		assert_false(writable(f->v));
-		sleep_ms(30);
-		assert_true(sv_now_ns() - t0 < UINT64_C(5000000000));
+	/* renewed: lives past its lease, until the maximum.  A renewal that
+	 * comes late (a loaded machine can oversleep 10 ms by more than the
+	 * lease) rightly lets it lapse: then try again, a few times. */
+	bool reached_max = false;
+	for (int attempt = 0; attempt < 4 && !reached_max; attempt++) {
+		assert_int_equal(sv_freeze_begin(f->pool, V, 1, 300, 900, &id), 0);
+		t0 = sv_now_ns();
+		while (sv_freeze_renew(f->pool, id) == 0) {
+			assert_false(writable(f->v));
+			sleep_ms(10);
+			assert_true(sv_now_ns() - t0 < UINT64_C(5000000000));
+		}
+		ms = (sv_now_ns() - t0) / 1000000;
+		reached_max = strstr(sv_last_error(), "maximum") != NULL;
+		if (reached_max)
+			assert_true(ms >= 800 && ms < 3000);
+		else
+			fprintf(stderr, "the lease lapsed between two renewals (the machine is "
+					"slow): again\n");
+		while (!writable(f->v) && sv_now_ns() - t0 < UINT64_C(5000000000))
+			sleep_ms(10);
 	}
-	ms = (sv_now_ns() - t0) / 1000000;
-	assert_true(ms >= 500 && ms < 2000);
-	assert_non_null(strstr(sv_last_error(), "maximum"));
+	assert_true(reached_max);
 	assert_true(writable(f->v));
 }
 
