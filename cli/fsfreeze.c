@@ -56,7 +56,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -289,56 +288,6 @@ session_call(struct session *s, const char *command, json_t *args)
 	return reply ? reply_result(reply, command) : NULL;
 }
 
-/* One line from the control socket, as JSON, or NULL with the error set.
- * Reads only up to the newline (the rest stays in the socket). */
-static json_t *
-read_message(int fd)
-{
-	char *buf = NULL;
-	size_t len = 0;
-	for (;;) {
-		char peek[4096];
-		ssize_t r = recv(fd, peek, sizeof peek, MSG_PEEK);
-		if (r == -1 && errno == EINTR)
-			continue;
-		if (r <= 0) {
-			free(buf);
-			sv_error(r ? errno : ECONNRESET, "the control connection failed: %s",
-				 r ? strerror(errno) : "closed by the server");
-			return NULL;
-		}
-		char *nl = memchr(peek, '\n', (size_t)r);
-		size_t take = nl ? (size_t)(nl - peek) + 1 : (size_t)r;
-		char *nbuf = len + take > (64u << 20) ? NULL : realloc(buf, len + take);
-		if (!nbuf) {
-			free(buf);
-			sv_error(EMSGSIZE, "the control server sent too long a line");
-			return NULL;
-		}
-		buf = nbuf;
-		ssize_t got;
-		do
-			got = recv(fd, buf + len, take, 0);
-		while (got == -1 && errno == EINTR);
-		if (got != (ssize_t)take) {
-			free(buf);
-			sv_error(EIO, "reading from the control socket: short read");
-			return NULL;
-		}
-		len += take;
-		if (nl)
-			break;
-	}
-	json_t *o = json_loadb(buf, len - 1, 0, NULL);
-	free(buf);
-	if (!json_is_object(o)) {
-		json_decref(o);
-		sv_error(EPROTO, "the control server sent something that is not a JSON object");
-		return NULL;
-	}
-	return o;
-}
-
 /* snapshot-create with "notify": sends the request and returns once the
  * server says the instant has passed (*taken set) or replied (*reply set,
  * the result: an error or a failure before the instant); NULL reply and
@@ -348,27 +297,10 @@ create_start(struct session *s, json_t *args, bool *taken, json_t **reply)
 {
 	*taken = false;
 	*reply = NULL;
-	json_t *req =
-	    json_pack("{s:s, s:O, s:i}", "execute", "snapshot-create", "arguments", args, "id", 1);
-	char *line = req ? json_dumps(req, JSON_COMPACT) : NULL;
-	json_decref(req);
-	if (!line)
-		return sv_error(ENOMEM, "out of memory");
-	size_t n = strlen(line) + 1, done = 0;
-	line[n - 1] = '\n'; /* replaces the NUL: sent by length */
-	while (done < n) {
-		ssize_t k = send(s->fd, line + done, n - done, MSG_NOSIGNAL);
-		if (k == -1 && errno == EINTR)
-			continue;
-		if (k == -1) {
-			free(line);
-			return sv_error_errno("writing to the control socket");
-		}
-		done += (size_t)k;
-	}
-	free(line);
+	if (sv_ctl_client_send(s->fd, "snapshot-create", args) == -1)
+		return -1;
 	for (;;) {
-		json_t *m = read_message(s->fd);
+		json_t *m = sv_ctl_client_read(s->fd);
 		if (!m)
 			return -1;
 		const char *ev = json_string_value(json_object_get(m, "event"));
@@ -390,7 +322,7 @@ static json_t *
 create_finish(struct session *s)
 {
 	for (;;) {
-		json_t *m = read_message(s->fd);
+		json_t *m = sv_ctl_client_read(s->fd);
 		if (!m)
 			return NULL;
 		if (json_object_get(m, "return") || json_object_get(m, "error"))

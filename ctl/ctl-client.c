@@ -164,25 +164,21 @@ sv_ctl_client_connect(const char *path)
 	return fd;
 }
 
-json_t *
-sv_ctl_client_call(int fd, const char *command, json_t *arguments)
+json_int_t
+sv_ctl_client_send(int fd, const char *command, json_t *arguments)
 {
 	static json_int_t next_id = 1; /* only distinguishes calls on one fd */
 	json_int_t id = __atomic_fetch_add(&next_id, 1, __ATOMIC_RELAXED);
 
 	json_t *req = json_pack("{s:s, s:I}", "execute", command, "id", id);
-	if (!req) {
-		sv_error(EINVAL, "cannot encode the request");
-		return NULL;
-	}
+	if (!req)
+		return sv_error(EINVAL, "cannot encode the request");
 	if (arguments)
 		json_object_set(req, "arguments", arguments);
 	char *s = json_dumps(req, JSON_COMPACT);
 	json_decref(req);
-	if (!s) {
-		sv_error(EINVAL, "cannot encode the request");
-		return NULL;
-	}
+	if (!s)
+		return sv_error(EINVAL, "cannot encode the request");
 	size_t len = strlen(s);
 	s[len] = '\n'; /* replaces the NUL: the buffer is sent by length */
 	const char *p = s;
@@ -194,14 +190,27 @@ sv_ctl_client_call(int fd, const char *command, json_t *arguments)
 		if (r == -1) {
 			int e = errno;
 			free(s);
-			sv_error(e, "writing to the control socket: %s", strerror(e));
-			return NULL;
+			return sv_error(e, "writing to the control socket: %s", strerror(e));
 		}
 		p += r;
 		left -= (size_t)r;
 	}
 	free(s);
+	return id;
+}
 
+json_t *
+sv_ctl_client_read(int fd)
+{
+	return read_json(fd);
+}
+
+json_t *
+sv_ctl_client_call(int fd, const char *command, json_t *arguments)
+{
+	json_int_t id = sv_ctl_client_send(fd, command, arguments);
+	if (id == -1)
+		return NULL;
 	for (;;) {
 		json_t *reply = read_json(fd);
 		if (!reply)

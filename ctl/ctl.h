@@ -62,5 +62,10 @@ void sv_ctl_server_stop(struct sv_ctl_server *srv);
  * connection failed. */
 int sv_ctl_client_connect(const char *path);
 json_t *sv_ctl_client_call(int fd, const char *command, json_t *arguments);
+/* The two halves of call, for a command that sends events before its
+ * reply (snapshot-create with "notify"): send returns the request's id or
+ * -1; read returns the next message, an {"event": ...} or the reply. */
+json_int_t sv_ctl_client_send(int fd, const char *command, json_t *arguments);
+json_t *sv_ctl_client_read(int fd);
 
 #endif
