@@ -14,6 +14,7 @@ SNAPVOL (the binary), BUILDDIR (build root, for temporary files).
 """
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -115,6 +116,28 @@ def require_nbd_module():
         skip_test("python3-libnbd (module nbd) is not available to " + sys.executable)
 
 
+def sha_export(srv, export):
+    """SHA-256 of an export's whole contents, read over NBD."""
+    import nbd
+    h = nbd.NBD()
+    h.connect_uri(srv.uri(export))
+    d = hashlib.sha256()
+    size = h.get_size()
+    for off in range(0, size, 4 << 20):
+        d.update(h.pread(min(4 << 20, size - off), off))
+    h.shutdown()
+    return d.hexdigest()
+
+
+def sha_file(path):
+    """SHA-256 of a file's contents."""
+    d = hashlib.sha256()
+    with open(path, "rb") as f:
+        for b in iter(lambda: f.read(4 << 20), b""):
+            d.update(b)
+    return d.hexdigest()
+
+
 # ---- pools and servers ----
 
 class Pool:
@@ -137,6 +160,11 @@ class Pool:
             raise AssertionError(f"snapvol {' '.join(args)} failed ({r.returncode}): "
                                  f"{r.stderr.strip()}")
         return r
+
+    def snapshots(self, vol):
+        """The volume's snapshots (snapshot list --json), by name, oldest first."""
+        out = json.loads(self.cli("--json", "snapshot", "list", vol).stdout)
+        return {sn["name"]: sn for sn in out["snapshots"]}
 
     def create(self, name, size, chunk=None):
         args = ["create", name, "--size", str(size)]

@@ -26,7 +26,6 @@ whole chain through qemu-nbd.
 SNAPVOL_SEED=N replays the random writes.
 """
 
-import hashlib
 import json
 import os
 import random
@@ -51,30 +50,6 @@ SEED = int(os.environ.get("SNAPVOL_SEED", random.randrange(1 << 30)))
 print(f"seed {SEED} (SNAPVOL_SEED={SEED} replays it)", flush=True)
 rnd = random.Random(SEED)
 ENV = dict(os.environ, PATH="/usr/bin:" + os.environ.get("PATH", ""))
-
-
-def sha_export(srv, export):
-    h = nbd.NBD()
-    h.connect_uri(srv.uri(export))
-    d = hashlib.sha256()
-    size = h.get_size()
-    for off in range(0, size, 4 * MiB):
-        d.update(h.pread(min(4 * MiB, size - off), off))
-    h.shutdown()
-    return d.hexdigest()
-
-
-def sha_file(path):
-    d = hashlib.sha256()
-    with open(path, "rb") as f:
-        for b in iter(lambda: f.read(4 * MiB), b""):
-            d.update(b)
-    return d.hexdigest()
-
-
-def snaps(pool, vol):
-    out = json.loads(pool.cli("--json", "snapshot", "list", vol).stdout)
-    return [s["name"] for s in out["snapshots"]]
 
 
 def scribble(h, n):
@@ -219,7 +194,7 @@ def main(pool, runner):
         # The snapshots, and what changed since the last one (nothing is
         # written after it): cheaper than a checksum of the volume per case.
         d = json.loads(pool.cli("--json", "diff", "vm1@s3", "vm1").stdout)
-        return snaps(pool, "vm1"), d["changed_bytes"], d["extents"]
+        return list(pool.snapshots("vm1")), d["changed_bytes"], d["extents"]
 
     def refused(args, words, code=1, env=None, target=None):
         """The backup is refused with one of words in the message; target

@@ -21,7 +21,6 @@
 SNAPVOL_SEED=N replays the random writes.
 """
 
-import hashlib
 import json
 import os
 import random
@@ -43,33 +42,6 @@ SIZE = 16 * MiB
 SEED = int(os.environ.get("SNAPVOL_SEED", random.randrange(1 << 30)))
 print(f"seed {SEED} (SNAPVOL_SEED={SEED} replays it)", flush=True)
 rnd = random.Random(SEED)
-
-
-def sha_export(srv, export):
-    h = nbd.NBD()
-    h.connect_uri(srv.uri(export))
-    d = hashlib.sha256()
-    size = h.get_size()
-    for off in range(0, size, 4 * MiB):
-        d.update(h.pread(min(4 * MiB, size - off), off))
-    h.shutdown()
-    return d.hexdigest()
-
-
-def sha_file(path):
-    d = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(4 * MiB)
-            if not b:
-                break
-            d.update(b)
-    return d.hexdigest()
-
-
-def snaps(pool, vol):
-    out = json.loads(pool.cli("--json", "snapshot", "list", vol).stdout)
-    return [s["name"] for s in out["snapshots"]]
 
 
 def scribble(h, n):
@@ -227,7 +199,7 @@ def main(pool, runner):
 
     def state(p, server, vol):
         try:
-            names = snaps(p, vol)
+            names = list(p.snapshots(vol))
         except AssertionError:
             return None
         return (names, sha_export(server, vol))
@@ -239,8 +211,8 @@ def main(pool, runner):
             check(r.returncode == 0, f"receive s{i}: {r.stderr}")
             out = json.loads(r.stdout)
             check(out["snapshot"] == f"s{i}", f"received {out}")
-        check(snaps(pool_b, "rep") == [f"s{i}" for i in range(6)],
-              f"snapshots {snaps(pool_b, 'rep')}")
+        check(list(pool_b.snapshots("rep")) == [f"s{i}" for i in range(6)],
+              f"snapshots {list(pool_b.snapshots('rep'))}")
         for i in range(6):
             check(sha_export(srv_b, f"rep@s{i}") == expect[f"s{i}"],
                   f"received rep@s{i} differs from vm1@s{i}")
@@ -334,7 +306,7 @@ def main(pool, runner):
         deadline = time.time() + 20
         while time.time() < deadline:
             try:
-                if "snapvol.receiving" in snaps(pool_b, vol):
+                if "snapvol.receiving" in pool_b.snapshots(vol):
                     break
             except AssertionError:
                 pass
@@ -346,11 +318,12 @@ def main(pool, runner):
             p.stdin.close()
         except OSError:
             pass
-        check("snapvol.receiving" in snaps(pool_b, vol), "no marker after the kill")
+        check("snapvol.receiving" in pool_b.snapshots(vol), "no marker after the kill")
         r = receive(pool_b, path, vol)
         check(r.returncode == 0, f"rerun after kill -9: {r.stderr}")
         want = [f"s{i}" for i in range(1 if full else 3)]
-        check(snaps(pool_b, vol) == want, f"snapshots after the rerun: {snaps(pool_b, vol)}")
+        got = list(pool_b.snapshots(vol))
+        check(got == want, f"snapshots after the rerun: {got}")
         last = want[-1]
         check(sha_export(srv_b, f"{vol}@{last}") == expect[last], "rerun result differs")
 
@@ -368,7 +341,8 @@ def main(pool, runner):
             check(json.loads(r.stdout)["via"] == "direct", "not direct")
             check(sha_file(pool_b.origin("dr")) == expect[f"s{i}"],
                   f"directly received s{i} differs")
-        check(snaps(pool_b, "dr") == ["s0", "s1", "s2"], f"snapshots {snaps(pool_b, 'dr')}")
+        got = list(pool_b.snapshots("dr"))
+        check(got == ["s0", "s1", "s2"], f"snapshots {got}")
 
     runner.case("send | receive directly on the pools", direct_replication)
 

@@ -28,11 +28,6 @@ def info(pool, vol):
     return json.loads(pool.cli("--json", "info", vol).stdout)
 
 
-def snaps(pool, vol):
-    out = json.loads(pool.cli("--json", "snapshot", "list", vol).stdout)
-    return {s["name"]: s for s in out["snapshots"]}
-
-
 def connect(srv, export):
     h = nbd.NBD()
     h.connect_uri(srv.uri(export))
@@ -51,7 +46,7 @@ def main(pool, runner):
     h.flush()
 
     def release_newest():
-        before = snaps(pool, "vm1")["new"]["space"]
+        before = pool.snapshots("vm1")["new"]["space"]
         check(before >= 8 * MiB, f"vm1@new holds {before} bytes, expected >= 8 MiB")
         s = connect(srv, "vm1@new")
         check(s.is_read_only() and s.can_trim(), "snapshot export: read-only and trimmable")
@@ -70,7 +65,7 @@ def main(pool, runner):
         o = connect(srv, "vm1@old")
         check(o.pread(4096, 0) == b"A" * 4096, "the older snapshot keeps its contents")
         o.shutdown()
-        after = snaps(pool, "vm1")["new"]["space"] + snaps(pool, "vm1")["old"]["space"]
+        after = pool.snapshots("vm1")["new"]["space"] + pool.snapshots("vm1")["old"]["space"]
         check(after >= 8 * MiB, "space still held for the older snapshot")
     runner.case("release on the newest snapshot keeps what an older one needs",
                 release_newest)
@@ -81,7 +76,7 @@ def main(pool, runner):
             s.set_strict_mode(s.get_strict_mode() & ~nbd.STRICT_COMMANDS)
             s.trim(16 * MiB, 0)
             s.shutdown()
-        sp = snaps(pool, "vm1")
+        sp = pool.snapshots("vm1")
         check(sp["old"]["space"] + sp["new"]["space"] == 0,
               f"all pre-images freed, still held: {sp}")
         copied = info(pool, "vm1")["cow"]["copied_bytes"]
