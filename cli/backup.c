@@ -98,12 +98,12 @@
 
 /* ---- access to the pool: through a server, or directly ---- */
 
+/* A session (session.c) and, through a server, its NBD socket. */
 struct acc {
+	struct cli_session s;
 	bool server;
-	int fd;		  /* control socket (server) */
 	char *nbd_socket; /* absolute path (server) */
 	struct sv_pool *pool;
-	struct sv_ctl_context ctx;
 };
 
 /* A relative socket path is relative to the server's working directory. */
@@ -124,105 +124,55 @@ absolute_socket(const char *path, json_int_t pid)
 	return p;
 }
 
-/* Run a control command; returns its "return" value (new reference), or
- * NULL with the last error set from the error reply. */
-static json_t *
-acc_call(struct acc *a, const char *command, json_t *args)
-{
-	json_t *reply;
-	if (a->server) {
-		reply = sv_ctl_client_call(a->fd, command, args);
-		if (!reply)
-			return NULL;
-	} else {
-		reply = sv_ctl_execute(&a->ctx, command, args);
-	}
-	json_t *err = json_object_get(reply, "error");
-	json_t *ret = NULL;
-	if (err) {
-		const char *desc = json_string_value(json_object_get(err, "desc"));
-		json_int_t en = json_integer_value(json_object_get(err, "errno"));
-		sv_error(en > 0 ? (int)en : EIO, "%s", desc ? desc : "unknown error");
-	} else {
-		ret = json_incref(json_object_get(reply, "return"));
-		if (!ret)
-			sv_error(EPROTO, "the reply to '%s' has no result", command);
-	}
-	json_decref(reply);
-	return ret;
-}
-
-/* acc_call with the arguments built by json_pack and consumed. */
+/* Run a control command with the arguments built by json_pack, and consume
+ * them; returns its "return" value (new reference), or NULL with the last
+ * error set. */
 static json_t *
 acc_callv(struct acc *a, const char *command, json_t *args)
 {
-	json_t *r = acc_call(a, command, args);
+	json_t *r = cli_session_call(&a->s, command, args);
 	json_decref(args);
 	return r;
+}
+
+static void
+acc_close(struct acc *a)
+{
+	cli_session_close(&a->s);
+	free(a->nbd_socket);
+	memset(a, 0, sizeof *a);
+	a->s.fd = -1;
 }
 
 static int
 acc_open(struct cli *cli, struct acc *a, unsigned pool_flags)
 {
 	memset(a, 0, sizeof *a);
-	a->fd = -1;
-	char *control = cli_control_path(cli);
-	int fd = sv_ctl_client_connect(control);
-	if (fd >= 0) {
-		a->server = true;
-		a->fd = fd;
-		json_t *st = acc_call(a, "status", NULL);
-		if (!st) {
-			int r = cli_fail("control socket %s: %s", control, sv_last_error());
-			free(control);
-			return r;
-		}
-		const char *sock = json_string_value(json_object_get(st, "nbd_socket"));
-		if (!sock) {
-			json_decref(st);
-			free(control);
-			return cli_fail("the server on %s serves no NBD unix socket", cli->pool);
-		}
+	if (cli_session_open(cli, &a->s, pool_flags) == -1)
+		return cli_fail("%s", sv_last_error());
+	a->pool = a->s.pool;
+	a->server = a->s.fd >= 0;
+	if (!a->server) {
+		sv_log_debug("no server: pool %s opened directly", cli->pool);
+		return EXIT_OK;
+	}
+	json_t *st = cli_session_call(&a->s, "status", NULL);
+	if (!st) {
+		acc_close(a);
+		return cli_fail("%s", sv_last_error());
+	}
+	const char *sock = json_string_value(json_object_get(st, "nbd_socket"));
+	if (sock)
 		a->nbd_socket =
 		    absolute_socket(sock, json_integer_value(json_object_get(st, "pid")));
-		json_decref(st);
-		free(control);
-		sv_log_debug("through the server: NBD socket %s", a->nbd_socket);
-		return a->nbd_socket ? EXIT_OK : cli_fail("out of memory");
+	json_decref(st);
+	if (!a->nbd_socket) {
+		acc_close(a);
+		return sock ? cli_fail("out of memory")
+			    : cli_fail("the server on %s serves no NBD unix socket", cli->pool);
 	}
-	char why[512];
-	snprintf(why, sizeof why, "%s", sv_last_error());
-	if (sv_pool_open(cli->pool, pool_flags, &a->pool) == -1) {
-		int r;
-		if (sv_last_errno() == EWOULDBLOCK) {
-			char msg[1024];
-			const char *colon = strrchr(why, ':');
-			cli_pool_in_use_message(cli, control,
-						colon && colon[1] == ' ' ? colon + 2 : why, msg,
-						sizeof msg);
-			r = cli_fail("%s", msg);
-		} else {
-			r = cli_fail("%s", sv_last_error());
-		}
-		free(control);
-		return r;
-	}
-	free(control);
-	a->ctx.pool = a->pool;
-	sv_log_debug("no server: pool %s opened directly", cli->pool);
+	sv_log_debug("through the server: NBD socket %s", a->nbd_socket);
 	return EXIT_OK;
-}
-
-static void
-acc_close(struct acc *a)
-{
-	if (a->fd >= 0)
-		close(a->fd);
-	if (a->pool)
-		sv_pool_close(a->pool);
-	free(a->nbd_socket);
-	memset(a, 0, sizeof *a);
-	a->fd = -1;
 }
 
 /* Changed runs of VOL between snapshot FROM and TO (NULL: the live volume). */

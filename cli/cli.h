@@ -15,6 +15,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "ctl.h"
+
 /* Exit statuses. */
 #define EXIT_OK	   0
 #define EXIT_FAIL  1 /* the operation failed */
@@ -146,6 +148,24 @@ int cli_snapshot_create_fsfreeze(struct cli *cli, json_t *snapshots);
 /* The message for a pool whose lock is held by someone else. */
 void cli_pool_in_use_message(const struct cli *cli, const char *control, const char *why, char *buf,
 			     size_t len);
+
+/* session.c: the server's control socket if one answers, else the pool
+ * opened here (see the file-top comment). */
+struct cli_session {
+	int fd;			   /* control connection, or -1 */
+	struct sv_pool *pool;	   /* the pool opened here when no server answers */
+	struct sv_ctl_context ctx; /* for sv_ctl_execute on that pool */
+	char *control;		   /* the control socket's path */
+	char why[512];		   /* without a server: why its socket did not do */
+};
+/* 0, or -1 with the error set (a held pool lock names its holder). */
+int cli_session_open(struct cli *cli, struct cli_session *s, unsigned pool_flags);
+/* The whole reply to command, or NULL with the error set (the connection failed). */
+json_t *cli_session_reply(struct cli_session *s, const char *command, json_t *args);
+/* The reply's "return" value (a new reference), or NULL with the error set
+ * from the error reply. */
+json_t *cli_session_call(struct cli_session *s, const char *command, json_t *args);
+void cli_session_close(struct cli_session *s);
 
 /* serve.c */
 int cli_run_serve(struct cli *cli);

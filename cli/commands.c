@@ -3,15 +3,12 @@
  * list, info, status, call), and how the CLI decides where they run.
  *
  * A subcommand turns its command line into a control command and its
- * arguments, then:
- *  1. tries the control socket (POOL/control.sock, or --control): if a
- *     server greets, the command runs there and the server owns the pool;
- *  2. else opens the pool itself, which takes the pool's lock, and runs the
- *     same command through sv_ctl_execute in this process.  If the lock is
- *     held (a server whose control socket does not answer, or another CLI
- *     working directly), it says exactly that, with the holder's pid.
- * Either way the result is the same JSON reply, printed as JSON (--json:
- * the "return" value) or for people (tables, "key: value" lines).
+ * arguments, then runs it in a session (session.c): on the server whose
+ * control socket answers, else on the pool opened here.  Either way the
+ * result is the same JSON reply, printed as JSON (--json: the "return"
+ * value) or for people (tables, "key: value" lines).  When the pool's lock
+ * is held by someone whose socket does not answer, the message says who
+ * (cli_pool_in_use_message, here).
  *
  * Arguments the CLI can check itself (a name, a size) are checked before
  * anything is contacted, so a typo is a usage error (exit 2) whether or not
@@ -75,9 +72,8 @@ cli_pool_in_use_message(const struct cli *cli, const char *control, const char *
 }
 
 struct outcome {
-	json_t *ret;	 /* the "return" value */
-	bool via_server; /* a server ran it */
-	char why[512];	 /* without a server: why the control socket did not do */
+	json_t *ret;   /* the "return" value */
+	char why[512]; /* without a server: why the control socket did not do */
 };
 
 /* Run command (taking args) and fill out; returns an exit status, having
@@ -86,60 +82,14 @@ static int
 execute(struct cli *cli, const char *command, json_t *args, unsigned pool_flags,
 	struct outcome *out)
 {
-	char *control = cli_control_path(cli);
-	json_t *reply = NULL;
 	memset(out, 0, sizeof *out);
-
-	int fd = sv_ctl_client_connect(control);
-	if (fd >= 0) {
-		sv_log_debug("running '%s' on the server at %s", command, control);
-		reply = sv_ctl_client_call(fd, command, args);
-		close(fd);
-		if (!reply) {
-			int r = cli_fail("control socket %s: %s", control, sv_last_error());
-			free(control);
-			return r;
-		}
-		out->via_server = true;
-	} else {
-		snprintf(out->why, sizeof out->why, "%s", sv_last_error());
-		sv_log_debug("no server (%s); opening pool %s directly", out->why, cli->pool);
-		struct sv_pool *pool;
-		if (sv_pool_open(cli->pool, pool_flags, &pool) == -1) {
-			int r;
-			if (sv_last_errno() == EWOULDBLOCK) {
-				char msg[1024];
-				const char *reason = out->why;
-				/* connect's own error, without the path repeated */
-				const char *colon = strrchr(out->why, ':');
-				if (colon && colon[1] == ' ')
-					reason = colon + 2;
-				cli_pool_in_use_message(cli, control, reason, msg, sizeof msg);
-				r = cli_fail("%s", msg);
-			} else {
-				r = cli_fail("%s", sv_last_error());
-			}
-			free(control);
-			return r;
-		}
-		struct sv_ctl_context ctx = {.pool = pool};
-		reply = sv_ctl_execute(&ctx, command, args);
-		sv_pool_close(pool);
-	}
-	free(control);
-
-	json_t *err = json_object_get(reply, "error");
-	if (err) {
-		const char *desc = json_string_value(json_object_get(err, "desc"));
-		int r = cli_fail("%s", desc ? desc : "unknown error");
-		json_decref(reply);
-		return r;
-	}
-	out->ret = json_incref(json_object_get(reply, "return"));
-	json_decref(reply);
-	if (!out->ret)
-		return cli_fail("the reply to '%s' has no result", command);
-	return EXIT_OK;
+	struct cli_session s;
+	if (cli_session_open(cli, &s, pool_flags) == -1)
+		return cli_fail("%s", sv_last_error());
+	snprintf(out->why, sizeof out->why, "%s", s.why);
+	out->ret = cli_session_call(&s, command, args);
+	cli_session_close(&s);
+	return out->ret ? EXIT_OK : cli_fail("%s", sv_last_error());
 }
 
 static void
@@ -715,77 +665,6 @@ cli_run_snapshot(struct cli *cli)
 
 /* ---- diff ---- */
 
-/* Where the pages of a diff come from: one control connection, or the pool
- * opened here once (not once per page: opening a volume checkpoints it). */
-struct diff_source {
-	int fd;
-	struct sv_pool *pool;
-	char *control;
-};
-
-static int
-diff_source_open(struct cli *cli, struct diff_source *src)
-{
-	src->pool = NULL;
-	src->control = cli_control_path(cli);
-	src->fd = sv_ctl_client_connect(src->control);
-	if (src->fd >= 0)
-		return EXIT_OK;
-	char why[512];
-	snprintf(why, sizeof why, "%s", sv_last_error());
-	if (sv_pool_open(cli->pool, 0, &src->pool) == 0)
-		return EXIT_OK;
-	int r;
-	if (sv_last_errno() == EWOULDBLOCK) {
-		char msg[1024];
-		const char *colon = strrchr(why, ':');
-		cli_pool_in_use_message(
-		    cli, src->control, colon && colon[1] == ' ' ? colon + 2 : why, msg, sizeof msg);
-		r = cli_fail("%s", msg);
-	} else {
-		r = cli_fail("%s", sv_last_error());
-	}
-	free(src->control);
-	return r;
-}
-
-static void
-diff_source_close(struct diff_source *src)
-{
-	if (src->fd >= 0)
-		close(src->fd);
-	if (src->pool)
-		sv_pool_close(src->pool);
-	free(src->control);
-}
-
-/* One page: the "return" value, or NULL having printed the error. */
-static json_t *
-diff_page(struct diff_source *src, json_t *args)
-{
-	json_t *reply;
-	if (src->fd >= 0) {
-		reply = sv_ctl_client_call(src->fd, "diff", args);
-		if (!reply) {
-			cli_fail("control socket %s: %s", src->control, sv_last_error());
-			return NULL;
-		}
-	} else {
-		struct sv_ctl_context ctx = {.pool = src->pool};
-		reply = sv_ctl_execute(&ctx, "diff", args);
-	}
-	json_t *err = json_object_get(reply, "error");
-	json_t *ret = json_incref(json_object_get(reply, "return"));
-	if (err || !ret) {
-		const char *desc = json_string_value(json_object_get(err, "desc"));
-		cli_fail("%s", desc ? desc : "the reply to 'diff' has no result");
-		json_decref(ret);
-		ret = NULL;
-	}
-	json_decref(reply);
-	return ret;
-}
-
 int
 cli_run_diff(struct cli *cli)
 {
@@ -803,9 +682,10 @@ cli_run_diff(struct cli *cli)
 		return cli_usage_error(cli, "'%s' and '%s' are of different volumes", cli->pos[0],
 				       to);
 
-	struct diff_source src;
-	if ((r = diff_source_open(cli, &src)))
-		return r;
+	/* one session for every page: opening the pool here checkpoints the volume */
+	struct cli_session src;
+	if (cli_session_open(cli, &src, 0) == -1)
+		return cli_fail("%s", sv_last_error());
 	/* Printed page by page as the pages come: a 1 TiB volume can have
 	 * hundreds of thousands of extents.  The table's columns are as wide
 	 * as the volume's size needs. */
@@ -816,10 +696,10 @@ cli_run_diff(struct cli *cli)
 	while (more) {
 		json_t *args = json_pack("{s:s, s:s, s:I}", "from", cli->pos[0], "to", to, "offset",
 					 (json_int_t)next);
-		json_t *ret = diff_page(&src, args);
+		json_t *ret = cli_session_call(&src, "diff", args);
 		json_decref(args);
 		if (!ret) {
-			r = EXIT_FAIL;
+			r = cli_fail("%s", sv_last_error());
 			break;
 		}
 		if (count == 0 && next == 0) {
@@ -859,7 +739,7 @@ cli_run_diff(struct cli *cli)
 			next = (uint64_t)json_integer_value(jn);
 		json_decref(ret);
 	}
-	diff_source_close(&src);
+	cli_session_close(&src);
 	if (r) {
 		if (cli->json && (count || next))
 			printf("]}\n"); /* keep what was printed well-formed */
