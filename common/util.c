@@ -157,9 +157,14 @@ sv_parse_duration(const char *s, uint64_t *ns_out)
 		mult = 60000000000ull;
 	else if (!strcmp(p, "h"))
 		mult = 3600000000000ull;
+	else if (!strcmp(p, "d"))
+		mult = 86400000000000ull;
+	else if (!strcmp(p, "y")) /* 365 days: so "a lease of 1y" is refused as too long */
+		mult = 365 * 86400000000000ull;
 	else
-		return sv_error(
-		    EINVAL, "'%s' is not a duration: unknown unit '%s' (use ms, s, m, h)", s, p);
+		return sv_error(EINVAL,
+				"'%s' is not a duration: unknown unit '%s' (use ms, s, m, h, d, y)",
+				s, p);
 	if (v > UINT64_MAX / mult)
 		return sv_error(ERANGE, "duration '%s' is too large", s);
 	*ns_out = v * mult;

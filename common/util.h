@@ -23,7 +23,8 @@ int sv_full_write(int fd, const void *buf, size_t len);
 /* "20G", "4K", "4KiB", "512", "1.5M" is refused (whole numbers only).
  * Suffixes are binary (K = 1024).  Returns 0 or -1 with sv_error set. */
 int sv_parse_size(const char *s, uint64_t *out);
-/* "5s", "500ms", "2m", "1h", a bare number is seconds.  Nanoseconds out. */
+/* "5s", "500ms", "2m", "1h", "1d", "1y" (365 d); a bare number is seconds.
+ * Nanoseconds out. */
 int sv_parse_duration(const char *s, uint64_t *ns_out);
 /* "20 GiB", "4 KiB", "123 B" into buf. */
 const char *sv_format_size(uint64_t bytes, char *buf, size_t len);

@@ -56,6 +56,10 @@ test_parse_duration(void **state)
 	assert_int_equal(ns, 120000000000ull);
 	assert_int_equal(sv_parse_duration("1h", &ns), 0);
 	assert_int_equal(ns, 3600000000000ull);
+	assert_int_equal(sv_parse_duration("2d", &ns), 0);
+	assert_int_equal(ns, 2 * 86400000000000ull);
+	assert_int_equal(sv_parse_duration("1y", &ns), 0);
+	assert_int_equal(ns, 365 * 86400000000000ull);
 	assert_int_equal(sv_parse_duration("5x", &ns), -1);
 	assert_int_equal(sv_parse_duration("", &ns), -1);
 	assert_int_equal(sv_parse_duration("-5s", &ns), -1);
