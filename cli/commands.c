@@ -431,16 +431,21 @@ static void
 print_connections(json_t *conns)
 {
 	static const char *const heads[] = {"ID",   "PEER",    "EXPORT", "REQUESTS",
-					    "READ", "WRITTEN", "SINCE"};
-	static const bool right[] = {true, false, false, true, true, true, false};
-	struct table t = {.ncols = 7, .heads = heads, .right = right};
+					    "READ", "WRITTEN", "SINCE",	 "TLS"};
+	static const bool right[] = {true, false, false, true, true, true, false, false};
+	struct table t = {.ncols = 8, .heads = heads, .right = right};
 	size_t i;
 	json_t *c;
 	json_array_foreach(conns, i, c)
 	{
-		char id[24], reqs[24], rd[32], wr[32], since[32];
+		char id[24], reqs[24], rd[32], wr[32], since[32], tls[32] = "-";
 		snprintf(id, sizeof id, "%" PRIu64, jnum(c, "id"));
 		snprintf(reqs, sizeof reqs, "%" PRIu64, jnum(c, "requests"));
+		/* the protocol version, the first part of "(TLS1.3)-(ECDHE-...)-(...)" */
+		const char *desc = json_string_value(json_object_get(c, "tls"));
+		if (desc)
+			snprintf(tls, sizeof tls, "%.*s", (int)strcspn(desc + (*desc == '('), ")"),
+				 desc + (*desc == '('));
 		char *row[] = {
 		    id,
 		    (char *)jstr(c, "peer"),
@@ -449,6 +454,7 @@ print_connections(json_t *conns)
 		    (char *)fmt_size(jnum(c, "bytes_read"), rd, sizeof rd),
 		    (char *)fmt_size(jnum(c, "bytes_written"), wr, sizeof wr),
 		    (char *)fmt_time(jnum(c, "started"), since, sizeof since),
+		    tls,
 		};
 		table_add(&t, row);
 	}
@@ -485,6 +491,14 @@ cli_run_status(struct cli *cli)
 		json_t *t;
 		json_array_foreach(json_object_get(ret, "nbd_tcp"), i, t)
 		    printf("nbd tcp:     %s\n", json_string_value(t));
+		json_t *tls = json_object_get(ret, "tls");
+		bool psk = json_is_true(json_object_get(tls, "psk"));
+		bool x509 = json_is_true(json_object_get(tls, "x509"));
+		printf("tls:         unix %s, tcp %s; credentials: %s%s%s%s\n", jstr(tls, "unix"),
+		       jstr(tls, "tcp"), psk ? "psk" : "", psk && x509 ? " and " : "",
+		       x509 ? "x509" : "", !psk && !x509 ? "none" : "");
+		if (json_is_true(json_object_get(tls, "verify_peer")))
+			printf("             client certificates required and verified\n");
 		printf("control:     %s\n", jstr(ret, "control_socket"));
 		json_t *conns = json_object_get(ret, "connections");
 		printf("connections: %zu\n", json_array_size(conns));

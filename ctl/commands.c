@@ -982,16 +982,29 @@ connections_json(struct sv_nbd_server *nbd)
 	json_t *arr = json_array();
 	for (unsigned i = 0; i < n; i++) {
 		const struct sv_nbd_conn_info *ci = &conns[i];
-		json_array_append_new(arr, json_pack("{s:I, s:s, s:s, s:I, s:I, s:I, s:I}", "id",
-						     (json_int_t)ci->id, "peer", ci->peer, "export",
-						     ci->export_name, "requests",
-						     (json_int_t)ci->requests, "bytes_read",
-						     (json_int_t)ci->bytes_read, "bytes_written",
-						     (json_int_t)ci->bytes_written, "started",
-						     (json_int_t)ci->started));
+		json_array_append_new(
+		    arr,
+		    json_pack("{s:I, s:s, s:s, s:I, s:I, s:I, s:I, s:o}", "id", (json_int_t)ci->id,
+			      "peer", ci->peer, "export", ci->export_name, "requests",
+			      (json_int_t)ci->requests, "bytes_read", (json_int_t)ci->bytes_read,
+			      "bytes_written", (json_int_t)ci->bytes_written, "started",
+			      (json_int_t)ci->started, "tls",
+			      ci->tls[0] ? json_string(ci->tls) : json_null()));
 	}
 	free(conns);
 	return arr;
+}
+
+/* The server's TLS settings: per listener kind, and which credentials. */
+static json_t *
+tls_json(struct sv_nbd_server *nbd)
+{
+	static const char *const mode[] = {"off", "on", "require"};
+	struct sv_nbd_tls_info t;
+	sv_nbd_server_tls_info(nbd, &t);
+	return json_pack("{s:s, s:s, s:b, s:b, s:b}", "unix", mode[t.unix_mode], "tcp",
+			 mode[t.tcp_mode], "psk", t.psk, "x509", t.x509, "verify_peer",
+			 t.verify_peer);
 }
 
 static json_t *
@@ -1021,13 +1034,14 @@ cmd_status_run(struct call *c)
 	for (unsigned i = 0; i < ctx->n_nbd_tcp; i++)
 		json_array_append_new(tcp, json_string(ctx->nbd_tcp[i]));
 	uint64_t up = ctx->started_ns ? (sv_now_ns() - ctx->started_ns) / 1000000000u : 0;
-	return json_pack(
-	    "{s:b, s:s, s:i, s:I, s:I, s:s, s:o, s:o, s:o, s:o, s:o, s:o}", "running", 1, "version",
-	    SNAPVOL_VERSION, "pid", (int)getpid(), "started", (json_int_t)ctx->started, "uptime",
-	    (json_int_t)up, "pool", sv_pool_describe(ctx->pool), "nbd_socket",
-	    ctx->nbd_socket ? json_string(ctx->nbd_socket) : json_null(), "nbd_tcp", tcp,
-	    "control_socket", ctx->control_socket ? json_string(ctx->control_socket) : json_null(),
-	    "connections", conns, "volumes", vols, "freezes", freezes);
+	return json_pack("{s:b, s:s, s:i, s:I, s:I, s:s, s:o, s:o, s:o, s:o, s:o, s:o, s:o}",
+			 "running", 1, "version", SNAPVOL_VERSION, "pid", (int)getpid(), "started",
+			 (json_int_t)ctx->started, "uptime", (json_int_t)up, "pool",
+			 sv_pool_describe(ctx->pool), "nbd_socket",
+			 ctx->nbd_socket ? json_string(ctx->nbd_socket) : json_null(), "nbd_tcp",
+			 tcp, "tls", tls_json(ctx->nbd), "control_socket",
+			 ctx->control_socket ? json_string(ctx->control_socket) : json_null(),
+			 "connections", conns, "volumes", vols, "freezes", freezes);
 }
 
 static const struct command cmd_status = {

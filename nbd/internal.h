@@ -113,8 +113,12 @@ struct sv_nbd_conn {
 	char client[64]; /* who counts against max_conns_per_client: "uid 0", "127.0.0.1" */
 	enum sv_nbd_tls tls_mode; /* of the listener it came from */
 	gnutls_session_t tls;	  /* set by sv_nbd_tls_start, NULL before */
-	int tls_pull_errno;	  /* the socket's last errno under GnuTLS: reader side */
-	int tls_push_errno;	  /* and sender side (send_lock) */
+	/* Set once the TLS handshake succeeded, after tls_desc is written:
+	 * "snapvol status" reads tls_desc from another thread when it is set. */
+	atomic_bool encrypted;
+	char tls_desc[128];
+	int tls_pull_errno; /* the socket's last errno under GnuTLS: reader side */
+	int tls_push_errno; /* and sender side (send_lock) */
 	uint64_t started;
 
 	/* Registry (srv->lock). */
@@ -175,6 +179,8 @@ int sv_nbd_send_full(struct sv_nbd_conn *c, const void *buf, size_t len);
 /* tls.c.  creds_new sets *out to NULL when cfg configures no TLS. */
 int sv_nbd_tls_creds_new(const struct sv_nbd_config *cfg, struct sv_nbd_tls_creds **out);
 void sv_nbd_tls_creds_free(struct sv_nbd_tls_creds *t);
+/* Which credentials t holds (t may be NULL: none). */
+void sv_nbd_tls_creds_kinds(const struct sv_nbd_tls_creds *t, bool *psk, bool *x509);
 /* Run the TLS handshake (after STARTTLS was acknowledged) and switch
  * c->io to TLS: 0, or -1 (logged; close the connection). */
 int sv_nbd_tls_start(struct sv_nbd_conn *c);

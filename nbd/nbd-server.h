@@ -63,6 +63,13 @@ int sv_nbd_start(struct sv_nbd_server *srv);
  * answered), join all threads, remove unix socket files. */
 void sv_nbd_stop(struct sv_nbd_server *srv);
 void sv_nbd_server_free(struct sv_nbd_server *srv);
+/* How the server does TLS (for "snapvol status"). */
+struct sv_nbd_tls_info {
+	enum sv_nbd_tls unix_mode, tcp_mode;
+	bool psk, x509; /* credentials loaded */
+	bool verify_peer;
+};
+void sv_nbd_server_tls_info(const struct sv_nbd_server *srv, struct sv_nbd_tls_info *out);
 
 /* Serve one already-connected client on fd in the calling thread, until it
  * disconnects (the fuzzer and unit tests use this).  Closes fd. */
@@ -76,6 +83,7 @@ struct sv_nbd_conn_info {
 	uint64_t requests; /* requests served */
 	uint64_t bytes_read, bytes_written;
 	uint64_t started; /* seconds since the Unix epoch */
+	char tls[128];	  /* the TLS session, "(TLS1.3)-(ECDHE-...)"; "" when plain */
 };
 /* *conns is malloc'd. */
 int sv_nbd_list_connections(struct sv_nbd_server *srv, struct sv_nbd_conn_info **conns,

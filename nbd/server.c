@@ -671,6 +671,15 @@ sv_nbd_stop(struct sv_nbd_server *srv)
 }
 
 void
+sv_nbd_server_tls_info(const struct sv_nbd_server *srv, struct sv_nbd_tls_info *out)
+{
+	*out = (struct sv_nbd_tls_info){.unix_mode = srv->cfg.tls_unix,
+					.tcp_mode = srv->cfg.tls_tcp,
+					.verify_peer = srv->cfg.tls_verify_peer};
+	sv_nbd_tls_creds_kinds(srv->tls, &out->psk, &out->x509);
+}
+
+void
 sv_nbd_server_free(struct sv_nbd_server *srv)
 {
 	if (!srv)
@@ -703,6 +712,8 @@ sv_nbd_list_connections(struct sv_nbd_server *srv, struct sv_nbd_conn_info **con
 		a[i].bytes_read = atomic_load(&c->bytes_read);
 		a[i].bytes_written = atomic_load(&c->bytes_written);
 		a[i].started = c->started;
+		if (atomic_load(&c->encrypted))
+			snprintf(a[i].tls, sizeof a[i].tls, "%s", c->tls_desc);
 		i++;
 	}
 	*conns = a;

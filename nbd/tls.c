@@ -64,6 +64,13 @@ readable_file(const char *path)
 }
 
 void
+sv_nbd_tls_creds_kinds(const struct sv_nbd_tls_creds *t, bool *psk, bool *x509)
+{
+	*psk = t && t->psk;
+	*x509 = t && t->x509;
+}
+
+void
 sv_nbd_tls_creds_free(struct sv_nbd_tls_creds *t)
 {
 	if (!t)
@@ -316,6 +323,8 @@ sv_nbd_tls_start(struct sv_nbd_conn *c)
 	const char *user = t->psk ? gnutls_psk_server_get_username(s) : NULL;
 	sv_log_info("conn %u: TLS established: %s%s%s", c->id, desc ? desc : "?",
 		    user ? ", PSK user " : "", user ? user : "");
+	snprintf(c->tls_desc, sizeof c->tls_desc, "%s", desc ? desc : "TLS");
+	atomic_store(&c->encrypted, true);
 	gnutls_free(desc);
 	c->io = &tls_io;
 	return 0;

@@ -24,6 +24,7 @@ Start-up: "serve --listen" without TLS refuses to start (exit 2) and says
 why; "--tls require" without credentials is a usage error.
 """
 
+import json
 import os
 import socket
 import ssl
@@ -408,6 +409,35 @@ def tls_on_plaintext_ok(srv):
     h.shutdown()
 
 
+def status_shows_tls(pool, srv, port, cdir):
+    """snapvol status says how the server does TLS, and which connection is
+    encrypted: one X.509 client over TCP, one plaintext on the unix socket."""
+    tls = libnbd_handle(certs=cdir)
+    tls.connect_tcp("127.0.0.1", str(port))
+    plain = nbd.NBD()
+    plain.set_tls(nbd.TLS_DISABLE)
+    plain.set_export_name("vm1")
+    plain.connect_unix(srv.nbd_sock)
+    try:
+        st = json.loads(pool.cli("--json", "status").stdout)
+        want = {"unix": "on", "tcp": "require", "psk": False, "x509": True, "verify_peer": True}
+        check(st.get("tls") == want, f"status tls {st.get('tls')}, expected {want}")
+        conns = st["connections"]
+        check(len(conns) == 2, f"{len(conns)} connections in status, expected 2")
+        by_peer = {c["peer"] == "unix": c for c in conns}
+        check(by_peer[True]["tls"] is None, f"plaintext unix connection shows {by_peer[True]}")
+        check((by_peer[False]["tls"] or "").startswith("(TLS1."),
+              f"TLS connection shows tls {by_peer[False]['tls']!r}")
+        text = pool.cli("status").stdout
+        check("tls:         unix on, tcp require; credentials: x509" in text, f"status text:\n{text}")
+        check("client certificates required and verified" in text, f"status text:\n{text}")
+        check(any(l.rstrip().endswith("TLS1.3") or l.rstrip().endswith("TLS1.2")
+                  for l in text.splitlines()), f"no TLS column value in:\n{text}")
+    finally:
+        tls.shutdown()
+        plain.shutdown()
+
+
 def startup_refusals(pool, tmp):
     port = free_port()
     sock = os.path.join(tmp, "x.sock")
@@ -489,6 +519,7 @@ def main():
         run_.case("starttls-twice", starttls_twice, port, cdir)
         run_.case("state-reset-after-starttls", state_reset, srv.nbd_sock, cdir)
         run_.case("tls-on-unix-plaintext-ok", tls_on_plaintext_ok, srv)
+        run_.case("status-shows-tls", status_shows_tls, pool, srv, port, cdir)
         srv.stop()
     finally:
         pool.cleanup()
