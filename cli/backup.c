@@ -717,17 +717,6 @@ drain:
 
 /* ---- argument helpers ---- */
 
-static int
-split_snap_arg(struct cli *cli, const char *spec, char *vol, char *snap)
-{
-	bool has;
-	if (sv_split_export_name(spec, strlen(spec), vol, snap, &has) == -1)
-		return cli_usage_error(cli, "'%s': %s", spec, sv_last_error());
-	if (!has)
-		return cli_usage_error(cli, "'%s' names no snapshot: write VOLUME@SNAPSHOT", spec);
-	return 0;
-}
-
 /* --since VOL@BASE: of the same volume. */
 static int
 since_arg(struct cli *cli, const char *vol, char *base)
@@ -738,7 +727,7 @@ since_arg(struct cli *cli, const char *vol, char *base)
 		return 0;
 	}
 	char bvol[SV_NAME_MAX + 1];
-	int r = split_snap_arg(cli, s, bvol, base);
+	int r = cli_snapshot_arg(cli, s, bvol, base);
 	if (r)
 		return r;
 	if (strcmp(bvol, vol))
@@ -927,7 +916,7 @@ cli_run_backup(struct cli *cli)
 	char vol[SV_NAME_MAX + 1], snap[SV_NAME_MAX + 1], base[SV_NAME_MAX + 1];
 	const char *file = cli->pos[1];
 	int r;
-	if ((r = split_snap_arg(cli, cli->pos[0], vol, snap)) || (r = since_arg(cli, vol, base)))
+	if ((r = cli_snapshot_arg(cli, cli->pos[0], vol, snap)) || (r = since_arg(cli, vol, base)))
 		return r;
 	bool incr = base[0] != '\0';
 	if (incr && !strcmp(base, snap))
@@ -2146,7 +2135,7 @@ cli_run_send(struct cli *cli)
 {
 	char vol[SV_NAME_MAX + 1], snap[SV_NAME_MAX + 1], base[SV_NAME_MAX + 1];
 	int r;
-	if ((r = split_snap_arg(cli, cli->pos[0], vol, snap)) || (r = since_arg(cli, vol, base)))
+	if ((r = cli_snapshot_arg(cli, cli->pos[0], vol, snap)) || (r = since_arg(cli, vol, base)))
 		return r;
 	bool incr = base[0] != '\0';
 	if (incr && !strcmp(base, snap))

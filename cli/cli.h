@@ -123,6 +123,9 @@ char *cli_pool_file(const struct cli *cli, const char *name);
 int cli_parse_size_opt(const struct cli *cli, enum opt_id id, uint64_t *out);
 int cli_parse_uint_opt(const struct cli *cli, enum opt_id id, uint64_t min, uint64_t max,
 		       uint64_t *out);
+/* "VOL@SNAP", checked as the engine will check it, into vol and snap (each
+ * SV_NAME_MAX + 1 bytes): 0, or the exit status of the usage error. */
+int cli_snapshot_arg(const struct cli *cli, const char *spec, char *vol, char *snap);
 
 /* commands.c */
 int cli_run_create(struct cli *cli);

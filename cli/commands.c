@@ -572,12 +572,7 @@ static int
 check_snapshot_arg(struct cli *cli, const char *spec)
 {
 	char vol[SV_NAME_MAX + 1], snap[SV_NAME_MAX + 1];
-	bool has;
-	if (sv_split_export_name(spec, strlen(spec), vol, snap, &has) == -1)
-		return cli_usage_error(cli, "'%s': %s", spec, sv_last_error());
-	if (!has)
-		return cli_usage_error(cli, "'%s' names no snapshot: write VOLUME@SNAPSHOT", spec);
-	return 0;
+	return cli_snapshot_arg(cli, spec, vol, snap);
 }
 
 static void

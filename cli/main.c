@@ -26,6 +26,7 @@
 #include "config.h"
 #include "error.h"
 #include "log.h"
+#include "names.h"
 #include "util.h"
 
 /* ---- tables ---- */
@@ -539,6 +540,17 @@ cli_parse_size_opt(const struct cli *cli, enum opt_id id, uint64_t *out)
 {
 	if (sv_parse_size(cli->val[id], out) == -1)
 		return cli_usage_error(cli, "--%s: %s", option_of(cli, id)->lname, sv_last_error());
+	return 0;
+}
+
+int
+cli_snapshot_arg(const struct cli *cli, const char *spec, char *vol, char *snap)
+{
+	bool has;
+	if (sv_split_export_name(spec, strlen(spec), vol, snap, &has) == -1)
+		return cli_usage_error(cli, "'%s': %s", spec, sv_last_error());
+	if (!has)
+		return cli_usage_error(cli, "'%s' names no snapshot: write VOLUME@SNAPSHOT", spec);
 	return 0;
 }
 
