@@ -91,6 +91,7 @@ struct sv_watchdog_state {
 	uint64_t frozen_ns;	    /* after the last FIFREEZE returned */
 	uint64_t thaw_start_ns;	    /* before the first FITHAW */
 	uint64_t thawed_ns;	    /* after the last FITHAW */
+	bool rcu_expedited;	    /* FIFREEZE ran with expedited RCU grace periods */
 	pid_t pid;		    /* the watchdog process */
 };
 
@@ -100,8 +101,10 @@ struct sv_watchdog_state {
 int sv_watchdog_start(const struct sv_fs *fs, size_t n, uint64_t lease_ns, uint64_t timeout_ns,
 		      struct sv_watchdog **out);
 /* syncfs() every filesystem (writes go on meanwhile, so FIFREEZE has less
- * to flush and the window is shorter), then FIFREEZE every one, top-down;
- * the lease and timeout start now.  If
+ * to flush and the window is shorter), then FIFREEZE every one, top-down,
+ * with RCU grace periods expedited for the duration of the FIFREEZE calls
+ * (see watchdog.c; SNAPVOL_FREEZE_EXPEDITE=0 in the environment turns that
+ * off); the lease and timeout start now.  If
  * one fails (EOPNOTSUPP: cannot freeze, EBUSY: already frozen, EPERM), the
  * ones already frozen are thawed and the error names the mount point. */
 int sv_watchdog_freeze(struct sv_watchdog *wd);
@@ -116,6 +119,10 @@ int sv_watchdog_query(struct sv_watchdog *wd, bool *frozen_throughout);
 /* FITHAW every filesystem, bottom-up; the watchdog then exits.  Fine to
  * call when the freeze already ended (the state says why). */
 int sv_watchdog_thaw(struct sv_watchdog *wd);
+/* sv_watchdog_query, then sv_watchdog_thaw, in one message to the watchdog
+ * (one round trip between the processes less inside the window).  On -1,
+ * *frozen_throughout is false. */
+int sv_watchdog_query_thaw(struct sv_watchdog *wd, bool *frozen_throughout);
 /* A descriptor that turns readable when the watchdog reports something
  * (an early thaw): call sv_watchdog_poll then. */
 int sv_watchdog_fd(struct sv_watchdog *wd);

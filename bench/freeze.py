@@ -15,12 +15,22 @@
                                     (p50/p99), with the NBD FLUSHes the
                                     server served in each (perf uprobes) and
                                     the server's own steps (its trace log)
+  freeze.py kphases EVENTS.jsonl KTRACE.txt
+                                    where the kernel's FIFREEZE and FITHAW
+                                    spend their time, from an ftrace buffer
+                                    (bench/freeze.sh, KTRACE=1): the
+                                    watchdog's sched_switch stacks, classed
+                                    by what it waits for, and the FUSE
+                                    requests (loop device -> nbdfuse -> NBD)
+                                    issued meanwhile
 
 Modes (the environment gives the paths: SNAPVOL, POOL, SV_MNT, QSD_QMP,
 QSD_MNT, TMP):
   snapvol   snapvol snapshot create vol@N --fsfreeze SV_MNT: the window is
             the watchdog's FIFREEZE-to-FITHAW, from the command's JSON (its
             syncfs before FIFREEZE is outside the window, and reported apart)
+  plain     the same as snapvol with SNAPVOL_FREEZE_EXPEDITE=0 (FIFREEZE's
+            RCU grace periods not expedited): that change's A/B, interleaved
   byhand    FIFREEZE SV_MNT; snapvol snapshot create vol@N; FITHAW, the
             ioctls fsfreeze -f/-u make, issued from here so that the window
             is measured exactly as snapvol's: from calling FIFREEZE to FITHAW
@@ -66,18 +76,36 @@ def fs_ioctl(fd, req):
     fcntl.ioctl(fd, req, 0)
 
 
-def run_snapvol(i, env):
+def ktrace_on(env, on):
+    """Record the ftrace instance (freeze.sh, KTRACE=1) only around snapvol's
+    events, so that the buffer holds them and little else."""
+    inst = env.get("SV_KTRACE")
+    if inst:
+        with open(os.path.join(inst, "tracing_on"), "w") as f:
+            f.write("1" if on else "0")
+
+
+def run_snapvol(i, env, plain=False):
+    """plain: SNAPVOL_FREEZE_EXPEDITE=0 (FIFREEZE's RCU grace periods not
+    expedited), the same otherwise: the A/B of that one change."""
+    name = "vol@%s%d" % ("p" if plain else "f", i)
+    cenv = dict(env)
+    if plain:
+        cenv["SNAPVOL_FREEZE_EXPEDITE"] = "0"
+    ktrace_on(env, True)
     t0 = now_ms()
     out = subprocess.run([env["SNAPVOL"], "--pool", env["POOL"], "--json", "snapshot", "create",
-                          "vol@f%d" % i, "--fsfreeze", env["SV_MNT"]],
-                         check=True, capture_output=True, text=True).stdout
+                          name, "--fsfreeze", env["SV_MNT"]],
+                         check=True, capture_output=True, text=True, env=cenv).stdout
     t1 = now_ms()
+    ktrace_on(env, False)
     j = json.loads(out)
-    with open(os.path.join(env["TMP"], "snapvol-events.jsonl"), "a") as f:
+    with open(os.path.join(env["TMP"], "snapvol-%sevents.jsonl" % ("plain-" if plain else "")),
+              "a") as f:
         f.write(json.dumps(j) + "\n")
     fr = j["freeze"]
     if j["consistency"] != "frozen":
-        print("warning: vol@f%d is %s" % (i, j["consistency"]), file=sys.stderr)
+        print("warning: %s is %s" % (name, j["consistency"]), file=sys.stderr)
     # The window as the watchdog measured it, placed inside the call.
     return t0, t1, fr["window_us"] / 1e3, fr["fifreeze_us"] / 1e3
 
@@ -114,9 +142,10 @@ def run_qsd(i, env, q):
 
 
 def cleanup(mode, i, env, q):
-    if mode == "snapvol":
+    if mode in ("snapvol", "plain"):
         subprocess.run([env["SNAPVOL"], "--pool", env["POOL"], "snapshot", "delete",
-                        "vol@f%d" % i], check=True, capture_output=True)
+                        "vol@%s%d" % ("f" if mode == "snapvol" else "p", i)], check=True,
+                       capture_output=True)
     elif mode == "byhand":
         subprocess.run([env["SNAPVOL"], "--pool", env["POOL"], "snapshot", "delete",
                         "vol@h%d" % i], check=True, capture_output=True)
@@ -132,8 +161,8 @@ def cmd_run(out, n, modes):
         for i in range(n):
             for mode in modes:
                 time.sleep(GAP_S)  # room for a quiet control window before it
-                if mode == "snapvol":
-                    t0, t1, w, fz = run_snapvol(i, env)
+                if mode in ("snapvol", "plain"):
+                    t0, t1, w, fz = run_snapvol(i, env, mode == "plain")
                 elif mode == "byhand":
                     t0, t1, w, fz = run_byhand(i, env)
                 else:
@@ -209,6 +238,8 @@ def load_stalls(path):
 
 NAMES = {
     "snapvol": "snapvol `snapshot create --fsfreeze`",
+    "plain": "the same, FIFREEZE without expedited RCU grace periods "
+             "(`SNAPVOL_FREEZE_EXPEDITE=0`)",
     "byhand": "by hand: FIFREEZE; `snapvol snapshot create`; FITHAW",
     "qsd": "qemu-storage-daemon CBW (QMP transaction), by hand: FIFREEZE; QMP; FITHAW",
 }
@@ -219,7 +250,7 @@ def cmd_md(path):
     print("| method | n | window p50 ms | window p99 ms | FIFREEZE p50 ms | stall p50 ms | "
           "stall p99 ms | control stall p50 ms | control stall p99 ms |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for mode in ("snapvol", "byhand", "qsd"):
+    for mode in ("snapvol", "plain", "byhand", "qsd"):
         if mode not in rows:
             continue
         r = rows[mode]
@@ -230,7 +261,7 @@ def cmd_md(path):
     print()
     if "snapvol" in rows:
         sv = rows["snapvol"]
-        for peer in ("byhand", "qsd"):
+        for peer in ("plain", "byhand", "qsd"):
             if peer not in rows:
                 continue
             pr = rows[peer]
@@ -278,8 +309,7 @@ PHASES = [
     ("to_owner", "watchdog -> agent: frozen", True),
     ("fsmap", "GETFSMAP (free-space map)", True),
     ("create", "snapshot-create to the event SNAPSHOT_TAKEN (the control round trip)", True),
-    ("query", "watchdog query: frozen throughout?", True),
-    ("to_thaw", "agent -> watchdog: thaw", True),
+    ("to_thaw", "agent -> watchdog: frozen throughout? + thaw (one message)", True),
     ("fithaw", "FITHAW", True),
     ("durable_after_thaw", "snapshot durable (create's reply) after FITHAW (outside)", False),
 ]
@@ -406,6 +436,162 @@ def cmd_phases(events, flushes=None, serve_log=None):
                 print(row(k, [g.get(k, 0) for g in got]))
 
 
+# What the watchdog waits for inside FIFREEZE/FITHAW, from its kernel stack
+# at each sched_switch (innermost frame first; the first rule that matches).
+KCLASSES = [
+    ("synchronize_rcu", "RCU grace period (percpu_down_write of a freeze level)"),
+    ("rcu_sync_enter", "RCU grace period (percpu_down_write of a freeze level)"),
+    ("percpu_rwsem_wait", "writes in flight (sb_wait_write: fio's AIO, page faults, handles)"),
+    ("percpu_down_write", "writes in flight (sb_wait_write: fio's AIO, page faults, handles)"),
+    ("jbd2_journal_lock_updates", "running journal handles (jbd2_journal_lock_updates)"),
+    ("jbd2_log_wait_commit", "journal commit (sync_filesystem -> ext4_sync_fs)"),
+    ("sync_inodes_sb", "data writeback (sync_filesystem)"),
+    ("wb_wait_for_completion", "data writeback (sync_filesystem)"),
+    ("filemap_write_and_wait_range", "block device writeback (sync_blockdev)"),
+    ("sync_blockdev", "block device writeback (sync_blockdev)"),
+    ("jbd2_mark_journal_empty", "journal marked empty (jbd2 superblock write)"),
+    ("jbd2_journal_flush", "journal checkpoint (ext4_freeze -> jbd2_journal_flush)"),
+    ("ext4_commit_super", "ext4 superblock write (ext4_freeze / ext4_unfreeze)"),
+]
+RUNNABLE = "runnable, waiting for a CPU"
+
+
+def kclass(stack):
+    for fr in stack:
+        for key, name in KCLASSES:
+            if fr.startswith(key):
+                return name
+    generic = ("trace_event", "__traceiter", "__schedule", "schedule", "io_schedule",
+               "wait_for_completion", "bit_wait", "__wait_on_bit", "out_of_line_wait",
+               "submit_bio_wait", "folio_wait", "__filemap_fdatawait", "rwsem_down",
+               "down_", "mutex_lock", "__mutex_lock")
+    for fr in stack:
+        if not fr.startswith(generic):
+            return "other: " + fr
+    return "other"
+
+
+def load_ktrace(path):
+    """The watchdog's off-CPU intervals [(out, wake, in, state, stack)] and
+    the FUSE requests [(send, end, opcode)], CLOCK_MONOTONIC seconds."""
+    import re
+    rx = re.compile(r"^\s*(.+?)-(\d+)\s+\[\d+\]\s+\S+\s+([\d.]+): (\S+): (.*)$")
+    offs, fuse, sends = [], [], {}
+    cur = None   # the open off-CPU interval: [out, wake, in, state, stack]
+    stack_of = None
+    with open(path) as f:
+        for line in f:
+            if line.lstrip().startswith("=>"):
+                if stack_of is not None:
+                    stack_of.append(line.strip()[3:].strip().split("+")[0])
+                continue
+            stack_of = None
+            if line.rstrip().endswith("<stack trace>"):
+                # the trigger's stack, right after the sched_switch it is for
+                if cur is not None and not cur[4] and cur[2] is None:
+                    stack_of = cur[4]
+                continue
+            m = rx.match(line)
+            if not m:
+                continue
+            ts, ev, rest = float(m.group(3)), m.group(4), m.group(5)
+            if ev == "sched_switch":
+                prev = rest.split(" ==> ")[0]
+                if "prev_comm=snapvol-wdog " in prev + " ":
+                    st = re.search(r"prev_state=(\S+)", prev)
+                    cur = [ts, None, None, st.group(1) if st else "?", []]
+                    offs.append(cur)
+                elif "next_comm=snapvol-wdog " in rest + " " and cur is not None:
+                    cur[2] = ts
+                    cur = None
+            elif ev == "sched_wakeup" and "comm=snapvol-wdog " in rest + " ":
+                if cur is not None and cur[1] is None:
+                    cur[1] = ts
+            elif ev == "fuse_request_send":
+                r = re.search(r"req (\d+) opcode \d+ \((\w+)\)", rest)
+                if r:
+                    sends[r.group(1)] = (ts, r.group(2))
+            elif ev == "fuse_request_end":
+                r = re.search(r"req (\d+) ", rest)
+                if r and r.group(1) in sends:
+                    t0, op = sends.pop(r.group(1))
+                    fuse.append((t0, ts, op))
+    return [o for o in offs if o[2] is not None], fuse
+
+
+def kspan(offs, a, b):
+    """{class: seconds} of [a, b]: blocked by class, runnable, on a CPU."""
+    out = {}
+    off = 0.0
+    for t_out, wake, t_in, state, stack in offs:
+        lo, hi = max(a, t_out), min(b, t_in)
+        if hi <= lo:
+            continue
+        off += hi - lo
+        if state.startswith("R"):  # preempted
+            out[RUNNABLE] = out.get(RUNNABLE, 0) + hi - lo
+            continue
+        w = wake if wake is not None else t_in
+        blk = max(0.0, min(hi, w) - lo)
+        name = kclass(stack)
+        out[name] = out.get(name, 0) + blk
+        out[RUNNABLE] = out.get(RUNNABLE, 0) + (hi - lo - blk)
+    out["on a CPU (the ioctl's own work)"] = max(0.0, (b - a) - off)
+    return out
+
+
+def cmd_kphases(events, ktrace):
+    ev = []
+    with open(events) as f:
+        for line in f:
+            if line.strip():
+                ev.append(json.loads(line))
+    ev = [e for e in ev if "phases_us" in e.get("freeze", {})]
+    offs, fuse = load_ktrace(ktrace)
+    spans = {"fifreeze": [], "fithaw": []}
+    reqs = {"fifreeze": [], "fithaw": []}
+    for e in ev:
+        fr = e["freeze"]
+        st = fr["start_ns"] / 1e9
+        ph = fr["phases_us"]
+        end = st + fr["window_us"] / 1e6
+        # In the buffer: the watchdog slept in this event's FIFREEZE (it
+        # always does; a quick FITHAW may not sleep at all).
+        if not any(o[0] < st + ph["fifreeze"] / 1e6 and o[2] > st for o in offs):
+            continue
+        for k, (a, b) in (("fifreeze", (st, st + ph["fifreeze"] / 1e6)),
+                          ("fithaw", (end - ph["fithaw"] / 1e6, end))):
+            spans[k].append(kspan(offs, a, b))
+            mine = [x for x in fuse if a <= x[0] < b]
+            reqs[k].append((sum(1 for x in mine if x[2] == "FUSE_FSYNC"),
+                            sum(1 for x in mine if x[2] == "FUSE_WRITE"),
+                            sum(x[1] - x[0] for x in mine if x[2] == "FUSE_FSYNC")))
+    for k, title in (("fifreeze", "FIFREEZE"), ("fithaw", "FITHAW")):
+        rows = spans[k]
+        if not rows:
+            continue
+        names = sorted({n for r in rows for n in r},
+                       key=lambda n: -sum(r.get(n, 0) for r in rows))
+        print()
+        print("Inside the kernel's %s (%d events; ftrace: the watchdog's sched_switch "
+              "stacks, classed by what it waited for; ms):" % (title, len(rows)))
+        print()
+        print("| waiting for | p50 | p99 | max | share of the total |")
+        print("|---|---|---|---|---|")
+        tot = sum(sum(r.values()) for r in rows)
+        for n in names:
+            v = [r.get(n, 0) * 1e3 for r in rows]
+            print("| %s | %.1f | %.1f | %.1f | %.0f%% |" % (
+                n, pct(v, 50), pct(v, 99), max(v), 100 * sum(v) / 1e3 / tot if tot else 0))
+        q = reqs[k]
+        print()
+        print("FUSE requests from the loop device meanwhile, per event: FLUSHes (FUSE_FSYNC) "
+              "p50 %d, max %d, their round trips %.1f ms p50 / %.1f ms p99; writes p50 %d, "
+              "max %d." % (pct([x[0] for x in q], 50), max(x[0] for x in q),
+                           pct([x[2] * 1e3 for x in q], 50), pct([x[2] * 1e3 for x in q], 99),
+                           pct([x[1] for x in q], 50), max(x[1] for x in q)))
+
+
 def main():
     if len(sys.argv) < 3:
         sys.exit(__doc__)
@@ -420,6 +606,8 @@ def main():
         cmd_dat(sys.argv[2], sys.argv[3])
     elif op == "phases":
         cmd_phases(*sys.argv[2:5])
+    elif op == "kphases":
+        cmd_kphases(sys.argv[2], sys.argv[3])
     else:
         sys.exit(__doc__)
 

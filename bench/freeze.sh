@@ -8,11 +8,13 @@
 # Inside each, fio writes 4 KiB at random (libaio, direct, QD16) at the same
 # rate (RATE_IOPS) with a per-I/O latency log.  Then, N times each:
 #   snapvol   snapvol snapshot create vol@N --fsfreeze MNT
+#   plain     the same with SNAPVOL_FREEZE_EXPEDITE=0: FIFREEZE's RCU grace
+#             periods not expedited (PLAIN=0 leaves this A/B out)
 #   byhand    FIFREEZE MNT; snapvol snapshot create vol@N; FITHAW MNT
 #   qsd       FIFREEZE MNT; QMP transaction (blockdev-backup sync=none:
 #             qemu's copy-before-write snapshot); FITHAW MNT
 # (the peers' FIFREEZE/FITHAW are the ioctls fsfreeze -f/-u make, issued by
-# freeze.py itself).  snapvol and byhand run interleaved on the snapvol
+# freeze.py itself).  snapvol, plain and byhand run interleaved on the snapvol
 # stack, then qsd on its own (two stacks at once would share 2 cores).  Per
 # event: the freeze window, measured the same way for every method, from
 # calling FIFREEZE to FITHAW returning (snapvol's syncfs before FIFREEZE is
@@ -23,17 +25,26 @@
 # window is added: its phases (from its --json), the NBD FLUSHes the server
 # served in each (perf uprobes on sv_view_flush: count, time, write-behind
 # bytes) and the server's quiesced-create steps (SNAPVOL_TRACE_FREEZE=1).
+# With KTRACE=1 (the default when tracefs is writable) the inside of the
+# kernel's FIFREEZE and FITHAW is added: an ftrace instance, recording only
+# while snapvol's events run, takes the watchdog's sched_switch events with
+# their kernel stacks (a stacktrace trigger), its wake-ups and the FUSE
+# requests; freeze.py kphases classes the time by what the watchdog waited
+# for (RCU grace periods, writes in flight, journal commit, checkpoint,
+# superblock writes, a CPU).  Tracepoints only: no kprobes needed.
 # freeze.py has the details.
 #
 #   bench/freeze.sh                    # ~4 min with the defaults
 #   N=5 RUNTIME=40 bench/freeze.sh     # smoke run
 # Knobs: N (events per method, 30), VOL_GIB (4), RATE_IOPS (500),
 # SNAPVOL (build/cli/snapvol), BENCH_TMPDIR (/var/tmp), RESULTS_DIR
-# (bench/results), TRACE (1 if perf is installed).  Needs root, fio,
+# (bench/results), PLAIN (1), TRACE (1 if perf is installed), KTRACE (1 if
+# /sys/kernel/tracing is writable), SNAPVOL_FREEZE_EXPEDITE (passed on to
+# snapvol: 0 freezes without expedited RCU grace periods).  Needs root, fio,
 # nbdfuse, qemu-storage-daemon, qemu-img, gnuplot, util-linux fsfreeze;
 # perf for TRACE (a SNAPVOL built with debug info, e.g. debugoptimized).
-# Writes bench/results/freeze-DATE.{md,tsv,events.tsv,png} (+ .snapvol.jsonl:
-# snapvol's JSON per event).
+# Writes bench/results/freeze-DATE.{md,tsv,events.tsv,png} (+ .snapvol.jsonl
+# and .plain.jsonl: snapvol's JSON per event).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -43,13 +54,15 @@ if [[ $# -gt 0 ]]; then
 	exit 2
 fi
 CMDLINE=
-for v in N VOL_GIB RATE_IOPS SNAPVOL BENCH_TMPDIR RESULTS_DIR TRACE; do
+for v in N VOL_GIB RATE_IOPS SNAPVOL BENCH_TMPDIR RESULTS_DIR PLAIN TRACE KTRACE \
+	SNAPVOL_FREEZE_EXPEDITE; do
 	[[ -n "${!v+x}" ]] && CMDLINE+="$v=$(printf '%q' "${!v}") "
 done
 CMDLINE+="$0"
 N=${N:-30}
 VOL_GIB=${VOL_GIB:-4}
 RATE_IOPS=${RATE_IOPS:-500}
+PLAIN=${PLAIN:-1}
 SNAPVOL=$(realpath "${SNAPVOL:-$REPO/build/cli/snapvol}")
 BENCH_TMPDIR=${BENCH_TMPDIR:-/var/tmp}
 RESULTS_DIR=${RESULTS_DIR:-$HERE/results}
@@ -58,6 +71,10 @@ export PATH=/usr/bin:/usr/sbin:/bin:/sbin:$PATH
 if [[ -z ${TRACE:-} ]]; then
 	TRACE=0
 	command -v perf >/dev/null && TRACE=1
+fi
+if [[ -z ${KTRACE:-} ]]; then
+	KTRACE=0
+	[[ -w /sys/kernel/tracing/instances ]] && KTRACE=1
 fi
 
 log() { echo "freeze.sh: $*" >&2; }
@@ -152,7 +169,44 @@ trace_start() {
 	PERF_PID=$!
 	sleep 1
 }
+# ktrace_start: an ftrace instance of our own (others' tracing untouched),
+# on CLOCK_MONOTONIC; freeze.py turns it on around each snapvol event.
+KINST=
+ktrace_start() {
+	[[ $KTRACE == 1 ]] || return 0
+	local i=/sys/kernel/tracing/instances/svbench-$$ e
+	mkdir "$i" 2>/dev/null || {
+		log "cannot make an ftrace instance: no kernel breakdown"
+		return 0
+	}
+	KINST=$i
+	echo 0 >"$i/tracing_on"
+	echo mono >"$i/trace_clock"
+	echo 32768 >"$i/buffer_size_kb"
+	echo 'prev_comm == "snapvol-wdog" || next_comm == "snapvol-wdog"' \
+		>"$i/events/sched/sched_switch/filter"
+	echo 'stacktrace if prev_comm == "snapvol-wdog"' >"$i/events/sched/sched_switch/trigger"
+	echo 'comm == "snapvol-wdog"' >"$i/events/sched/sched_wakeup/filter"
+	for e in sched/sched_switch sched/sched_wakeup fuse/fuse_request_send \
+		fuse/fuse_request_end; do
+		echo 1 >"$i/events/$e/enable" || log "no tracepoint $e"
+	done
+	export SV_KTRACE=$i
+}
+ktrace_stop() {
+	[[ -n $KINST ]] || return 0
+	echo 0 >"$KINST/tracing_on"
+	cat "$KINST/trace" >"$TMP/ktrace.txt" 2>/dev/null || true
+	echo '!stacktrace if prev_comm == "snapvol-wdog"' \
+		>"$KINST/events/sched/sched_switch/trigger" 2>/dev/null
+	echo 0 >"$KINST/events/enable" 2>/dev/null
+	rmdir "$KINST" 2>/dev/null || log "could not remove $KINST"
+	KINST=
+	unset SV_KTRACE
+	return 0
+}
 trace_stop() {
+	ktrace_stop
 	if [[ -n $PERF_PID ]]; then
 		kill -INT "$PERF_PID" 2>/dev/null || true
 		wait "$PERF_PID" 2>/dev/null || true # 130: it stopped on the SIGINT
@@ -214,10 +268,13 @@ export SNAPVOL POOL TMP
 export SV_MNT=${MNT[sv]} QSD_MNT=${MNT[qsd]} QSD_QMP=$TMP/qmp.sock
 LOAD_START=$(cut -d' ' -f1 /proc/loadavg)
 
-log "snapvol and by hand, $N each, interleaved, under $RATE_IOPS IOPS of 4 KiB random writes"
+SV_MODES="snapvol byhand"
+[[ $PLAIN == 1 ]] && SV_MODES="snapvol plain byhand"
+log "$SV_MODES: $N each, interleaved, under $RATE_IOPS IOPS of 4 KiB random writes"
 fio_start sv
 trace_start
-"$PY" "$HERE/freeze.py" run "$TMP/events-sv.tsv" "$N" snapvol byhand
+ktrace_start
+"$PY" "$HERE/freeze.py" run "$TMP/events-sv.tsv" "$N" $SV_MODES
 trace_stop
 fio_stop
 log "qemu-storage-daemon, $N events"
@@ -251,7 +308,19 @@ gnuplot -e "dir='$TMP'; out='$OUT.png'; width=$WIDTH" "$HERE/freeze.gp" ||
 	echo
 	"$PY" "$HERE/freeze.py" phases "$TMP/snapvol-events.jsonl" "$TMP/flushes.txt" \
 		"$TMP/serve.log"
+	if [[ -s $TMP/ktrace.txt ]]; then
+		"$PY" "$HERE/freeze.py" kphases "$TMP/snapvol-events.jsonl" "$TMP/ktrace.txt"
+		if [[ -s $TMP/snapvol-plain-events.jsonl ]]; then
+			echo
+			echo "The same for \"plain\" (SNAPVOL_FREEZE_EXPEDITE=0), interleaved with them:"
+			"$PY" "$HERE/freeze.py" kphases "$TMP/snapvol-plain-events.jsonl" \
+				"$TMP/ktrace.txt"
+		fi
+	fi
 } >"$OUT.md"
 cp "$TMP/snapvol-events.jsonl" "$OUT.snapvol.jsonl"
+if [[ -s $TMP/snapvol-plain-events.jsonl ]]; then
+	cp "$TMP/snapvol-plain-events.jsonl" "$OUT.plain.jsonl"
+fi
 cat "$OUT.md"
 log "results: $OUT.md"

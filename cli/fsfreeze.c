@@ -17,8 +17,8 @@
  *     snapshot-create              consistency "crash", quiesce: writes held
  *       ... event SNAPSHOT_TAKEN   around the epoch switch; the server says
  *                                  when the instant has passed
- *     query the watchdog           "frozen without a gap since FIFREEZE?"
- *     FITHAW (bottom-up)
+ *     query the watchdog + FITHAW  "frozen without a gap since FIFREEZE?", and
+ *       (bottom-up)                the thaw, in one message to the watchdog
  *   after it:
  *       ... snapshot-create reply  the server's syncs and metadata write done:
  *                                  the snapshot is durable
@@ -201,10 +201,11 @@ cli_run_fsfreeze(struct cli *cli)
 		for (unsigned i = 0; i < nfs; i++)
 			json_array_append_new(order, json_string(fs[i].path));
 		json_t *o = json_pack(
-		    "{s:i, s:o, s:I, s:I, s:b, s:s}", "status", code, "order", order, "window_us",
-		    (json_int_t)((st.thawed_ns - st.freeze_start_ns) / 1000), "fifreeze_us",
-		    (json_int_t)((st.frozen_ns - st.freeze_start_ns) / 1000), "thawed_early", told,
-		    "reason", sv_thaw_reason_str(st.reason));
+		    "{s:i, s:o, s:I, s:I, s:b, s:b, s:s}", "status", code, "order", order,
+		    "window_us", (json_int_t)((st.thawed_ns - st.freeze_start_ns) / 1000),
+		    "fifreeze_us", (json_int_t)((st.frozen_ns - st.freeze_start_ns) / 1000),
+		    "rcu_expedited", st.rcu_expedited, "thawed_early", told, "reason",
+		    sv_thaw_reason_str(st.reason));
 		char *txt = json_dumps(o, JSON_COMPACT);
 		if (txt)
 			puts(txt);
@@ -527,11 +528,9 @@ cli_snapshot_create_fsfreeze(struct cli *cli, json_t *snapshots)
 	char create_err[1024] = "";
 	if (!taken)
 		snprintf(create_err, sizeof create_err, "%s", sv_last_error());
+	/* "Frozen throughout?" and the thaw: one message to the watchdog. */
 	bool throughout = false;
-	if (taken && sv_watchdog_query(wd, &throughout) == -1)
-		throughout = false;
-	uint64_t t_queried = sv_now_ns();
-	int thaw_r = sv_watchdog_thaw(wd);
+	int thaw_r = taken ? sv_watchdog_query_thaw(wd, &throughout) : sv_watchdog_thaw(wd);
 	struct sv_watchdog_state st;
 	sv_watchdog_get_state(wd, &st);
 	/* Thawed: the rest may print. */
@@ -595,23 +594,25 @@ cli_snapshot_create_fsfreeze(struct cli *cli, json_t *snapshots)
 			json_array_append_new(mps, json_string(fs[i].path));
 		json_object_set_new(created, "consistency", json_string(consistency));
 		/* Where the window went, in order (all one clock, CLOCK_MONOTONIC,
-		 * in both processes); the phases add up to window_us. */
+		 * in both processes); the phases add up to window_us.  "to_thaw"
+		 * holds the watchdog's check that the freeze lasted (its
+		 * FIFREEZE answering EBUSY), sent with the thaw. */
 		json_t *ph = json_pack(
-		    "{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "presync",
+		    "{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "presync",
 		    us(st.presync_ns, 0), "checkpoint", us(st.checkpoint_ns, 0), "fifreeze",
 		    us(st.frozen_ns, st.freeze_start_ns), "to_owner", us(t_seen, st.frozen_ns),
-		    "fsmap", us(t_fsmap, t_seen), "create", us(t_created, t_fsmap), "query",
-		    us(t_queried, t_created), "to_thaw", us(st.thaw_start_ns, t_queried), "fithaw",
-		    us(st.thawed_ns, st.thaw_start_ns), "durable_after_thaw",
-		    us(t_durable, st.thawed_ns));
+		    "fsmap", us(t_fsmap, t_seen), "create", us(t_created, t_fsmap), "to_thaw",
+		    us(st.thaw_start_ns, t_created), "fithaw", us(st.thawed_ns, st.thaw_start_ns),
+		    "durable_after_thaw", us(t_durable, st.thawed_ns));
 		json_object_set_new(
 		    created, "freeze",
-		    json_pack("{s:o, s:I, s:I, s:I, s:I, s:b, s:s, s:o}", "mountpoints", mps,
+		    json_pack("{s:o, s:I, s:I, s:I, s:I, s:b, s:b, s:s, s:o}", "mountpoints", mps,
 			      "start_ns", (json_int_t)st.freeze_start_ns, "window_us",
 			      (json_int_t)(window / 1000), "fifreeze_us",
 			      (json_int_t)(fifreeze / 1000), "presync_us",
-			      (json_int_t)(st.presync_ns / 1000), "frozen_throughout", throughout,
-			      "thaw", sv_thaw_reason_str(st.reason), "phases_us", ph));
+			      (json_int_t)(st.presync_ns / 1000), "rcu_expedited", st.rcu_expedited,
+			      "frozen_throughout", throughout, "thaw",
+			      sv_thaw_reason_str(st.reason), "phases_us", ph));
 		json_object_set_new(created, "fs_hint",
 				    json_pack("{s:b, s:I, s:I, s:I, s:s}", "applied", hinted,
 					      "ranges", (json_int_t)(hinted ? h.n : 0),
