@@ -168,6 +168,9 @@ json_t *cli_session_reply(struct cli_session *s, const char *command, json_t *ar
 /* The reply's "return" value (a new reference), or NULL with the error set
  * from the error reply. */
 json_t *cli_session_call(struct cli_session *s, const char *command, json_t *args);
+/* The "return" value of a reply (new reference; the reply is dropped), or
+ * NULL with the error set from an error reply. */
+json_t *cli_reply_result(json_t *reply, const char *command);
 void cli_session_close(struct cli_session *s);
 
 /* serve.c */

@@ -220,81 +220,12 @@ cli_run_fsfreeze(struct cli *cli)
 
 /* ---- snapshot create --fsfreeze ---- */
 
-/* One control connection for the whole sequence, or the pool opened here
- * when no server runs. */
-struct session {
-	int fd;
-	struct sv_pool *pool;
-	struct sv_ctl_context ctx;
-};
-
-static int
-session_open(struct cli *cli, struct session *s)
-{
-	char *control = cli_control_path(cli);
-	memset(s, 0, sizeof *s);
-	s->fd = sv_ctl_client_connect(control);
-	if (s->fd < 0) {
-		char why[512];
-		snprintf(why, sizeof why, "%s", sv_last_error());
-		if (sv_pool_open(cli->pool, 0, &s->pool) == -1) {
-			if (sv_last_errno() == EWOULDBLOCK) {
-				char msg[1024];
-				cli_pool_in_use_message(cli, control, why, msg, sizeof msg);
-				sv_error(EWOULDBLOCK, "%s", msg);
-			}
-			free(control);
-			return -1;
-		}
-		s->ctx.pool = s->pool;
-	}
-	free(control);
-	return 0;
-}
-
-static void
-session_close(struct session *s)
-{
-	if (s->fd >= 0)
-		close(s->fd);
-	if (s->pool)
-		sv_pool_close(s->pool);
-}
-
-/* A reply's "return" value, or NULL with the error set; drops reply. */
-static json_t *
-reply_result(json_t *reply, const char *command)
-{
-	json_t *err = json_object_get(reply, "error");
-	if (err) {
-		const char *desc = json_string_value(json_object_get(err, "desc"));
-		json_int_t e = json_integer_value(json_object_get(err, "errno"));
-		sv_error(e > 0 ? (int)e : EIO, "%s: %s", command, desc ? desc : "unknown error");
-		json_decref(reply);
-		return NULL;
-	}
-	json_t *ret = json_incref(json_object_get(reply, "return"));
-	json_decref(reply);
-	if (!ret)
-		sv_error(EIO, "the reply to '%s' has no result", command);
-	return ret;
-}
-
-/* Run command; its "return" value, or NULL with the error set. */
-static json_t *
-session_call(struct session *s, const char *command, json_t *args)
-{
-	json_t *reply = s->fd >= 0 ? sv_ctl_client_call(s->fd, command, args)
-				   : sv_ctl_execute(&s->ctx, command, args);
-	return reply ? reply_result(reply, command) : NULL;
-}
-
 /* snapshot-create with "notify": sends the request and returns once the
  * server says the instant has passed (*taken set) or replied (*reply set,
  * the result: an error or a failure before the instant); NULL reply and
  * !*taken: the connection failed (error set). */
 static int
-create_start(struct session *s, json_t *args, bool *taken, json_t **reply)
+create_start(struct cli_session *s, json_t *args, bool *taken, json_t **reply)
 {
 	*taken = false;
 	*reply = NULL;
@@ -320,14 +251,14 @@ create_start(struct session *s, json_t *args, bool *taken, json_t **reply)
 
 /* The reply that follows SNAPSHOT_TAKEN. */
 static json_t *
-create_finish(struct session *s)
+create_finish(struct cli_session *s)
 {
 	for (;;) {
 		json_t *m = sv_ctl_client_read(s->fd);
 		if (!m)
 			return NULL;
 		if (json_object_get(m, "return") || json_object_get(m, "error"))
-			return reply_result(m, "snapshot-create");
+			return cli_reply_result(m, "snapshot-create");
 		json_decref(m);
 	}
 }
@@ -364,7 +295,7 @@ same_bytes(struct hint *h)
 }
 
 static void
-hint_prepare(struct cli *cli, struct session *s, const struct sv_fs *fs, size_t nfs,
+hint_prepare(struct cli *cli, struct cli_session *s, const struct sv_fs *fs, size_t nfs,
 	     json_t *snapshots, struct hint *h)
 {
 	memset(h, 0, sizeof *h);
@@ -383,7 +314,7 @@ hint_prepare(struct cli *cli, struct session *s, const struct sv_fs *fs, size_t 
 	if (sv_split_export_name(spec, strlen(spec), vol, snap, &has) == -1)
 		return;
 	json_t *args = json_pack("{s:s}", "name", vol);
-	json_t *info = session_call(s, "info", args);
+	json_t *info = cli_session_call(s, "info", args);
 	json_decref(args);
 	if (!info) {
 		snprintf(h->why, sizeof h->why, "%s", sv_last_error());
@@ -453,7 +384,7 @@ hint_close(struct hint *h)
 
 /* Hand the free ranges to the server, in batches; the bytes it released. */
 static int
-hint_release(struct session *s, const char *spec, struct hint *h, uint64_t *released)
+hint_release(struct cli_session *s, const char *spec, struct hint *h, uint64_t *released)
 {
 	*released = 0;
 	for (size_t i = 0; i < h->n; i += RELEASE_BATCH) {
@@ -462,7 +393,7 @@ hint_release(struct session *s, const char *spec, struct hint *h, uint64_t *rele
 			json_array_append_new(arr, json_pack("[I, I]", (json_int_t)h->ranges[k].off,
 							     (json_int_t)h->ranges[k].len));
 		json_t *args = json_pack("{s:s, s:o}", "snapshot", spec, "ranges", arr);
-		json_t *ret = session_call(s, "snapshot-release", args);
+		json_t *ret = cli_session_call(s, "snapshot-release", args);
 		json_decref(args);
 		if (!ret)
 			return -1;
@@ -478,7 +409,7 @@ cli_snapshot_create_fsfreeze(struct cli *cli, json_t *snapshots)
 	uint64_t lease, timeout;
 	int r;
 	struct sv_fs fs[SV_AGENT_MAX_FS];
-	struct session s;
+	struct cli_session s;
 	struct hint h;
 	struct sv_watchdog *wd = NULL;
 
@@ -490,7 +421,7 @@ cli_snapshot_create_fsfreeze(struct cli *cli, json_t *snapshots)
 		json_decref(snapshots);
 		return cli_fail("%s", sv_last_error());
 	}
-	if (session_open(cli, &s) == -1) {
+	if (cli_session_open(cli, &s, 0) == -1) {
 		json_decref(snapshots);
 		return cli_fail("%s", sv_last_error());
 	}
@@ -517,10 +448,10 @@ cli_snapshot_create_fsfreeze(struct cli *cli, json_t *snapshots)
 	if (s.fd >= 0) {
 		json_t *reply;
 		if (create_start(&s, args, &taken, &reply) == 0 && reply)
-			created = reply_result(reply, "snapshot-create");
+			created = cli_reply_result(reply, "snapshot-create");
 		taken |= created != NULL; /* replied without the event: taken too */
 	} else {
-		created = session_call(&s, "snapshot-create", args);
+		created = cli_session_call(&s, "snapshot-create", args);
 		taken = created != NULL;
 	}
 	json_decref(args);
@@ -568,7 +499,7 @@ cli_snapshot_create_fsfreeze(struct cli *cli, json_t *snapshots)
 		json_array_foreach(snapshots, i, v)
 		{
 			json_t *a = json_pack("{s:O, s:s}", "snapshot", v, "consistency", "frozen");
-			json_t *ret = session_call(&s, "snapshot-set", a);
+			json_t *ret = cli_session_call(&s, "snapshot-set", a);
 			json_decref(a);
 			if (!ret) {
 				consistency = "crash";
@@ -643,7 +574,7 @@ cli_snapshot_create_fsfreeze(struct cli *cli, json_t *snapshots)
 out:
 	sv_watchdog_close(wd);
 	hint_close(&h);
-	session_close(&s);
+	cli_session_close(&s);
 	json_decref(snapshots);
 	return r;
 }

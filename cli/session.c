@@ -70,8 +70,12 @@ json_t *
 cli_session_call(struct cli_session *s, const char *command, json_t *args)
 {
 	json_t *reply = cli_session_reply(s, command, args);
-	if (!reply)
-		return NULL;
+	return reply ? cli_reply_result(reply, command) : NULL;
+}
+
+json_t *
+cli_reply_result(json_t *reply, const char *command)
+{
 	json_t *err = json_object_get(reply, "error");
 	json_t *ret = NULL;
 	if (err) {
