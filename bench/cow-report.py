@@ -16,6 +16,8 @@ here, so the tables can be rebuilt from kept files at any time:
       while the write was in flight: take, drop, hold or idle gap
   cow-report.py loadrow LAT.log EVENTS.json
       the whole background load of a cycles run: iops, p99, p99.9, max us
+  cow-report.py trace SERVER.log
+      the server's trace of each create (cow.sh TRACE=1), summed up
   cow-report.py md RUNS.tsv EVENTS.tsv MEM.tsv PHASES.tsv   the Markdown
   cow-report.py dat RUNS.tsv EVENTS.tsv MEM.tsv DIR         gnuplot data for cow.gp
 
@@ -37,6 +39,7 @@ import bisect
 import csv
 import json
 import os
+import re
 import statistics
 import sys
 
@@ -569,6 +572,14 @@ def markdown(runs, events, mem, phases):
                   "cycles run:\n")
             print(t)
             print()
+    t = rw_table(d)
+    if t:
+        print("## Rewrites with no snapshot, sustained (section rw)\n")
+        print("fio 4 KiB random writes at QD16 on the volume that never has a snapshot, time "
+              "based, ended by a FLUSH; `with the final flush` counts the flush's time too "
+              "(writes a target left unsynced are paid for there).\n")
+        print(t)
+        print()
     t = mem_table(d)
     if t:
         print("## 5. Memory of the snapvol server\n")
@@ -577,6 +588,46 @@ def markdown(runs, events, mem, phases):
     if d.runs:
         print("## All fio runs\n")
         print(all_runs(d))
+
+
+def rw_table(d):
+    rs = d.sel(section="rw")
+    if not rs:
+        return None
+    rows = []
+    for r in rs:
+        m = re.search(r"wall (\d+) ms with the final flush: (\d+) IOPS", r["note"] or "")
+        rows.append([r["rep"], r["iops"], m.group(2) if m else "-", r["p99_us"], r["max_us"],
+                     r["ios"], m.group(1) if m else "-"])
+    wall = [num(x[2]) for x in rows]
+    rows.append(["median", fi(med(d.iops(section="rw"))), fi(med(wall)), "", "", "", ""])
+    return table(["rep", "IOPS (fio)", "IOPS with the final flush", "p99 us", "max us", "writes",
+                  "wall ms"], rows)
+
+
+TRACE_RE = re.compile(r"trace: snapshot \S+: drain (\d+) us, switch (\d+) us, older writes "
+                      r"(\d+) us, origin sync (\d+) us, metadata (\d+) us; at the sync: dirty "
+                      r"(-?\d+) KiB, writeback (-?\d+) KiB; write-behind max (\d+) KiB, near "
+                      r"full in (\d+) of (\d+) samples")
+
+
+def trace(logpath):
+    """The server's create trace (SNAPVOL_TRACE_FREEZE=1), summed up."""
+    rows = [tuple(int(x) for x in m.groups())
+            for m in (TRACE_RE.search(line) for line in open(logpath, errors="replace")) if m]
+    if not rows:
+        return
+    cols = [("older writes ms", 2, 1e3), ("origin sync ms", 3, 1e3), ("metadata ms", 4, 1e3),
+            ("kernel dirty MiB at the sync", 5, 1024), ("under writeback MiB", 6, 1024),
+            ("write-behind max MiB", 7, 1024)]
+    out = []
+    for name, i, div in cols:
+        v = [r[i] / div for r in rows]
+        out.append([name, fr(pctl(v, 50)), fr(pctl(v, 99)), fr(max(v))])
+    full = sum(1 for r in rows if r[8] > 0)
+    print("Server trace of the %d creates (`SNAPVOL_TRACE_FREEZE=1`); write-behind was within "
+          "64 KiB of full during %d of the origin syncs.\n" % (len(rows), full))
+    print(table(["phase", "p50", "p99", "max"], out))
 
 
 # ---------------------------------------------------------------- plot data
@@ -651,6 +702,8 @@ def main():
         loadrow(a[1], a[2])
     elif len(a) == 5 and a[0] == "md":
         markdown(a[1], a[2], a[3], a[4])
+    elif len(a) == 2 and a[0] == "trace":
+        trace(a[1])
     elif len(a) == 5 and a[0] == "dat":
         dat(a[1], a[2], a[3], a[4])
     else:

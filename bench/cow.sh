@@ -22,6 +22,10 @@
 #           per-I/O latency log: call latency, and the longest write in
 #           flight during each call vs equal control windows; the same for
 #           qemu's filter insertion (blockdev-reopen and transaction).
+#   rw      sustained 4 KiB random rewrites with no snapshot (volume 'plain'),
+#           RW_SECS at QD16 and a FLUSH at the end, timed with it: what
+#           snapvol's early writeback of the origin costs or saves (the
+#           create cycles show what it buys).
 #   mem     a second server with a 1 TiB sparse volume: 10 snapshots with
 #           1 GiB of random 4 KiB writes spread between them; VmRSS/VmHWM.
 # Within a section the targets run back to back, repeated, so a drift of
@@ -30,7 +34,7 @@
 # Usage: bench/cow.sh              (~40 min on this busy VM; see bench/README.md)
 #        QUICK=1 bench/cow.sh      (smoke run, ~3 min)
 # Knobs (environment; QUICK=1 changes the defaults marked *):
-#   SECTIONS="first snapn create mem"   which parts run
+#   SECTIONS="first snapn create mem"   which parts run (also: rw)
 #   VOL_GIB=4*       volume / backing file size (GiB)
 #   FIRST_IOS=16384* 4 KiB writes per first/rewrite pass
 #   QDS="1 16"       queue depths of the first/rewrite passes
@@ -38,8 +42,11 @@
 #   RW_PASSES=3*     rewrite passes per repetition
 #   SNAPN="1 10 100"* snapshot counts; SNAPN_QD=16; SNAPN_REPS=2*
 #   FILL_IOS=256*    random writes between two of those snapshots
+#   RW_SECS=20*      seconds of each rw pass (REPS passes)
 #   CYCLES=50*       snapshot creates under load via the control socket
-#   CLI_CYCLES=10*   and via the CLI; QEMU_CYCLES=20* per qemu method
+#   CLI_CYCLES=10*   and via the CLI; QEMU_CYCLES=20* per qemu method (0: none)
+#   TRACE=0          1: the snapvol server traces each create (SNAPVOL_TRACE_FREEZE:
+#                    phases, dirty memory, write-behind fill); summed in the report
 #   HOLD=1* GAP=1*   seconds a snapshot is held / nothing happens per cycle
 #   MEM_SIZE=1T* MEM_WRITE_MIB=1024* MEM_SNAPS=10   the memory test
 #   MAP_MAXTIME=900  cap (s) on the block status of a snapshot of that volume
@@ -53,7 +60,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 
 KNOBS="QUICK SECTIONS VOL_GIB FIRST_IOS QDS REPS RW_PASSES SNAPN SNAPN_QD SNAPN_REPS FILL_IOS
-	CYCLES CLI_CYCLES QEMU_CYCLES HOLD GAP MEM_SIZE MEM_WRITE_MIB MEM_SNAPS MAP_MAXTIME QSD_NOSNAP
+	RW_SECS TRACE CYCLES CLI_CYCLES QEMU_CYCLES HOLD GAP MEM_SIZE MEM_WRITE_MIB MEM_SNAPS MAP_MAXTIME QSD_NOSNAP
 	FIO_MAXTIME SEED PREFILL_BS BENCH_TMPDIR KEEP SNAPVOL RESULTS_DIR"
 CMDLINE=
 for v in $KNOBS; do
@@ -84,6 +91,8 @@ SNAPN=${SNAPN:-$(q "1 10" "1 10 100")}
 SNAPN_QD=${SNAPN_QD:-16}
 SNAPN_REPS=${SNAPN_REPS:-$(q 1 2)}
 FILL_IOS=${FILL_IOS:-$(q 64 256)}
+RW_SECS=${RW_SECS:-$(q 5 20)}
+TRACE=${TRACE:-0}
 CYCLES=${CYCLES:-$(q 5 50)}
 CLI_CYCLES=${CLI_CYCLES:-$(q 2 10)}
 QEMU_CYCLES=${QEMU_CYCLES:-$(q 3 20)}
@@ -214,7 +223,11 @@ start_snapvol() {
 		[[ -f "$origin" ]] || die "snapvol reports no origin file for $v ($origin)"
 		ln -f "$BASE" "$origin"
 	done
-	start_bg snapvol "$SNAPVOL" --pool "$POOL" serve --socket "$TMP/sv.sock"
+	if [[ $TRACE == 1 ]]; then
+		start_bg snapvol env SNAPVOL_TRACE_FREEZE=1 "$SNAPVOL" --pool "$POOL" serve --socket "$TMP/sv.sock"
+	else
+		start_bg snapvol "$SNAPVOL" --pool "$POOL" serve --socket "$TMP/sv.sock"
+	fi
 	SV_URI="nbd+unix:///vol?socket=$TMP/sv.sock"
 	PLAIN_URI="nbd+unix:///plain?socket=$TMP/sv.sock"
 	wait_nbd snapvol "$SV_URI" "${SPID[snapvol]}"
@@ -272,14 +285,18 @@ run_fio() {
 	local sec=$1 t=$2 uri=$3 qd=$4 ns=$5 phase=$6 rep=$7 note=${8:-} id p0 p1 row rc=0
 	id="$sec.$t.q$qd.n$ns.$phase.r$rep"
 	p0=$(probe "$t")
+	local count=(--number_ios="$FIRST_IOS" --runtime="$FIO_MAXTIME") w0 wall_ms
+	[[ $sec == rw ]] && count=(--norandommap --time_based --runtime="$RW_SECS")
+	w0=$(date +%s%N)
 	timeout -k 5 $((FIO_MAXTIME + 60)) fio --name=w --ioengine=nbd --uri="$uri" \
 		--rw=randwrite --bs=4k --iodepth="$qd" --size="$VOL" --randrepeat=0 --randseed="$SEED" \
-		--number_ios="$FIRST_IOS" --runtime="$FIO_MAXTIME" --lat_percentiles=1 --end_fsync=1 \
+		"${count[@]}" --lat_percentiles=1 --end_fsync=1 \
 		--percentile_list=50:99:99.9 --output-format=json --output="$TMP/fio/$id.json" \
 		>"$TMP/fio/$id.out" 2>&1 &
 	FIO_PID=$!
 	wait "$FIO_PID" || rc=$?
 	FIO_PID=
+	wall_ms=$((($(date +%s%N) - w0) / 1000000))
 	local cp= cm= a0 b0 a1 b1
 	if ((rc == 0)) && row=$("$PY" "$HERE/cow-report.py" row "$TMP/fio/$id.json"); then
 		p1=$(probe "$t")
@@ -291,7 +308,11 @@ run_fio() {
 		fi
 		local ios
 		ios=$(cut -f5 <<<"$row")
-		((ios < FIRST_IOS)) && note="${note:+$note; }stopped by FIO_MAXTIME after $ios of $FIRST_IOS"
+		if [[ $sec == rw ]]; then
+			note="${note:+$note; }wall $wall_ms ms with the final flush: $((ios * 1000 / (wall_ms > 0 ? wall_ms : 1))) IOPS"
+		elif ((ios < FIRST_IOS)); then
+			note="${note:+$note; }stopped by FIO_MAXTIME after $ios of $FIRST_IOS"
+		fi
 	else
 		row=$'\t\t\t\t\t'
 		note="FAILED: fio rc $rc: $(grep -m1 -i 'err\|fail' "$TMP/fio/$id.out" | cut -c1-120)"
@@ -361,6 +382,15 @@ section_snapn() {
 	sv_clear
 }
 
+section_rw() {
+	local rep
+	for ((rep = 1; rep <= REPS; rep++)); do
+		CURRENT="rewrites with no snapshot, repetition $rep"
+		log "== $CURRENT"
+		run_fio rw snapvol-nosnap "$PLAIN_URI" 16 0 rewrite "$rep"
+	done
+}
+
 # load_start NAME URI: background fio, 4 KiB random writes QD16, per-I/O log
 load_start() {
 	timeout -k 5 3600 fio --name=load --ioengine=nbd --uri="$2" --rw=randwrite --bs=4k \
@@ -409,6 +439,11 @@ section_create() {
 	cycles snapvol snapvol "$CYCLES" "$SV_URI" --ctl "$CTL" --vol vol \
 		--cli "$SNAPVOL --pool $POOL" --cli-n "$CLI_CYCLES" --settle "$POOL/volumes/vol"
 	alive snapvol
+	if [[ $TRACE == 1 ]]; then
+		"$PY" "$HERE/cow-report.py" trace "$TMP/log/snapvol.log" >"$TMP/trace.md" || true
+		cat "$TMP/trace.md" >&2
+	fi
+	((QEMU_CYCLES > 0)) || return 0
 	cycles qemu-reopen qemu-reopen "$QEMU_CYCLES" "$QSD_URI" --qmp "$QMP" --dir "$TMP" --settle "$TMP"
 	cycles qemu-txn qemu-txn "$QEMU_CYCLES" "$QSD_URI" --qmp "$QMP" --dir "$TMP" --settle "$TMP"
 	alive qsd
@@ -543,6 +578,10 @@ report() { # report [TITLE-PREFIX]
 		fi
 		echo
 		"$PY" "$HERE/cow-report.py" md "$OUT.tsv" "$OUT.events.tsv" "$OUT.mem.tsv" "$OUT.phases.tsv"
+		if [[ -s $TMP/trace.md ]]; then
+			echo
+			cat "$TMP/trace.md"
+		fi
 		echo
 		echo "Plot: \`$(basename "$OUT.png")\`; raw figures: \`$(basename "$OUT.tsv")\` (fio runs), \`$(basename "$OUT.events.tsv")\` (each snapshot take/drop), \`$(basename "$OUT.phases.tsv")\` (write latency by phase), \`$(basename "$OUT.mem.tsv")\` (memory); method: \`bench/README.md\`."
 	} >"$OUT.md"
@@ -573,7 +612,7 @@ DATE0=$(date '+%F %T %Z')
 POOL=$TMP/pool CTL=$TMP/pool/control.sock QMP=$TMP/qsd.qmp
 log "temp dir $TMP ($(findmnt -no FSTYPE -T "$TMP")), volume $VOL_GIB GiB, sections: $SECTIONS, loadavg $LOAD0"
 
-if has first || has snapn || has create; then
+if has first || has snapn || has create || has rw; then
 	BASE=$TMP/base.raw
 	sync
 	bs=$(numfmt --from=iec "${PREFILL_BS^^}")
@@ -583,7 +622,7 @@ if has first || has snapn || has create; then
 	start_snapvol
 	start_qsd
 fi
-for s in first snapn create; do
+for s in first snapn rw create; do
 	if has $s; then
 		LOADS+=" before '$s' $(cut -d' ' -f1-3 /proc/loadavg);"
 		"section_$s"

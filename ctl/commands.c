@@ -314,18 +314,29 @@ volume_json(const struct sv_volume_info *vi)
 	return o;
 }
 
+/* The volumes; and, if held is not NULL, the names of those this process
+ * holds (open here; on a RADOS pool, their claims are its own) into it. */
 static json_t *
-volumes_json(struct sv_pool *pool)
+volumes_json_held(struct sv_pool *pool, json_t *held)
 {
 	struct sv_volume_info *infos;
 	size_t n;
 	if (sv_volume_list(pool, &infos, &n) == -1)
 		return NULL;
 	json_t *arr = json_array();
-	for (size_t i = 0; i < n; i++)
+	for (size_t i = 0; i < n; i++) {
 		json_array_append_new(arr, volume_json(&infos[i]));
+		if (held && infos[i].held)
+			json_array_append_new(held, json_string(infos[i].name));
+	}
 	free(infos);
 	return arr;
+}
+
+static json_t *
+volumes_json(struct sv_pool *pool)
+{
+	return volumes_json_held(pool, NULL);
 }
 
 /* ---- the commands ---- */
@@ -1011,37 +1022,44 @@ static json_t *
 cmd_status_run(struct call *c)
 {
 	struct sv_ctl_context *ctx = c->ctx;
-	json_t *vols = volumes_json(ctx->pool);
-	if (!vols)
+	json_t *held = json_array();
+	json_t *vols = volumes_json_held(ctx->pool, held);
+	if (!vols) {
+		json_decref(held);
 		return NULL;
+	}
 	json_t *freezes = freezes_json(ctx->pool);
 	if (!freezes) {
 		json_decref(vols);
+		json_decref(held);
 		return NULL;
 	}
-	if (!ctx->nbd)
+	if (!ctx->nbd) {
+		json_decref(held);
 		return json_pack("{s:b, s:s, s:s, s:o, s:o}", "running", 0, "message",
 				 "no server running", "pool", sv_pool_describe(ctx->pool),
 				 "volumes", vols, "freezes", freezes);
+	}
 
 	json_t *conns = connections_json(ctx->nbd);
 	if (!conns) {
 		json_decref(vols);
 		json_decref(freezes);
+		json_decref(held);
 		return NULL;
 	}
 	json_t *tcp = json_array();
 	for (unsigned i = 0; i < ctx->n_nbd_tcp; i++)
 		json_array_append_new(tcp, json_string(ctx->nbd_tcp[i]));
 	uint64_t up = ctx->started_ns ? (sv_now_ns() - ctx->started_ns) / 1000000000u : 0;
-	return json_pack("{s:b, s:s, s:i, s:I, s:I, s:s, s:o, s:o, s:o, s:o, s:o, s:o, s:o}",
+	return json_pack("{s:b, s:s, s:i, s:I, s:I, s:s, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o}",
 			 "running", 1, "version", SNAPVOL_VERSION, "pid", (int)getpid(), "started",
 			 (json_int_t)ctx->started, "uptime", (json_int_t)up, "pool",
 			 sv_pool_describe(ctx->pool), "nbd_socket",
 			 ctx->nbd_socket ? json_string(ctx->nbd_socket) : json_null(), "nbd_tcp",
 			 tcp, "tls", tls_json(ctx->nbd), "control_socket",
 			 ctx->control_socket ? json_string(ctx->control_socket) : json_null(),
-			 "connections", conns, "volumes", vols, "freezes", freezes);
+			 "connections", conns, "volumes", vols, "freezes", freezes, "held", held);
 }
 
 static const struct command cmd_status = {

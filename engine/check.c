@@ -174,7 +174,8 @@ check_objects(struct checker *ck, struct sv_volume *v)
 	for (size_t i = 0; i < n; i++) {
 		uint64_t id;
 		char tail;
-		if (!strcmp(names[i], SV_OBJ_ORIGIN) || !strcmp(names[i], SV_OBJ_JOURNAL)) {
+		if (!strcmp(names[i], SV_OBJ_ORIGIN) || !strcmp(names[i], SV_OBJ_JOURNAL) ||
+		    !strcmp(names[i], SV_OBJ_LOG)) {
 			/* known */
 		} else if (sscanf(names[i], "pre-%" SCNu64 "%c", &id, &tail) == 1) {
 			if (!sv_epoch_find_locked(v, id)) {
@@ -235,11 +236,12 @@ check_volume(struct checker *ck, const char *name)
 	if (!loaded) {
 		report(ck, name, "error", false, "%s", sv_last_error());
 	} else {
-		if (v->journal.next)
+		if (v->journal.replayed)
 			report(ck, name, "info", ck->repair,
-			       "the journal holds %" PRIu64 " records not yet in the checkpoint "
-			       "(normal after an unclean stop)%s",
-			       v->journal.next,
+			       "the journal holds %" PRIu64 " records not yet in the checkpoint, "
+			       "with %" PRIu64 " bytes of pre-images (normal after an unclean "
+			       "stop)%s",
+			       v->journal.replayed, v->journal.replayed_bytes,
 			       ck->repair ? "; checkpointed" : "; the next open replays them");
 		if (v->rollback_to[0])
 			report(ck, name, "info", ck->repair,

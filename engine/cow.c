@@ -145,10 +145,12 @@ sv_epoch_retire(struct sv_volume *vol, struct sv_epoch *ep)
 	 * happens when the last handle goes, so remove the name holding a
 	 * handle (opened here if need be), and let the pool's reclaimer
 	 * close it (reclaim.c). */
+	sv_journal_pause(vol); /* not while a checkpoint syncs it (journal.c) */
 	sv_lock_or_abort(&vol->pre_lock);
 	struct sv_obj *pre = ep->pre;
 	ep->pre = NULL;
 	sv_unlock_or_abort(&vol->pre_lock);
+	sv_journal_resume(vol);
 	if (!pre && vol->ops->obj_open(vol->pool->st, vol->name, name, vol->size, 0, &pre) == -1)
 		pre = NULL; /* none (ENOENT), or it is removed in place below */
 	if (vol->ops->obj_remove(vol->pool->st, vol->name, name) == -1 && errno != ENOENT)
@@ -219,26 +221,95 @@ sv_older_writes_locked(struct sv_volume *vol, uint64_t id)
 	return false;
 }
 
+/* The bytes one copier hands to the pre-image log (journal.c): runs
+ * beyond it are synced in their object at commit instead, so memory in
+ * flight stays bounded. */
+#define LOG_COPY_MAX (UINT64_C(8) << 20)
+
+/* Copied bytes kept for the log: runs and their bytes back to back. */
+struct logbuf {
+	struct sv_jseg *seg;
+	size_t nseg, cap_seg;
+	unsigned char *data;
+	size_t used, cap;
+};
+
+/* Room for len more bytes at lb->data + lb->used. */
+static bool
+logbuf_reserve(struct logbuf *lb, size_t len)
+{
+	if (lb->used + len > lb->cap) {
+		size_t cap = lb->cap ? lb->cap : COPY_BUF;
+		while (cap < lb->used + len)
+			cap *= 2;
+		unsigned char *d = realloc(lb->data, cap);
+		if (!d)
+			return false;
+		lb->data = d;
+		lb->cap = cap;
+	}
+	if (lb->nseg == lb->cap_seg) {
+		size_t cap = lb->cap_seg ? 2 * lb->cap_seg : 16;
+		struct sv_jseg *sg = realloc(lb->seg, cap * sizeof *sg);
+		if (!sg)
+			return false;
+		lb->seg = sg;
+		lb->cap_seg = cap;
+	}
+	return true;
+}
+
 /* Copy runs of chunks into ep's pre-image object and commit them; runs
- * with nodata set are only recorded (bit-only records, see bitonly). */
+ * with nodata set are only recorded (bit-only records, see bitonly).  In
+ * log mode the bytes copied go to the commit too (journal.c). */
 static int
-copy_runs(struct sv_volume *vol, struct sv_epoch *ep, const struct sv_jrec *runs,
-	  const bool *nodata, size_t n, int *err)
+copy_runs(struct sv_volume *vol, struct sv_epoch *ep, struct sv_jrec *runs, const bool *nodata,
+	  size_t n, int *err)
 {
 	struct sv_obj *pre = NULL;
 	char *buf = NULL;
 	uint64_t copied = 0, holes = 0;
+	struct logbuf lb = {0};
+	size_t *segstart = NULL; /* per run: its first run of bytes in lb */
+	bool logging = vol->journal.log;
+	/* The origin's last run asked about: the chunks claimed here do not
+	 * change under the copy (their writers wait for it), so one query to
+	 * the end of the volume answers for every run it covers (most of a
+	 * batch of random writes into an allocated origin). */
+	struct sv_extent known = {.length = 0};
+	if (logging && !(segstart = calloc(n, sizeof *segstart)))
+		logging = false; /* then every object is synced at commit */
 	for (size_t r = 0; r < n; r++) {
+		runs[r].nodata = nodata[r];
+		runs[r].data = NULL;
+		runs[r].seg = NULL;
+		runs[r].nseg = 0;
 		if (nodata[r])
 			continue;
 		uint64_t off = (uint64_t)runs[r].first << vol->chunk_shift;
 		uint64_t end = (uint64_t)(runs[r].first + runs[r].count) << vol->chunk_shift;
 		if (end > vol->size)
 			end = vol->size;
+		/* This run's bytes go to the log if they all fit. */
+		bool log_run = logging && lb.used + (end - off) <= LOG_COPY_MAX;
+		if (log_run)
+			segstart[r] = lb.nseg;
 		while (off < end) {
 			struct sv_extent e;
-			if (vol->ops->obj_extent(vol->origin, off, end - off, &e) == -1)
-				goto fail;
+			if (off < known.offset || off >= known.offset + known.length) {
+				if (vol->ops->obj_extent(vol->origin, off, vol->size - off,
+							 &known) == -1)
+					goto fail;
+				if (known.length == 0) {
+					errno = EIO; /* a backend that maps nothing */
+					goto fail;
+				}
+			}
+			e = known;
+			e.length = known.offset + known.length - off;
+			e.offset = off;
+			if (e.length > end - off)
+				e.length = end - off;
 			if (e.hole) {
 				holes += e.length;
 				off += e.length;
@@ -246,27 +317,61 @@ copy_runs(struct sv_volume *vol, struct sv_epoch *ep, const struct sv_jrec *runs
 			}
 			if (!pre && sv_epoch_pre(vol, ep, true, &pre) == -1)
 				goto fail;
-			if (!buf && !(buf = malloc(COPY_BUF)))
+			if (!log_run && !buf && !(buf = malloc(COPY_BUF)))
 				goto fail;
 			uint64_t todo = e.length;
 			while (todo > 0) {
 				size_t piece = todo < COPY_BUF ? (size_t)todo : COPY_BUF;
-				if (vol->ops->obj_pread(vol->origin, buf, piece, off) == -1 ||
-				    vol->ops->obj_pwrite(pre, buf, piece, off, 0) == -1)
+				char *dst = buf;
+				if (log_run) {
+					if (!logbuf_reserve(&lb, piece))
+						goto fail;
+					dst = (char *)lb.data + lb.used;
+				}
+				if (vol->ops->obj_pread(vol->origin, dst, piece, off) == -1 ||
+				    vol->ops->obj_pwrite(pre, dst, piece, off, 0) == -1)
 					goto fail;
+				if (log_run) {
+					struct sv_jseg *last =
+					    lb.nseg > segstart[r] ? &lb.seg[lb.nseg - 1] : NULL;
+					if (last && last->off + last->len == off)
+						last->len += piece;
+					else
+						lb.seg[lb.nseg++] = (struct sv_jseg){off, piece};
+					lb.used += piece;
+				}
 				off += piece;
 				todo -= piece;
 				copied += piece;
 			}
 		}
+		if (log_run) {
+			/* Pointers are set once lb stops moving, below. */
+			runs[r].nseg = (uint32_t)(lb.nseg - segstart[r]);
+			runs[r].data = (const unsigned char *)1;
+		}
 	}
 	free(buf);
 	buf = NULL;
+	/* Point the logged runs at their bytes (a run of holes only logs
+	 * nothing, and needs no sync either). */
+	for (size_t r = 0, used = 0; logging && r < n; r++) {
+		if (!runs[r].data)
+			continue;
+		static const unsigned char none[1];
+		runs[r].seg = runs[r].nseg ? lb.seg + segstart[r] : NULL;
+		runs[r].data = runs[r].nseg ? lb.data + used : none;
+		for (uint32_t k = 0; k < runs[r].nseg; k++)
+			used += runs[r].seg[k].len;
+	}
 	if (sv_journal_commit(vol, runs, n) == -1) {
 		/* Some records may be in the journal: keep the data they name. */
 		pre = NULL;
 		goto fail;
 	}
+	free(lb.data);
+	free(lb.seg);
+	free(segstart);
 	sv_lock_or_abort(&vol->cow_lock);
 	vol->stat_copies += n;
 	vol->stat_copied_bytes += copied;
@@ -293,6 +398,9 @@ fail:
 				    vol->name);
 	}
 	free(buf);
+	free(lb.data);
+	free(lb.seg);
+	free(segstart);
 	return -1;
 }
 

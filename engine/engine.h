@@ -64,6 +64,7 @@ struct sv_volume_info {
 	char full_policy[16];	 /* "fail-writes" or "drop-snapshot" */
 	unsigned snapshots;	 /* live snapshots */
 	uint64_t snapshot_space; /* bytes the snapshots' pre-images hold */
+	bool held;		 /* open in this process (on a RADOS pool: its claim is ours) */
 };
 
 /* size must be > 0, a multiple of 512 and <= SV_VOLUME_MAX_SIZE; chunk_size

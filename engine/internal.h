@@ -65,13 +65,21 @@ struct sv_snap {
 	roaring_bitmap_t *released;
 };
 
-/* The change journal (journal.c): durable records of committed copies. */
+/* The change journal (journal.c): durable records of committed copies,
+ * and (pre-image log mode) the copies' bytes. */
 struct sv_journal {
 	struct sv_obj *obj;
-	uint64_t gen;	      /* generation of the records being written */
-	uint64_t next;	      /* next record slot */
-	uint64_t capacity;    /* slots */
-	bool must_checkpoint; /* the checkpoint at open failed (full store): the
+	bool log;		 /* pre-image log mode: obj is SV_OBJ_LOG (see journal.c) */
+	bool readonly;		 /* opened for "snapvol check": replay writes nothing */
+	struct sv_obj *legacy;	 /* log mode: an older snapvol's journal, replayed once */
+	uint64_t gen;		 /* generation of the records being written */
+	uint64_t next;		 /* next record slot (log mode: byte offset) */
+	uint64_t capacity;	 /* slots (log mode: bytes) */
+	uint64_t replayed;	 /* records replayed at open (for check) */
+	uint64_t replayed_bytes; /* pre-image bytes among them (log mode) */
+	uint64_t checkpoints;	 /* taken since open; the leader's (statistics) */
+	uint64_t logged_bytes;	 /* pre-image bytes appended since open; the leader's */
+	bool must_checkpoint;	 /* the checkpoint at open failed (full store): the
 				 leader takes one before the next record */
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
@@ -83,11 +91,36 @@ struct sv_journal {
 	uint64_t syncs;	     /* journal syncs done (for status); lock */
 };
 
+/* A run of a volume's bytes (a pre-image's place in its object). */
+struct sv_jseg {
+	uint64_t off, len;
+};
+
 /* A queued journal record: the pre-images of chunks [first, first+count)
- * of epoch ep are in its object. */
+ * of epoch ep are in its object.  In log mode (journal.c) the copier hands
+ * the bytes it copied too: nseg runs (holes are not copied), their bytes
+ * back to back in data; the commit appends them to the log, so the
+ * object need not be synced.  A record without them (data NULL: too large
+ * to log) has its object synced at commit instead; a bit-only record
+ * (nodata, cow.c) needs neither. */
 struct sv_jrec {
 	struct sv_epoch *ep;
 	uint32_t first, count;
+	bool nodata;
+	uint32_t nseg;
+	const struct sv_jseg *seg;
+	const unsigned char *data;
+};
+
+/* Early writeback of a volume's origin (writeback.c). */
+struct sv_wback {
+	uint64_t threshold; /* bytes written between kicks; 0: off; __atomic */
+	uint64_t pending;   /* bytes written since the last kick; __atomic */
+	pthread_mutex_t lock;
+	pthread_cond_t cond; /* kick or stop; lock */
+	pthread_t thread;
+	bool started, stop, kick, warned;     /* lock */
+	uint64_t kicks, kick_ns, kick_ns_max; /* lock (statistics) */
 };
 
 struct sv_volume {
@@ -150,6 +183,8 @@ struct sv_volume {
 
 	/* counters (cow_lock) */
 	uint64_t stat_copies, stat_copied_bytes, stat_hole_copies;
+
+	struct sv_wback wback; /* early writeback of the origin (writeback.c) */
 };
 
 /* Write-behind of first writes after a snapshot (writebehind.c). */
@@ -198,6 +233,7 @@ void sv_reclaim_shutdown(struct sv_pool *pool);
 /* A volume's data objects (the store names them; pre-images are "pre-E"). */
 #define SV_OBJ_ORIGIN  "origin"
 #define SV_OBJ_JOURNAL "journal"
+#define SV_OBJ_LOG     "prelog" /* the pre-image log (journal.c) */
 
 /* meta.c: checksummed, versioned JSON blobs */
 #define SV_META_VOLUME	"volume.meta"
@@ -236,7 +272,13 @@ int sv_journal_load(struct sv_volume *vol, json_t *volmeta);
 /* Queue records, wait until they (and the pre-image data written before
  * the call) are durable and their bits set.  0, or -1 with errno. */
 int sv_journal_commit(struct sv_volume *vol, const struct sv_jrec *recs, size_t n);
-/* Write all bitmaps as a new checkpoint and start a new generation.
+/* Keep commits and checkpoints out (wait for the one running): a
+ * checkpoint syncs every pre-image object, so sv_epoch_retire takes an
+ * epoch's object away only between them. */
+void sv_journal_pause(struct sv_volume *vol);
+void sv_journal_resume(struct sv_volume *vol);
+/* Write all bitmaps as a new checkpoint and start a new generation (in
+ * log mode after syncing every pre-image object: the log is then empty).
  * Callers hold no cow_lock. */
 int sv_journal_checkpoint(struct sv_volume *vol);
 
@@ -312,6 +354,30 @@ bool sv_freeze_tracing(void);
 /* view.c: what a view is of (diff.c answers dirty-bitmap queries). */
 struct sv_volume *sv_view_volume(struct sv_view *v);
 struct sv_snap *sv_view_snap(struct sv_view *v); /* NULL: the live volume */
+/* writeback.c: start writeback of the origin every SNAPVOL_WRITEBACK_MB
+ * written (init before the volume is used, stop before the origin closes;
+ * note never blocks on I/O). */
+void sv_writeback_init(struct sv_volume *vol);
+void sv_writeback_note(struct sv_volume *vol, uint64_t bytes);
+void sv_writeback_stop(struct sv_volume *vol);
+uint64_t sv_writeback_threshold(void); /* bytes; 0: off */
+/* Sync the origin for a snapshot: written back slice by slice first, so
+ * the device's queue never holds all of it ahead of other syncs; 0 or -1
+ * with errno (obj_sync's). */
+int sv_writeback_sync(struct sv_volume *vol);
+/* Tracing a snapshot's durability sync: the kernel's dirty and writeback
+ * KiB at its start, and write-behind's fill (max bytes; 2 ms samples, and
+ * how many found it within 64 KiB of full) while it runs. */
+struct sv_wb_probe {
+	struct sv_pool *pool;
+	pthread_t thread;
+	bool running, stop;
+	long dirty_kib, wback_kib;
+	size_t wb_max;
+	unsigned samples, full_samples;
+};
+void sv_wb_probe_start(struct sv_pool *pool, struct sv_wb_probe *p);
+void sv_wb_probe_stop(struct sv_wb_probe *p);
 /* writebehind.c */
 void sv_wb_init(struct sv_pool *pool);
 /* Land everything queued and stop the threads (pool close). */

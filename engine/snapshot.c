@@ -7,7 +7,9 @@
  * Then, while writes go on in the new epoch, the call waits for the writes
  * stamped with the old epoch to finish (they belong in the snapshot), syncs
  * the origin once (so every write acknowledged before the switch is
- * durable), and records the snapshot in volume.meta.  Until that record is
+ * durable; sv_writeback_sync, writeback.c, can write it back slice by
+ * slice first), and records the snapshot in
+ * volume.meta.  Until that record is
  * written the snapshot is "pending": not listed, not exportable, and a
  * crash forgets it (its epoch stays, harmlessly: its pre-images are then
  * simply the older snapshots' pre-images, see cow.c).
@@ -765,25 +767,32 @@ sv_snapshot_create_cb(struct sv_pool *pool, const char *const *specs, size_t n,
 			pthread_cond_wait(&vol->cow_cond, &vol->cow_lock);
 	}
 	uint64_t t_older = sv_now_ns();
+	struct sv_wb_probe probe = {.running = false};
+	if (sv_freeze_tracing())
+		sv_wb_probe_start(pool, &probe);
 	for (size_t i = 0; i < n; i++) {
 		struct sv_volume *vol = m[i].vol;
-		if (vol->ops->obj_sync(vol->origin) == -1) {
+		if (sv_writeback_sync(vol) == -1) {
+			sv_wb_probe_stop(&probe);
 			sv_wb_note_error(vol, errno ? errno : EIO); /* writes may be lost */
 			sv_error_errno("volume %s: cannot sync for the snapshot", vol->name);
 			goto undo;
 		}
 	}
 	uint64_t t_synced = sv_now_ns();
+	sv_wb_probe_stop(&probe);
 	for (; saved < n; saved++)
 		if (sv_volume_save_meta(m[saved].vol) == -1)
 			goto undo;
 	if (sv_freeze_tracing())
 		sv_log_info("trace: snapshot %s: drain %" PRIu64 " us, switch %" PRIu64
 			    " us, older writes %" PRIu64 " us, origin sync %" PRIu64
-			    " us, metadata %" PRIu64 " us",
+			    " us, metadata %" PRIu64 " us; at the sync: dirty %ld KiB, writeback "
+			    "%ld KiB; write-behind max %zu KiB, near full in %u of %u samples",
 			    specs[0], (t_drained - t_held) / 1000, (t_switched - t_drained) / 1000,
 			    (t_older - t_switched) / 1000, (t_synced - t_older) / 1000,
-			    (sv_now_ns() - t_synced) / 1000);
+			    (sv_now_ns() - t_synced) / 1000, probe.dirty_kib, probe.wback_kib,
+			    probe.wb_max >> 10, probe.full_samples, probe.samples);
 	for (size_t i = 0; i < n; i++) {
 		struct sv_volume *vol = m[i].vol;
 		SV_LOCK_SCOPE(&vol->cow_lock);

@@ -191,6 +191,8 @@ sv_view_pwrite(struct sv_view *v, const void *buf, uint32_t len, uint64_t off, u
 	struct sv_write_ticket t;
 	int done = (flags & SV_FUA) ? sv_cow_write_begin(vol, off, len, gate_mode(flags), &t, err)
 				    : sv_wb_write(vol, buf, len, off, gate_mode(flags), &t, err);
+	if (done > 0)
+		sv_writeback_note(vol, len); /* taken behind: on the origin soon */
 	if (done)
 		return done > 0 ? 0 : -1;
 	int r =
@@ -198,6 +200,8 @@ sv_view_pwrite(struct sv_view *v, const void *buf, uint32_t len, uint64_t off, u
 	if (r == -1)
 		fail(err);
 	sv_cow_write_end(vol, &t);
+	if (r == 0 && !(flags & SV_FUA))
+		sv_writeback_note(vol, len);
 	return r;
 }
 

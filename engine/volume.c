@@ -27,6 +27,23 @@
 
 static void volume_close(struct sv_volume *v);
 
+/* A volume's claim, on a pool several servers share (a RADOS pool): held
+ * while the volume is open here, and around a create or delete, so that
+ * only one node writes a volume at a time.  A no-op where the pool's own
+ * lock covers every volume (the store has no vol_claim). */
+static int
+claim_volume(struct sv_pool *pool, const char *name)
+{
+	return pool->ops->vol_claim ? pool->ops->vol_claim(pool->st, name) : 0;
+}
+
+static void
+release_volume(struct sv_pool *pool, const char *name)
+{
+	if (pool->ops->vol_release)
+		pool->ops->vol_release(pool->st, name);
+}
+
 static int
 check_geometry(uint64_t size, uint32_t chunk_size)
 {
@@ -101,15 +118,9 @@ load_meta(struct sv_pool *pool, const char *name, struct sv_volume_meta *m)
 	return r;
 }
 
-int
-sv_volume_create(struct sv_pool *pool, const char *name, uint64_t size, uint32_t chunk_size)
+static int
+create_claimed_locked(struct sv_pool *pool, const char *name, uint64_t size, uint32_t chunk_size)
 {
-	if (chunk_size == 0)
-		chunk_size = SV_CHUNK_DEFAULT;
-	if (sv_check_name(name, "volume") == -1 || check_geometry(size, chunk_size) == -1)
-		return -1;
-
-	SV_LOCK_SCOPE(&pool->lock);
 	const struct sv_store_ops *ops = pool->ops;
 	if (ops->vol_create(pool->st, name) == -1) {
 		if (errno != EEXIST)
@@ -159,6 +170,21 @@ undo:;
 	return sv_error(e, "%s", msg);
 }
 
+int
+sv_volume_create(struct sv_pool *pool, const char *name, uint64_t size, uint32_t chunk_size)
+{
+	if (chunk_size == 0)
+		chunk_size = SV_CHUNK_DEFAULT;
+	if (sv_check_name(name, "volume") == -1 || check_geometry(size, chunk_size) == -1)
+		return -1;
+	SV_LOCK_SCOPE(&pool->lock);
+	if (claim_volume(pool, name) == -1)
+		return -1;
+	int r = create_claimed_locked(pool, name, size, chunk_size);
+	release_volume(pool, name);
+	return r;
+}
+
 static struct sv_volume *
 find_open_locked(struct sv_pool *pool, const char *name)
 {
@@ -167,6 +193,8 @@ find_open_locked(struct sv_pool *pool, const char *name)
 			return v;
 	return NULL;
 }
+
+static int delete_claimed_locked(struct sv_pool *pool, const char *name, struct sv_volume *v);
 
 int
 sv_volume_delete(struct sv_pool *pool, const char *name)
@@ -178,6 +206,16 @@ sv_volume_delete(struct sv_pool *pool, const char *name)
 	if (v && v->refs)
 		return sv_error(EBUSY, "volume %s is in use by %u connection%s", name, v->refs,
 				v->refs == 1 ? "" : "s");
+	if (claim_volume(pool, name) == -1)
+		return -1;
+	int r = delete_claimed_locked(pool, name, v);
+	release_volume(pool, name);
+	return r;
+}
+
+static int
+delete_claimed_locked(struct sv_pool *pool, const char *name, struct sv_volume *v)
+{
 	struct sv_volume_meta m;
 	if (load_meta(pool, name, &m) == -1)
 		return -1;
@@ -210,6 +248,7 @@ fill_info_locked(struct sv_pool *pool, const char *name, struct sv_volume_info *
 	info->created = m.created;
 	struct sv_volume *v = find_open_locked(pool, name);
 	info->open_views = v ? v->refs : 0;
+	info->held = v != NULL;
 	struct sv_obj *o = v ? v->origin : NULL;
 	bool opened = false;
 	if (!o) {
@@ -320,6 +359,7 @@ volume_close(struct sv_volume *v)
 {
 	if (v->landing)
 		sv_wb_drain(v);
+	sv_writeback_stop(v);
 	if (v->journal.obj && sv_journal_checkpoint(v) == -1)
 		sv_log_warn("volume %s: %s", v->name, sv_last_error());
 	if (v->ops->obj_sync(v->origin) == -1)
@@ -331,6 +371,7 @@ volume_close(struct sv_volume *v)
 	if (v->landing)
 		roaring_bitmap_free(v->landing);
 	v->ops->obj_close(v->origin);
+	release_volume(v->pool, v->name);
 	pthread_mutex_destroy(&v->admin_lock);
 	pthread_mutex_destroy(&v->pre_lock);
 	pthread_mutex_destroy(&v->meta_lock);
@@ -383,26 +424,34 @@ sv_volume_get_locked(struct sv_pool *pool, const char *name, struct sv_volume **
 		*out = v;
 		return 0;
 	}
+	/* The claim first, so the metadata read is the last holder's final word. */
+	if (claim_volume(pool, name) == -1)
+		return -1;
 	json_t *body;
 	if (sv_meta_load(pool, name, SV_META_VOLUME, &body) == -1) {
+		release_volume(pool, name);
 		if (sv_last_errno() == ENOENT)
 			return sv_error(ENOENT, "volume %s does not exist", name);
 		return -1;
 	}
 	struct sv_volume_meta m;
 	if (sv_volume_meta_parse(body, name, &m) == -1) {
+		release_volume(pool, name);
 		json_decref(body);
 		return -1;
 	}
 	v = calloc(1, sizeof *v);
 	if (!v) {
+		release_volume(pool, name);
 		json_decref(body);
 		return sv_error(ENOMEM, "out of memory");
 	}
 	if (pool->ops->obj_open(pool->st, name, SV_OBJ_ORIGIN, m.size, 0, &v->origin) == -1) {
+		sv_error_errno("volume %s: cannot open its data", name);
+		release_volume(pool, name);
 		free(v);
 		json_decref(body);
-		return sv_error_errno("volume %s: cannot open its data", name);
+		return -1;
 	}
 	v->pool = pool;
 	v->ops = pool->ops;
@@ -419,6 +468,7 @@ sv_volume_get_locked(struct sv_pool *pool, const char *name, struct sv_volume **
 	pthread_cond_init(&v->cow_cond, NULL);
 	v->inflight = roaring_bitmap_create();
 	v->landing = roaring_bitmap_create();
+	sv_writeback_init(v);
 	int r = volume_load(v, body);
 	json_decref(body);
 	if (r == -1) {

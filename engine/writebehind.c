@@ -211,11 +211,14 @@ room_for(struct sv_volume *vol, size_t held)
 	sv_unlock_or_abort(&vol->cow_lock);
 	if (drop)
 		return true;
+	uint64_t avail;
 	int fd = vol->ops->obj_fd(vol->origin);
 	struct statvfs sv;
-	if (fd < 0 || fstatvfs(fd, &sv) == -1)
-		return false;
-	return (uint64_t)sv.f_bavail * sv.f_frsize > 2 * (uint64_t)held + WB_SPACE_RESERVE;
+	if (fd >= 0 && fstatvfs(fd, &sv) == 0)
+		avail = (uint64_t)sv.f_bavail * sv.f_frsize;
+	else if (!vol->ops->space_avail || vol->ops->space_avail(vol->pool->st, &avail) == -1)
+		return false; /* no way to know (RADOS without space_avail): not behind */
+	return avail > 2 * (uint64_t)held + WB_SPACE_RESERVE;
 }
 
 static void

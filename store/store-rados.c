@@ -9,10 +9,11 @@
  *   snapvol.pool                       pool header.  omap: "format" (1),
  *                                      "object_size" (stripe size, fixed when
  *                                      the first volume is made), "vol.NAME"
- *                                      for each volume (the volume index),
- *                                      "claim.addr" (the holder's address).
- *                                      Carries the claim: the exclusive
- *                                      RADOS lock "snapvol.claim".
+ *                                      for each volume (the volume index)
+ *   snapvol.claim.NAME                 volume NAME's claim: the exclusive
+ *                                      RADOS lock "snapvol.claim"; omap
+ *                                      "holder" = "COOKIE ADDR" of its last
+ *                                      holder (removed on a clean release)
  *   snapvol.vol.NAME                   volume header.  omap: "obj.OBJ" = the
  *                                      data object's size in bytes,
  *                                      "meta.KEY" for each metadata blob
@@ -33,22 +34,29 @@
  *
  * Durability: a RADOS write completes only once every replica has it
  * committed, so obj_pwrite returns when its stripes are durable and
- * obj_sync has nothing left to wait for (it only reports a lost claim);
+ * obj_sync has nothing left to wait for (it only reports a claim lost to
+ * another holder);
  * SV_STORE_FUA costs nothing more.  Writes spanning stripes go out in
  * parallel (aio) and are waited for together.
  *
- * The claim (lock): one exclusive RADOS lock on snapvol.pool with a cookie
- * naming this process ("HOST:PID:DURATION:RANDOM") and a duration (30 s;
- * SNAPVOL_RADOS_CLAIM, e.g. "5s", for tests), renewed with MUST_RENEW by a
- * thread every third of it.  Another server's lock() gets EWOULDBLOCK and
- * a message naming the holder.  A holder that dies stops renewing, and the
- * OSD drops its lock after the duration; the next holder blocklists the
- * previous holder's address (recorded in "claim.addr", removed on a clean
- * close) so that nothing it still had in flight can land.  Fencing: a write
- * is only issued while it is certain to finish before the claim could
- * lapse (the last renewal's send time + duration - the op timeout); once a
- * renewal finds the lock gone, or time runs out, every write fails with
- * EIO, never risking two writers.
+ * Claims, per volume (vol_claim/vol_release): several servers share a
+ * pool, and each volume is written by one process at a time.  A claim is
+ * an exclusive RADOS lock on snapvol.claim.NAME with a cookie naming this
+ * process ("HOST:PID:DURATION:RANDOM") and a duration (30 s;
+ * SNAPVOL_RADOS_CLAIM, e.g. "5s", for tests), renewed with MUST_RENEW by
+ * one thread every third of it for every volume held.  lock() only names
+ * the process and starts that thread.  Another process's vol_claim gets
+ * EWOULDBLOCK and a message naming the holder.  A holder that dies stops
+ * renewing, and the OSD drops its lock after the duration; the next taker
+ * blocklists the previous holder's address (its "holder" record) so that
+ * nothing it still had in flight can land.  Fencing: a write is only
+ * issued while it is certain to finish before its volume's claim could
+ * lapse (the last renewal's send time + duration - the op timeout), and
+ * writes of a volume without a claim fail with EIO.  A claim that lapsed
+ * (the cluster was away) is taken back if "holder" still names this
+ * process (nobody held it meanwhile: the in-memory state is still true),
+ * else it is lost for good and its volume's writes and flushes fail with
+ * EIO.  The renewal thread logs these changes (it has no caller to tell).
  *
  * Errors: librados returns -errno; data-path calls map the cluster's
  * failures to EIO, and a full pool (ENOSPC, EDQUOT) to ENOSPC, which the NBD
@@ -56,10 +64,12 @@
  * client_mount_timeout) turn a dead cluster into EIO within seconds instead
  * of a hang.  Configuration: CEPH_CONF (or --ceph-conf) names ceph.conf,
  * CEPH_ARGS adds options, SNAPVOL_CEPH_ID (--ceph-id) the client id.
- * Messages for people go through error.h (sv_error); this file never prints.
+ * Messages for people go through error.h (sv_error); this file prints only
+ * from the renewal thread (log.h), whose claim changes have no caller.
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <jansson.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <rados/librados.h>
@@ -72,6 +82,7 @@
 #include <unistd.h>
 
 #include "error.h"
+#include "log.h"
 #include "store.h"
 #include "util.h"
 
@@ -94,16 +105,38 @@ struct rados_store {
 	uint64_t op_timeout_ms; /* what a RADOS op may take before it fails */
 	pthread_mutex_t lock;	/* serializes index changes (volumes, objects) */
 
-	/* The claim. */
-	bool claimed; /* lock() succeeded (set once, before threads) */
+	/* Claims, one per volume this process writes (see the top). */
+	bool claimed; /* lock() succeeded: claims are enforced (set once, before threads) */
 	char cookie[160];
 	uint64_t claim_ms;
-	_Atomic uint64_t valid_until; /* sv_now_ns(): writes may start until then */
-	atomic_bool fenced;	      /* the lock is gone: writes fail for good */
 	pthread_t renewer;
-	pthread_mutex_t claim_lock; /* protects stopping, with claim_cond */
+	/* Protects the claims list, each claim's refs and held, stopping, and
+	 * serializes every RADOS lock call (take, renew, release). */
+	pthread_mutex_t claim_lock;
 	pthread_cond_t claim_cond;
 	bool stopping;
+	struct claim *claims; /* never freed before close: objects point at them */
+
+	/* space_avail's cache: one cluster round trip a second at most. */
+	pthread_mutex_t space_lock;
+	uint64_t space_at, space_bytes;
+};
+
+/* One volume's claim: the exclusive RADOS lock "snapvol.claim" on the
+ * object "snapvol.claim.VOL" (not the volume's header, which a remove
+ * deletes).  Its omap "holder" = "COOKIE ADDR" of the process that took it
+ * last, removed on a clean release: the next taker blocklists ADDR when it
+ * is there and not its own, and a holder whose claim lapsed may take it
+ * back only while "holder" is still its own (nobody held it in between). */
+struct claim {
+	struct claim *next;
+	char vol[72];
+	char oid[96];
+	unsigned refs; /* vol_claim calls not yet released; claim_lock */
+	bool held;     /* the RADOS lock is (or was, until it lapsed) ours; claim_lock */
+	_Atomic uint64_t valid_until; /* sv_now_ns(): writes may start until then */
+	atomic_bool fenced;	      /* lost to another holder: writes fail until reclaimed */
+	bool lapsed;		      /* a renewal found it gone or failed; claim_lock */
 };
 
 struct rados_obj {
@@ -112,6 +145,7 @@ struct rados_obj {
 	char *prefix; /* "snapvol.vol.NAME/data/OBJ." */
 	uint64_t size;
 	bool rdonly;
+	struct claim *claim; /* its volume's, for fencing writes */
 };
 
 /* ---- helpers ---- */
@@ -174,18 +208,50 @@ vol_oid(char *buf, size_t len, const char *vol)
 	snprintf(buf, len, "snapvol.vol.%s", vol);
 }
 
-/* Writes may start only under a live claim (or with no claim taken at all:
- * a store opened for a test of the contract). */
+/* The claim record of vol, made (unheld) if there is none yet. */
+static struct claim *
+claim_of_locked(struct rados_store *rs, const char *vol)
+{
+	for (struct claim *c = rs->claims; c; c = c->next)
+		if (!strcmp(c->vol, vol))
+			return c;
+	struct claim *c = calloc(1, sizeof *c);
+	if (!c)
+		return NULL;
+	snprintf(c->vol, sizeof c->vol, "%s", vol);
+	snprintf(c->oid, sizeof c->oid, "snapvol.claim.%s", vol);
+	c->next = rs->claims;
+	rs->claims = c;
+	return c;
+}
+
+static struct claim *
+claim_of(struct rados_store *rs, const char *vol)
+{
+	SV_LOCK_SCOPE(&rs->claim_lock);
+	return claim_of_locked(rs, vol);
+}
+
+/* Writes may start only under a live claim of their volume (or with no
+ * claim enforced at all: a store opened for a test of the contract). */
 static int
-check_claim(struct rados_store *rs)
+check_claim(struct rados_store *rs, struct claim *c)
 {
 	if (!rs->claimed)
 		return 0;
-	if (atomic_load(&rs->fenced) || sv_now_ns() >= atomic_load(&rs->valid_until)) {
+	if (!c || atomic_load(&c->fenced) || sv_now_ns() >= atomic_load(&c->valid_until)) {
 		errno = EIO;
 		return -1;
 	}
 	return 0;
+}
+
+static int
+check_vol_claim(struct rados_store *rs, const char *vol)
+{
+	if (!rs->claimed)
+		return 0;
+	return check_claim(rs, claim_of(rs, vol));
 }
 
 /* ---- omap ---- */
@@ -476,7 +542,14 @@ rados_store_open(const char *location, bool create, struct sv_store **out)
 	rs->op_timeout_ms -= rs->op_timeout_ms % 1000; /* Ceph takes whole seconds */
 	pthread_mutex_init(&rs->lock, NULL);
 	pthread_mutex_init(&rs->claim_lock, NULL);
-	pthread_cond_init(&rs->claim_cond, NULL);
+	/* The renewer waits on CLOCK_MONOTONIC deadlines (a realtime default
+	 * would make every wait end at once: a renewal loop without pause). */
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&rs->claim_cond, &ca);
+	pthread_condattr_destroy(&ca);
+	pthread_mutex_init(&rs->space_lock, NULL);
 
 	const char *id = getenv("SNAPVOL_CEPH_ID");
 	int r = rados_create(&rs->cluster, id && *id ? id : NULL);
@@ -541,6 +614,7 @@ fail_shutdown:
 	rados_shutdown(rs->cluster);
 fail_free:;
 	int e = sv_last_errno();
+	pthread_mutex_destroy(&rs->space_lock);
 	pthread_cond_destroy(&rs->claim_cond);
 	pthread_mutex_destroy(&rs->claim_lock);
 	pthread_mutex_destroy(&rs->lock);
@@ -549,6 +623,8 @@ fail_free:;
 	errno = e;
 	return -1;
 }
+
+static void release_claim(struct rados_store *rs, struct claim *c);
 
 static void
 rados_store_close(struct sv_store *st)
@@ -560,14 +636,18 @@ rados_store_close(struct sv_store *st)
 		pthread_cond_signal(&rs->claim_cond);
 		sv_unlock_or_abort(&rs->claim_lock);
 		pthread_join(rs->renewer, NULL);
-		/* A clean release: the next holder has nobody to blocklist. */
-		if (!atomic_load(&rs->fenced)) {
-			(void)omap_put(rs, POOL_OID, "claim.addr", NULL, true);
-			(void)rados_unlock(rs->io, POOL_OID, CLAIM_LOCK, rs->cookie);
-		}
+	}
+	/* A clean release of what is still held: the next holder has nobody
+	 * to blocklist. */
+	for (struct claim *c = rs->claims, *next; c; c = next) {
+		next = c->next;
+		if (c->held && !atomic_load(&c->fenced))
+			release_claim(rs, c);
+		free(c);
 	}
 	rados_ioctx_destroy(rs->io);
 	rados_shutdown(rs->cluster);
+	pthread_mutex_destroy(&rs->space_lock);
 	pthread_cond_destroy(&rs->claim_cond);
 	pthread_mutex_destroy(&rs->claim_lock);
 	pthread_mutex_destroy(&rs->lock);
@@ -575,67 +655,39 @@ rados_store_close(struct sv_store *st)
 	free(rs);
 }
 
-/* ---- the claim ---- */
+/* ---- claims ---- */
 
+static bool
+lost_lock(int r)
+{
+	return r == -EBUSY || r == -EEXIST;
+}
+
+/* Take (flags 0) or renew (MUST_RENEW) c's RADOS lock; claim_lock held. */
 static int
-take_lock(struct rados_store *rs, uint8_t flags)
+take_lock_locked(struct rados_store *rs, struct claim *c, uint8_t flags)
 {
 	struct timeval tv = {.tv_sec = (time_t)(rs->claim_ms / 1000),
 			     .tv_usec = (suseconds_t)(rs->claim_ms % 1000) * 1000};
 	uint64_t sent = sv_now_ns();
-	int r = rados_lock_exclusive(rs->io, POOL_OID, CLAIM_LOCK, rs->cookie,
-				     "snapvol server claim", &tv, flags);
+	int r = rados_lock_exclusive(rs->io, c->oid, CLAIM_LOCK, rs->cookie, "snapvol server claim",
+				     &tv, flags);
 	if (r == 0) {
 		/* Whatever this write starts must end before the lock could lapse. */
 		uint64_t margin = (rs->claim_ms - rs->op_timeout_ms) * 1000000ull;
-		atomic_store(&rs->valid_until, sent + margin);
+		atomic_store(&c->valid_until, sent + margin);
 	}
 	return r;
 }
 
-static void *
-renew_thread(void *arg)
-{
-	struct rados_store *rs = arg;
-	uint64_t period_ms = rs->claim_ms / 3;
-	uint64_t wait_ms = period_ms;
-	sv_lock_or_abort(&rs->claim_lock);
-	while (!rs->stopping) {
-		struct timespec ts;
-		clock_gettime(CLOCK_MONOTONIC, &ts);
-		ts.tv_sec += (time_t)(wait_ms / 1000);
-		ts.tv_nsec += (long)(wait_ms % 1000) * 1000000L;
-		if (ts.tv_nsec >= 1000000000L) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000L;
-		}
-		pthread_cond_timedwait(&rs->claim_cond, &rs->claim_lock, &ts);
-		if (rs->stopping)
-			break;
-		sv_unlock_or_abort(&rs->claim_lock);
-		int r = take_lock(rs, LIBRADOS_LOCK_FLAG_MUST_RENEW);
-		sv_lock_or_abort(&rs->claim_lock);
-		if (r == -ENOENT || r == -EBUSY) {
-			/* Lapsed (and perhaps taken): fenced for good. */
-			atomic_store(&rs->fenced, true);
-			break;
-		}
-		/* A failure to reach the cluster: retry soon; valid_until
-		 * runs out by itself if it lasts. */
-		wait_ms = r == 0 ? period_ms : (period_ms < 1000 ? period_ms : 1000);
-	}
-	sv_unlock_or_abort(&rs->claim_lock);
-	return NULL;
-}
-
-/* Who holds the claim, for the refusal message. */
+/* Who holds a claim, for the refusal message. */
 static void
-describe_holder(struct rados_store *rs, char *buf, size_t len)
+describe_holder(struct rados_store *rs, const char *oid, char *buf, size_t len)
 {
 	char tag[64], clients[256], cookies[512], addrs[256];
 	size_t tl = sizeof tag, cl = sizeof clients, kl = sizeof cookies, al = sizeof addrs;
 	int excl = 0;
-	ssize_t n = rados_list_lockers(rs->io, POOL_OID, CLAIM_LOCK, &excl, tag, &tl, clients, &cl,
+	ssize_t n = rados_list_lockers(rs->io, oid, CLAIM_LOCK, &excl, tag, &tl, clients, &cl,
 				       cookies, &kl, addrs, &al);
 	if (n <= 0) {
 		snprintf(buf, len, "another snapvol process");
@@ -657,14 +709,14 @@ describe_holder(struct rados_store *rs, char *buf, size_t len)
 		buf[len - 1] = '\0'; /* cut short: still names the holder */
 }
 
-/* Our own address, as the lockers list shows it. */
+/* Our own address, as the lockers list of oid shows it. */
 static int
-own_addr(struct rados_store *rs, char *buf, size_t len)
+own_addr(struct rados_store *rs, const char *oid, char *buf, size_t len)
 {
 	char tag[64], clients[1024], cookies[2048], addrs[1024];
 	size_t tl = sizeof tag, cl = sizeof clients, kl = sizeof cookies, al = sizeof addrs;
 	int excl = 0;
-	ssize_t n = rados_list_lockers(rs->io, POOL_OID, CLAIM_LOCK, &excl, tag, &tl, clients, &cl,
+	ssize_t n = rados_list_lockers(rs->io, oid, CLAIM_LOCK, &excl, tag, &tl, clients, &cl,
 				       cookies, &kl, addrs, &al);
 	const char *c = cookies, *a = addrs;
 	for (ssize_t i = 0; i < n; i++) {
@@ -678,6 +730,208 @@ own_addr(struct rados_store *rs, char *buf, size_t len)
 	return -1;
 }
 
+/* "holder" of c: 1 if it is this process's, 0 if someone else's (its
+ * address in addr) or none (addr ""), -errno if it cannot be read. */
+static int
+holder_is_us(struct rados_store *rs, struct claim *c, char *addr, size_t len)
+{
+	char *h = NULL;
+	addr[0] = '\0';
+	int r = omap_get(rs, c->oid, "holder", &h, NULL);
+	if (r == -ENOENT)
+		return 0;
+	if (r < 0)
+		return r;
+	char *sp = strchr(h, ' ');
+	size_t cl = sp ? (size_t)(sp - h) : strlen(h);
+	bool us = cl == strlen(rs->cookie) && !memcmp(h, rs->cookie, cl);
+	if (!us && sp)
+		snprintf(addr, len, "%s", sp + 1);
+	free(h);
+	return us ? 1 : 0;
+}
+
+/* The lock of c was just taken: fence the previous holder if it did not
+ * let go cleanly (nothing it still has in flight may land now), then
+ * record ourselves.  0 or -errno (the lock is given back then). */
+static int
+fence_and_record_locked(struct rados_store *rs, struct claim *c)
+{
+	char prev[256], mine[256] = "";
+	own_addr(rs, c->oid, mine, sizeof mine);
+	int r = holder_is_us(rs, c, prev, sizeof prev);
+	if (r == 0 && *prev && strcmp(prev, mine) != 0)
+		(void)rados_blocklist_add(rs->cluster, prev, (uint32_t)(rs->claim_ms / 1000) * 4);
+	if (r >= 0) {
+		char rec[512];
+		snprintf(rec, sizeof rec, "%s %s", rs->cookie, mine);
+		r = omap_put(rs, c->oid, "holder", rec, false);
+	}
+	if (r < 0)
+		(void)rados_unlock(rs->io, c->oid, CLAIM_LOCK, rs->cookie);
+	return r;
+}
+
+static void
+release_claim(struct rados_store *rs, struct claim *c)
+{
+	/* The record first: a crash between the two leaves a lock that lapses
+	 * and nobody to blocklist, which is right (nothing is in flight). */
+	(void)omap_put(rs, c->oid, "holder", NULL, true);
+	(void)rados_unlock(rs->io, c->oid, CLAIM_LOCK, rs->cookie);
+	c->held = false;
+	atomic_store(&c->valid_until, 0); /* no more writes under it */
+}
+
+static int
+rados_vol_claim(struct sv_store *st, const char *vol)
+{
+	struct rados_store *rs = (struct rados_store *)st;
+	if (!rs->claimed)
+		return 0; /* nothing enforced (a test of the contract) */
+	SV_LOCK_SCOPE(&rs->claim_lock);
+	struct claim *c = claim_of_locked(rs, vol);
+	if (!c)
+		return sv_error(ENOMEM, "out of memory");
+	if (c->refs && atomic_load(&c->fenced))
+		return sv_error(EIO,
+				"volume %s: its claim was lost to another node while it was "
+				"open here; it is served again once every connection to it is "
+				"closed and the server restarted",
+				vol);
+	if (c->refs && c->held) {
+		c->refs++;
+		return 0;
+	}
+	int r = take_lock_locked(rs, c, 0);
+	if (r == -EEXIST) /* still ours (a release that did not reach the cluster) */
+		r = take_lock_locked(rs, c, LIBRADOS_LOCK_FLAG_MUST_RENEW);
+	if (lost_lock(r)) {
+		char who[600];
+		describe_holder(rs, c->oid, who, sizeof who);
+		return sv_error(EWOULDBLOCK, "volume %s is claimed by %s", vol, who);
+	}
+	if (r == 0)
+		r = fence_and_record_locked(rs, c);
+	if (r < 0) {
+		fail_ctl(r);
+		return sv_error_errno("volume %s: cannot take its claim in pool %s", vol, rs->spec);
+	}
+	c->held = true;
+	c->lapsed = false;
+	atomic_store(&c->fenced, false);
+	c->refs = 1;
+	return 0;
+}
+
+static void
+rados_vol_release(struct sv_store *st, const char *vol)
+{
+	struct rados_store *rs = (struct rados_store *)st;
+	if (!rs->claimed)
+		return;
+	SV_LOCK_SCOPE(&rs->claim_lock);
+	struct claim *c = claim_of_locked(rs, vol);
+	if (!c || !c->refs || --c->refs)
+		return;
+	if (c->held && !atomic_load(&c->fenced)) {
+		char key[96], *v = NULL;
+		snprintf(key, sizeof key, "vol.%s", vol);
+		int r = omap_get(rs, POOL_OID, key, &v, NULL);
+		free(v);
+		if (r == -ENOENT) {
+			/* The volume is gone: so is its claim object. */
+			(void)rados_remove(rs->io, c->oid);
+			c->held = false;
+		} else {
+			release_claim(rs, c);
+		}
+	}
+	c->held = false;
+	atomic_store(&c->valid_until, 0);
+}
+
+/* Renew c (claim_lock held); after a lapse, take it back only if nobody
+ * held it in between.  Logs what changes. */
+static void
+renew_locked(struct rados_store *rs, struct claim *c)
+{
+	int r = take_lock_locked(rs, c, LIBRADOS_LOCK_FLAG_MUST_RENEW);
+	if (r == -ENOENT) {
+		/* It lapsed (the cluster was away longer than the claim, or this
+		 * process stalled): ours again if still recorded as ours. */
+		r = take_lock_locked(rs, c, 0);
+		if (r == 0) {
+			char other[256];
+			int us = holder_is_us(rs, c, other, sizeof other);
+			if (us == 1) {
+				sv_log_warn("volume %s: claim lapsed, taken back (nobody held it "
+					    "meanwhile): writes go on",
+					    c->vol);
+				c->lapsed = false;
+				return;
+			}
+			/* Someone else held it (lost), or unknown: let go. */
+			(void)rados_unlock(rs->io, c->oid, CLAIM_LOCK, rs->cookie);
+			r = us == 0 ? -EBUSY : us;
+		}
+	}
+	if (r == 0) {
+		if (c->lapsed)
+			sv_log_warn("volume %s: claim renewed again: writes go on", c->vol);
+		c->lapsed = false;
+	} else if (lost_lock(r) || r == -ESHUTDOWN) {
+		atomic_store(&c->fenced, true);
+		c->held = false;
+		sv_log_error("volume %s: claim lost (%s): its writes fail with EIO until it is "
+			     "closed here and opened again",
+			     c->vol,
+			     r == -ESHUTDOWN ? "this node was blocklisted by another"
+					     : "another node holds it");
+	} else if (!c->lapsed) {
+		c->lapsed = true;
+		sv_log_warn("volume %s: cannot renew its claim (%s); writes fail with EIO once "
+			    "it runs out, until the cluster answers again",
+			    c->vol, strerror(-r));
+	}
+}
+
+static void *
+renew_thread(void *arg)
+{
+	struct rados_store *rs = arg;
+	uint64_t period_ms = rs->claim_ms / 3;
+	uint64_t wait_ms = period_ms;
+	sv_lock_or_abort(&rs->claim_lock);
+	while (!rs->stopping) {
+		struct timespec ts;
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		ts.tv_sec += (time_t)(wait_ms / 1000);
+		ts.tv_nsec += (long)(wait_ms % 1000) * 1000000L;
+		if (ts.tv_nsec >= 1000000000L) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000L;
+		}
+		pthread_cond_timedwait(&rs->claim_cond, &rs->claim_lock, &ts);
+		if (rs->stopping)
+			break;
+		bool trouble = false;
+		for (struct claim *c = rs->claims; c && !rs->stopping; c = c->next) {
+			if (!c->refs || !c->held || atomic_load(&c->fenced))
+				continue;
+			renew_locked(rs, c);
+			trouble |= c->lapsed;
+		}
+		/* A failure to reach the cluster: retry soon; valid_until runs
+		 * out by itself if it lasts. */
+		wait_ms = trouble && period_ms > 1000 ? 1000 : period_ms;
+	}
+	sv_unlock_or_abort(&rs->claim_lock);
+	return NULL;
+}
+
+/* Claims are per volume (vol_claim); lock() only names this process and
+ * starts the renewals.  Several servers share one pool. */
 static int
 rados_store_lock(struct sv_store *st)
 {
@@ -685,46 +939,108 @@ rados_store_lock(struct sv_store *st)
 	char host[64] = "unknown";
 	gethostname(host, sizeof host - 1);
 	for (char *p = host; *p; p++)
-		if (*p == ':')
+		if (*p == ':' || *p == ' ')
 			*p = '_';
 	unsigned rnd = (unsigned)(sv_now_ns() ^ (uint64_t)getpid() * 2654435761u);
 	snprintf(rs->cookie, sizeof rs->cookie, "%s:%ld:%" PRIu64 ":%08x", host, (long)getpid(),
 		 rs->claim_ms, rnd);
-	int r = take_lock(rs, 0);
-	if (r == -EBUSY || r == -EEXIST) {
-		char who[600];
-		describe_holder(rs, who, sizeof who);
-		sv_error(EWOULDBLOCK, "pool %s is claimed by %s", rs->spec, who);
-		errno = EWOULDBLOCK;
-		return -1;
-	}
-	if (r < 0) {
-		fail_ctl(r);
-		return sv_error_errno("pool %s: cannot take the claim", rs->spec);
-	}
-	/* Fence the previous holder if it did not let go cleanly: nothing it
-	 * still has in flight may land now that the claim is ours. */
-	char *prev = NULL;
-	char mine[256] = "";
-	own_addr(rs, mine, sizeof mine);
-	if (omap_get(rs, POOL_OID, "claim.addr", &prev, NULL) == 0) {
-		if (*prev && strcmp(prev, mine) != 0)
-			(void)rados_blocklist_add(rs->cluster, prev,
-						  (uint32_t)(rs->claim_ms / 1000) * 4);
-		free(prev);
-	}
-	if (*mine && (r = omap_put(rs, POOL_OID, "claim.addr", mine, false)) < 0) {
-		(void)rados_unlock(rs->io, POOL_OID, CLAIM_LOCK, rs->cookie);
-		fail_ctl(r);
-		return sv_error_errno("pool %s: cannot record the claim", rs->spec);
-	}
 	rs->claimed = true;
 	if (pthread_create(&rs->renewer, NULL, renew_thread, rs) != 0) {
 		rs->claimed = false;
-		(void)rados_unlock(rs->io, POOL_OID, CLAIM_LOCK, rs->cookie);
-		return sv_error(EAGAIN, "pool %s: cannot start the claim's renewal thread",
+		return sv_error(EAGAIN, "pool %s: cannot start the claims' renewal thread",
 				rs->spec);
 	}
+	return 0;
+}
+
+/* One mon command's JSON answer (the monitor answers these without a
+ * manager); NULL if it fails. */
+static json_t *
+mon_json(struct rados_store *rs, const char *cmd)
+{
+	const char *cmds[1] = {cmd};
+	char *out = NULL, *sts = NULL;
+	size_t outlen = 0, stslen = 0;
+	json_t *j = NULL;
+	if (rados_mon_command(rs->cluster, cmds, 1, "", 0, &out, &outlen, &sts, &stslen) == 0 &&
+	    out)
+		j = json_loadb(out, outlen, 0, NULL);
+	rados_buffer_free(out);
+	rados_buffer_free(sts);
+	return j;
+}
+
+static bool
+json_array_has(json_t *arr, const char *a, const char *b)
+{
+	size_t i;
+	json_t *v;
+	json_array_foreach(arr, i, v)
+	{
+		const char *s = json_string_value(v);
+		if (s && (!strcmp(s, a) || (b && !strcmp(s, b))))
+			return true;
+	}
+	return false;
+}
+
+/* Free space for new data: the cluster's, divided among the pool's
+ * replicas, and under the pool's byte quota (all from the OSD map).  A cluster without a manager
+ * reports no byte counts; then the OSD map's full and nearfull states (the
+ * monitor's own) are all there is: room unless an OSD is nearfull or the
+ * pool full.  Cached for a second (write-behind asks on every write it
+ * holds). */
+static int
+rados_space_avail(struct sv_store *st, uint64_t *bytes)
+{
+	struct rados_store *rs = (struct rados_store *)st;
+	SV_LOCK_SCOPE(&rs->space_lock);
+	uint64_t now = sv_now_ns();
+	if (rs->space_at && now - rs->space_at < 1000000000ull) {
+		*bytes = rs->space_bytes;
+		return 0;
+	}
+	struct rados_cluster_stat_t cs;
+	int r = rados_cluster_stat(rs->cluster, &cs);
+	if (r < 0)
+		return fail_ctl(r);
+	uint64_t avail = cs.kb ? cs.kb_avail * 1024 : UINT64_MAX;
+	json_t *d = mon_json(rs, "{\"prefix\": \"osd dump\", \"format\": \"json\"}");
+	if (!d) {
+		errno = EIO;
+		return -1;
+	}
+	size_t i;
+	json_t *v;
+	json_int_t qmax = 0; /* the pool's byte quota, 0 for none */
+	json_array_foreach(json_object_get(d, "osds"), i, v)
+	{
+		if (json_array_has(json_object_get(v, "state"), "nearfull", "full"))
+			avail = 0;
+	}
+	json_array_foreach(json_object_get(d, "pools"), i, v)
+	{
+		const char *name = json_string_value(json_object_get(v, "pool_name"));
+		if (!name || strcmp(name, rs->spec + 6) != 0)
+			continue;
+		json_int_t size = json_integer_value(json_object_get(v, "size"));
+		if (size > 1 && avail != UINT64_MAX)
+			avail /= (uint64_t)size;
+		if (json_array_has(json_object_get(v, "flags_names"), "full", "full_quota"))
+			avail = 0;
+		qmax = json_integer_value(json_object_get(v, "quota_max_bytes"));
+	}
+	json_decref(d);
+	/* What the pool holds: from the manager's statistics (0 without). */
+	struct rados_pool_stat_t ps;
+	if (qmax > 0 && rados_ioctx_pool_stat(rs->io, &ps) == 0) {
+		uint64_t left = (uint64_t)qmax > ps.num_bytes ? (uint64_t)qmax - ps.num_bytes : 0;
+		if (left < avail)
+			avail = left;
+	}
+	rs->space_at = now;
+	rs->space_bytes = avail;
+	*bytes = avail;
 	return 0;
 }
 
@@ -753,7 +1069,7 @@ static int
 rados_vol_create(struct sv_store *st, const char *vol)
 {
 	struct rados_store *rs = (struct rados_store *)st;
-	if (check_claim(rs) == -1)
+	if (check_vol_claim(rs, vol) == -1)
 		return -1;
 	char key[96], hdr[128];
 	snprintf(key, sizeof key, "vol.%s", vol);
@@ -784,7 +1100,7 @@ static int
 rados_vol_remove(struct sv_store *st, const char *vol)
 {
 	struct rados_store *rs = (struct rados_store *)st;
-	if (check_claim(rs) == -1)
+	if (check_vol_claim(rs, vol) == -1)
 		return -1;
 	char key[96], hdr[128];
 	snprintf(key, sizeof key, "vol.%s", vol);
@@ -886,7 +1202,7 @@ static int
 rados_meta_write(struct sv_store *st, const char *vol, const char *key, const void *buf, size_t len)
 {
 	struct rados_store *rs = (struct rados_store *)st;
-	if (check_claim(rs) == -1)
+	if (check_vol_claim(rs, vol) == -1)
 		return -1;
 	char hdr[128], oid[256], mkey[128];
 	vol_oid(hdr, sizeof hdr, vol);
@@ -909,7 +1225,7 @@ static int
 rados_meta_remove(struct sv_store *st, const char *vol, const char *key)
 {
 	struct rados_store *rs = (struct rados_store *)st;
-	if (check_claim(rs) == -1)
+	if (check_vol_claim(rs, vol) == -1)
 		return -1;
 	char hdr[128], oid[256], mkey[128];
 	vol_oid(hdr, sizeof hdr, vol);
@@ -953,7 +1269,7 @@ rados_obj_open(struct sv_store *st, const char *vol, const char *obj, uint64_t s
 			return -1;
 		}
 	} else if (r == -ENOENT && (flags & SV_OBJ_CREATE)) {
-		if (check_claim(rs) == -1)
+		if (check_vol_claim(rs, vol) == -1)
 			return -1;
 		char sz[32];
 		snprintf(sz, sizeof sz, "%" PRIu64, size);
@@ -972,6 +1288,13 @@ rados_obj_open(struct sv_store *st, const char *vol, const char *obj, uint64_t s
 	ro->st = rs;
 	ro->size = size;
 	ro->rdonly = (flags & SV_OBJ_RDONLY) != 0;
+	ro->claim = claim_of(rs, vol);
+	if (!ro->claim) {
+		free(ro->prefix);
+		free(ro);
+		errno = ENOMEM;
+		return -1;
+	}
 	*out = (struct sv_obj *)ro;
 	return 0;
 }
@@ -988,7 +1311,7 @@ static int
 rados_obj_remove(struct sv_store *st, const char *vol, const char *obj)
 {
 	struct rados_store *rs = (struct rados_store *)st;
-	if (check_claim(rs) == -1)
+	if (check_vol_claim(rs, vol) == -1)
 		return -1;
 	char hdr[128], okey[128], prefix[300];
 	vol_oid(hdr, sizeof hdr, vol);
@@ -1109,7 +1432,7 @@ rados_obj_pwrite(struct sv_obj *o, const void *buf, size_t len, uint64_t off, un
 		errno = EBADF;
 		return -1;
 	}
-	if (check_claim(ro->st) == -1)
+	if (check_claim(ro->st, ro->claim) == -1)
 		return -1;
 	return striped_io(ro, (char *)buf, len, off, true);
 }
@@ -1117,9 +1440,16 @@ rados_obj_pwrite(struct sv_obj *o, const void *buf, size_t len, uint64_t off, un
 static int
 rados_obj_sync(struct sv_obj *o)
 {
-	/* Nothing is ever left in flight (see the top of the file); a FLUSH
-	 * must still not report success once the claim is lost. */
-	return check_claim(((struct rados_obj *)o)->st);
+	/* Nothing is ever left in flight (see the top of the file): every
+	 * acknowledged write is durable, even while the cluster is away.  A
+	 * FLUSH must still not report success once the claim is lost to
+	 * another holder, who may have written over it. */
+	struct rados_obj *ro = (struct rados_obj *)o;
+	if (ro->st->claimed && atomic_load(&ro->claim->fenced)) {
+		errno = EIO;
+		return -1;
+	}
+	return 0;
 }
 
 static int
@@ -1137,7 +1467,7 @@ rados_obj_punch(struct sv_obj *o, uint64_t off, uint64_t len)
 		errno = EINVAL;
 		return -1;
 	}
-	if (check_claim(rs) == -1)
+	if (check_claim(rs, ro->claim) == -1)
 		return -1;
 	uint64_t end = off + len;
 	for (uint64_t i = off / rs->objsz; i * rs->objsz < end; i++) {
@@ -1322,4 +1652,8 @@ const struct sv_store_ops sv_store_rados_ops = {
     .obj_allocated = rados_obj_allocated,
     .obj_locate = rados_obj_locate,
     .obj_list = rados_obj_list,
+    .vol_claim = rados_vol_claim,
+    .vol_release = rados_vol_release,
+    .space_avail = rados_space_avail,
+    .durable_writes = true, /* no pre-image log: a write is durable when acknowledged */
 };

@@ -11,6 +11,14 @@ server answers.  Real-client tests use python3-libnbd instead.
 
 Run with Debian's /usr/bin/python3 (it has the nbd module).  Environment:
 SNAPVOL (the binary), BUILDDIR (build root, for temporary files).
+
+Pool(spec) puts the pool elsewhere than a temporary directory: "rados:NAME"
+is a pool in the Ceph cluster CEPH_CONF names (a test that takes
+SNAPVOL_TEST_POOL passes it; tests/integration/test-rados-suite.sh).  Its
+sockets then go in a run directory under the temporary one (the CLI's
+XDG_RUNTIME_DIR convention for rados: pools); a server refused because a
+killed one's claim has not lapsed yet is started again until it has, and
+wait_export() waits out a volume's claim the same way.
 """
 
 import hashlib
@@ -141,21 +149,32 @@ def sha_file(path):
 # ---- pools and servers ----
 
 class Pool:
-    """A temporary directory holding a pool (not created until first used)."""
+    """A temporary directory holding a pool (not created until first used),
+    or, with spec ("rados:NAME"), a pool in a Ceph cluster."""
 
-    def __init__(self):
+    def __init__(self, spec=None):
         base = os.path.join(BUILDDIR, "tmp")
         if len(base) > 60:
             base = tempfile.gettempdir()
         os.makedirs(base, exist_ok=True)
         stem = os.path.splitext(TEST_NAME)[0]
         self.tmp = tempfile.mkdtemp(prefix=stem + ".", dir=base)
-        self.path = os.path.join(self.tmp, "pool")
+        self.spec = spec
+        self.env = None           # the servers' and the CLI's (None: ours)
+        if spec:
+            self.path = spec
+            run = os.path.join(self.tmp, "run")
+            os.makedirs(run)
+            self.env = dict(os.environ, XDG_RUNTIME_DIR=run)
+            self.sockdir = os.path.join(run, "snapvol", spec)
+        else:
+            self.path = os.path.join(self.tmp, "pool")
+            self.sockdir = self.path
         self.servers = []
 
     def cli(self, *args, check=True, timeout=60):
         r = subprocess.run([SNAPVOL, "--pool", self.path, *args], capture_output=True,
-                           text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+                           text=True, timeout=timeout, stdin=subprocess.DEVNULL, env=self.env)
         if check and r.returncode != 0:
             raise AssertionError(f"snapvol {' '.join(args)} failed ({r.returncode}): "
                                  f"{r.stderr.strip()}")
@@ -213,6 +232,23 @@ class Pool:
         s.start()
         return s
 
+    def wait_export(self, server, export, timeout=60):
+        """Until export can be opened over NBD: at once on a local pool; on
+        a shared (RADOS) pool, once a killed server's claim on the volume
+        has lapsed.  Returns the seconds waited."""
+        import nbd
+        t0 = time.time()
+        while True:
+            h = nbd.NBD()
+            try:
+                h.connect_uri(server.uri(export))
+                h.shutdown()
+                return time.time() - t0
+            except nbd.Error as e:
+                if not self.spec or time.time() - t0 > timeout:
+                    raise AssertionError(f"cannot open {export}: {e}\n" + server.log_tail())
+            time.sleep(0.2)
+
     def cleanup(self):
         for s in self.servers:
             s.kill()
@@ -223,29 +259,42 @@ class Server:
     def __init__(self, pool, args, wait_for):
         self.pool = pool
         self.args = list(args)
-        self.nbd_sock = os.path.join(pool.path, "nbd.sock")
-        self.ctl_sock = os.path.join(pool.path, "control.sock")
+        self.nbd_sock = os.path.join(pool.sockdir, "nbd.sock")
+        self.ctl_sock = os.path.join(pool.sockdir, "control.sock")
         self.wait_for = wait_for or [self.nbd_sock, self.ctl_sock]
         self.log = os.path.join(pool.tmp, "serve.log")
         self.proc = None
 
     def start(self):
-        with open(self.log, "a") as lf:
-            lf.write(f"=== {time.strftime('%T')} serve {' '.join(self.args)}\n")
-            lf.flush()
-            self.proc = subprocess.Popen(
-                ["timeout", str(SERVER_TIMEOUT), SNAPVOL, "--pool", self.pool.path, "serve",
-                 *self.args],
-                stdout=lf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            if all(self._accepts(a) for a in self.wait_for):
-                return
-            if self.proc.poll() is not None:
+        # A shared pool's claim held by a killed server: up to 60 s more.
+        claim_deadline = time.time() + 60
+        while True:
+            mark = os.path.getsize(self.log) if os.path.exists(self.log) else 0
+            with open(self.log, "a") as lf:
+                lf.write(f"=== {time.strftime('%T')} serve {' '.join(self.args)}\n")
+                lf.flush()
+                self.proc = subprocess.Popen(
+                    ["timeout", str(SERVER_TIMEOUT), SNAPVOL, "--pool", self.pool.path, "serve",
+                     *self.args],
+                    stdout=lf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    env=self.pool.env)
+            deadline = time.time() + 30
+            while time.time() < deadline:
+                if all(self._accepts(a) for a in self.wait_for):
+                    return
+                if self.proc.poll() is not None:
+                    break
+                time.sleep(0.05)
+            else:
+                raise AssertionError("server did not start listening in 30 s\n"
+                                     + self.log_tail())
+            with open(self.log, errors="replace") as f:
+                f.seek(mark)
+                refused = "claimed by" in f.read()
+            if not (self.pool.spec and refused and time.time() < claim_deadline):
                 raise AssertionError(f"server exited during start-up ({self.proc.returncode}):\n"
                                      + self.log_tail())
-            time.sleep(0.05)
-        raise AssertionError("server did not start listening in 30 s\n" + self.log_tail())
+            time.sleep(0.2)
 
     @staticmethod
     def _accepts(path):

@@ -34,6 +34,10 @@ started, flush returned).  From that:
 
 The seed is printed; SNAPVOL_SEED=N replays the same choices (thread timing
 still varies).  SNAPVOL_ROUNDS overrides the number of rounds.
+SNAPVOL_TEST_POOL=rados:NAME runs it on a pool in the Ceph cluster CEPH_CONF
+names instead of a temporary directory (test-rados-suite.sh): after each
+kill the next server waits until the dead one's claim has lapsed
+(SNAPVOL_RADOS_CLAIM), then everything is checked the same way.
 """
 
 import hashlib
@@ -55,8 +59,9 @@ import nbd  # noqa: E402
 
 SEED = int(os.environ.get("SNAPVOL_SEED") or random.SystemRandom().randrange(1, 2**31))
 ROUNDS = int(os.environ.get("SNAPVOL_ROUNDS") or 20)
-print(f"{svtest.TEST_NAME}: seed {SEED} (replay with SNAPVOL_SEED={SEED}), {ROUNDS} rounds",
-      flush=True)
+POOL_SPEC = os.environ.get("SNAPVOL_TEST_POOL") or None
+print(f"{svtest.TEST_NAME}: seed {SEED} (replay with SNAPVOL_SEED={SEED}), {ROUNDS} rounds"
+      + (f", pool {POOL_SPEC}" if POOL_SPEC else ""), flush=True)
 
 SECTOR = 512
 VOL_SIZE = 4 << 20
@@ -220,7 +225,7 @@ def control(pool, command, args):
     s = socket.socket(socket.AF_UNIX)
     s.settimeout(30)
     try:
-        s.connect(os.path.join(pool.path, "control.sock"))
+        s.connect(os.path.join(pool.sockdir, "control.sock"))
         f = s.makefile("rw")
         if not f.readline():
             raise OSError("no greeting")
@@ -387,11 +392,12 @@ def verify(pool, server, st, rnd, snaps, stats):
 
 def main():
     rng = random.Random(SEED)
-    pool = svtest.Pool()
+    pool = svtest.Pool(POOL_SPEC)
     server = None
     try:
         pool.create("vm1", VOL_SIZE)
         server = pool.serve()
+        pool.wait_export(server, "vm1")
         st = State()
         snaps = {}
         stats = {"snap_checks": 0, "snap_differs": 0, "kills": 0, "unflushed_old": 0,
@@ -425,9 +431,11 @@ def main():
             if errors:
                 raise Fail(f"round {number}: " + "; ".join(errors))
             server = pool.serve()
+            waited = pool.wait_export(server, "vm1")
             base = verify(pool, server, st, rnd, snaps, stats)
             print(f"round {number}: {st.writes} writes, {st.flushes} flushes, "
-                  f"{len(snaps)} snapshots alive, ok", flush=True)
+                  f"{len(snaps)} snapshots alive, ok"
+                  + (f" (claim lapsed after {waited:.1f} s)" if POOL_SPEC else ""), flush=True)
         info = pool.cli("--json", "info", "vm1").stdout
         server.stop()
         dt = time.time() - t_start

@@ -6,7 +6,7 @@
 # qemu-img compare of the snapshot's export and of the live volume against
 # images computed here, independently of the server; diff lists exactly the
 # chunks written after the snapshot.  Then kill -9 of the server and a
-# restart on the same pool (once the dead server's claim has lapsed):
+# restart on the same pool (once the dead server's claim of vm1 has lapsed):
 # every flushed write and the snapshot read back exactly, and so does the
 # diff.  Last, send/receive between the RADOS pool and a local one both
 # ways, and an offline check of the RADOS pool.  Skipped (77) only when the Ceph packages are missing.
@@ -118,12 +118,12 @@ awk -v a=$((10 * M)) '$1 <= a && $1 + $2 >= a + 10485760 && $3 == 3 { ok = 1 } E
 nbdcopy "$US" "$T/copy.img"
 cmp "$T/copy.img" "$T/s1.img" || fail "nbdcopy of vm1@s1 differs"
 
-# kill -9: the dead server's claim holds the pool until it lapses (5 s
-# here); then a new server takes over with everything intact.
+# kill -9: the dead server's claim holds vm1 until it lapses (5 s here);
+# then a new server takes over with everything intact.
 kill9_server
 t0=$(date +%s%N)
 for ((i = 0; ; i++)); do
-	if "$SNAPVOL" --pool "$P" list >"$T/list.out" 2>"$T/list.err"; then
+	if "$SNAPVOL" --pool "$P" snapshot list vm1 >"$T/list.out" 2>"$T/list.err"; then
 		break
 	fi
 	grep -q "claimed by snapvol pid" "$T/list.err" || fail "unexpected: $(cat "$T/list.err")"

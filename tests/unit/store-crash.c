@@ -386,7 +386,12 @@ crash_store_open(const char *dir, bool create, struct crash_ctl *ctl, struct sv_
 		errno = e;
 		return -1;
 	}
-	cs->base.ops = &crash_ops;
+	/* A copy of the table that says writes are durable when acknowledged:
+	 * the engine then keeps records only, without its pre-image log. */
+	static struct sv_store_ops records_only_ops;
+	records_only_ops = crash_ops;
+	records_only_ops.durable_writes = true;
+	cs->base.ops = ctl->records_only ? &records_only_ops : &crash_ops;
 	cs->ctl = ctl;
 	pthread_mutex_init(&cs->lock, NULL);
 	pthread_cond_init(&cs->stall, NULL);
@@ -679,7 +684,7 @@ c_obj_open(struct sv_store *st, const char *vol, const char *obj, uint64_t size,
 		cs->files = f;
 	}
 	f->refs++;
-	o->base.ops = &crash_ops;
+	o->base.ops = cs->base.ops;
 	o->cs = cs;
 	o->f = f;
 	*out = (struct sv_obj *)o;
@@ -887,6 +892,17 @@ c_obj_cache(struct sv_obj *so, uint64_t off, uint64_t len)
 	return leave(o->cs, 0);
 }
 
+/* Writeback only starts I/O: nothing becomes durable, so the pending
+ * writes stay pending (a power loss still drops or tears them). */
+static int
+c_obj_writeback(struct sv_obj *so, uint64_t off, uint64_t len, unsigned flags)
+{
+	struct cobj *o = (struct cobj *)so;
+	(void)off, (void)len, (void)flags;
+	ENTER(o->cs, false);
+	return leave(o->cs, 0);
+}
+
 static int
 c_obj_fd(struct sv_obj *so)
 {
@@ -946,4 +962,5 @@ static const struct sv_store_ops crash_ops = {
     .obj_allocated = c_obj_allocated,
     .obj_locate = c_obj_locate,
     .obj_list = c_obj_list,
+    .obj_writeback = c_obj_writeback,
 };

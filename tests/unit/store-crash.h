@@ -90,6 +90,10 @@ struct crash_ctl {
 	 * 0: none. */
 	uint64_t fail_at;
 	int fail_errno;
+	/* Set before crash_store_open: the table says durable_writes (as
+	 * RADOS's does), so the engine commits records only, syncing pre-image
+	 * objects at commit, without its pre-image log (engine/journal.c). */
+	bool records_only;
 
 	/* filled in by the store */
 	bool crashed;

@@ -5,7 +5,7 @@
  * Each case builds a real pool with the engine (a volume, snapshots,
  * copies), closes it, damages the files the way a crash or a careless
  * hand would (stray pre-image data, an unknown pre-image object, a journal
- * not yet checkpointed, rotten metadata, a truncated origin, a foreign
+ * not yet checkpointed, pre-images only in the log, rotten metadata, a truncated origin, a foreign
  * directory), and checks the findings; then repairs and checks again.
  */
 #include <errno.h>
@@ -246,6 +246,63 @@ test_journal_not_checkpointed(void **state)
 	assert_int_equal(fs.n, 0);
 }
 
+/* Pre-images a crash kept only in the pre-image log (engine/journal.c):
+ * copies are committed by appending their bytes to the log, and the
+ * pre-image file is synced only at checkpoints, so after a power loss the
+ * file may lack them (here: punched, as pages that never reached the
+ * disk).  The check reports the log's bytes; the repair (the open's
+ * replay) copies them back, and the snapshots read what they held. */
+static void
+test_log_restores_pre_images(void **state)
+{
+	struct fixture *fx = *state;
+	struct sv_pool *pool;
+	assert_int_equal(sv_pool_open(fx->dir, 0, &pool), 0);
+	struct sv_view *v;
+	assert_int_equal(sv_view_open(pool, "v", 1, &v), 0);
+	write_chunks(v, 20, 4, 4); /* copies chunks 20-23 (byte 1) into epoch 2 (b's) */
+	int err;
+	assert_int_equal(sv_view_flush(v, &err), 0);
+	char cmd[512];
+	snprintf(cmd, sizeof cmd, "cp -a --sparse=always '%s' '%s.crash'", fx->vdir, fx->vdir);
+	assert_int_equal(system(cmd), 0);
+	sv_view_close(v);
+	sv_pool_close(pool);
+	snprintf(cmd, sizeof cmd, "rm -rf '%s' && mv '%s.crash' '%s'", fx->vdir, fx->vdir,
+		 fx->vdir);
+	assert_int_equal(system(cmd), 0);
+	char path[256];
+	snprintf(path, sizeof path, "%s/pre-2.raw", fx->vdir);
+	int fd = open(path, O_RDWR);
+	assert_true(fd >= 0);
+	assert_int_equal(
+	    fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 20 * CHUNK, 4 * CHUNK), 0);
+	close(fd);
+
+	struct findings fs;
+	assert_int_equal(run_check(fx, false, &fs), 0);
+	assert_int_equal(fs.infos, 1);
+	assert_non_null(strstr(fs.last[0], "with 16384 bytes of pre-images"));
+	assert_int_equal(run_check(fx, true, &fs), 0);
+	assert_int_equal(fs.repaired, 1);
+
+	assert_int_equal(sv_pool_open(fx->dir, 0, &pool), 0);
+	char *buf = malloc(4 * CHUNK), *want = malloc(4 * CHUNK);
+	memset(want, 1, 4 * CHUNK);
+	const char *names[] = {"v@a", "v@b"};
+	for (size_t i = 0; i < 2; i++) {
+		assert_int_equal(sv_view_open(pool, names[i], 3, &v), 0);
+		assert_int_equal(sv_view_pread(v, buf, 4 * CHUNK, 20 * CHUNK, &err), 0);
+		assert_memory_equal(buf, want, 4 * CHUNK);
+		sv_view_close(v);
+	}
+	free(buf);
+	free(want);
+	sv_pool_close(pool);
+	assert_int_equal(run_check(fx, false, &fs), 0);
+	assert_int_equal(fs.n, 0);
+}
+
 static void
 flip_byte(struct fixture *fx, const char *file, off_t off)
 {
@@ -310,6 +367,7 @@ main(void)
 	    cmocka_unit_test_setup_teardown(test_stray_copy, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_unknown_pre_object, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_journal_not_checkpointed, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_log_restores_pre_images, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_rotten_metadata, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_origin_size, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_foreign_directory, setup, teardown),

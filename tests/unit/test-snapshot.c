@@ -8,6 +8,10 @@
  * its views; after every step the live volume and every snapshot are read
  * back in full and compared with the model.  The seed is printed, and
  * SNAPVOL_SEED=N replays a run; SNAPVOL_STEPS=N sets its length.
+ * SNAPVOL_TEST_POOL=SPEC (e.g. rados:blk, with CEPH_CONF naming the
+ * cluster) runs the model test on that pool instead of a temporary
+ * directory, and skips the tests below, which look at local files
+ * (tests/integration/test-rados-suite.sh does this on a real cluster).
  *
  * Also here: deterministic tests of the properties the design promises
  * (one copy serves every snapshot, holes are never copied, rewrites copy
@@ -35,16 +39,69 @@
 #define VOL_SIZE  (1u << 20) /* 256 chunks of 4 KiB */
 #define MAX_SNAPS 12
 
+/* The pool spec of SNAPVOL_TEST_POOL, or NULL: a temporary directory. */
+static const char *
+env_pool(void)
+{
+	const char *p = getenv("SNAPVOL_TEST_POOL");
+	return p && *p ? p : NULL;
+}
+
 static int
 setup(void **state)
 {
+	if (env_pool()) {
+		*state = NULL; /* skipped: these tests look at local files */
+		return 0;
+	}
 	return test_pool_setup(state, "snap", true);
 }
 
 static int
 teardown(void **state)
 {
-	return test_pool_teardown(state);
+	return *state ? test_pool_teardown(state) : 0;
+}
+
+/* The model test's fixture: a temporary directory, or the pool named by
+ * SNAPVOL_TEST_POOL, where the test's volume "m" must not exist yet (a
+ * leftover of an interrupted run is deleted first); f->dir holds the spec
+ * either way, so the test's clean re-opens work on both. */
+static int
+setup_model(void **state)
+{
+	const char *spec = env_pool();
+	if (!spec)
+		return test_pool_setup(state, "snap", true);
+	struct test_pool *f = calloc(1, sizeof *f);
+	if (!f || strlen(spec) >= sizeof f->dir) {
+		free(f);
+		return -1;
+	}
+	strcpy(f->dir, spec);
+	if (sv_pool_open(f->dir, SV_POOL_CREATE, &f->pool) == -1) {
+		fprintf(stderr, "open %s: %s\n", spec, sv_last_error());
+		free(f);
+		return -1;
+	}
+	(void)sv_volume_delete(f->pool, "m");
+	printf("test_model: on pool %s\n", spec);
+	*state = f;
+	return 0;
+}
+
+static int
+teardown_model(void **state)
+{
+	struct test_pool *f = *state;
+	if (!env_pool())
+		return test_pool_teardown(state);
+	int r = sv_volume_delete(f->pool, "m");
+	if (r == -1)
+		fprintf(stderr, "delete m on %s: %s\n", f->dir, sv_last_error());
+	sv_pool_close(f->pool);
+	free(f);
+	return r;
 }
 
 static struct sv_view *
@@ -235,6 +292,8 @@ stats(struct sv_pool *pool, struct sv_view *v, struct sv_cow_stats *st)
 static void
 test_properties(void **state)
 {
+	if (!*state)
+		skip(); /* SNAPVOL_TEST_POOL: the model test only */
 	struct test_pool *f = *state;
 	assert_int_equal(sv_volume_create(f->pool, "p", VOL_SIZE, 4096), 0);
 	struct sv_view *v = open_view(f->pool, "p");
@@ -355,6 +414,8 @@ test_properties(void **state)
 static void
 test_group(void **state)
 {
+	if (!*state)
+		skip(); /* SNAPVOL_TEST_POOL: the model test only */
 	struct test_pool *f = *state;
 	assert_int_equal(sv_volume_create(f->pool, "a", VOL_SIZE, 0), 0);
 	assert_int_equal(sv_volume_create(f->pool, "b", VOL_SIZE, 0), 0);
@@ -399,7 +460,7 @@ main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test_setup_teardown(test_properties, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_group, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_model, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_model, setup_model, teardown_model),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -21,6 +21,7 @@
 
 #include <cmocka.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <rados/librados.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -295,40 +296,10 @@ test_meta(void **state)
 	ops->close(st);
 }
 
+/* Break the claim lock on oid behind its holder's back, as when it lapsed. */
 static void
-test_claim(void **state)
+break_claim(const char *oid)
 {
-	(void)state;
-	struct sv_store *a = open_store(), *b = open_store();
-	assert_int_equal(ops->lock(a), 0);
-	sv_clear_error();
-	assert_int_equal(ops->lock(b), -1);
-	assert_int_equal(errno, EWOULDBLOCK);
-	/* The refusal names the holder: this process. */
-	char pid[32];
-	snprintf(pid, sizeof pid, "pid %ld ", (long)getpid());
-	assert_non_null(strstr(sv_last_error(), pid));
-	assert_non_null(strstr(sv_last_error(), "lapses 3 s"));
-	ops->close(b);
-
-	/* Renewed: still held well past its 3 s duration. */
-	struct sv_obj *o;
-	assert_int_equal(ops->obj_open(a, "v1", "d", OBJSZ, SV_OBJ_CREATE, &o), 0);
-	sleep(4);
-	assert_int_equal(ops->obj_pwrite(o, "held", 4, 0, 0), 0);
-	b = open_store();
-	assert_int_equal(ops->lock(b), -1);
-	ops->close(b);
-
-	/* A clean close lets the next one in at once. */
-	ops->obj_close(o);
-	ops->close(a);
-	b = open_store();
-	assert_int_equal(ops->lock(b), 0);
-
-	/* Lose the claim behind its holder's back (as when it lapsed and
-	 * another node took it): the holder stops writing. */
-	assert_int_equal(ops->obj_open(b, "v1", "d", OBJSZ, 0, &o), 0);
 	rados_t c;
 	rados_ioctx_t io;
 	assert_int_equal(rados_create(&c, NULL), 0);
@@ -338,38 +309,130 @@ test_claim(void **state)
 	char tag[64], clients[256], cookies[256], addrs[256];
 	size_t tl = sizeof tag, cl = sizeof clients, kl = sizeof cookies, al = sizeof addrs;
 	int excl;
-	assert_int_equal(rados_list_lockers(io, "snapvol.pool", "snapvol.claim", &excl, tag, &tl,
-					    clients, &cl, cookies, &kl, addrs, &al),
+	assert_int_equal(rados_list_lockers(io, oid, "snapvol.claim", &excl, tag, &tl, clients, &cl,
+					    cookies, &kl, addrs, &al),
 			 1);
-	assert_int_equal(rados_break_lock(io, "snapvol.pool", "snapvol.claim", clients, cookies),
-			 0);
+	assert_int_equal(rados_break_lock(io, oid, "snapvol.claim", clients, cookies), 0);
 	rados_ioctx_destroy(io);
 	rados_shutdown(c);
+}
+
+static void
+test_claim(void **state)
+{
+	(void)state;
+	/* Two "nodes" on one pool: each takes the claim of its own volume. */
+	struct sv_store *a = open_store(), *b = open_store();
+	assert_int_equal(ops->lock(a), 0);
+	assert_int_equal(ops->lock(b), 0);
+	/* A volume is made under its claim too. */
+	assert_int_equal(ops->vol_create(a, "c1"), -1);
+	assert_int_equal(errno, EIO);
+	assert_int_equal(ops->vol_claim(a, "c1"), 0);
+	assert_int_equal(ops->vol_create(a, "c1"), 0);
+	assert_int_equal(ops->vol_claim(b, "c2"), 0);
+	assert_int_equal(ops->vol_create(b, "c2"), 0);
+	sv_clear_error();
+	assert_int_equal(ops->vol_claim(b, "c1"), -1);
+	assert_int_equal(errno, EWOULDBLOCK);
+	/* The refusal names the holder: this process. */
+	char pid[32];
+	snprintf(pid, sizeof pid, "pid %ld ", (long)getpid());
+	assert_non_null(strstr(sv_last_error(), "volume c1 is claimed by"));
+	assert_non_null(strstr(sv_last_error(), pid));
+	assert_non_null(strstr(sv_last_error(), "lapses 3 s"));
+
+	/* Without the claim, no write of the volume reaches the cluster. */
+	struct sv_obj *oa, *ob, *o2;
+	assert_int_equal(ops->obj_open(a, "c1", "d", OBJSZ, SV_OBJ_CREATE, &oa), 0);
+	assert_int_equal(ops->obj_open(b, "c1", "d", OBJSZ, 0, &ob), 0);
+	assert_int_equal(ops->obj_open(b, "c2", "d", OBJSZ, SV_OBJ_CREATE, &o2), 0);
+	assert_int_equal(ops->obj_pwrite(ob, "nope", 4, 0, 0), -1);
+	assert_int_equal(errno, EIO);
+	assert_int_equal(ops->meta_write(b, "c1", "k.meta", "x", 1), -1);
+	assert_int_equal(errno, EIO);
+	assert_int_equal(ops->obj_pwrite(o2, "bbbb", 4, 0, 0), 0);
+
+	/* Renewed: still held well past its 3 s duration, by both. */
+	sleep(4);
+	assert_int_equal(ops->obj_pwrite(oa, "held", 4, 0, 0), 0);
+	assert_int_equal(ops->obj_pwrite(o2, "held", 4, 0, 0), 0);
+	assert_int_equal(ops->vol_claim(b, "c1"), -1);
+
+	/* A release lets the next one in at once; claims are counted. */
+	assert_int_equal(ops->vol_claim(a, "c1"), 0);
+	ops->vol_release(a, "c1");
+	assert_int_equal(ops->vol_claim(b, "c1"), -1);
+	ops->vol_release(a, "c1");
+	assert_int_equal(ops->vol_claim(b, "c1"), 0);
+	assert_int_equal(ops->obj_pwrite(ob, "bb", 2, 0, 0), 0);
+	assert_int_equal(ops->obj_pwrite(oa, "aa", 2, 0, 0), -1); /* a let go */
+	assert_int_equal(errno, EIO);
+
+	/* A claim that lapsed with nobody taking it meanwhile is taken back
+	 * by its holder, and writes go on. */
+	break_claim("snapvol.claim.c2");
+	sleep(2); /* a renewal, every second */
 	int r = 0;
-	for (int i = 0; i < 60 && r == 0; i++) { /* renewal every second */
-		r = ops->obj_pwrite(o, "late", 4, 0, 0);
+	for (int i = 0; i < 40; i++) {
+		r = ops->obj_pwrite(o2, "back", 4, 0, 0);
+		usleep(100000);
+	}
+	assert_int_equal(r, 0);
+	assert_int_equal(ops->obj_sync(o2), 0);
+
+	/* Lost to another node (a takes c1 while b's claim is broken): b stops
+	 * writing at once, for good (a blocklists b), and a reads b's data. */
+	break_claim("snapvol.claim.c1");
+	assert_int_equal(ops->vol_claim(a, "c1"), 0);
+	r = 0;
+	for (int i = 0; i < 60 && r == 0; i++) {
+		r = ops->obj_pwrite(ob, "late", 4, 0, 0);
 		if (r == 0)
 			usleep(100000);
 	}
 	assert_int_equal(r, -1);
 	assert_int_equal(errno, EIO);
-	assert_int_equal(ops->obj_sync(o), -1);
-	assert_int_equal(errno, EIO);
-	assert_int_equal(ops->meta_write(b, "v1", "k.meta", "x", 1), -1);
-	assert_int_equal(errno, EIO);
-	/* Reads still work, and show nothing written after the fence (before
-	 * it, "late" may have landed). */
-	assert_int_equal(ops->obj_pwrite(o, "NOPE", 4, 0, 0), -1);
 	char back[4];
-	assert_int_equal(ops->obj_pread(o, back, 4, 0), 0);
-	assert_true(!memcmp(back, "late", 4) || !memcmp(back, "held", 4));
-	ops->obj_close(o);
+	assert_int_equal(ops->obj_pread(oa, back, 4, 0), 0);
+	assert_true(!memcmp(back, "late", 4) || !memcmp(back, "bbld", 4));
+	assert_int_equal(ops->obj_pwrite(oa, "mine", 4, 0, 0), 0);
+	ops->obj_close(ob);
+	ops->obj_close(o2);
 	ops->close(b);
 
-	/* The claim is free again: the fenced holder did not hold on. */
+	/* Free space: known, and more than nothing on this cluster. */
+	uint64_t avail = 0;
+	assert_int_equal(ops->space_avail(a, &avail), 0);
+	print_message("space_avail: %" PRIu64 " MiB\n", avail >> 20);
+	assert_true(avail > 0);
+	/* Under the pool's byte quota (read from the monitor, not cached
+	 * past a second). */
+	assert_int_equal(system("timeout 20 ceph osd pool set-quota blk max_bytes 1048576 "
+				">/dev/null 2>&1"),
+			 0);
+	usleep(1100000);
+	assert_int_equal(ops->space_avail(a, &avail), 0);
+	assert_true(avail <= 1048576);
+	assert_int_equal(
+	    system("timeout 20 ceph osd pool set-quota blk max_bytes 0 >/dev/null 2>&1"), 0);
+	ops->obj_close(oa);
+	ops->vol_release(a, "c1");
+	assert_int_equal(ops->vol_claim(a, "c1"), 0);
+	assert_int_equal(ops->vol_remove(a, "c1"), 0);
+	ops->vol_release(a, "c1");
+	ops->close(a);
+	/* The claims of the volumes this test made are gone with them. */
 	a = open_store();
 	assert_int_equal(ops->lock(a), 0);
+	/* b was blocklisted, so its claim of c2 lapses rather than goes. */
+	for (int i = 0; i < 100 && (r = ops->vol_claim(a, "c2")) == -1; i++)
+		usleep(100000);
+	assert_int_equal(r, 0);
+	assert_int_equal(ops->vol_remove(a, "c2"), 0);
+	ops->vol_release(a, "c2");
 	ops->close(a);
+	assert_int_equal(count_objects("snapvol.claim.c"), 0);
 }
 
 static void
@@ -378,7 +441,7 @@ test_dead_cluster(void **state)
 	(void)state;
 	struct sv_store *st = open_store();
 	struct sv_obj *o;
-	assert_int_equal(ops->obj_open(st, "v1", "d", OBJSZ, 0, &o), 0);
+	assert_int_equal(ops->obj_open(st, "v1", "d", OBJSZ, SV_OBJ_CREATE, &o), 0);
 	assert_int_equal(run_cluster("stop"), 0);
 	uint64_t t0 = sv_now_ns();
 	char buf[4096];

@@ -1,0 +1,302 @@
+/*
+ * test-writeback.c: early writeback of the origin (engine/writeback.c).
+ *
+ * The engine asks the store to start writing a volume's origin back every
+ * SNAPVOL_WRITEBACK_MB written (1 MiB here), from a thread of its own, so a
+ * snapshot's or a FLUSH's sync finds little left.  What must hold:
+ *   - the op is called (counted by wrapping the power-loss store's op), on
+ *     the volume's own thread, for writes taken in place and behind alike;
+ *   - it makes nothing durable that was not synced, and loses nothing that
+ *     was: the power-loss store treats the bytes as still unsynced, and
+ *     after a power loss every snapshot reads exactly as when it was taken,
+ *     every flushed write is there, and every sector written since is
+ *     either its old or its new contents;
+ *   - on the real file store it is a working sync_file_range.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cmocka.h>
+
+#include "engine.h"
+#include "error.h"
+#include "store-crash.h"
+#include "testpool.h"
+
+#define VOL_SIZE (UINT64_C(8) << 20)
+#define BLOCK	 4096u
+#define NBLOCKS	 (VOL_SIZE / BLOCK)
+#define SECTOR	 512u
+
+/* ---- counting obj_writeback calls of the power-loss store ---- */
+
+static struct sv_store_ops counting_ops;
+static int (*inner_writeback)(struct sv_obj *o, uint64_t off, uint64_t len, unsigned flags);
+static uint64_t writebacks; /* __atomic */
+static uint64_t waited;	    /* of which with SV_WRITEBACK_WAIT; __atomic */
+static bool fail_waited;    /* __atomic: waited calls fail with EIO (a write error) */
+static pthread_t main_thread;
+static bool on_main_thread; /* __atomic: a kick (no WAIT) came from the writer's thread */
+
+static int
+count_writeback(struct sv_obj *o, uint64_t off, uint64_t len, unsigned flags)
+{
+	if (!(flags & SV_WRITEBACK_WAIT) && pthread_equal(pthread_self(), main_thread))
+		__atomic_store_n(&on_main_thread, true, __ATOMIC_RELAXED);
+	__atomic_add_fetch(&writebacks, 1, __ATOMIC_RELAXED);
+	if (flags & SV_WRITEBACK_WAIT) {
+		__atomic_add_fetch(&waited, 1, __ATOMIC_RELAXED);
+		if (__atomic_load_n(&fail_waited, __ATOMIC_RELAXED)) {
+			errno = EIO;
+			return -1;
+		}
+	}
+	return inner_writeback(o, off, len, flags);
+}
+
+/* The crash store's ops with obj_writeback counted.  The engine calls a
+ * store's ops through the table in its header (store.h), and the crash
+ * store's functions never look at that pointer, so swapping it is enough. */
+static void
+count_writebacks(struct sv_store *st)
+{
+	counting_ops = *sv_store_ops_of(st);
+	assert_non_null(counting_ops.obj_writeback);
+	inner_writeback = counting_ops.obj_writeback;
+	counting_ops.obj_writeback = count_writeback;
+	((struct sv_store_base *)st)->ops = &counting_ops;
+}
+
+/* Wait (up to 10 s) until more than n calls were made. */
+static bool
+writebacks_above(uint64_t n)
+{
+	for (int i = 0; i < 1000; i++) {
+		if (__atomic_load_n(&writebacks, __ATOMIC_RELAXED) > n)
+			return true;
+		struct timespec ts = {0, 10 * 1000 * 1000};
+		nanosleep(&ts, NULL);
+	}
+	return false;
+}
+
+/* ---- data: generation g of block b, sector by sector ---- */
+
+static void
+fill_block(unsigned char *buf, unsigned gen, uint64_t block)
+{
+	for (unsigned i = 0; i < BLOCK / 8; i++) {
+		uint64_t x = test_mix(((uint64_t)gen << 40) ^ (block << 12) ^ i);
+		memcpy(buf + (size_t)i * 8, &x, 8);
+	}
+}
+
+static void
+write_blocks(struct sv_view *v, unsigned gen, uint64_t first, uint64_t n, unsigned *model)
+{
+	unsigned char buf[BLOCK];
+	for (uint64_t b = first; b < first + n; b++) {
+		fill_block(buf, gen, b);
+		int err = 0;
+		assert_int_equal(sv_view_pwrite(v, buf, BLOCK, b * BLOCK, 0, &err), 0);
+		if (model)
+			model[b] = gen;
+	}
+}
+
+/* Does the export read as model (gen per block); with alt, may each sector
+ * of a block also be generation alt[b]'s (a write not flushed before the
+ * power loss: dropped, applied or torn), or the garbage the power loss put
+ * in that sector of the origin (ctl)? */
+static bool
+export_is(struct sv_pool *pool, const char *name, const unsigned *model, const unsigned *alt,
+	  const struct crash_ctl *ctl)
+{
+	struct sv_view *v;
+	if (sv_view_open(pool, name, strlen(name), &v) == -1) {
+		print_error("cannot open %s: %s\n", name, sv_last_error());
+		return false;
+	}
+	bool ok = true;
+	unsigned char got[BLOCK], want[BLOCK], other[BLOCK];
+	for (uint64_t b = 0; b < NBLOCKS && ok; b++) {
+		int err = 0;
+		if (sv_view_pread(v, got, BLOCK, b * BLOCK, &err) == -1) {
+			print_error("%s: read of block %" PRIu64 " failed: %s\n", name, b,
+				    strerror(err));
+			ok = false;
+			break;
+		}
+		if (model[b])
+			fill_block(want, model[b], b);
+		else
+			memset(want, 0, BLOCK);
+		if (alt && alt[b])
+			fill_block(other, alt[b], b);
+		for (unsigned s = 0; s < BLOCK / SECTOR; s++) {
+			size_t o = (size_t)s * SECTOR;
+			if (!memcmp(got + o, want + o, SECTOR))
+				continue;
+			if (alt && alt[b] &&
+			    (!memcmp(got + o, other + o, SECTOR) ||
+			     crash_ctl_garbage(ctl, "wb", "origin", b * BLOCK + o)))
+				continue;
+			print_error("%s: block %" PRIu64 " sector %u is neither generation %u%s\n",
+				    name, b, s, model[b],
+				    alt && alt[b] ? " nor the unflushed one" : "");
+			ok = false;
+			break;
+		}
+	}
+	sv_view_close(v);
+	return ok;
+}
+
+static void
+test_kicks_survive_powerloss(void **state)
+{
+	(void)state;
+	char dir[64];
+	assert_int_equal(test_mkdtemp(dir, "wback", true), 0);
+	/* The power loss's choices: SNAPVOL_SEED=N replays a run. */
+	const char *env = getenv("SNAPVOL_SEED");
+	struct crash_ctl ctl = {.seed =
+				    env ? (unsigned)strtoul(env, NULL, 0) : (unsigned)time(NULL)};
+	print_message("seed %u (SNAPVOL_SEED=%u replays it)\n", ctl.seed, ctl.seed);
+	struct sv_store *st;
+	struct sv_pool *pool;
+	assert_int_equal(crash_store_open(dir, true, &ctl, &st), 0);
+	count_writebacks(st);
+	assert_int_equal(sv_pool_open_store(st, dir, &pool), 0);
+	assert_int_equal(sv_volume_create(pool, "wb", VOL_SIZE, 0), 0);
+	struct sv_view *v;
+	assert_int_equal(sv_view_open(pool, "wb", 2, &v), 0);
+
+	static unsigned vol[NBLOCKS], snap[NBLOCKS], unflushed[NBLOCKS];
+	/* 8 MiB in place (no snapshot yet), flushed: several kicks. */
+	uint64_t k0 = __atomic_load_n(&writebacks, __ATOMIC_RELAXED);
+	write_blocks(v, 1, 0, NBLOCKS, vol);
+	assert_true(writebacks_above(k0));
+	int err = 0;
+	assert_int_equal(sv_view_flush(v, &err), 0);
+
+	/* 4 MiB more, not flushed, then a snapshot: it must hold them. */
+	write_blocks(v, 2, 0, NBLOCKS / 2, vol);
+	const char *spec[] = {"wb@s"};
+	uint64_t w0 = __atomic_load_n(&waited, __ATOMIC_RELAXED);
+	assert_int_equal(sv_snapshot_create(pool, spec, 1, NULL), 0);
+	/* The create's sync went slice by slice (writeback.c). */
+	assert_true(__atomic_load_n(&waited, __ATOMIC_RELAXED) > w0);
+	memcpy(snap, vol, sizeof snap);
+
+	/* First writes after the snapshot (taken behind, copied), 2 MiB, not
+	 * flushed: a kick comes while their copies and origin writes are
+	 * unsynced. */
+	uint64_t k1 = __atomic_load_n(&writebacks, __ATOMIC_RELAXED);
+	write_blocks(v, 3, NBLOCKS / 4, NBLOCKS / 4, unflushed);
+	assert_true(writebacks_above(k1));
+	assert_false(__atomic_load_n(&on_main_thread, __ATOMIC_RELAXED));
+
+	crash_store_powerloss(st);
+	sv_view_close(v);
+	sv_pool_close(pool);
+
+	assert_int_equal(sv_pool_open(dir, 0, &pool), 0);
+	assert_true(export_is(pool, "wb@s", snap, NULL, &ctl));
+	assert_true(export_is(pool, "wb", vol, unflushed, &ctl));
+	free(ctl.garbage);
+	sv_pool_close(pool);
+	assert_int_equal(test_rmtree(dir), 0);
+}
+
+/* A write error met by the create's paced writeback is reported there only
+ * (Linux reports it once): the create must fail, and every connection's
+ * next FLUSH say so, though the sync after it would succeed. */
+static void
+test_waited_error_fails_create(void **state)
+{
+	(void)state;
+	char dir[64];
+	assert_int_equal(test_mkdtemp(dir, "wberr", true), 0);
+	struct crash_ctl ctl = {0};
+	struct sv_store *st;
+	struct sv_pool *pool;
+	assert_int_equal(crash_store_open(dir, true, &ctl, &st), 0);
+	count_writebacks(st);
+	assert_int_equal(sv_pool_open_store(st, dir, &pool), 0);
+	assert_int_equal(sv_volume_create(pool, "wb", VOL_SIZE, 0), 0);
+	struct sv_view *v;
+	assert_int_equal(sv_view_open(pool, "wb", 2, &v), 0);
+	write_blocks(v, 1, 0, 16, NULL);
+	const char *spec[] = {"wb@e"};
+	__atomic_store_n(&fail_waited, true, __ATOMIC_RELAXED);
+	assert_int_equal(sv_snapshot_create(pool, spec, 1, NULL), -1);
+	__atomic_store_n(&fail_waited, false, __ATOMIC_RELAXED);
+	struct sv_snapshot_info *snaps;
+	size_t n = 99;
+	assert_int_equal(sv_snapshot_list(pool, "wb", &snaps, &n), 0);
+	assert_int_equal(n, 0);
+	free(snaps);
+	int err = 0;
+	assert_int_equal(sv_view_flush(v, &err), -1);
+	assert_int_equal(err, EIO);
+	assert_int_equal(sv_view_flush(v, &err), 0); /* told once */
+	sv_view_close(v);
+	sv_pool_close(pool);
+	assert_int_equal(test_rmtree(dir), 0);
+}
+
+/* On the real file store: a working call, whole object or a range, and
+ * the data still reads back. */
+static void
+test_file_store_op(void **state)
+{
+	(void)state;
+	char dir[64];
+	assert_int_equal(test_mkdtemp(dir, "wbfile", false), 0);
+	const struct sv_store_ops *ops = &sv_store_file_ops;
+	struct sv_store *st;
+	assert_int_equal(ops->open(dir, true, &st), 0);
+	assert_int_equal(ops->vol_create(st, "v"), 0);
+	struct sv_obj *o;
+	assert_int_equal(ops->obj_open(st, "v", "origin", VOL_SIZE, SV_OBJ_CREATE, &o), 0);
+	unsigned char buf[BLOCK], got[BLOCK];
+	for (uint64_t b = 0; b < 64; b++) {
+		fill_block(buf, 7, b * 16);
+		assert_int_equal(ops->obj_pwrite(o, buf, BLOCK, b * 16 * BLOCK, 0), 0);
+	}
+	assert_int_equal(ops->obj_writeback(o, 0, 0, 0), 0);
+	assert_int_equal(ops->obj_writeback(o, BLOCK, 64 * BLOCK, 0), 0);
+	assert_int_equal(ops->obj_writeback(o, 0, VOL_SIZE / 2, SV_WRITEBACK_WAIT), 0);
+	assert_int_equal(ops->obj_sync(o), 0);
+	for (uint64_t b = 0; b < 64; b++) {
+		fill_block(buf, 7, b * 16);
+		assert_int_equal(ops->obj_pread(o, got, BLOCK, b * 16 * BLOCK), 0);
+		assert_memory_equal(got, buf, BLOCK);
+	}
+	ops->obj_close(o);
+	ops->close(st);
+	assert_int_equal(test_rmtree(dir), 0);
+}
+
+int
+main(void)
+{
+	/* Read once per process by the engine: before any volume opens. */
+	setenv("SNAPVOL_WRITEBACK_MB", "1", 1);
+	setenv("SNAPVOL_SNAP_SYNC_SLICE_MB", "1", 1);
+	main_thread = pthread_self();
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_kicks_survive_powerloss),
+	    cmocka_unit_test(test_waited_error_fails_create),
+	    cmocka_unit_test(test_file_store_op),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
