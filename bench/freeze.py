@@ -354,7 +354,9 @@ def load_server_trace(path):
             if not m:
                 continue
             d = {}
-            for part in m.group(2).split(", "):
+            # "drain N us, switch N us, ...; at the sync: ...": the steps
+            # come before the first "; "
+            for part in m.group(2).split("; ")[0].split(", "):
                 k, _, v = part.rpartition(" ")
                 if k.endswith(" us") or v == "us":
                     k, v = part[:-3].rsplit(" ", 1)

@@ -119,6 +119,20 @@ new_pool() {
 }
 
 # sv ARGS...: the CLI on pool $P.
+# A one-node Ceph cluster under $T/ceph with the pool "blk", stopped at
+# exit; exports CEPH_CONF.  Skips (77) only when the packages are missing.
+start_ceph() {
+	local rc=0
+	"$SRCDIR/ceph-cluster.sh" start "$T/ceph" blk || rc=$?
+	if [ $rc -ne 0 ]; then
+		[ $rc -eq 77 ] && skip "the Ceph packages are missing"
+		tail -40 "$T/ceph/log/"*.log >&2 2>/dev/null
+		fail "cannot start a Ceph cluster (status $rc); logs in $T/ceph/log"
+	fi
+	cleanup_fn "$SRCDIR/ceph-cluster.sh" stop "$T/ceph"
+	export CEPH_CONF=$T/ceph/ceph.conf
+}
+
 sv() {
 	"$SNAPVOL" --pool "$P" "$@"
 }

@@ -15,13 +15,7 @@ requires nbdcopy --version
 requires $PY -c 'import nbd'
 
 new_pool
-"$SRCDIR/ceph-cluster.sh" start "$T/ceph" blk || {
-	rc=$?
-	[ $rc -eq 77 ] && skip "the Ceph packages are missing"
-	fail "cannot start a Ceph cluster (status $rc)"
-}
-cleanup_fn "$SRCDIR/ceph-cluster.sh" stop "$T/ceph"
-export CEPH_CONF=$T/ceph/ceph.conf
+start_ceph
 export XDG_RUNTIME_DIR=$T/run
 export SNAPVOL_RADOS_CLAIM=5s
 mkdir -p "$XDG_RUNTIME_DIR"

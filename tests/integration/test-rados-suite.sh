@@ -29,13 +29,7 @@ esac
 TEST_NAME="${TEST_NAME}[$PART]"
 
 new_pool
-"$SRCDIR/ceph-cluster.sh" start "$T/ceph" blk || {
-	rc=$?
-	[ $rc -eq 77 ] && skip "the Ceph packages are missing"
-	fail "cannot start a Ceph cluster (status $rc); logs in $T/ceph/log"
-}
-cleanup_fn "$SRCDIR/ceph-cluster.sh" stop "$T/ceph"
-export CEPH_CONF=$T/ceph/ceph.conf
+start_ceph
 export SNAPVOL_TEST_POOL=rados:blk
 export SNAPVOL_RADOS_CLAIM=3s
 t0=$(date +%s%N)
