@@ -1065,31 +1065,43 @@ rados_vol_list(struct sv_store *st, char ***names, size_t *n)
 	return r < 0 ? fail_ctl(r) : 0;
 }
 
+/* The pool index's key of vol ("vol.NAME", 96 bytes) and its header
+ * object's name (128 bytes), and whether the index lists it. */
+static int
+vol_lookup_locked(struct rados_store *rs, const char *vol, char *key, char *hdr, bool *indexed)
+{
+	snprintf(key, 96, "vol.%s", vol);
+	vol_oid(hdr, 128, vol);
+	char *v = NULL;
+	int r = omap_get(rs, POOL_OID, key, &v, NULL);
+	free(v);
+	if (r < 0 && r != -ENOENT)
+		return fail_ctl(r);
+	*indexed = r == 0;
+	return 0;
+}
+
 static int
 rados_vol_create(struct sv_store *st, const char *vol)
 {
 	struct rados_store *rs = (struct rados_store *)st;
+	char key[96], hdr[128];
+	bool indexed;
 	if (check_vol_claim(rs, vol) == -1)
 		return -1;
-	char key[96], hdr[128];
-	snprintf(key, sizeof key, "vol.%s", vol);
-	vol_oid(hdr, sizeof hdr, vol);
 	SV_LOCK_SCOPE(&rs->lock);
-	char *v = NULL;
-	int r = omap_get(rs, POOL_OID, key, &v, NULL);
-	free(v);
-	if (r == 0) {
+	if (vol_lookup_locked(rs, vol, key, hdr, &indexed) == -1)
+		return -1;
+	if (indexed) {
 		errno = EEXIST;
 		return -1;
 	}
-	if (r != -ENOENT)
-		return fail_ctl(r);
 	/* The header first, then the index entry: the entry is the commit. */
 	rados_write_op_t op = rados_create_write_op();
 	if (!op)
 		return fail_ctl(-ENOMEM);
 	rados_write_op_create(op, LIBRADOS_CREATE_IDEMPOTENT, NULL);
-	r = rados_write_op_operate(op, rs->io, hdr, NULL, 0);
+	int r = rados_write_op_operate(op, rs->io, hdr, NULL, 0);
 	rados_release_write_op(op);
 	if (r == 0)
 		r = omap_put(rs, POOL_OID, key, "", true);
@@ -1100,21 +1112,16 @@ static int
 rados_vol_remove(struct sv_store *st, const char *vol)
 {
 	struct rados_store *rs = (struct rados_store *)st;
+	char key[96], hdr[128];
+	bool indexed;
 	if (check_vol_claim(rs, vol) == -1)
 		return -1;
-	char key[96], hdr[128];
-	snprintf(key, sizeof key, "vol.%s", vol);
-	vol_oid(hdr, sizeof hdr, vol);
 	SV_LOCK_SCOPE(&rs->lock);
-	char *v = NULL;
-	int r = omap_get(rs, POOL_OID, key, &v, NULL);
-	free(v);
-	if (r < 0 && r != -ENOENT)
-		return fail_ctl(r);
-	bool indexed = r == 0;
+	if (vol_lookup_locked(rs, vol, key, hdr, &indexed) == -1)
+		return -1;
 	char **names, **vals;
 	size_t n;
-	r = omap_list(rs, hdr, "obj.", &names, &vals, &n);
+	int r = omap_list(rs, hdr, "obj.", &names, &vals, &n);
 	if (r == -ENOENT && !indexed) {
 		errno = ENOENT;
 		return -1;

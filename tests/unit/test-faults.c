@@ -90,36 +90,20 @@
 
 /* ---- sector contents: write id and sector number, id 0 is zeros ---- */
 
+#define MAGIC 0x46565653u /* "SVVF" */
+
 static void
 sector_image(unsigned char *p, unsigned id, unsigned sct)
 {
-	if (id == 0) {
-		memset(p, 0, SECTOR);
-		return;
-	}
-	uint32_t hdr[4] = {0x46565653u /* "SVVF" */, id, sct, ~id};
-	memcpy(p, hdr, sizeof hdr);
-	uint64_t x = test_mix(((uint64_t)id << 32) | sct) | 1;
-	for (size_t i = sizeof hdr; i < SECTOR; i += 8) {
-		x = test_mix(x);
-		memcpy(p + i, &x, 8);
-	}
+	test_sector_image(p, MAGIC, id, sct);
 }
 
-/* The write id a sector holds, or -1 for anything else. */
+/* The write id a sector holds (ids are below 64), or -1 for anything else. */
 static int
 sector_id(const unsigned char *p, unsigned sct)
 {
-	static const unsigned char zeros[SECTOR];
-	if (!memcmp(p, zeros, SECTOR))
-		return 0;
-	uint32_t hdr[4];
-	memcpy(hdr, p, sizeof hdr);
-	if (hdr[0] != 0x46565653u || hdr[2] != sct || hdr[3] != ~hdr[1] || hdr[1] >= 64)
-		return -1;
-	unsigned char want[SECTOR];
-	sector_image(want, hdr[1], sct);
-	return memcmp(p, want, SECTOR) ? -1 : (int)hdr[1];
+	int64_t id = test_sector_id(p, MAGIC, sct);
+	return id >= 64 ? -1 : (int)id;
 }
 
 /* ---- the world: a pool over the fault store, and what it must hold ---- */

@@ -94,23 +94,13 @@
 
 /* ---- sector contents ---- */
 
+#define MAGIC 0x4c505653u /* "SVPL" */
+
 /* The sector write `id` stores at sector `sct`; id 0 is zeros. */
 static void
 sector_image(unsigned char *p, uint32_t id, uint32_t sct)
 {
-	if (id == 0) {
-		memset(p, 0, SECTOR);
-		return;
-	}
-	uint32_t hdr[4] = {0x4c505653u /* "SVPL" */, id, sct, ~id};
-	memcpy(p, hdr, sizeof hdr);
-	uint64_t x = test_mix(((uint64_t)id << 32) | sct) | 1;
-	for (size_t i = sizeof hdr; i < SECTOR; i += 8) {
-		x ^= x << 13;
-		x ^= x >> 7;
-		x ^= x << 17;
-		memcpy(p + i, &x, 8);
-	}
+	test_sector_image(p, MAGIC, id, sct);
 }
 
 /* What a sector holds, for messages: "write 17", "zeros", "garbage". */
@@ -123,7 +113,7 @@ describe_sector(const unsigned char *p, uint32_t sct, char *buf, size_t len)
 	sector_image(want, 0, sct);
 	if (!memcmp(p, want, SECTOR))
 		return "zeros";
-	if (hdr[0] == 0x4c505653u && hdr[3] == ~hdr[1]) {
+	if (hdr[0] == MAGIC && hdr[3] == ~hdr[1]) {
 		sector_image(want, hdr[1], hdr[2]);
 		if (!memcmp(p, want, SECTOR)) {
 			if (hdr[2] == sct)
@@ -143,14 +133,7 @@ describe_sector(const unsigned char *p, uint32_t sct, char *buf, size_t len)
 static int64_t
 sector_id(const unsigned char *p, uint32_t sct)
 {
-	unsigned char want[SECTOR];
-	uint32_t hdr[4];
-	memcpy(hdr, p, sizeof hdr);
-	sector_image(want, hdr[1], sct);
-	if (hdr[0] == 0x4c505653u && hdr[2] == sct && !memcmp(p, want, SECTOR))
-		return hdr[1];
-	sector_image(want, 0, sct);
-	return memcmp(p, want, SECTOR) ? -1 : 0;
+	return test_sector_id(p, MAGIC, sct);
 }
 
 /* ---- the model ---- */

@@ -84,4 +84,42 @@ test_mix(uint64_t x)
 	return x;
 }
 
+/* A 512-byte sector that names the write that stored it: a header (magic,
+ * write id, sector number, ~id), then bytes derived from id and sector; id
+ * 0 is zeros.  Crash and fault tests read back which write a sector holds,
+ * and so tell old, new, torn and misplaced data apart. */
+#define TEST_SECTOR 512u
+
+static inline void
+test_sector_image(unsigned char *p, uint32_t magic, uint32_t id, uint32_t sct)
+{
+	if (id == 0) {
+		memset(p, 0, TEST_SECTOR);
+		return;
+	}
+	uint32_t hdr[4] = {magic, id, sct, ~id};
+	memcpy(p, hdr, sizeof hdr);
+	uint64_t x = test_mix(((uint64_t)id << 32) | sct) | 1;
+	for (size_t i = sizeof hdr; i < TEST_SECTOR; i += 8) {
+		x = test_mix(x);
+		memcpy(p + i, &x, 8);
+	}
+}
+
+/* The id of the write sector sct holds (0: zeros), or -1 for anything else. */
+static inline int64_t
+test_sector_id(const unsigned char *p, uint32_t magic, uint32_t sct)
+{
+	static const unsigned char zeros[TEST_SECTOR];
+	if (!memcmp(p, zeros, TEST_SECTOR))
+		return 0;
+	uint32_t hdr[4];
+	memcpy(hdr, p, sizeof hdr);
+	if (hdr[0] != magic || hdr[2] != sct || hdr[3] != ~hdr[1])
+		return -1;
+	unsigned char want[TEST_SECTOR];
+	test_sector_image(want, magic, hdr[1], sct);
+	return memcmp(p, want, TEST_SECTOR) ? -1 : (int64_t)hdr[1];
+}
+
 #endif
