@@ -100,10 +100,9 @@
 
 /* A session (session.c) and, through a server, its NBD socket. */
 struct acc {
-	struct cli_session s;
-	bool server;
-	char *nbd_socket; /* absolute path (server) */
-	struct sv_pool *pool;
+	struct cli_session s; /* s.fd >= 0: through a server; else s.pool */
+	bool server;	      /* s.fd >= 0 */
+	char *nbd_socket;     /* absolute path (server) */
 };
 
 /* A relative socket path is relative to the server's working directory. */
@@ -150,7 +149,6 @@ acc_open(struct cli *cli, struct acc *a, unsigned pool_flags)
 	memset(a, 0, sizeof *a);
 	if (cli_session_open(cli, &a->s, pool_flags) == -1)
 		return cli_fail("%s", sv_last_error());
-	a->pool = a->s.pool;
 	a->server = a->s.fd >= 0;
 	if (!a->server) {
 		sv_log_debug("no server: pool %s opened directly", cli->pool);
@@ -212,7 +210,7 @@ acc_diff(struct acc *a, const char *vol, const char *from, const char *to, uint6
 {
 	memset(rs, 0, sizeof *rs);
 	if (!a->server)
-		return sv_volume_diff(a->pool, vol, from, to, 0, size, runs_add, rs);
+		return sv_volume_diff(a->s.pool, vol, from, to, 0, size, runs_add, rs);
 	char fspec[2 * SV_NAME_MAX + 2], tspec[2 * SV_NAME_MAX + 2];
 	snprintf(fspec, sizeof fspec, "%s@%s", vol, from);
 	if (to)
@@ -304,7 +302,7 @@ view_open(struct acc *a, const char *name, struct view *vw, unsigned conns)
 {
 	memset(vw, 0, sizeof *vw);
 	if (!a->server) {
-		if (sv_view_open(a->pool, name, strlen(name), &vw->v) == -1)
+		if (sv_view_open(a->s.pool, name, strlen(name), &vw->v) == -1)
 			return -1;
 		vw->size = sv_view_size(vw->v);
 		return 0;
