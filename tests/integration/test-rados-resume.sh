@@ -101,7 +101,9 @@ import json, sys
 r = json.load(open(sys.argv[1]))
 t_stop, t_cont = float(sys.argv[2]), float(sys.argv[3])
 ops = r['ops']
-during = [o for o in ops if t_stop + 3 < o[0] < t_cont]
+# issued while the cluster was stopped (the client itself fails on an error
+# outside the outage)
+during = [o for o in ops if t_stop < o[0] < t_cont]
 after = [o for o in ops if o[0] > t_cont + 6]
 worst = max(o[1] for o in ops)
 errs = sorted({o[4] for o in ops if not o[3]})
