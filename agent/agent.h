@@ -36,6 +36,10 @@
 #define SV_AGENT_TIMEOUT_MIN_NS (100 * 1000000ull)     /* 100 ms */
 #define SV_AGENT_TIMEOUT_MAX_NS (3600 * 1000000000ull) /* 1 h */
 
+/* The SCHED_FIFO priority of the watchdog and of the owner's thread during
+ * the freeze window: a low one, below the kernel's interrupt threads (50). */
+#define SV_AGENT_RT_PRIO 10
+
 /* One filesystem to freeze. */
 struct sv_fs {
 	char path[PATH_MAX]; /* its mount point, canonical */
@@ -92,6 +96,8 @@ struct sv_watchdog_state {
 	uint64_t thaw_start_ns;	    /* before the first FITHAW */
 	uint64_t thawed_ns;	    /* after the last FITHAW */
 	bool rcu_expedited;	    /* FIFREEZE ran with expedited RCU grace periods */
+	bool realtime;		    /* the watchdog and the owner's thread ran the window
+				       SCHED_FIFO (SNAPVOL_FREEZE_RT, watchdog.c) */
 	pid_t pid;		    /* the watchdog process */
 };
 
@@ -104,7 +110,9 @@ int sv_watchdog_start(const struct sv_fs *fs, size_t n, uint64_t lease_ns, uint6
  * to flush and the window is shorter), then FIFREEZE every one, top-down,
  * with RCU grace periods expedited for the duration of the FIFREEZE calls
  * (see watchdog.c; SNAPVOL_FREEZE_EXPEDITE=0 in the environment turns that
- * off); the lease and timeout start now.  If
+ * off); the lease and timeout start now.  The watchdog, and the calling
+ * thread until the thaw, run SCHED_FIFO meanwhile when allowed
+ * (SNAPVOL_FREEZE_RT=0 turns it off; see watchdog.c).  If
  * one fails (EOPNOTSUPP: cannot freeze, EBUSY: already frozen, EPERM), the
  * ones already frozen are thawed and the error names the mount point. */
 int sv_watchdog_freeze(struct sv_watchdog *wd);

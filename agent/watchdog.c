@@ -60,6 +60,27 @@
  * reports (and the filesystem is frozen again until the thaw).  A thaw and
  * refreeze by someone else between two queries cannot be seen this way.
  *
+ * Real-time scheduling for the window.  On a loaded 2-core machine the
+ * window's outliers were the watchdog (and the owner's thread that runs the
+ * steps inside the window) runnable but waiting for a CPU: every step
+ * wakes it (the end of FIFREEZE, the thaw message), and a CPU-bound fio or
+ * build behind it costs a scheduler slice each time.  So the watchdog runs
+ * SCHED_FIFO (SV_AGENT_RT_PRIO) from just before its first FIFREEZE (the
+ * syncfs before it is outside the window and stays SCHED_OTHER) until its
+ * FITHAW returns, or the FIFREEZE fails; and sv_watchdog_freeze raises its
+ * calling thread the same way until the thaw, a failed freeze, an early
+ * thaw it learns of, or sv_watchdog_close, whichever comes first.  Both
+ * sleep nearly all the time they hold it (in FIFREEZE, in poll()), so
+ * they take no CPU from anyone for long; they just get one at once when
+ * woken.  Only a thread that was SCHED_OTHER/BATCH/IDLE is raised (one the
+ * user put in a real-time class is left alone), with SCHED_RESET_ON_FORK
+ * (a command run while frozen, or a thread started then, is not
+ * real-time), and the policy and priority it had are put back.  Not root
+ * (EPERM): it just runs unraised; the state says which
+ * (sv_watchdog_state.realtime).  SNAPVOL_FREEZE_RT=0 in the owner's
+ * environment turns it off.  A process killed while raised leaves nothing
+ * behind: the policy is the thread's own.
+ *
  * The owner keeps its own descriptors on the mount points too: if the
  * watchdog itself is killed while holding a freeze, the owner sees the
  * socket close and thaws.
@@ -74,6 +95,7 @@
 #include <linux/fs.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -132,7 +154,7 @@ struct wd_msg {
 	uint64_t presync_ns; /* R_FREEZE: the syncfs before the freeze took this long */
 	uint64_t ckpt_ns;    /* R_FREEZE: of which the journal checkpoint */
 	uint32_t expedited;  /* R_FREEZE: FIFREEZE ran with rcu_expedited set by us */
-	uint32_t pad2;
+	uint32_t rt;	     /* R_FREEZE: the watchdog ran FIFREEZE SCHED_FIFO */
 };
 
 #define RCU_EXPEDITED "/sys/kernel/rcu_expedited"
@@ -143,6 +165,52 @@ expedite_wanted(void)
 {
 	const char *e = getenv("SNAPVOL_FREEZE_EXPEDITE");
 	return !e || strcmp(e, "0") != 0;
+}
+
+/* SNAPVOL_FREEZE_RT=0: no real-time scheduling for the window. */
+static bool
+rt_wanted(void)
+{
+	const char *e = getenv("SNAPVOL_FREEZE_RT");
+	return !e || strcmp(e, "0") != 0;
+}
+
+/* A thread raised to SCHED_FIFO, and what to put back. */
+struct rt_hold {
+	bool on;
+	pid_t tid;
+	int policy;
+	struct sched_param param;
+};
+
+/* Raise the calling thread to SCHED_FIFO SV_AGENT_RT_PRIO (above), if it
+ * is in a normal class; false if not done (EPERM, already real-time). */
+static bool
+rt_raise(struct rt_hold *h)
+{
+	h->on = false;
+	h->tid = gettid();
+	h->policy = sched_getscheduler(h->tid);
+	if (h->policy == -1 || sched_getparam(h->tid, &h->param) == -1)
+		return false;
+	int base = h->policy & ~SCHED_RESET_ON_FORK;
+	if (base != SCHED_OTHER && base != SCHED_BATCH && base != SCHED_IDLE)
+		return false;
+	struct sched_param p = {.sched_priority = SV_AGENT_RT_PRIO};
+	if (sched_setscheduler(h->tid, SCHED_FIFO | SCHED_RESET_ON_FORK, &p) == -1)
+		return false;
+	h->on = true;
+	return true;
+}
+
+/* Put back what rt_raise found (any thread may call it). */
+static void
+rt_drop(struct rt_hold *h)
+{
+	if (!h->on)
+		return;
+	(void)sched_setscheduler(h->tid, h->policy, &h->param);
+	h->on = false;
 }
 
 /* The knob's value ('0', '1'), or 0 if it cannot be read. */
@@ -194,6 +262,8 @@ struct wd {
 	uint64_t lease_dl, hard_dl;
 	bool lost;  /* a query found a filesystem thawed by someone else */
 	int rcu_fd; /* RCU_EXPEDITED, or -1: not expedited */
+	bool rt;    /* may run the window SCHED_FIFO */
+	struct rt_hold rth;
 	enum sv_thaw_reason reason;
 	uint64_t t[4];
 };
@@ -216,6 +286,7 @@ wd_thaw(struct wd *w, enum sv_thaw_reason why)
 	for (size_t i = w->n; i-- > 0;)
 		(void)ioctl(w->fds[i], FITHAW, 0); /* EINVAL: someone thawed it already */
 	w->t[3] = sv_now_ns();
+	rt_drop(&w->rth);
 	w->state = THAWED;
 	w->reason = why;
 }
@@ -242,6 +313,8 @@ wd_freeze(struct wd *w)
 		(void)ioctl(w->fds[i], EXT4_IOC_CHECKPOINT, &flags);
 		m.ckpt_ns += sv_now_ns() - c;
 	}
+	/* SCHED_FIFO from here to the thaw (above). */
+	m.rt = w->rt && rt_raise(&w->rth);
 	/* Expedited grace periods for the FIFREEZE calls only (above). */
 	m.expedited = rcu_knob_get(w->rcu_fd) == '0' && rcu_knob_set(w->rcu_fd, '1');
 	w->t[0] = sv_now_ns();
@@ -254,6 +327,7 @@ wd_freeze(struct wd *w)
 				(void)rcu_knob_set(w->rcu_fd, '0');
 			for (size_t j = i; j-- > 0;)
 				(void)ioctl(w->fds[j], FITHAW, 0);
+			rt_drop(&w->rth);
 			wd_send(w, &m);
 			return;
 		}
@@ -358,12 +432,14 @@ static void __attribute__((noreturn)) wd_loop(struct wd *w)
 	}
 }
 
-static void __attribute__((noreturn)) wd_main(int sock, const struct sv_fs *fs, size_t n,
-					      uint64_t lease_ns, uint64_t timeout_ns, bool expedite)
+static void __attribute__((noreturn))
+wd_main(int sock, const struct sv_fs *fs, size_t n, uint64_t lease_ns, uint64_t timeout_ns,
+	bool expedite, bool rt)
 {
 	static const int ignored[] = {SIGINT,  SIGTERM, SIGHUP,	 SIGPIPE, SIGQUIT,
 				      SIGTSTP, SIGTTIN, SIGTTOU, SIGUSR1, SIGUSR2};
-	struct wd w = {.n = n, .lease_ns = lease_ns, .timeout_ns = timeout_ns, .state = IDLE};
+	struct wd w = {
+	    .n = n, .lease_ns = lease_ns, .timeout_ns = timeout_ns, .state = IDLE, .rt = rt};
 	struct wd_msg ready = {.type = M_READY, .index = -1};
 
 	setsid();
@@ -417,8 +493,10 @@ struct sv_watchdog {
 	struct sv_fs *fs;
 	int fds[SV_AGENT_MAX_FS]; /* the owner's own, for a thaw if the watchdog dies */
 	uint64_t lease_ns, timeout_ns;
-	bool expedite;	 /* the watchdog may set RCU_EXPEDITED around FIFREEZE */
-	char rcu_before; /* its value before the freeze ('0', '1', 0: unknown) */
+	bool expedite;	    /* the watchdog may set RCU_EXPEDITED around FIFREEZE */
+	char rcu_before;    /* its value before the freeze ('0', '1', 0: unknown) */
+	bool rt;	    /* run the window SCHED_FIFO (SNAPVOL_FREEZE_RT) */
+	struct rt_hold rth; /* the owner's thread that called sv_watchdog_freeze */
 	struct sv_watchdog_state st;
 
 	pthread_mutex_t lock; /* protects hb_stop */
@@ -437,6 +515,7 @@ note(struct sv_watchdog *wd, const struct wd_msg *m)
 		wd->st.frozen_ns = m->t[1];
 	}
 	if (m->t[3]) {
+		rt_drop(&wd->rth); /* thawed: the window is over */
 		wd->st.thaw_start_ns = m->t[2];
 		wd->st.thawed_ns = m->t[3];
 		wd->st.frozen = false;
@@ -450,6 +529,7 @@ static void
 lost_watchdog(struct sv_watchdog *wd)
 {
 	wd->gone = true;
+	rt_drop(&wd->rth);
 	if (wd->st.frozen) {
 		wd->st.thaw_start_ns = sv_now_ns();
 		for (size_t i = wd->n; i-- > 0;)
@@ -530,6 +610,7 @@ sv_watchdog_start(const struct sv_fs *fs, size_t n, uint64_t lease_ns, uint64_t 
 		goto fail;
 	}
 	wd->expedite = expedite_wanted();
+	wd->rt = rt_wanted();
 	fflush(NULL); /* nothing buffered is written twice */
 	pid_t pid = fork();
 	if (pid == -1) {
@@ -540,7 +621,7 @@ sv_watchdog_start(const struct sv_fs *fs, size_t n, uint64_t lease_ns, uint64_t 
 	}
 	if (pid == 0) {
 		close(sv[0]);
-		wd_main(sv[1], fs, n, lease_ns, timeout_ns, wd->expedite);
+		wd_main(sv[1], fs, n, lease_ns, timeout_ns, wd->expedite, wd->rt);
 	}
 	close(sv[1]);
 	wd->sock = sv[0];
@@ -603,8 +684,13 @@ sv_watchdog_freeze(struct sv_watchdog *wd)
 		if (fd >= 0)
 			close(fd);
 	}
-	if (send_msg(wd, M_FREEZE) == -1)
+	/* Raised before the request, so that the wake-up at its reply is
+	 * served at once; dropped on every way out but success. */
+	bool raised = wd->rt && rt_raise(&wd->rth);
+	if (send_msg(wd, M_FREEZE) == -1) {
+		rt_drop(&wd->rth);
 		return -1;
+	}
 	/* syncfs and FIFREEZE can block: on a filesystem whose image lives on
 	 * one frozen by someone else, they wait for that thaw.  Give up after
 	 * the timeout; the watchdog finishes, sees we are gone and thaws. */
@@ -614,6 +700,7 @@ sv_watchdog_freeze(struct sv_watchdog *wd)
 		r = poll(&p, 1, (int)(wd->timeout_ns / 1000000));
 	while (r == -1 && errno == EINTR);
 	if (r == 0) {
+		rt_drop(&wd->rth);
 		wd->stuck = true;
 		return sv_error(ETIMEDOUT,
 				"FIFREEZE did not return within %.1f s (is a filesystem below "
@@ -621,17 +708,23 @@ sv_watchdog_freeze(struct sv_watchdog *wd)
 				wd->timeout_ns / 1e9);
 	}
 	if (recv_reply(wd, R_FREEZE, &m) == -1) {
+		rt_drop(&wd->rth);
 		rcu_knob_restore(wd);
 		return -1;
 	}
 	wd->st.presync_ns = m.presync_ns;
 	wd->st.checkpoint_ns = m.ckpt_ns;
 	wd->st.rcu_expedited = m.expedited != 0;
+	wd->st.realtime = raised && m.rt != 0;
+	if (!wd->st.realtime)
+		rt_drop(&wd->rth); /* both or neither: the state says which */
 	if (m.err == 0) {
 		wd->st.frozen = true;
 		wd->st.reason = SV_THAW_NONE;
 		return 0;
 	}
+	rt_drop(&wd->rth);
+	wd->st.realtime = false;
 	const char *path = m.index >= 0 && (size_t)m.index < wd->n ? wd->fs[m.index].path : "?";
 	const char *type = m.index >= 0 && (size_t)m.index < wd->n ? wd->fs[m.index].fstype : "?";
 	switch (m.err) {
@@ -731,15 +824,18 @@ thaw(struct sv_watchdog *wd, bool *throughout)
 	if (throughout)
 		*throughout = false;
 	if (wd->gone) {
+		rt_drop(&wd->rth);
 		stop_heartbeats(wd);
 		return 0;
 	}
 	enum sv_thaw_reason early = wd->st.reason;
 	if (send_msg(wd, throughout ? M_QUERY_THAW : M_THAW) == -1 ||
 	    recv_reply(wd, R_THAW, &m) == -1) {
+		rt_drop(&wd->rth);
 		stop_heartbeats(wd);
 		return wd->st.frozen ? -1 : 0;
 	}
+	rt_drop(&wd->rth); /* after the reply: the window is over */
 	stop_heartbeats(wd);
 	if (early == SV_THAW_FREEZE_LOST)
 		wd->st.reason = early;
@@ -803,6 +899,7 @@ sv_watchdog_close(struct sv_watchdog *wd)
 {
 	if (!wd)
 		return;
+	rt_drop(&wd->rth);
 	stop_heartbeats(wd);
 	close(wd->sock); /* a watchdog still holding the freeze thaws on this EOF */
 	if (!wd->reaped && !wd->stuck)

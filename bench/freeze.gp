@@ -1,6 +1,7 @@
 # freeze.gp: histograms of bench/freeze.sh's freeze windows and write stalls,
-# per method.  gnuplot -e "dir='DIR'; out='OUT.png'; width=W" freeze.gp, with
-# DIR/freeze-window.dat and DIR/freeze-stall.dat from "freeze.py dat".
+# per method.  gnuplot -e "dir='DIR'; out='OUT.png'; width=W; nmodes=M"
+# freeze.gp, with DIR/freeze-window.dat and DIR/freeze-stall.dat (a column per
+# method, M of them) from "freeze.py dat".
 set terminal pngcairo size 1100,800 font ",10"
 set output out
 set multiplot layout 2,1
@@ -15,9 +16,9 @@ set grid ytics
 
 set title sprintf("Freeze window (FIFREEZE to FITHAW), %g ms bins", width)
 set xlabel "window, ms (bin start)"
-plot for [c=2:4] dir."/freeze-window.dat" using c:xtic(1) title columnhead(c)
+plot for [c=2:nmodes+1] dir."/freeze-window.dat" using c:xtic(1) title columnhead(c)
 
 set title sprintf("Longest write stall seen by fio during the window, %g ms bins", width)
 set xlabel "stall, ms (bin start)"
-plot for [c=2:4] dir."/freeze-stall.dat" using c:xtic(1) title columnhead(c)
+plot for [c=2:nmodes+1] dir."/freeze-stall.dat" using c:xtic(1) title columnhead(c)
 unset multiplot

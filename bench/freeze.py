@@ -15,14 +15,17 @@
                                     (p50/p99), with the NBD FLUSHes the
                                     server served in each (perf uprobes) and
                                     the server's own steps (its trace log)
-  freeze.py kphases EVENTS.jsonl KTRACE.txt
+  freeze.py kphases EVENTS.jsonl KTRACE.txt [SERVER-TIDS.txt [FLUSHES.txt]]
                                     where the kernel's FIFREEZE and FITHAW
                                     spend their time, from an ftrace buffer
                                     (bench/freeze.sh, KTRACE=1): the
                                     watchdog's sched_switch stacks, classed
                                     by what it waits for, and the FUSE
                                     requests (loop device -> nbdfuse -> NBD)
-                                    issued meanwhile
+                                    issued meanwhile; the slowest tenth of
+                                    the events one by one; with the server's
+                                    thread ids, how long its threads and the
+                                    agent's waited for a CPU in the window
 
 Modes (the environment gives the paths: SNAPVOL, POOL, SV_MNT, QSD_QMP,
 QSD_MNT, TMP):
@@ -31,6 +34,8 @@ QSD_MNT, TMP):
             syncfs before FIFREEZE is outside the window, and reported apart)
   plain     the same as snapvol with SNAPVOL_FREEZE_EXPEDITE=0 (FIFREEZE's
             RCU grace periods not expedited): that change's A/B, interleaved
+  nort      the same as snapvol with SNAPVOL_FREEZE_RT=0 (the watchdog and
+            the agent's thread not SCHED_FIFO in the window): that A/B
   byhand    FIFREEZE SV_MNT; snapvol snapshot create vol@N; FITHAW, the
             ioctls fsfreeze -f/-u make, issued from here so that the window
             is measured exactly as snapvol's: from calling FIFREEZE to FITHAW
@@ -85,23 +90,36 @@ def ktrace_on(env, on):
             f.write("1" if on else "0")
 
 
-def run_snapvol(i, env, plain=False):
+# snapvol's variants: (snapshot name prefix, events file infix, environment)
+VARIANTS = {
+    "snapvol": ("f", "", {}),
+    "plain": ("p", "plain-", {"SNAPVOL_FREEZE_EXPEDITE": "0"}),
+    "nort": ("r", "nort-", {"SNAPVOL_FREEZE_RT": "0"}),
+}
+
+
+def run_snapvol(i, env, mode="snapvol"):
     """plain: SNAPVOL_FREEZE_EXPEDITE=0 (FIFREEZE's RCU grace periods not
-    expedited), the same otherwise: the A/B of that one change."""
-    name = "vol@%s%d" % ("p" if plain else "f", i)
+    expedited); nort: SNAPVOL_FREEZE_RT=0 (the watchdog and the agent not
+    SCHED_FIFO in the window); the same otherwise: the A/B of one change."""
+    prefix, infix, extra = VARIANTS[mode]
+    name = "vol@%s%d" % (prefix, i)
     cenv = dict(env)
-    if plain:
-        cenv["SNAPVOL_FREEZE_EXPEDITE"] = "0"
+    cenv.update(extra)
     ktrace_on(env, True)
     t0 = now_ms()
-    out = subprocess.run([env["SNAPVOL"], "--pool", env["POOL"], "--json", "snapshot", "create",
-                          name, "--fsfreeze", env["SV_MNT"]],
-                         check=True, capture_output=True, text=True, env=cenv).stdout
+    cmd = [env["SNAPVOL"], "--pool", env["POOL"], "--json", "snapshot", "create", name,
+           "--fsfreeze", env["SV_MNT"]]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=cenv)
+    out, err = p.communicate()
     t1 = now_ms()
     ktrace_on(env, False)
+    if p.returncode:
+        raise subprocess.CalledProcessError(p.returncode, cmd, out, err)
     j = json.loads(out)
-    with open(os.path.join(env["TMP"], "snapvol-%sevents.jsonl" % ("plain-" if plain else "")),
-              "a") as f:
+    j["bench_agent_tid"] = p.pid  # its main thread: the one that drives the freeze
+    with open(os.path.join(env["TMP"], "snapvol-%sevents.jsonl" % infix), "a") as f:
         f.write(json.dumps(j) + "\n")
     fr = j["freeze"]
     if j["consistency"] != "frozen":
@@ -142,9 +160,9 @@ def run_qsd(i, env, q):
 
 
 def cleanup(mode, i, env, q):
-    if mode in ("snapvol", "plain"):
+    if mode in VARIANTS:
         subprocess.run([env["SNAPVOL"], "--pool", env["POOL"], "snapshot", "delete",
-                        "vol@%s%d" % ("f" if mode == "snapvol" else "p", i)], check=True,
+                        "vol@%s%d" % (VARIANTS[mode][0], i)], check=True,
                        capture_output=True)
     elif mode == "byhand":
         subprocess.run([env["SNAPVOL"], "--pool", env["POOL"], "snapshot", "delete",
@@ -161,8 +179,8 @@ def cmd_run(out, n, modes):
         for i in range(n):
             for mode in modes:
                 time.sleep(GAP_S)  # room for a quiet control window before it
-                if mode in ("snapvol", "plain"):
-                    t0, t1, w, fz = run_snapvol(i, env, mode == "plain")
+                if mode in VARIANTS:
+                    t0, t1, w, fz = run_snapvol(i, env, mode)
                 elif mode == "byhand":
                     t0, t1, w, fz = run_byhand(i, env)
                 else:
@@ -240,6 +258,8 @@ NAMES = {
     "snapvol": "snapvol `snapshot create --fsfreeze`",
     "plain": "the same, FIFREEZE without expedited RCU grace periods "
              "(`SNAPVOL_FREEZE_EXPEDITE=0`)",
+    "nort": "the same, the watchdog and the agent not SCHED_FIFO in the window "
+            "(`SNAPVOL_FREEZE_RT=0`)",
     "byhand": "by hand: FIFREEZE; `snapvol snapshot create`; FITHAW",
     "qsd": "qemu-storage-daemon CBW (QMP transaction), by hand: FIFREEZE; QMP; FITHAW",
 }
@@ -250,7 +270,7 @@ def cmd_md(path):
     print("| method | n | window p50 ms | window p99 ms | FIFREEZE p50 ms | stall p50 ms | "
           "stall p99 ms | control stall p50 ms | control stall p99 ms |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for mode in ("snapvol", "plain", "byhand", "qsd"):
+    for mode in ("snapvol", "nort", "plain", "byhand", "qsd"):
         if mode not in rows:
             continue
         r = rows[mode]
@@ -261,7 +281,7 @@ def cmd_md(path):
     print()
     if "snapvol" in rows:
         sv = rows["snapvol"]
-        for peer in ("plain", "byhand", "qsd"):
+        for peer in ("nort", "plain", "byhand", "qsd"):
             if peer not in rows:
                 continue
             pr = rows[peer]
@@ -286,7 +306,7 @@ def cmd_dat(path, outdir):
     """freeze-hist.dat: one row per 5 ms bin (log-spaced above 100 ms is not
     needed here), columns: bin start, count per mode of windows, of stalls."""
     rows = load_stalls(path)
-    modes = [m for m in ("snapvol", "byhand", "qsd") if m in rows]
+    modes = [m for m in ("snapvol", "nort", "byhand", "qsd") if m in rows]
     allv = [x[k] for m in modes for x in rows[m] for k in (0, 2)]
     top = max(allv) if allv else 10
     width = max(5.0, round(top / 40.0 / 5.0) * 5.0)
@@ -298,7 +318,7 @@ def cmd_dat(path, outdir):
                 lo = b * width
                 cnt = [sum(1 for x in rows[m] if lo <= x[k] < lo + width) for m in modes]
                 f.write("%g %s\n" % (lo, " ".join(str(c) for c in cnt)))
-    print(width)
+    print(width, len(modes))
 
 
 # snapvol's phases, in the order they happen (freeze.phases_us of its JSON).
@@ -316,7 +336,7 @@ PHASES = [
 
 
 def load_flushes(path):
-    """[(start ns, end ns, write-behind bytes at arrival)] of the server's
+    """[(start ns, end ns, write-behind bytes at arrival, thread id)] of the server's
     NBD FLUSHes (sv_view_flush), from perf script -F tid,time,event,trace
     with -k CLOCK_MONOTONIC."""
     out, open_ = [], {}
@@ -338,7 +358,7 @@ def load_flushes(path):
                 open_[tid] = (t, wb)
             elif ev.startswith("flush_ret") and tid in open_:
                 t0, wb = open_.pop(tid)
-                out.append((t0, t, wb))
+                out.append((t0, t, wb, tid))
     out.sort()
     return out
 
@@ -377,8 +397,9 @@ def cmd_phases(events, flushes=None, serve_log=None):
             if line.strip():
                 ev.append(json.loads(line))
     ev = [e for e in ev if "phases_us" in e.get("freeze", {})]
-    print("Where snapvol's window goes (%d events; ms; the window is FIFREEZE to FITHAW):" %
-          len(ev))
+    print("Where snapvol's window goes (%d events, %d with the watchdog and the agent "
+          "SCHED_FIFO in the window; ms; the window is FIFREEZE to FITHAW):" %
+          (len(ev), sum(1 for e in ev if e["freeze"].get("realtime"))))
     print()
     print("| phase | p50 | p99 | max |")
     print("|---|---|---|---|")
@@ -521,6 +542,51 @@ def load_ktrace(path):
     return [o for o in offs if o[2] is not None], fuse
 
 
+def load_runnable(path):
+    """{tid: [(start, end)]}: when each "snapvol" thread (the server's, the
+    agent's) was runnable but not running: from its wake-up, or from being
+    preempted, to being switched in; CLOCK_MONOTONIC seconds."""
+    import re
+    rx = re.compile(r"^\s*.+?-\d+\s+\[\d+\]\s+\S+\s+([\d.]+): (sched_switch|sched_wakeup): (.*)$")
+    since, out = {}, {}
+    with open(path) as f:
+        for line in f:
+            m = rx.match(line)
+            if not m:
+                continue
+            ts, ev, rest = float(m.group(1)), m.group(2), m.group(3)
+            if ev == "sched_wakeup":
+                w = re.search(r"comm=snapvol pid=(\d+) ", rest)
+                if w and w.group(1) not in since:
+                    since[w.group(1)] = ts
+                continue
+            prev, _, nxt = rest.partition(" ==> ")
+            p = re.search(r"prev_comm=snapvol prev_pid=(\d+) .*prev_state=(\S+)", prev)
+            if p:
+                since.pop(p.group(1), None)
+                if p.group(2).startswith("R"):  # preempted: runnable from now
+                    since[p.group(1)] = ts
+            n = re.search(r"next_comm=snapvol next_pid=(\d+) ", nxt + " ")
+            if n and n.group(1) in since:
+                out.setdefault(int(n.group(1)), []).append((since.pop(n.group(1)), ts))
+    return out
+
+
+def runnable_in(runs, tids, a, b, want):
+    """(sum, longest) seconds of runnable time in [a, b] of the threads in
+    tids (want=True) or not in tids (want=False)."""
+    tot, big = 0.0, 0.0
+    for tid, ivs in runs.items():
+        if (tid in tids) != want:
+            continue
+        for lo, hi in ivs:
+            d = min(b, hi) - max(a, lo)
+            if d > 0:
+                tot += d
+                big = max(big, d)
+    return tot, big
+
+
 def kspan(offs, a, b):
     """{class: seconds} of [a, b]: blocked by class, runnable, on a CPU."""
     out = {}
@@ -542,7 +608,7 @@ def kspan(offs, a, b):
     return out
 
 
-def cmd_kphases(events, ktrace):
+def cmd_kphases(events, ktrace, tids_path=None, flushes=None):
     ev = []
     with open(events) as f:
         for line in f:
@@ -552,6 +618,7 @@ def cmd_kphases(events, ktrace):
     offs, fuse = load_ktrace(ktrace)
     spans = {"fifreeze": [], "fithaw": []}
     reqs = {"fifreeze": [], "fithaw": []}
+    traced = []  # (event, FIFREEZE span, FITHAW span)
     for e in ev:
         fr = e["freeze"]
         st = fr["start_ns"] / 1e9
@@ -564,6 +631,8 @@ def cmd_kphases(events, ktrace):
         for k, (a, b) in (("fifreeze", (st, st + ph["fifreeze"] / 1e6)),
                           ("fithaw", (end - ph["fithaw"] / 1e6, end))):
             spans[k].append(kspan(offs, a, b))
+            if k == "fithaw":
+                traced.append((e, spans["fifreeze"][-1], spans[k][-1]))
             mine = [x for x in fuse if a <= x[0] < b]
             reqs[k].append((sum(1 for x in mine if x[2] == "FUSE_FSYNC"),
                             sum(1 for x in mine if x[2] == "FUSE_WRITE"),
@@ -592,6 +661,104 @@ def cmd_kphases(events, ktrace):
               "max %d." % (pct([x[0] for x in q], 50), max(x[0] for x in q),
                            pct([x[2] * 1e3 for x in q], 50), pct([x[2] * 1e3 for x in q], 99),
                            pct([x[1] for x in q], 50), max(x[1] for x in q)))
+    slow_events(traced)
+    if tids_path:
+        server_runnable(ev, ktrace, tids_path, flushes)
+
+
+# A FLUSH's thread woken this long before sv_view_flush's entry was woken
+# for it (the request's arrival; reading and parsing it takes microseconds).
+FLUSH_WAKE_S = 0.0005
+
+
+def server_runnable(ev, ktrace, tids_path, flushes=None):
+    """Did the server's threads (serving the FLUSHes FIFREEZE and FITHAW
+    send) or the agent's main thread wait for a CPU inside the window?"""
+    with open(tids_path) as f:
+        tids = {int(x) for x in f.read().split()}
+    runs = load_runnable(ktrace)
+    fl = load_flushes(flushes) if flushes and os.path.exists(flushes) else []
+    rows = {}
+    for e in ev:
+        fr = e["freeze"]
+        st = fr["start_ns"] / 1e9
+        ph = fr["phases_us"]
+        end = st + fr["window_us"] / 1e6
+        if not any(lo < end and hi > st for ivs in runs.values() for lo, hi in ivs):
+            continue  # not in the buffer
+        for k, (a, b) in (("FIFREEZE", (st, st + ph["fifreeze"] / 1e6)),
+                          ("FITHAW", (end - ph["fithaw"] / 1e6, end)),
+                          ("window", (st, end))):
+            rows.setdefault((k, "server, all threads"), []).append(
+                runnable_in(runs, tids, a, b, True))
+            agent = e.get("bench_agent_tid")
+            if agent:
+                rows.setdefault((k, "agent"), []).append(
+                    runnable_in(runs, {agent}, a, b, True))
+            if fl:
+                # the threads serving this span's FLUSHes, from the wake-up
+                # for each to its return
+                tot, big = 0.0, 0.0
+                for f0, f1, _, tid in fl:
+                    f0, f1 = f0 / 1e9, f1 / 1e9
+                    if not a <= f0 < b:
+                        continue
+                    t, g = runnable_in(runs, {tid}, f0 - FLUSH_WAKE_S, f1, True)
+                    tot, big = tot + t, max(big, g)
+                rows.setdefault((k, "server, serving its FLUSHes"), []).append((tot, big))
+    if not rows:
+        return
+    n = len(rows[("window", "server, all threads")])
+    print()
+    print("Waiting for a CPU inside the window (%d events; ftrace sched_switch/sched_wakeup of "
+          "every \"snapvol\" thread: runnable from its wake-up or preemption to running; "
+          "the server's threads by id (all, and those serving the span's FLUSHes, from "
+          "%.1f ms before each to its end), the agent's main thread; ms, summed over the "
+          "threads, and the longest single wait):" % (n, FLUSH_WAKE_S * 1e3))
+    print()
+    print("| span | threads | sum p50 | sum p99 | sum max | longest wait p50 | longest wait p99 |")
+    print("|---|---|---|---|---|---|---|")
+    for k in ("FIFREEZE", "FITHAW", "window"):
+        for who in ("server, all threads", "server, serving its FLUSHes", "agent"):
+            v = rows.get((k, who), [])
+            if not v:
+                continue
+            tot = [x[0] * 1e3 for x in v]
+            big = [x[1] * 1e3 for x in v]
+            print("| %s | %s | %.2f | %.2f | %.2f | %.2f | %.2f |" % (
+                k, who, pct(tot, 50), pct(tot, 99), max(tot), pct(big, 50), pct(big, 99)))
+
+
+def top_classes(span, k=3):
+    """'class a.b, class c.d' for the k largest classes of a kspan, in ms."""
+    short = {RUNNABLE: "a CPU"}
+    items = sorted(span.items(), key=lambda x: -x[1])[:k]
+    return ", ".join("%s %.1f" % (short.get(n, n.split(" (")[0]), v * 1e3)
+                     for n, v in items if v * 1e3 >= 0.05)
+
+
+def slow_events(traced):
+    """The slowest tenth of the traced events (at least 2), one line each:
+    where their window went, FIFREEZE and FITHAW classed as above, the
+    agent's steps between them apart."""
+    if not traced:
+        return
+    traced = sorted(traced, key=lambda t: -t[0]["freeze"]["window_us"])
+    k = max(2, len(traced) // 10)
+    print()
+    print("The slowest %d of %d traced events (p90 and up; ms): FIFREEZE and FITHAW by what "
+          "the watchdog waited for (largest 3), the agent's steps in between "
+          "(to_owner + fsmap + create + to_thaw):" % (min(k, len(traced)), len(traced)))
+    print()
+    print("| window | FIFREEZE | its largest waits | agent steps | of which create | FITHAW "
+          "| its largest waits |")
+    print("|---|---|---|---|---|---|---|")
+    for e, fz, th in traced[:k]:
+        ph = e["freeze"]["phases_us"]
+        agent = sum(ph[x] for x in ("to_owner", "fsmap", "create", "to_thaw"))
+        print("| %.1f | %.1f | %s | %.1f | %.1f | %.1f | %s |" % (
+            e["freeze"]["window_us"] / 1e3, ph["fifreeze"] / 1e3, top_classes(fz),
+            agent / 1e3, ph["create"] / 1e3, ph["fithaw"] / 1e3, top_classes(th)))
 
 
 def main():
@@ -609,7 +776,7 @@ def main():
     elif op == "phases":
         cmd_phases(*sys.argv[2:5])
     elif op == "kphases":
-        cmd_kphases(sys.argv[2], sys.argv[3])
+        cmd_kphases(sys.argv[2], sys.argv[3], *sys.argv[4:6])
     else:
         sys.exit(__doc__)
 

@@ -10,11 +10,14 @@
 #   snapvol   snapvol snapshot create vol@N --fsfreeze MNT
 #   plain     the same with SNAPVOL_FREEZE_EXPEDITE=0: FIFREEZE's RCU grace
 #             periods not expedited (PLAIN=0 leaves this A/B out)
+#   nort      the same with SNAPVOL_FREEZE_RT=0: the watchdog and the agent's
+#             thread not raised to SCHED_FIFO for the window (NORT=0 leaves
+#             this A/B out)
 #   byhand    FIFREEZE MNT; snapvol snapshot create vol@N; FITHAW MNT
 #   qsd       FIFREEZE MNT; QMP transaction (blockdev-backup sync=none:
 #             qemu's copy-before-write snapshot); FITHAW MNT
 # (the peers' FIFREEZE/FITHAW are the ioctls fsfreeze -f/-u make, issued by
-# freeze.py itself).  snapvol, plain and byhand run interleaved on the snapvol
+# freeze.py itself).  snapvol, nort, plain and byhand run interleaved on the snapvol
 # stack, then qsd on its own (two stacks at once would share 2 cores).  Per
 # event: the freeze window, measured the same way for every method, from
 # calling FIFREEZE to FITHAW returning (snapvol's syncfs before FIFREEZE is
@@ -31,20 +34,25 @@
 # their kernel stacks (a stacktrace trigger), its wake-ups and the FUSE
 # requests; freeze.py kphases classes the time by what the watchdog waited
 # for (RCU grace periods, writes in flight, journal commit, checkpoint,
-# superblock writes, a CPU).  Tracepoints only: no kprobes needed.
+# superblock writes, a CPU), lists the slowest tenth of the events one by
+# one, and from the switches and wake-ups of every "snapvol" thread tells
+# how long the server's threads (those serving the window's FLUSHes apart,
+# by the perf uprobes' thread ids) and the agent's main thread waited for a
+# CPU.  Tracepoints only: no kprobes needed.
 # freeze.py has the details.
 #
 #   bench/freeze.sh                    # ~4 min with the defaults
 #   N=5 RUNTIME=40 bench/freeze.sh     # smoke run
 # Knobs: N (events per method, 30), VOL_GIB (4), RATE_IOPS (500),
 # SNAPVOL (build/cli/snapvol), BENCH_TMPDIR (/var/tmp), RESULTS_DIR
-# (bench/results), PLAIN (1), TRACE (1 if perf is installed), KTRACE (1 if
+# (bench/results), PLAIN (1), NORT (1), BYHAND (1), TRACE (1 if perf is installed), KTRACE (1 if
 # /sys/kernel/tracing is writable), SNAPVOL_FREEZE_EXPEDITE (passed on to
-# snapvol: 0 freezes without expedited RCU grace periods).  Needs root, fio,
+# snapvol: 0 freezes without expedited RCU grace periods), SNAPVOL_FREEZE_RT
+# (passed on: 0 leaves the scheduling alone).  Needs root, fio,
 # nbdfuse, qemu-storage-daemon, qemu-img, gnuplot, util-linux fsfreeze;
 # perf for TRACE (a SNAPVOL built with debug info, e.g. debugoptimized).
 # Writes bench/results/freeze-DATE.{md,tsv,events.tsv,png} (+ .snapvol.jsonl
-# and .plain.jsonl: snapvol's JSON per event).
+# and .plain.jsonl, .nort.jsonl: snapvol's JSON per event).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -54,8 +62,8 @@ if [[ $# -gt 0 ]]; then
 	exit 2
 fi
 CMDLINE=
-for v in N VOL_GIB RATE_IOPS SNAPVOL BENCH_TMPDIR RESULTS_DIR PLAIN TRACE KTRACE \
-	SNAPVOL_FREEZE_EXPEDITE; do
+for v in N VOL_GIB RATE_IOPS SNAPVOL BENCH_TMPDIR RESULTS_DIR PLAIN NORT BYHAND TRACE KTRACE \
+	SNAPVOL_FREEZE_EXPEDITE SNAPVOL_FREEZE_RT; do
 	[[ -n "${!v+x}" ]] && CMDLINE+="$v=$(printf '%q' "${!v}") "
 done
 CMDLINE+="$0"
@@ -63,6 +71,8 @@ N=${N:-30}
 VOL_GIB=${VOL_GIB:-4}
 RATE_IOPS=${RATE_IOPS:-500}
 PLAIN=${PLAIN:-1}
+NORT=${NORT:-1}
+BYHAND=${BYHAND:-1}
 SNAPVOL=$(realpath "${SNAPVOL:-$REPO/build/cli/snapvol}")
 BENCH_TMPDIR=${BENCH_TMPDIR:-/var/tmp}
 RESULTS_DIR=${RESULTS_DIR:-$HERE/results}
@@ -183,10 +193,13 @@ ktrace_start() {
 	echo 0 >"$i/tracing_on"
 	echo mono >"$i/trace_clock"
 	echo 32768 >"$i/buffer_size_kb"
-	echo 'prev_comm == "snapvol-wdog" || next_comm == "snapvol-wdog"' \
+	# the watchdog, and every "snapvol" thread: the server's (told apart
+	# by their ids, $TMP/server-tids.txt) wait for a CPU or not
+	echo 'prev_comm == "snapvol-wdog" || next_comm == "snapvol-wdog" ||' \
+		'prev_comm == "snapvol" || next_comm == "snapvol"' \
 		>"$i/events/sched/sched_switch/filter"
 	echo 'stacktrace if prev_comm == "snapvol-wdog"' >"$i/events/sched/sched_switch/trigger"
-	echo 'comm == "snapvol-wdog"' >"$i/events/sched/sched_wakeup/filter"
+	echo 'comm == "snapvol-wdog" || comm == "snapvol"' >"$i/events/sched/sched_wakeup/filter"
 	for e in sched/sched_switch sched/sched_wakeup fuse/fuse_request_send \
 		fuse/fuse_request_end; do
 		echo 1 >"$i/events/$e/enable" || log "no tracepoint $e"
@@ -225,6 +238,7 @@ POOL=$TMP/pool
 "$SNAPVOL" --pool "$POOL" create vol --size "${VOL_GIB}G" >/dev/null
 SNAPVOL_TRACE_FREEZE=$TRACE "$SNAPVOL" --pool "$POOL" serve >"$TMP/serve.log" 2>&1 &
 PIDS+=($!)
+SERVER_PID=$!
 wait_sock "$POOL/control.sock"
 wait_sock "$POOL/nbd.sock"
 stack_up sv "nbd+unix:///vol?socket=$POOL/nbd.sock"
@@ -268,13 +282,16 @@ export SNAPVOL POOL TMP
 export SV_MNT=${MNT[sv]} QSD_MNT=${MNT[qsd]} QSD_QMP=$TMP/qmp.sock
 LOAD_START=$(cut -d' ' -f1 /proc/loadavg)
 
-SV_MODES="snapvol byhand"
-[[ $PLAIN == 1 ]] && SV_MODES="snapvol plain byhand"
+SV_MODES=snapvol
+[[ $NORT == 1 ]] && SV_MODES+=" nort"
+[[ $PLAIN == 1 ]] && SV_MODES+=" plain"
+[[ $BYHAND == 1 ]] && SV_MODES+=" byhand"
 log "$SV_MODES: $N each, interleaved, under $RATE_IOPS IOPS of 4 KiB random writes"
 fio_start sv
 trace_start
 ktrace_start
 "$PY" "$HERE/freeze.py" run "$TMP/events-sv.tsv" "$N" $SV_MODES
+ls "/proc/$SERVER_PID/task" >"$TMP/server-tids.txt"
 trace_stop
 fio_stop
 log "qemu-storage-daemon, $N events"
@@ -288,8 +305,8 @@ LOAD_END=$(cut -d' ' -f1 /proc/loadavg)
 	tail -n +2 "$TMP/events-qsd.tsv"
 } >"$OUT.events.tsv"
 "$PY" "$HERE/freeze.py" report "$OUT.events.tsv" "$TMP"/lat-*_lat.1.log >"$OUT.tsv"
-WIDTH=$("$PY" "$HERE/freeze.py" dat "$OUT.tsv" "$TMP")
-gnuplot -e "dir='$TMP'; out='$OUT.png'; width=$WIDTH" "$HERE/freeze.gp" ||
+read -r WIDTH NMODES < <("$PY" "$HERE/freeze.py" dat "$OUT.tsv" "$TMP")
+gnuplot -e "dir='$TMP'; out='$OUT.png'; width=$WIDTH; nmodes=$NMODES" "$HERE/freeze.gp" ||
 	log "gnuplot failed; no plot"
 
 {
@@ -308,19 +325,34 @@ gnuplot -e "dir='$TMP'; out='$OUT.png'; width=$WIDTH" "$HERE/freeze.gp" ||
 	echo
 	"$PY" "$HERE/freeze.py" phases "$TMP/snapvol-events.jsonl" "$TMP/flushes.txt" \
 		"$TMP/serve.log"
+	if [[ -s $TMP/snapvol-nort-events.jsonl ]]; then
+		echo
+		echo "The same phases for \"nort\" (SNAPVOL_FREEZE_RT=0), interleaved with them:"
+		echo
+		"$PY" "$HERE/freeze.py" phases "$TMP/snapvol-nort-events.jsonl"
+	fi
 	if [[ -s $TMP/ktrace.txt ]]; then
-		"$PY" "$HERE/freeze.py" kphases "$TMP/snapvol-events.jsonl" "$TMP/ktrace.txt"
+		"$PY" "$HERE/freeze.py" kphases "$TMP/snapvol-events.jsonl" "$TMP/ktrace.txt" \
+			"$TMP/server-tids.txt" "$TMP/flushes.txt"
 		if [[ -s $TMP/snapvol-plain-events.jsonl ]]; then
 			echo
 			echo "The same for \"plain\" (SNAPVOL_FREEZE_EXPEDITE=0), interleaved with them:"
 			"$PY" "$HERE/freeze.py" kphases "$TMP/snapvol-plain-events.jsonl" \
 				"$TMP/ktrace.txt"
 		fi
+		if [[ -s $TMP/snapvol-nort-events.jsonl ]]; then
+			echo
+			echo "The same for \"nort\" (SNAPVOL_FREEZE_RT=0), interleaved with them:"
+			"$PY" "$HERE/freeze.py" kphases "$TMP/snapvol-nort-events.jsonl" \
+				"$TMP/ktrace.txt" "$TMP/server-tids.txt" "$TMP/flushes.txt"
+		fi
 	fi
 } >"$OUT.md"
 cp "$TMP/snapvol-events.jsonl" "$OUT.snapvol.jsonl"
-if [[ -s $TMP/snapvol-plain-events.jsonl ]]; then
-	cp "$TMP/snapvol-plain-events.jsonl" "$OUT.plain.jsonl"
-fi
+for v in plain nort; do
+	if [[ -s $TMP/snapvol-$v-events.jsonl ]]; then
+		cp "$TMP/snapvol-$v-events.jsonl" "$OUT.$v.jsonl"
+	fi
+done
 cat "$OUT.md"
 log "results: $OUT.md"

@@ -201,11 +201,11 @@ cli_run_fsfreeze(struct cli *cli)
 		for (unsigned i = 0; i < nfs; i++)
 			json_array_append_new(order, json_string(fs[i].path));
 		json_t *o = json_pack(
-		    "{s:i, s:o, s:I, s:I, s:b, s:b, s:s}", "status", code, "order", order,
+		    "{s:i, s:o, s:I, s:I, s:b, s:b, s:b, s:s}", "status", code, "order", order,
 		    "window_us", (json_int_t)((st.thawed_ns - st.freeze_start_ns) / 1000),
 		    "fifreeze_us", (json_int_t)((st.frozen_ns - st.freeze_start_ns) / 1000),
-		    "rcu_expedited", st.rcu_expedited, "thawed_early", told, "reason",
-		    sv_thaw_reason_str(st.reason));
+		    "rcu_expedited", st.rcu_expedited, "realtime", st.realtime, "thawed_early",
+		    told, "reason", sv_thaw_reason_str(st.reason));
 		char *txt = json_dumps(o, JSON_COMPACT);
 		if (txt)
 			puts(txt);
@@ -537,12 +537,12 @@ cli_snapshot_create_fsfreeze(struct cli *cli, json_t *snapshots)
 		    "durable_after_thaw", us(t_durable, st.thawed_ns));
 		json_object_set_new(
 		    created, "freeze",
-		    json_pack("{s:o, s:I, s:I, s:I, s:I, s:b, s:b, s:s, s:o}", "mountpoints", mps,
-			      "start_ns", (json_int_t)st.freeze_start_ns, "window_us",
+		    json_pack("{s:o, s:I, s:I, s:I, s:I, s:b, s:b, s:b, s:s, s:o}", "mountpoints",
+			      mps, "start_ns", (json_int_t)st.freeze_start_ns, "window_us",
 			      (json_int_t)(window / 1000), "fifreeze_us",
 			      (json_int_t)(fifreeze / 1000), "presync_us",
 			      (json_int_t)(st.presync_ns / 1000), "rcu_expedited", st.rcu_expedited,
-			      "frozen_throughout", throughout, "thaw",
+			      "realtime", st.realtime, "frozen_throughout", throughout, "thaw",
 			      sv_thaw_reason_str(st.reason), "phases_us", ph));
 		json_object_set_new(created, "fs_hint",
 				    json_pack("{s:b, s:I, s:I, s:I, s:s}", "applied", hinted,

@@ -146,6 +146,13 @@ else
 	log "$K not writable here: expedited FIFREEZE not checked"
 fi
 
+# ---- the window run SCHED_FIFO (as root), and said so ----
+assert_eq "snapshot --fsfreeze window real-time" True \
+	"$(jget "$T/good.json" 'd["freeze"]["realtime"]')"
+SNAPVOL_FREEZE_RT=0 sv --json snapshot create vm1@nort --fsfreeze "$M" >"$T/nort.json"
+assert_eq "SNAPVOL_FREEZE_RT=0" False "$(jget "$T/nort.json" 'd["freeze"]["realtime"]')"
+assert_eq "vm1@nort recorded as" frozen "$(snap_consistency vm1 nort)"
+
 # ---- the thaw comes at the instant, before the snapshot is durable ----
 PROXY2=$T/hold-reply.sock
 start_proxy "$PROXY2" reply

@@ -9,6 +9,10 @@
 #    generous: the machine is shared);
 #  - snapvol stopped (SIGSTOP) with a 500 ms lease: the watchdog thaws;
 #  - --timeout: thawed while CMD runs, said on stderr, CMD's status kept;
+#  - real-time scheduling for the window (agent/watchdog.c): while frozen
+#    the watchdog and snapvol's thread run SCHED_FIFO and CMD does not; after
+#    an early thaw (the timeout) both are SCHED_OTHER again while CMD still
+#    runs; SNAPVOL_FREEZE_RT=0 leaves them alone; --json says which;
 #  - the stack given bottom-first is frozen top-down (the upper filesystem,
 #    with dirty data, first: the other order would hang its flush);
 #  - a path that is not a mount point, a tmpfs (cannot freeze), a filesystem
@@ -85,6 +89,42 @@ assert_eq "exit status (CMD's)" 7 "$rc"
 grep -q "timeout was reached" "$T/timeout.err" || { cat "$T/timeout.err" >&2; fail "no word of the timeout"; }
 t=$(probe_write "$M")
 [ "$t" != timeout ] || fail "frozen after the timeout"
+
+# ---- real-time scheduling for the window ----
+# sched.sh OUT [DELAY]: run as CMD; after DELAY seconds, write the policy
+# of the watchdog (snapvol's child named snapvol-wdog), of snapvol's main
+# thread (the one that froze) and of itself to OUT (a file in $T, not on
+# the frozen filesystem).
+cat >"$T/sched.sh" <<'SH'
+#!/bin/sh
+sleep "${2:-0}"
+o=$PPID w=
+for c in $(cat /proc/$o/task/$o/children); do
+	[ "$(cat /proc/$c/comm)" = snapvol-wdog ] && w=$c
+done
+pol() { chrt -p "$1" | sed -n '1s/.*policy: //p'; }
+{ echo "wdog=$(pol "$w")"; echo "owner=$(pol "$o")"; echo "cmd=$(pol $$)"; } >"$1"
+SH
+chmod +x "$T/sched.sh"
+policy() { sed -n "s/^$1=//p" "$2"; } # policy WHO FILE
+"$SNAPVOL" --json fsfreeze "$M" -- "$T/sched.sh" "$T/rt.out" >"$T/rt.json" ||
+	fail "fsfreeze with the scheduling probe failed"
+log "while frozen: $(tr '\n' ' ' <"$T/rt.out")"
+assert_eq "--json realtime" True "$(jget "$T/rt.json" 'd["realtime"]')"
+assert_eq "the watchdog while frozen" "SCHED_FIFO|SCHED_RESET_ON_FORK" "$(policy wdog "$T/rt.out")"
+assert_eq "snapvol's thread while frozen" "SCHED_FIFO|SCHED_RESET_ON_FORK" "$(policy owner "$T/rt.out")"
+assert_eq "CMD while frozen (not real-time)" SCHED_OTHER "$(policy cmd "$T/rt.out")"
+# thawed early (the timeout) while CMD runs on: both back at once
+"$SNAPVOL" fsfreeze --timeout 300ms "$M" -- "$T/sched.sh" "$T/rt-late.out" 1 2>/dev/null ||
+	fail "fsfreeze --timeout with the scheduling probe failed"
+log "after the timeout's thaw: $(tr '\n' ' ' <"$T/rt-late.out")"
+assert_eq "the watchdog after an early thaw" SCHED_OTHER "$(policy wdog "$T/rt-late.out")"
+assert_eq "snapvol's thread after an early thaw" SCHED_OTHER "$(policy owner "$T/rt-late.out")"
+SNAPVOL_FREEZE_RT=0 "$SNAPVOL" --json fsfreeze "$M" -- "$T/sched.sh" "$T/rt-off.out" \
+	>"$T/rt-off.json" || fail "fsfreeze with SNAPVOL_FREEZE_RT=0 failed"
+assert_eq "--json realtime, SNAPVOL_FREEZE_RT=0" False "$(jget "$T/rt-off.json" 'd["realtime"]')"
+assert_eq "the watchdog, SNAPVOL_FREEZE_RT=0" SCHED_OTHER "$(policy wdog "$T/rt-off.out")"
+assert_eq "snapvol's thread, SNAPVOL_FREEZE_RT=0" SCHED_OTHER "$(policy owner "$T/rt-off.out")"
 
 # ---- stacked: given bottom-first, frozen top-down ----
 head -c 4000000 /dev/urandom >"$UP/dirty" # not synced: the upper freeze flushes it

@@ -12,7 +12,9 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sched.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -165,6 +167,69 @@ test_query_thaw(void **state)
 	sv_watchdog_close(wd);
 }
 
+/* The scheduling policy of thread tid without the reset-on-fork flag. */
+static int
+policy_of(pid_t tid)
+{
+	int p = sched_getscheduler(tid);
+	assert_true(p >= 0);
+	return p & ~SCHED_RESET_ON_FORK;
+}
+
+/* Real-time scheduling for the window (watchdog.c): the watchdog and the
+ * calling thread are raised to SCHED_FIFO just before FIFREEZE; after a
+ * failed freeze (procfs) both are back in their class, with their
+ * priority and nice value, and the state does not claim real time.  A
+ * thread already real-time is left as it was.  (The raise itself, while
+ * frozen, is checked on a real filesystem in test-fsfreeze-watchdog.sh.) */
+static void
+test_sched_restored(void **state)
+{
+	(void)state;
+	struct sv_fs fs[1];
+	const char *p[] = {"/proc"};
+	struct sv_watchdog *wd;
+	struct sv_watchdog_state st;
+	struct sched_param sp = {0}, now;
+	pid_t me = gettid();
+	assert_int_equal(sv_fs_resolve(p, 1, fs), 0);
+
+	/* SCHED_BATCH at nice 5: put back exactly. */
+	assert_int_equal(sched_setscheduler(me, SCHED_BATCH, &sp), 0);
+	errno = 0;
+	int nice_before = getpriority(PRIO_PROCESS, (id_t)me);
+	assert_int_equal(setpriority(PRIO_PROCESS, (id_t)me, nice_before + 5), 0);
+	assert_int_equal(sv_watchdog_start(fs, 1, S, 10 * S, &wd), 0);
+	assert_int_equal(sv_watchdog_freeze(wd), -1);
+	sv_watchdog_get_state(wd, &st);
+	assert_false(st.realtime);
+	assert_int_equal(policy_of(st.pid), SCHED_BATCH); /* the watchdog, inherited */
+	assert_int_equal(policy_of(me), SCHED_BATCH);
+	assert_int_equal(getpriority(PRIO_PROCESS, (id_t)me), nice_before + 5);
+	sv_watchdog_close(wd);
+	assert_int_equal(policy_of(me), SCHED_BATCH);
+	sp.sched_priority = 0;
+	assert_int_equal(sched_setscheduler(me, SCHED_OTHER, &sp), 0);
+	(void)setpriority(PRIO_PROCESS, (id_t)me, nice_before); /* EACCES unless root */
+
+	/* Already real-time (root only): left alone. */
+	sp.sched_priority = 3;
+	if (sched_setscheduler(me, SCHED_FIFO, &sp) == 0) {
+		assert_int_equal(sv_watchdog_start(fs, 1, S, 10 * S, &wd), 0);
+		/* the watchdog inherited FIFO 3: not raised either */
+		assert_int_equal(sv_watchdog_freeze(wd), -1);
+		sv_watchdog_get_state(wd, &st);
+		assert_false(st.realtime);
+		assert_int_equal(policy_of(me), SCHED_FIFO);
+		assert_int_equal(sched_getparam(me, &now), 0);
+		assert_int_equal(now.sched_priority, 3);
+		sv_watchdog_close(wd);
+		sp.sched_priority = 0;
+		assert_int_equal(sched_setscheduler(me, SCHED_OTHER, &sp), 0);
+	}
+	assert_int_equal(policy_of(me), SCHED_OTHER);
+}
+
 static void
 test_no_fsmap(void **state)
 {
@@ -194,6 +259,7 @@ main(void)
 	    cmocka_unit_test(test_bounds),
 	    cmocka_unit_test(test_watchdog_round_trip),
 	    cmocka_unit_test(test_query_thaw),
+	    cmocka_unit_test(test_sched_restored),
 	    cmocka_unit_test(test_no_fsmap),
 	    cmocka_unit_test(test_reasons),
 	};
