@@ -611,23 +611,44 @@ TRACE_RE = re.compile(r"trace: snapshot \S+: drain (\d+) us, switch (\d+) us, ol
                       r"full in (\d+) of (\d+) samples")
 
 
+LANDING_WAIT_RE = re.compile(r"trace: volume \S+: (.+) waited (\d+) us for a landing write-behind")
+INPLACE_RE = re.compile(r"trace: volume \S+: write-behind (.+): a first write done in place "
+                        r"took (\d+) us")
+
+
 def trace(logpath):
     """The server's create trace (SNAPVOL_TRACE_FREEZE=1), summed up."""
     rows = [tuple(int(x) for x in m.groups())
             for m in (TRACE_RE.search(line) for line in open(logpath, errors="replace")) if m]
-    if not rows:
-        return
-    cols = [("older writes ms", 2, 1e3), ("origin sync ms", 3, 1e3), ("metadata ms", 4, 1e3),
-            ("kernel dirty MiB at the sync", 5, 1024), ("under writeback MiB", 6, 1024),
-            ("write-behind max MiB", 7, 1024)]
-    out = []
-    for name, i, div in cols:
-        v = [r[i] / div for r in rows]
-        out.append([name, fr(pctl(v, 50)), fr(pctl(v, 99)), fr(max(v))])
-    full = sum(1 for r in rows if r[8] > 0)
-    print("Server trace of the %d creates (`SNAPVOL_TRACE_FREEZE=1`); write-behind was within "
-          "64 KiB of full during %d of the origin syncs.\n" % (len(rows), full))
-    print(table(["phase", "p50", "p99", "max"], out))
+    if rows:
+        cols = [("older writes ms", 2, 1e3), ("origin sync ms", 3, 1e3), ("metadata ms", 4, 1e3),
+                ("kernel dirty MiB at the sync", 5, 1024), ("under writeback MiB", 6, 1024),
+                ("write-behind max MiB", 7, 1024)]
+        out = []
+        for name, i, div in cols:
+            v = [r[i] / div for r in rows]
+            out.append([name, fr(pctl(v, 50)), fr(pctl(v, 99)), fr(max(v))])
+        full = sum(1 for r in rows if r[8] > 0)
+        print("Server trace of the %d creates (`SNAPVOL_TRACE_FREEZE=1`); write-behind was "
+              "within 64 KiB of full during %d of the origin syncs.\n" % (len(rows), full))
+        print(table(["phase", "p50", "p99", "max"], out))
+    # Writes that waited over 1 ms for a landing write-behind of their
+    # chunks (engine/cow.c traces each), by who waited.
+    waits = {}
+    for line in open(logpath, errors="replace"):
+        m = LANDING_WAIT_RE.search(line)
+        if m:
+            waits.setdefault(m.group(1), []).append(int(m.group(2)) / 1e3)
+        m = INPLACE_RE.search(line)
+        if m:
+            waits.setdefault("a first write done in place (write-behind %s)" % m.group(1),
+                             []).append(int(m.group(2)) / 1e3)
+    out = [[who, str(len(v)), fr(pctl(v, 50)), fr(pctl(v, 99)), fr(max(v))]
+           for who, v in sorted(waits.items())]
+    print("\nWrites the server held over 1 ms (a landing write-behind of the same chunks, or "
+          "write-behind full), whole run: %s.\n" % (sum(len(v) for v in waits.values()) or "none"))
+    if out:
+        print(table(["who waited", "n", "p50 ms", "p99 ms", "max ms"], out))
 
 
 # ---------------------------------------------------------------- plot data

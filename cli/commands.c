@@ -504,6 +504,14 @@ cli_run_status(struct cli *cli)
 		printf("connections: %zu\n", json_array_size(conns));
 		if (json_array_size(conns))
 			print_connections(conns);
+		json_t *fw;
+		json_array_foreach(json_object_get(ret, "followed"), i, fw)
+		{
+			uint64_t nv = jnum(fw, "views");
+			printf("follows:     %s@%s, %s, claim held by %s (%" PRIu64 " view%s)\n",
+			       jstr(fw, "volume"), jstr(fw, "snapshot"), jstr(fw, "mode"),
+			       jstr(fw, "holder"), nv, nv == 1 ? "" : "s");
+		}
 	}
 	printf("volumes:     %zu\n", json_array_size(vols));
 	if (json_array_size(vols))

@@ -220,6 +220,51 @@ cli_run_fsfreeze(struct cli *cli)
 
 /* ---- snapshot create --fsfreeze ---- */
 
+/* The server's threads serving the volumes run SCHED_FIFO for the window
+ * (window-begin; they serve the FLUSHes FIFREEZE and FITHAW send).  0 when
+ * not done: no server, SNAPVOL_FREEZE_RT=0, a server without the command;
+ * *raised: how many threads the server raised (0 without the privilege). */
+static uint64_t
+window_begin(struct cli_session *s, json_t *snapshots, uint64_t timeout, json_int_t *raised)
+{
+	const char *e = getenv("SNAPVOL_FREEZE_RT");
+	*raised = 0;
+	if (s->fd < 0 || (e && !strcmp(e, "0")))
+		return 0;
+	json_t *names = json_array();
+	size_t i;
+	json_t *v;
+	json_array_foreach(snapshots, i, v)
+	{
+		char vol[SV_NAME_MAX + 1], snap[SV_NAME_MAX + 1];
+		bool has;
+		const char *spec = json_string_value(v);
+		if (spec && sv_split_export_name(spec, strlen(spec), vol, snap, &has) == 0)
+			json_array_append_new(names, json_string(vol));
+	}
+	/* The bound: the freeze's own timeout, and a second for the rest. */
+	json_t *args =
+	    json_pack("{s:o, s:I}", "names", names, "max", (json_int_t)(timeout / 1000000 + 1000));
+	json_t *ret = cli_session_call(s, "window-begin", args);
+	json_decref(args);
+	uint64_t id = (uint64_t)json_integer_value(json_object_get(ret, "id"));
+	*raised = json_integer_value(json_object_get(ret, "raised"));
+	json_decref(ret);
+	sv_clear_error();
+	return id;
+}
+
+static void
+window_end(struct cli_session *s, uint64_t id)
+{
+	if (!id)
+		return;
+	json_t *args = json_pack("{s:I}", "id", (json_int_t)id);
+	json_decref(cli_session_call(s, "window-end", args));
+	json_decref(args);
+	sv_clear_error();
+}
+
 /* snapshot-create with "notify": sends the request and returns once the
  * server says the instant has passed (*taken set) or replied (*reply set,
  * the result: an error or a failure before the instant); NULL reply and
@@ -412,6 +457,8 @@ cli_snapshot_create_fsfreeze(struct cli *cli, json_t *snapshots)
 	struct cli_session s;
 	struct hint h;
 	struct sv_watchdog *wd = NULL;
+	uint64_t win = 0;
+	json_int_t win_raised = 0;
 
 	if ((r = freeze_times(cli, DEFAULT_SNAPSHOT_TIMEOUT_NS, &lease, &timeout))) {
 		json_decref(snapshots);
@@ -427,8 +474,14 @@ cli_snapshot_create_fsfreeze(struct cli *cli, json_t *snapshots)
 	}
 	hint_prepare(cli, &s, fs, cli->nfsfreeze, snapshots, &h);
 
-	if (sv_watchdog_start(fs, cli->nfsfreeze, lease, timeout, &wd) == -1 ||
-	    sv_watchdog_freeze(wd) == -1) {
+	if (sv_watchdog_start(fs, cli->nfsfreeze, lease, timeout, &wd) == -1) {
+		r = cli_fail("%s", sv_last_error());
+		goto out;
+	}
+	/* Begins before the syncfs that precedes FIFREEZE (inside
+	 * sv_watchdog_freeze); ends after the create's reply, or at close. */
+	win = window_begin(&s, snapshots, timeout, &win_raised);
+	if (sv_watchdog_freeze(wd) == -1) {
 		r = cli_fail("%s", sv_last_error());
 		goto out;
 	}
@@ -474,6 +527,8 @@ cli_snapshot_create_fsfreeze(struct cli *cli, json_t *snapshots)
 		if (!created)
 			snprintf(create_err, sizeof create_err, "%s", sv_last_error());
 	}
+	window_end(&s, win);
+	win = 0;
 	if (!created) {
 		r = cli_fail("%s", create_err);
 		goto out;
@@ -537,12 +592,13 @@ cli_snapshot_create_fsfreeze(struct cli *cli, json_t *snapshots)
 		    "durable_after_thaw", us(t_durable, st.thawed_ns));
 		json_object_set_new(
 		    created, "freeze",
-		    json_pack("{s:o, s:I, s:I, s:I, s:I, s:b, s:b, s:b, s:s, s:o}", "mountpoints",
-			      mps, "start_ns", (json_int_t)st.freeze_start_ns, "window_us",
-			      (json_int_t)(window / 1000), "fifreeze_us",
+		    json_pack("{s:o, s:I, s:I, s:I, s:I, s:b, s:b, s:I, s:b, s:s, s:o}",
+			      "mountpoints", mps, "start_ns", (json_int_t)st.freeze_start_ns,
+			      "window_us", (json_int_t)(window / 1000), "fifreeze_us",
 			      (json_int_t)(fifreeze / 1000), "presync_us",
 			      (json_int_t)(st.presync_ns / 1000), "rcu_expedited", st.rcu_expedited,
-			      "realtime", st.realtime, "frozen_throughout", throughout, "thaw",
+			      "realtime", st.realtime, "server_realtime_threads", win_raised,
+			      "frozen_throughout", throughout, "thaw",
 			      sv_thaw_reason_str(st.reason), "phases_us", ph));
 		json_object_set_new(created, "fs_hint",
 				    json_pack("{s:b, s:I, s:I, s:I, s:s}", "applied", hinted,
@@ -573,6 +629,7 @@ cli_snapshot_create_fsfreeze(struct cli *cli, json_t *snapshots)
 	r = EXIT_OK;
 out:
 	sv_watchdog_close(wd);
+	window_end(&s, win);
 	hint_close(&h);
 	cli_session_close(&s);
 	json_decref(snapshots);

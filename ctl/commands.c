@@ -881,6 +881,75 @@ static const struct command cmd_thaw = {
     cmd_thaw_run,
 };
 
+static const struct arg_spec window_begin_args[] = {
+    {"names", ARG_STRINGS, true, "the volumes whose NBD connections serve the frozen filesystems"},
+    {"max", ARG_DURATION, false,
+     "ms or \"10s\": the window ends this long after it began whatever happens; at most 1 h "
+     "(default 60 s)"},
+    {NULL},
+};
+
+/* The window of a filesystem freeze (FIFREEZE to FITHAW): the threads
+ * serving the volumes' NBD connections run SCHED_FIFO meanwhile
+ * (sv_nbd_window_begin, nbd/server.c).  Held by this control connection. */
+static json_t *
+cmd_window_begin_run(struct call *c)
+{
+	if (!c->ctx->nbd)
+		return sv_error(ENOTCONN,
+				"a freeze window needs a running server (`snapvol serve`)"),
+		       NULL;
+	json_t *list = c->list[arg_must(c, "names")];
+	size_t n = json_array_size(list);
+	const char *names[SV_FREEZE_MAX_VOLUMES];
+	if (n < 1 || n > SV_FREEZE_MAX_VOLUMES)
+		return sv_error(EINVAL, "1 to %u volumes in one window", SV_FREEZE_MAX_VOLUMES),
+		       NULL;
+	for (size_t i = 0; i < n; i++)
+		names[i] = json_string_value(json_array_get(list, i));
+	uint64_t max = arg_num(c, "max", SV_FREEZE_MAX_DEFAULT_MS);
+	if (max < 1 || max > SV_FREEZE_MAX_LIMIT_MS)
+		return sv_error(EINVAL, "\"max\" must be 1 ms to 1 h"), NULL;
+	uint64_t id;
+	unsigned raised;
+	if (sv_nbd_window_begin(c->ctx->nbd, names, n, c->ctx->session ? c->ctx->session->fd : -1,
+				max * 1000000, &id, &raised) == -1)
+		return NULL;
+	return json_pack("{s:I, s:I}", "id", (json_int_t)id, "raised", (json_int_t)raised);
+}
+
+static const struct command cmd_window_begin = {
+    "A filesystem freeze's window begins (snapshot create --fsfreeze sends it just before "
+    "FIFREEZE): the threads serving the volumes' NBD connections run SCHED_FIFO until "
+    "window-end, the maximum, or this control connection's close.  Root only; \"raised\": "
+    "how many threads (0 without the privilege).",
+    window_begin_args,
+    cmd_window_begin_run,
+};
+
+static const struct arg_spec window_end_args[] = {
+    {"id", ARG_UINT, true, "the window's id"},
+    {NULL},
+};
+
+static json_t *
+cmd_window_end_run(struct call *c)
+{
+	if (!c->ctx->nbd)
+		return sv_error(ENOENT, "no freeze window without a running server"), NULL;
+	unsigned restored;
+	if (sv_nbd_window_end(c->ctx->nbd, arg_num(c, "id", 0), &restored) == -1)
+		return NULL;
+	return json_pack("{s:I}", "restored", (json_int_t)restored);
+}
+
+static const struct command cmd_window_end = {
+    "End a freeze window: its threads get their previous scheduling policy back (ENOENT once "
+    "it has ended).",
+    window_end_args,
+    cmd_window_end_run,
+};
+
 static const struct command cmd_info = {
     "One volume's properties.",
     name_arg,
@@ -1048,18 +1117,31 @@ cmd_status_run(struct call *c)
 		json_decref(held);
 		return NULL;
 	}
+	/* Snapshot exports of volumes another node holds (engine/follow.c). */
+	json_t *follows = json_array();
+	struct sv_follow_info *fi;
+	size_t nf;
+	if (sv_follow_list(ctx->pool, &fi, &nf) == 0) {
+		for (size_t i = 0; i < nf; i++)
+			json_array_append_new(
+			    follows, json_pack("{s:s, s:s, s:s, s:s, s:i}", "volume", fi[i].volume,
+					       "snapshot", fi[i].snapshot, "mode", "read-only",
+					       "holder", fi[i].holder, "views", (int)fi[i].views));
+		free(fi);
+	}
 	json_t *tcp = json_array();
 	for (unsigned i = 0; i < ctx->n_nbd_tcp; i++)
 		json_array_append_new(tcp, json_string(ctx->nbd_tcp[i]));
 	uint64_t up = ctx->started_ns ? (sv_now_ns() - ctx->started_ns) / 1000000000u : 0;
-	return json_pack("{s:b, s:s, s:i, s:I, s:I, s:s, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o}",
-			 "running", 1, "version", SNAPVOL_VERSION, "pid", (int)getpid(), "started",
-			 (json_int_t)ctx->started, "uptime", (json_int_t)up, "pool",
-			 sv_pool_describe(ctx->pool), "nbd_socket",
-			 ctx->nbd_socket ? json_string(ctx->nbd_socket) : json_null(), "nbd_tcp",
-			 tcp, "tls", tls_json(ctx->nbd), "control_socket",
-			 ctx->control_socket ? json_string(ctx->control_socket) : json_null(),
-			 "connections", conns, "volumes", vols, "freezes", freezes, "held", held);
+	return json_pack(
+	    "{s:b, s:s, s:i, s:I, s:I, s:s, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, "
+	    "s:o}",
+	    "running", 1, "version", SNAPVOL_VERSION, "pid", (int)getpid(), "started",
+	    (json_int_t)ctx->started, "uptime", (json_int_t)up, "pool", sv_pool_describe(ctx->pool),
+	    "nbd_socket", ctx->nbd_socket ? json_string(ctx->nbd_socket) : json_null(), "nbd_tcp",
+	    tcp, "tls", tls_json(ctx->nbd), "control_socket",
+	    ctx->control_socket ? json_string(ctx->control_socket) : json_null(), "connections",
+	    conns, "volumes", vols, "freezes", freezes, "held", held, "followed", follows);
 }
 
 static const struct command cmd_status = {
@@ -1130,6 +1212,8 @@ static const struct command cmd_check = {
 	X(freeze, "freeze")                                                                        \
 	X(heartbeat, "heartbeat")                                                                  \
 	X(thaw, "thaw")                                                                            \
+	X(window_begin, "window-begin")                                                            \
+	X(window_end, "window-end")                                                                \
 	X(diff, "diff")                                                                            \
 	X(check, "check")
 

@@ -54,6 +54,21 @@
  * only ever delays the first copies after a snapshot, by the length of the
  * writes that were in flight at the switch.
  *
+ * Landing (write-behind, writebehind.c): a write acknowledged before its
+ * copy holds its chunks as "landing" (vol->landing, and a struct sv_land)
+ * until the origin has its data.  A later write-behind of such a chunk
+ * does not wait in admit_locked: it is stamped, acknowledged, and linked
+ * after the chunk's newest landing (lmap: chunk -> newest sv_land; each
+ * sv_land has, per chunk, the one that follows it), and queued only once
+ * every landing it follows has landed (deps reaches 0).  So writes to a
+ * chunk reach the origin in acknowledgement order, no client waits for a
+ * commit it did not need, and a follower stamped in a newer epoch copies
+ * the chunk after the older write reached the origin: the snapshot
+ * between them holds the older write, as it must.  Followers depend only
+ * on older landings, so there is no cycle.  In-place writes (FUA, trim,
+ * write-zeroes, or a write-behind with no room) still wait for the chunk's
+ * landings; waits over 1 ms are traced (SNAPVOL_TRACE_FREEZE).
+ *
  * The snapshot read path (sv_cow_snap_pread) resolves each chunk to an
  * epoch or to the origin under cow_lock, waits for a copy in flight, reads
  * without the lock, and re-checks the chunks it read from the origin: a
@@ -416,6 +431,92 @@ next_set(const roaring_bitmap_t *bm, uint64_t from, uint64_t limit)
 	return it.current_value < limit ? it.current_value : limit;
 }
 
+/* ---- landing write-behinds: chunk -> newest landing ---- */
+
+/* Open addressing, linear probing, deletion by backward shift: at most
+ * half full, so a lookup is a probe or two.  Sized by the chunks landing
+ * (bounded by the write-behind's bytes), kept until the volume closes. */
+struct sv_lmap_slot {
+	uint64_t chunk;
+	struct sv_land *l; /* NULL: empty */
+};
+
+static inline size_t
+lmap_home(uint64_t c, size_t cap)
+{
+	return (size_t)((c * UINT64_C(0x9E3779B97F4A7C15)) >> 32) & (cap - 1);
+}
+
+static struct sv_land *
+lmap_get_locked(struct sv_volume *vol, uint64_t c)
+{
+	if (!vol->lmap_n)
+		return NULL;
+	for (size_t i = lmap_home(c, vol->lmap_cap);; i = (i + 1) & (vol->lmap_cap - 1)) {
+		if (!vol->lmap[i].l)
+			return NULL;
+		if (vol->lmap[i].chunk == c)
+			return vol->lmap[i].l;
+	}
+}
+
+/* Room for extra more chunks without passing half full; -1 (ENOMEM). */
+static int
+lmap_reserve_locked(struct sv_volume *vol, uint64_t extra)
+{
+	if ((vol->lmap_n + extra) * 2 <= vol->lmap_cap)
+		return 0;
+	size_t cap = vol->lmap_cap ? vol->lmap_cap : 64;
+	while (cap < (vol->lmap_n + extra) * 2)
+		cap *= 2;
+	struct sv_lmap_slot *t = calloc(cap, sizeof *t);
+	if (!t)
+		return -1;
+	for (size_t j = 0; j < vol->lmap_cap; j++) {
+		if (!vol->lmap[j].l)
+			continue;
+		size_t i = lmap_home(vol->lmap[j].chunk, cap);
+		while (t[i].l)
+			i = (i + 1) & (cap - 1);
+		t[i] = vol->lmap[j];
+	}
+	free(vol->lmap);
+	vol->lmap = t;
+	vol->lmap_cap = cap;
+	return 0;
+}
+
+/* Set c's newest landing (room reserved). */
+static void
+lmap_put_locked(struct sv_volume *vol, uint64_t c, struct sv_land *l)
+{
+	size_t i = lmap_home(c, vol->lmap_cap);
+	while (vol->lmap[i].l && vol->lmap[i].chunk != c)
+		i = (i + 1) & (vol->lmap_cap - 1);
+	if (!vol->lmap[i].l)
+		vol->lmap_n++;
+	vol->lmap[i] = (struct sv_lmap_slot){c, l};
+}
+
+static void
+lmap_del_locked(struct sv_volume *vol, uint64_t c)
+{
+	size_t mask = vol->lmap_cap - 1, i = lmap_home(c, vol->lmap_cap);
+	while (vol->lmap[i].chunk != c || !vol->lmap[i].l)
+		i = (i + 1) & mask;
+	/* Shift back the slots after it whose home is not between the hole
+	 * and themselves, so no probe sequence crosses an empty slot. */
+	for (size_t j = (i + 1) & mask; vol->lmap[j].l; j = (j + 1) & mask) {
+		size_t h = lmap_home(vol->lmap[j].chunk, vol->lmap_cap);
+		if (((j - h) & mask) >= ((j - i) & mask)) {
+			vol->lmap[i] = vol->lmap[j];
+			i = j;
+		}
+	}
+	vol->lmap[i].l = NULL;
+	vol->lmap_n--;
+}
+
 /* Is any chunk in [first, last] in a write-behind not yet landed?  cow_lock. */
 static bool
 landing_overlaps_locked(struct sv_volume *vol, uint64_t first, uint64_t last)
@@ -423,14 +524,26 @@ landing_overlaps_locked(struct sv_volume *vol, uint64_t first, uint64_t last)
 	return vol->n_landing && next_set(vol->landing, first, last + 1) <= last;
 }
 
+/* Trace (with SNAPVOL_TRACE_FREEZE) a wait for a landing that began at t0
+ * (sv_now_ns) and took more than 1 ms. */
+static void
+note_landing_wait_locked(struct sv_volume *vol, uint64_t t0, const char *who)
+{
+	uint64_t ns = sv_now_ns() - t0;
+	if (ns > 1000000 && sv_freeze_tracing())
+		sv_log_info("trace: volume %s: %s waited %" PRIu64 " us for a landing write-behind",
+			    vol->name, who, ns / 1000);
+}
+
 /* Pass the gate (freeze.c) and wait behind writes still landing on the
  * range (writebehind.c), then stamp the write with the current epoch.
  * cow_lock held.  -1 with *err: EAGAIN at a closed gate with SV_GATE_TRY,
  * EIO while a failed rollback is pending. */
 static int
-admit_locked(struct sv_volume *vol, uint64_t off, uint64_t len, int gate, struct sv_write_ticket *t,
-	     int *err)
+admit_locked(struct sv_volume *vol, uint64_t off, uint64_t len, int gate, bool follow,
+	     struct sv_write_ticket *t, int *err)
 {
+	uint64_t waited_from = 0;
 	for (;;) {
 		/* Held writes wait here, before they are stamped, so a freeze
 		 * need only wait for the stamped ones. */
@@ -457,14 +570,20 @@ admit_locked(struct sv_volume *vol, uint64_t off, uint64_t len, int gate, struct
 		 * acknowledged.  The wait is short (landing never waits at the
 		 * gate), but it lets go of cow_lock and the gate may close
 		 * meanwhile: look at it again. */
-		if (len == 0 || !landing_overlaps_locked(vol, off >> vol->chunk_shift,
-							 (off + len - 1) >> vol->chunk_shift))
+		if (follow || len == 0 ||
+		    !landing_overlaps_locked(vol, off >> vol->chunk_shift,
+					     (off + len - 1) >> vol->chunk_shift))
 			break;
+		if (!waited_from)
+			waited_from = sv_now_ns();
 		pthread_cond_wait(&vol->cow_cond, &vol->cow_lock);
 	}
+	if (waited_from)
+		note_landing_wait_locked(vol, waited_from, "an in-place write");
 	struct sv_epoch *ep = sv_current_epoch_locked(vol);
 	ep->writes++;
 	t->ep = ep;
+	t->land = NULL;
 	return 0;
 }
 
@@ -596,7 +715,7 @@ sv_cow_write_begin(struct sv_volume *vol, uint64_t off, uint64_t len, int gate,
 		   struct sv_write_ticket *t, int *err)
 {
 	SV_LOCK_SCOPE(&vol->cow_lock);
-	if (admit_locked(vol, off, len, gate, t, err) == -1)
+	if (admit_locked(vol, off, len, gate, false, t, err) == -1)
 		return -1;
 	struct sv_range rg = {off, len};
 	if (copy_for_writes_locked(vol, t->ep, &rg, 1, err) == -1) {
@@ -611,15 +730,58 @@ sv_cow_write_begin_behind(struct sv_volume *vol, uint64_t off, uint64_t len, int
 			  struct sv_write_ticket *t, bool *behind, int *err)
 {
 	SV_LOCK_SCOPE(&vol->cow_lock);
-	if (admit_locked(vol, off, len, gate, t, err) == -1)
+	uint64_t first = off >> vol->chunk_shift, last = (off + len - 1) >> vol->chunk_shift;
+	/* A landing of the same chunks is followed, not waited for. */
+	if (admit_locked(vol, off, len, gate, true, t, err) == -1)
 		return -1;
-	*behind = needs_copy_locked(vol, t->ep, off, len);
-	if (*behind) {
-		roaring_bitmap_add_range(vol->landing, off >> vol->chunk_shift,
-					 ((off + len - 1) >> vol->chunk_shift) + 1);
-		__atomic_add_fetch(&vol->n_landing, 1, __ATOMIC_RELEASE);
+	bool over = len > 0 && landing_overlaps_locked(vol, first, last);
+	*behind = over || needs_copy_locked(vol, t->ep, off, len);
+	if (!*behind)
+		return 0;
+	struct sv_land *l = NULL;
+	if (lmap_reserve_locked(vol, last - first + 1) == -1 ||
+	    !(l = calloc(1, sizeof *l + (last - first + 1) * sizeof l->next[0]))) {
+		unstamp_locked(vol, t);
+		*err = ENOMEM;
+		return -1;
 	}
+	l->first = first;
+	l->last = last;
+	for (uint64_t c = first; c <= last; c++) {
+		struct sv_land *p = over ? lmap_get_locked(vol, c) : NULL;
+		if (p) { /* the newest landing of c: this one lands after it */
+			assert(!p->next[c - p->first]);
+			p->next[c - p->first] = l;
+			l->deps++;
+		}
+		lmap_put_locked(vol, c, l);
+	}
+	roaring_bitmap_add_range(vol->landing, first, last + 1);
+	__atomic_add_fetch(&vol->n_landing, 1, __ATOMIC_RELEASE);
+	t->land = l;
 	return 0;
+}
+
+bool
+sv_cow_land_attach(struct sv_volume *vol, struct sv_land *l, void *entry)
+{
+	SV_LOCK_SCOPE(&vol->cow_lock);
+	if (l->deps == 0)
+		return true; /* nothing older to land first: queue it now */
+	l->entry = entry;    /* the last older landing queues it */
+	return false;
+}
+
+void
+sv_cow_land_wait(struct sv_volume *vol, struct sv_land *l)
+{
+	SV_LOCK_SCOPE(&vol->cow_lock);
+	if (l->deps == 0)
+		return;
+	uint64_t t0 = sv_now_ns();
+	while (l->deps > 0)
+		pthread_cond_wait(&vol->cow_cond, &vol->cow_lock);
+	note_landing_wait_locked(vol, t0, "a write-behind done in place");
 }
 
 int
@@ -630,15 +792,28 @@ sv_cow_write_copy(struct sv_volume *vol, struct sv_epoch *ep, const struct sv_ra
 	return copy_for_writes_locked(vol, ep, rg, n, err);
 }
 
-void
-sv_cow_write_landed(struct sv_volume *vol, uint64_t off, uint64_t len, struct sv_write_ticket *t)
+struct sv_land *
+sv_cow_write_landed(struct sv_volume *vol, struct sv_write_ticket *t)
 {
 	SV_LOCK_SCOPE(&vol->cow_lock);
-	roaring_bitmap_remove_range(vol->landing, off >> vol->chunk_shift,
-				    ((off + len - 1) >> vol->chunk_shift) + 1);
+	struct sv_land *l = t->land, *ready = NULL;
+	for (uint64_t c = l->first; c <= l->last; c++) {
+		struct sv_land *n = l->next[c - l->first];
+		if (!n) { /* the newest landing of c: c is on the origin now */
+			assert(lmap_get_locked(vol, c) == l);
+			lmap_del_locked(vol, c);
+			roaring_bitmap_remove(vol->landing, (uint32_t)c);
+		} else if (--n->deps == 0 && n->entry) {
+			n->ready_next = ready;
+			ready = n;
+		}
+	}
+	free(l);
+	t->land = NULL;
 	__atomic_sub_fetch(&vol->n_landing, 1, __ATOMIC_RELEASE);
 	pthread_cond_broadcast(&vol->cow_cond);
 	unstamp_locked(vol, t);
+	return ready;
 }
 
 void

@@ -168,6 +168,16 @@ const char *sv_view_description(struct sv_view *v);
 /* Callers have checked off+len <= size and that the view is writable for
  * writes; the engine asserts it.  len may be 0 only where NBD allows it. */
 int sv_view_pread(struct sv_view *v, void *buf, uint32_t len, uint64_t off, int *err);
+/* Start a read without waiting for it, where the backend reads that way
+ * (RADOS: obj_pread_async): 1, and done(arg, 0) or done(arg, errno) then
+ * follows exactly once, from another thread or before this returns.  0 if
+ * it was not started (a snapshot view, chunks still landing from
+ * write-behind, a backend without it, a failure to start): then use
+ * sv_view_pread. */
+int sv_view_pread_async(struct sv_view *v, void *buf, uint32_t len, uint64_t off,
+			void (*done)(void *arg, int err), void *arg);
+/* Whether sv_view_pread_async can start reads of this view at all. */
+bool sv_view_reads_async(struct sv_view *v);
 /* If the whole range can be read straight from one file descriptor (for
  * sendfile), return 0 and that fd and offset; else -1 (use sv_view_pread). */
 int sv_view_read_fd(struct sv_view *v, uint32_t len, uint64_t off, int *fd, uint64_t *fd_off);
@@ -263,6 +273,17 @@ int sv_view_dirty_check(struct sv_view *v, const char *snap, size_t len);
 int sv_view_dirty_names(struct sv_view *v, int (*fn)(void *opaque, const char *snap), void *opaque);
 int sv_view_dirty_extents(struct sv_view *v, const char *snap, uint32_t len, uint64_t off,
 			  struct sv_extent *ext, size_t max, size_t *n, int *err);
+
+/* Snapshot exports of volumes another node holds (RADOS: its claim), served
+ * read-only here without a claim (follow.c), one per volume and snapshot,
+ * sorted; *infos is malloc'd. */
+struct sv_follow_info {
+	char volume[SV_NAME_MAX + 1];
+	char snapshot[SV_NAME_MAX + 1];
+	char holder[512]; /* who holds the volume, as its claim says */
+	unsigned views;	  /* open views (NBD connections) */
+};
+int sv_follow_list(struct sv_pool *pool, struct sv_follow_info **infos, size_t *n);
 
 /* For NBD_OPT_LIST: call fn for every export (volumes, and later snapshots). */
 int sv_pool_list_exports(struct sv_pool *pool,

@@ -12,9 +12,12 @@
  * at the gate.
  *
  * A freeze follows the XFS sequence: (1) close the gate on every volume of
- * the group, (2) wait for the writes in flight, (3) sync the origin and the
- * pre-image objects, (4) checkpoint the change journal, which leaves it
- * empty: the volume is clean, an open after a crash replays nothing.  The
+ * the group, (2) wait for the writes in flight, (3) sync the origin, (4)
+ * checkpoint the change journal, which syncs the pre-image objects and
+ * leaves the journal empty: the volume is clean, an open after a crash
+ * replays nothing.  A failed sync fails the freeze (it never reports a
+ * volume clean that is not); a failed pre-image sync has also invalidated
+ * the snapshots that read them (the checkpoint's sticky rule, journal.c).  The
  * steps run under each volume's admin_lock (in name order, as a snapshot
  * group takes them), so a freeze never interleaves with a rollback or a
  * snapshot's metadata work.  Before step 1 the origin is synced once while
@@ -333,7 +336,11 @@ cmp_vol(const void *a, const void *b)
 }
 
 /* Steps 3 and 4 for one volume whose writes are held and drained; adds
- * the time the checkpoint took to *ckpt_ns. */
+ * the time the checkpoint took to *ckpt_ns.  The checkpoint syncs the
+ * pre-image objects itself (journal.c), in both journal modes, and on a
+ * failed sync invalidates the snapshots that read those pre-images and
+ * fails: the freeze then fails too, as the volume is not clean.  It leaves
+ * the log's dead space to the next checkpoint: no punch inside the hold. */
 static int
 make_clean(struct sv_volume *vol, uint64_t *ckpt_ns)
 {
@@ -343,30 +350,8 @@ make_clean(struct sv_volume *vol, uint64_t *ckpt_ns)
 		return sv_error(e, "volume %s: cannot sync for the freeze: %s", vol->name,
 				strerror(e));
 	}
-	struct sv_epoch **eps;
-	size_t n;
-	{
-		SV_LOCK_SCOPE(&vol->cow_lock);
-		n = vol->n_epochs;
-		eps = malloc(n * sizeof *eps);
-		if (!eps)
-			return sv_error(ENOMEM, "out of memory");
-		memcpy(eps, vol->epochs, n * sizeof *eps);
-	}
-	/* Pre-images are synced before their records (journal.c); this is for
-	 * the rare copy whose record failed and was given back. */
-	for (size_t i = 0; i < n; i++) {
-		struct sv_obj *pre = NULL;
-		if (sv_epoch_pre(vol, eps[i], false, &pre) == 0 && pre &&
-		    vol->ops->obj_sync(pre) == -1) {
-			free(eps);
-			return sv_error_errno("volume %s: cannot sync pre-images for the freeze",
-					      vol->name);
-		}
-	}
-	free(eps);
 	uint64_t t = sv_now_ns();
-	if (sv_journal_checkpoint(vol) == -1)
+	if (sv_journal_checkpoint_keep(vol) == -1)
 		return sv_error(sv_last_errno(), "volume %s: freeze: %s", vol->name,
 				sv_last_error());
 	*ckpt_ns += sv_now_ns() - t;

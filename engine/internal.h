@@ -79,6 +79,8 @@ struct sv_journal {
 	uint64_t replayed_bytes; /* pre-image bytes among them (log mode) */
 	uint64_t checkpoints;	 /* taken since open; the leader's (statistics) */
 	uint64_t logged_bytes;	 /* pre-image bytes appended since open; the leader's */
+	uint64_t used_end;	 /* log mode: bytes from 0 that may be allocated,
+				 punched at a checkpoint; UINT64_MAX until a scan */
 	bool must_checkpoint;	 /* the checkpoint at open failed (full store): the
 				 leader takes one before the next record */
 	pthread_mutex_t lock;
@@ -153,16 +155,23 @@ struct sv_volume {
 	size_t n_dead;
 	bool drop_when_full;	    /* full policy drop-snapshot (else fail-writes); cow_lock */
 	pthread_mutex_t meta_lock;  /* serialises rewrites of volume.meta */
+	uint64_t rel_made;	    /* releases made in memory (snapshot.c); cow_lock */
+	uint64_t rel_saved;	    /* the first rel_saved are in released.meta; meta_lock */
 	roaring_bitmap_t *inflight; /* chunks being copied now; cow_lock */
 	unsigned gate_holds;	    /* writes held while > 0 (freezes, rollback); cow_lock */
 	unsigned freezes;	    /* lease freezes (freeze.c) among gate_holds; cow_lock */
 	unsigned snap_readers;	    /* snapshot reads holding epoch pointers; cow_lock */
 	unsigned setting_up;	    /* snapshots being set up: new views wait; cow_lock */
 	/* Chunks of acknowledged write-behinds not yet on the origin
-	 * (writebehind.c): reads and later writes of them wait.  cow_lock;
-	 * n_landing (the number of such writes) is also read without it. */
+	 * (writebehind.c): reads and in-place writes of them wait; a later
+	 * write-behind of them queues behind (struct sv_land).  cow_lock;
+	 * n_landing (the number of such writes) is also read without it.
+	 * lmap: chunk -> the newest landing of it (an open-addressing table,
+	 * cow.c), lmap_n used of lmap_cap slots. */
 	roaring_bitmap_t *landing;
 	unsigned n_landing;
+	struct sv_lmap_slot *lmap;
+	size_t lmap_n, lmap_cap;
 	/* This volume's write-behinds in the order they were acknowledged,
 	 * the sequence number of the last; the last error that may have lost
 	 * acknowledged writes (a landing's, a failed origin sync), counted in
@@ -185,6 +194,10 @@ struct sv_volume {
 	uint64_t stat_copies, stat_copied_bytes, stat_hole_copies;
 
 	struct sv_wback wback; /* early writeback of the origin (writeback.c) */
+
+	/* Not NULL: a read-only follower of a snapshot of a volume another
+	 * node holds (follow.c): not in pool->open, never written. */
+	struct sv_follow *follow;
 };
 
 /* Write-behind of first writes after a snapshot (writebehind.c). */
@@ -281,10 +294,37 @@ void sv_journal_resume(struct sv_volume *vol);
  * log mode after syncing every pre-image object: the log is then empty).
  * Callers hold no cow_lock. */
 int sv_journal_checkpoint(struct sv_volume *vol);
+/* The same, but the log's dead space stays allocated until the next
+ * sv_journal_checkpoint (a freeze: punching inside its hold could take
+ * hundreds of ms on a filesystem mounted with discard). */
+int sv_journal_checkpoint_keep(struct sv_volume *vol);
+/* For a follower (follow.c), which reads the records-only journal of a
+ * volume another process holds: its size in 32-byte slots
+ * (SV_JOURNAL_REC_SIZE), one record decoded (false: not a whole record),
+ * and changed.meta's bitmaps ORed into vol's epochs (no lock: vol is the
+ * caller's own scratch volume). */
+#define SV_JOURNAL_REC_SIZE 32
+uint64_t sv_journal_slots(void);
+bool sv_journal_decode(const unsigned char *b, uint64_t *gen, uint64_t *epoch, uint32_t *first,
+		       uint32_t *count);
+int sv_journal_parse_checkpoint(struct sv_volume *vol, const char *buf, size_t len, uint64_t *gen);
 
 /* cow.c */
 struct sv_write_ticket {
 	struct sv_epoch *ep;
+	struct sv_land *land; /* a write-behind's landing record, else NULL */
+};
+/* A write-behind's hold on its chunks [first, last] until the origin has
+ * its data.  A later write-behind of one of them is ordered after it per
+ * chunk (next[c - first]) instead of waiting; deps counts the older
+ * landings it still follows, and it is queued (entry, writebehind.c) when
+ * that reaches 0.  cow_lock. */
+struct sv_land {
+	uint64_t first, last;
+	unsigned deps;
+	void *entry;
+	struct sv_land *ready_next; /* sv_cow_write_landed's list */
+	struct sv_land *next[];
 };
 /* gate: SV_GATE_NONE (rollback's own writes), SV_GATE_WAIT (wait while
  * writes are held), SV_GATE_TRY (EAGAIN then). */
@@ -295,10 +335,16 @@ int sv_cow_write_begin(struct sv_volume *vol, uint64_t off, uint64_t len, int ga
 		       struct sv_write_ticket *t, int *err);
 void sv_cow_write_end(struct sv_volume *vol, struct sv_write_ticket *t);
 /* Write-behind (writebehind.c): admit and stamp a write; *behind says
- * whether it needs copies, and then its chunks are marked landing until
- * sv_cow_write_landed, after sv_cow_write_copy and the origin write. */
+ * whether it goes behind: it needs copies, or a write-behind of its chunks
+ * is still landing (it does not wait for that one: it follows it).  Then
+ * t->land holds its chunks until sv_cow_write_landed, after
+ * sv_cow_write_copy and the origin write; it is queued when
+ * sv_cow_land_attach says so or when sv_cow_write_landed hands it back;
+ * done in place instead, it first waits in sv_cow_land_wait. */
 int sv_cow_write_begin_behind(struct sv_volume *vol, uint64_t off, uint64_t len, int gate,
 			      struct sv_write_ticket *t, bool *behind, int *err);
+bool sv_cow_land_attach(struct sv_volume *vol, struct sv_land *l, void *entry);
+void sv_cow_land_wait(struct sv_volume *vol, struct sv_land *l);
 /* A byte range of a write. */
 struct sv_range {
 	uint64_t off, len;
@@ -307,8 +353,8 @@ struct sv_range {
  * commit for all of them). */
 int sv_cow_write_copy(struct sv_volume *vol, struct sv_epoch *ep, const struct sv_range *rg,
 		      size_t n, int *err);
-void sv_cow_write_landed(struct sv_volume *vol, uint64_t off, uint64_t len,
-			 struct sv_write_ticket *t);
+/* Returns the followers now free to go (attached ones, via ready_next). */
+struct sv_land *sv_cow_write_landed(struct sv_volume *vol, struct sv_write_ticket *t);
 /* Readers of the live volume: wait until no write-behind of the range is
  * landing; or only ask. */
 void sv_cow_wait_landed(struct sv_volume *vol, uint64_t off, uint64_t len);
@@ -337,6 +383,17 @@ sv_current_epoch_locked(struct sv_volume *vol)
 {
 	return vol->epochs[vol->n_epochs - 1];
 }
+
+/* follow.c: a snapshot view of a volume another node holds (claim
+ * refused with EWOULDBLOCK, whose message claim_msg names the holder).
+ * sv_follow_open makes a follower volume whose only snapshot is snap (a
+ * reference: sv_volume_put_locked closes it); pool->lock held. */
+int sv_follow_open(struct sv_pool *pool, const char *volume, const char *snap,
+		   const char *claim_msg, struct sv_volume **out);
+void sv_follow_close(struct sv_volume *vol);
+int sv_follow_pread(struct sv_volume *vol, void *buf, uint64_t len, uint64_t off, int *err);
+int sv_follow_extents(struct sv_volume *vol, uint64_t len, uint64_t off, struct sv_extent *ext,
+		      size_t max, size_t *n, int *err);
 
 /* freeze.c */
 int sv_freezer_init(struct sv_pool *pool);

@@ -334,12 +334,23 @@ add_released_locked(struct sv_volume *vol)
 }
 
 /* released.meta: "snapvol-released 1 n=N len=L crc32=0x...\n", then per
- * snapshot: u16 name length, the name, u64 length, a portable bitmap. */
-int
-sv_snap_released_save(struct sv_volume *vol)
+ * snapshot: u16 name length, the name, u64 length, a portable bitmap.
+ *
+ * Saves are grouped, as commits are (DESIGN invariant 5): release number
+ * upto (vol->rel_made counts them, under cow_lock with the bits) returns
+ * at once if a save that began after it was made has succeeded, for that
+ * save wrote its bits.  Releases that queue on meta_lock behind a save in
+ * progress so share the next one: one metadata write for all of them, and
+ * each still returns only once its release is durable.  upto 0: save
+ * whatever the state is (a delete, which removes a snapshot's entry). */
+static int
+released_save(struct sv_volume *vol, uint64_t upto)
 {
 	SV_LOCK_SCOPE(&vol->meta_lock);
+	if (upto && vol->rel_saved >= upto)
+		return 0;
 	sv_lock_or_abort(&vol->cow_lock);
+	uint64_t made = vol->rel_made;
 	size_t blen = 0, n = 0;
 	for (size_t i = 0; i < vol->n_snaps; i++) {
 		if (!vol->snaps[i]->released)
@@ -379,7 +390,15 @@ sv_snap_released_save(struct sv_volume *vol)
 	free(buf);
 	if (r == -1)
 		return sv_error_errno("volume %s: cannot write released.meta", vol->name);
+	if (made > vol->rel_saved)
+		vol->rel_saved = made;
 	return 0;
+}
+
+int
+sv_snap_released_save(struct sv_volume *vol)
+{
+	return released_save(vol, 0);
 }
 
 int
@@ -465,17 +484,23 @@ sv_snap_release(struct sv_volume *vol, struct sv_snap *s, uint64_t off, uint64_t
 		roaring_bitmap_free(r);
 		return 0;
 	}
-	bool had = s->released != NULL;
-	if (!had)
+	if (!s->released)
 		s->released = roaring_bitmap_create();
 	roaring_bitmap_or_inplace(s->released, r);
+	uint64_t mine = ++vol->rel_made;
 	sv_unlock_or_abort(&vol->cow_lock);
 
-	/* Recorded before anything is given up. */
-	if (sv_snap_released_save(vol) == -1) {
+	/* Recorded before anything is given up, and before the request is
+	 * acknowledged (by this save or a grouped one).  A failed save takes
+	 * the bits back in memory; a save by another release may have
+	 * written them meanwhile, so a failed release may have taken effect
+	 * on disk (as a failed write may have landed). */
+	if (released_save(vol, mine) == -1) {
 		sv_lock_or_abort(&vol->cow_lock);
+		/* Only this release's bits: others made meanwhile (queued on
+		 * the save) are in the same bitmap. */
 		roaring_bitmap_andnot_inplace(s->released, r);
-		if (!had) {
+		if (roaring_bitmap_is_empty(s->released)) {
 			roaring_bitmap_free(s->released);
 			s->released = NULL;
 		}

@@ -47,6 +47,12 @@ sv_view_open(struct sv_pool *pool, const char *export_name, size_t len, struct s
 		return sv_error(ENOMEM, "out of memory");
 	sv_lock_or_abort(&pool->lock);
 	int r = sv_volume_get_locked(pool, vol, &v->vol);
+	if (r == -1 && has_snap && sv_last_errno() == EWOULDBLOCK) {
+		/* Another node holds the volume: follow it, read-only (follow.c). */
+		char msg[1024];
+		snprintf(msg, sizeof msg, "%s", sv_last_error());
+		r = sv_follow_open(pool, vol, snap, msg, &v->vol);
+	}
 	sv_unlock_or_abort(&pool->lock);
 	if (r == -1) {
 		free(v);
@@ -157,12 +163,32 @@ sv_view_pread(struct sv_view *v, void *buf, uint32_t len, uint64_t off, int *err
 {
 	assert_range(v, len, off);
 	struct sv_volume *vol = v->vol;
+	if (vol->follow)
+		return sv_follow_pread(vol, buf, len, off, err);
 	if (v->snap)
 		return sv_cow_snap_pread(vol, v->snap, buf, len, off, err);
 	sv_cow_wait_landed(vol, off, len); /* read what was acknowledged */
 	if (vol->ops->obj_pread(vol->origin, buf, len, off) == -1)
 		return fail(err);
 	return 0;
+}
+
+int
+sv_view_pread_async(struct sv_view *v, void *buf, uint32_t len, uint64_t off,
+		    void (*done)(void *arg, int err), void *arg)
+{
+	assert_range(v, len, off);
+	struct sv_volume *vol = v->vol;
+	/* Landing chunks: sv_view_pread waits for them (read-your-writes). */
+	if (v->snap || !vol->ops->obj_pread_async || sv_cow_landing(vol, off, len))
+		return 0;
+	return vol->ops->obj_pread_async(vol->origin, buf, len, off, done, arg) == 0;
+}
+
+bool
+sv_view_reads_async(struct sv_view *v)
+{
+	return !v->snap && v->vol->ops->obj_pread_async;
 }
 
 int
@@ -223,6 +249,10 @@ sv_view_trim(struct sv_view *v, uint32_t len, uint64_t off, unsigned flags, int 
 {
 	assert_range(v, len, off);
 	struct sv_volume *vol = v->vol;
+	if (vol->follow) { /* another node's volume: nothing is written here */
+		*err = EPERM;
+		return -1;
+	}
 	/* On a snapshot: the reader is done with the range (snapshot.c). */
 	if (v->snap)
 		return sv_snap_release(vol, v->snap, off, len, err);
@@ -291,6 +321,8 @@ sv_view_extents(struct sv_view *v, uint32_t len, uint64_t off, struct sv_extent 
 {
 	assert_range(v, len, off);
 	struct sv_volume *vol = v->vol;
+	if (vol->follow)
+		return sv_follow_extents(vol, len, off, ext, max, n, err);
 	if (v->snap)
 		return sv_cow_snap_extents(vol, v->snap, len, off, ext, max, n, err);
 	sv_cow_wait_landed(vol, off, len); /* data not yet on the origin is data */

@@ -370,6 +370,7 @@ volume_close(struct sv_volume *v)
 		roaring_bitmap_free(v->inflight);
 	if (v->landing)
 		roaring_bitmap_free(v->landing);
+	free(v->lmap); /* the landing table (cow.c) */
 	v->ops->obj_close(v->origin);
 	release_volume(v->pool, v->name);
 	pthread_mutex_destroy(&v->admin_lock);
@@ -492,6 +493,10 @@ sv_volume_get_locked(struct sv_pool *pool, const char *name, struct sv_volume **
 void
 sv_volume_put_locked(struct sv_volume *vol)
 {
+	if (vol->follow) { /* a follower is its view's alone (follow.c) */
+		sv_follow_close(vol);
+		return;
+	}
 	/* The volume stays open (its state loaded) until the pool is closed
 	 * or the volume deleted: connections come and go often. */
 	vol->refs--;

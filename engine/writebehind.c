@@ -21,10 +21,18 @@
  *     snapshot taken later contains it (snapshot creation waits for the
  *     writes stamped before it, landed ones included);
  *   - its chunks are marked "landing" until the origin holds the data:
- *     reads of the live volume, block status, and later writes of those
- *     chunks wait for it (read-your-writes, and writes to a chunk reach
- *     the origin in the order they were acknowledged); snapshot reads wait
- *     for it too;
+ *     reads of the live volume, block status, snapshot reads and in-place
+ *     writes (FUA, trims, write-zeroes) of those chunks wait for it
+ *     (read-your-writes);
+ *   - a later write of a landing chunk does not wait: it goes behind too,
+ *     and follows the landing (cow.c, struct sv_land): it is queued only
+ *     once every older write-behind of its chunks has reached the origin,
+ *     so writes to a chunk reach the origin in the order they were
+ *     acknowledged.  Before, it waited for that landing's commit, which
+ *     during a snapshot create queues behind the create's origin sync:
+ *     the tens of milliseconds a writer stalled during a create.  A
+ *     follower of an older epoch is queued before newer epochs' writes,
+ *     whose copies wait for it;
  *   - FLUSH waits for every write-behind of the volume acknowledged before
  *     it, then syncs the origin; an error a write-behind met (EIO, or
  *     ENOSPC under the fail-writes policy) fails the next FLUSH, the way
@@ -51,6 +59,7 @@
 
 #define WB_THREADS	 16
 #define WB_BATCH	 256
+#define WB_BATCH_BYTES	 (UINT64_C(1) << 20) /* 256 writes of 4 KiB */
 #define WB_DEFAULT_MB	 16
 #define WB_SPACE_RESERVE (UINT64_C(256) << 20)
 
@@ -93,6 +102,36 @@ copy_and_write(struct sv_volume *vol, const void *buf, uint32_t len, uint64_t of
 	if (r == 0 && (r = vol->ops->obj_pwrite(vol->origin, buf, len, off, 0)) == -1)
 		*err = errno ? errno : EIO;
 	return r;
+}
+
+/* Queue e for a lander.  In epoch order within its volume (a follower,
+ * queued when the writes it follows landed, goes before newer epochs'
+ * writes: their copies wait for it).  wb->lock. */
+static void
+enqueue_locked(struct sv_wb *wb, struct sv_wb_entry *e)
+{
+	struct sv_wb_entry **pp = &wb->head;
+	if (wb->tail && (wb->tail->vol != e->vol || wb->tail->t.ep->id > e->t.ep->id))
+		while (*pp && !((*pp)->vol == e->vol && (*pp)->t.ep->id > e->t.ep->id))
+			pp = &(*pp)->next;
+	else if (wb->tail)
+		pp = &wb->tail->next;
+	e->next = *pp;
+	*pp = e;
+	if (!e->next)
+		wb->tail = e;
+	pthread_cond_signal(&wb->work);
+}
+
+/* Queue the followers a landing set free. */
+static void
+queue_ready(struct sv_pool *pool, struct sv_land *ready)
+{
+	if (!ready)
+		return;
+	SV_LOCK_SCOPE(&pool->wb.lock);
+	for (; ready; ready = ready->ready_next)
+		enqueue_locked(&pool->wb, ready->entry);
 }
 
 /* Land b[0..n): writes of one volume stamped with one epoch, copied
@@ -138,7 +177,7 @@ land(struct sv_wb_entry **b, size_t n)
 	pthread_cond_broadcast(&vol->pool->wb.landed);
 	sv_unlock_or_abort(&vol->pool->wb.lock);
 	for (size_t i = 0; i < n; i++) {
-		sv_cow_write_landed(vol, b[i]->off, b[i]->len, &b[i]->t);
+		queue_ready(vol->pool, sv_cow_write_landed(vol, &b[i]->t));
 		free(b[i]);
 	}
 }
@@ -157,11 +196,16 @@ lander(void *arg)
 		/* Strictly oldest first: a write of epoch E+1 waits in its copy
 		 * for the writes of epoch E, which are then already taken.  The
 		 * writes behind the oldest that share its volume and epoch come
-		 * along, so one commit makes all their copies durable. */
-		size_t n = 0;
+		 * along, so one commit makes all their copies durable; up to
+		 * WB_BATCH_BYTES of them, so that large writes land in
+		 * parallel (a batch's copies and writes are made one after
+		 * another: on RADOS each is a round trip). */
+		size_t n = 0, bytes = 0;
 		struct sv_wb_entry *first = wb->head;
 		while (n < WB_BATCH && wb->head && wb->head->vol == first->vol &&
-		       wb->head->t.ep == first->t.ep) {
+		       wb->head->t.ep == first->t.ep &&
+		       (n == 0 || bytes + wb->head->len <= WB_BATCH_BYTES)) {
+			bytes += wb->head->len;
 			batch[n++] = wb->head;
 			wb->head = wb->head->next;
 		}
@@ -247,11 +291,19 @@ sv_wb_write(struct sv_volume *vol, const void *buf, uint32_t len, uint64_t off, 
 	struct sv_wb_entry *e = ok && room_for(vol, held) ? malloc(sizeof *e + len) : NULL;
 	if (!e) {
 		/* Full, or near a full store: what the client would have
-		 * waited for anyway, now. */
+		 * waited for anyway, now (after older writes of its chunks). */
 		if (ok)
 			unreserve(wb, len);
+		uint64_t t0 = sv_now_ns();
+		sv_cow_land_wait(vol, t->land);
 		int r = copy_and_write(vol, buf, len, off, t, err);
-		sv_cow_write_landed(vol, off, len, t);
+		queue_ready(vol->pool, sv_cow_write_landed(vol, t));
+		uint64_t ns = sv_now_ns() - t0;
+		if (ns > 1000000 && sv_freeze_tracing())
+			sv_log_info(
+			    "trace: volume %s: write-behind %s: a first write done in place "
+			    "took %" PRIu64 " us",
+			    vol->name, ok ? "near a full store" : "full", ns / 1000);
 		return r == -1 ? -1 : 1;
 	}
 	e->vol = vol;
@@ -265,11 +317,14 @@ sv_wb_write(struct sv_volume *vol, const void *buf, uint32_t len, uint64_t off, 
 	e->vprev = vol->wb_newest;
 	*(vol->wb_newest ? &vol->wb_newest->vnext : &vol->wb_oldest) = e;
 	vol->wb_newest = e;
-	e->next = NULL;
-	*(wb->tail ? &wb->tail->next : &wb->head) = e;
-	wb->tail = e;
-	pthread_cond_signal(&wb->work);
 	sv_unlock_or_abort(&wb->lock);
+	/* Queued now, or by the landing of the last older write of its
+	 * chunks (writes to a chunk reach the origin in the order they were
+	 * acknowledged). */
+	if (sv_cow_land_attach(vol, e->t.land, e)) {
+		SV_LOCK_SCOPE(&wb->lock);
+		enqueue_locked(wb, e);
+	}
 	return 1;
 }
 

@@ -1,10 +1,12 @@
 /*
  * fuzz-pool-load.c: libFuzzer target for everything read back from disk.
  *
- * A volume's state on disk is four blobs: volume.meta (JSON under a
+ * A volume's state on disk is five blobs: volume.meta (JSON under a
  * checksummed header), changed.meta (the bitmap checkpoint), released.meta
- * (released ranges of snapshots) and journal.raw (32-byte change records).
- * Each input is those four, separated by SEP, after one flags byte.  They
+ * (released ranges of snapshots), journal.raw (32-byte change records, an
+ * older snapvol's or RADOS's) and prelog.raw (the pre-image log: blocks of
+ * records, runs and copied bytes, engine/journal.c).  Each input is those
+ * five (missing ones empty), separated by SEP, after one flags byte.  They
  * are written into a temporary pool next to a 1 MiB origin, and the pool is
  * opened and used the way the server would: every export listed, opened,
  * read and mapped.  A corrupt blob must be refused with a message, never
@@ -13,8 +15,11 @@
  * Checksums stop a fuzzer at the door, so the flags byte can ask the
  * harness to fix them after mutation: bit 0 rewrites the len= and crc32=
  * fields of each blob's header line to match its body, bit 1 recomputes
- * every journal record's CRC.  Then the parsers behind the checksums (JSON
- * fields, Roaring bitmaps, record contents) are fuzzed too.
+ * every journal record's CRC, bit 2 makes each pre-image log block (from
+ * offset 0, while their sizes chain) one of changed.meta's generation and
+ * recomputes its two CRCs.  Then the parsers behind the checksums (JSON
+ * fields, Roaring bitmaps, record contents, log block headers, records and
+ * runs, and replay into the pre-image objects) are fuzzed too.
  *
  * Build: CC=clang meson setup build-fuzz -Dfuzzing=true -Db_sanitize=address,undefined
  *        ninja -C build-fuzz fuzz/fuzz-pool-load
@@ -36,8 +41,12 @@
 
 #define SEP	     "\n==8<==\n"
 #define JOURNAL_SIZE (32u << 20)
+#define LOG_SIZE     (1u << 30) /* journal.c's LOG_OBJ_SIZE */
+#define NBLOBS	     5
 
-static const char *const files[] = {"volume.meta", "changed.meta", "released.meta", "journal.raw"};
+static const char *const files[NBLOBS] = {"volume.meta", "changed.meta", "released.meta",
+					  "journal.raw", "prelog.raw"};
+static const uint64_t sizes[NBLOBS] = {0, 0, 0, JOURNAL_SIZE, LOG_SIZE};
 static const char *dir;
 static char voldir[96];
 
@@ -88,6 +97,64 @@ fix_records(unsigned char *b, size_t len)
 	}
 }
 
+static uint64_t
+get64(const unsigned char *b)
+{
+	uint64_t v;
+	memcpy(&v, b, 8);
+	return le64toh(v);
+}
+
+static void
+put64(unsigned char *b, uint64_t v)
+{
+	v = htole64(v);
+	memcpy(b, &v, 8);
+}
+
+static void
+put32(unsigned char *b, uint32_t v)
+{
+	v = htole32(v);
+	memcpy(b, &v, 4);
+}
+
+/* The pre-image log's blocks (journal.c: a 64-byte header, "SVJB", the
+ * header's CRC-32 of bytes 8..63, generation, record and run counts, the
+ * header area's size, the data's size, the CRC-32 of the rest of the
+ * header area and the data; blocks start at multiples of 4096): give each
+ * the generation gen and correct CRCs, while the sizes stay in the blob. */
+static void
+fix_log(unsigned char *b, size_t len, uint64_t gen)
+{
+	for (size_t off = 0; off + 64 <= len;) {
+		unsigned char *h = b + off;
+		uint64_t hsize = get64(h + 24), dlen = get64(h + 32);
+		if (hsize < 64 || hsize > len - off || dlen > len - off - hsize)
+			return;
+		put32(h, 0x424a5653u);
+		put64(h + 8, gen);
+		uLong crc = crc32(0, h + 64, (uInt)(hsize - 64));
+		crc = crc32(crc, h + hsize, (uInt)dlen);
+		put32(h + 40, (uint32_t)crc);
+		put32(h + 4, (uint32_t)crc32(0, h + 8, 56));
+		off += (size_t)((hsize + dlen + 4095) & ~(uint64_t)4095);
+	}
+}
+
+/* The gen= of changed.meta's header line, or 0 (the log's generation
+ * before the first checkpoint). */
+static uint64_t
+checkpoint_gen(const char *b, size_t len)
+{
+	const char *nl = memchr(b, '\n', len);
+	const char *g = nl ? memmem(b, (size_t)(nl - b), " gen=", 5) : NULL;
+	uint64_t v = 0;
+	for (g = g ? g + 5 : NULL; g && g < nl && *g >= '0' && *g <= '9'; g++)
+		v = v * 10 + (uint64_t)(*g - '0');
+	return v;
+}
+
 static void
 put_file(const char *name, const void *buf, size_t len, uint64_t size)
 {
@@ -134,7 +201,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	const char *p = (const char *)data + 1, *end = (const char *)data + size;
 	if (mkdir(voldir, 0700) == -1)
 		abort();
-	for (size_t i = 0; i < 4; i++) {
+	uint64_t gen = 0;
+	for (size_t i = 0; i < NBLOBS; i++) {
 		const char *sep = p < end ? memmem(p, (size_t)(end - p), SEP, strlen(SEP)) : NULL;
 		const char *stop = sep ? sep : end;
 		size_t len = p < end ? (size_t)(stop - p) : 0;
@@ -146,11 +214,16 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		memcpy(b, p, len);
 		if (i < 3 && (flags & 1))
 			fix_header(b, &len, len + 256);
+		if (i == 1)
+			gen = checkpoint_gen(b, len);
 		if (i == 3 && (flags & 2))
 			fix_records((unsigned char *)b, len);
-		/* An empty released.meta means "none": no file, as on disk. */
-		if (len || i != 2)
-			put_file(files[i], b, len, i == 3 ? JOURNAL_SIZE : 0);
+		if (i == 4 && (flags & 4))
+			fix_log((unsigned char *)b, len, gen);
+		/* An empty released.meta means "none": no file, as on disk;
+		 * so does an empty log (the open creates it). */
+		if (len || (i != 2 && i != 4))
+			put_file(files[i], b, len, sizes[i]);
 		free(b);
 		p = sep ? sep + strlen(SEP) : end;
 	}

@@ -5,23 +5,25 @@
 #
 # Runs "snapvol serve" on a scratch pool with a 1 MiB volume "v", writes to
 # it with libnbd between snapshots, releases a range of one snapshot, and
-# captures volume.meta, changed.meta, released.meta and the used part of
-# journal.raw at several moments, including right after a kill -9 (so the
-# journal holds records the checkpoint does not).  Each seed is the flags
-# byte (3: let the harness fix checksums after mutation), then the four
-# blobs separated by "\n==8<==\n" (see fuzz-pool-load.c).
+# captures volume.meta, changed.meta, released.meta and the used parts of
+# journal.raw and prelog.raw (the pre-image log) at several moments,
+# including right after a kill -9 (so the log holds blocks the checkpoint
+# does not).  Each seed is the flags byte (7: let the harness fix checksums
+# and log blocks after mutation), then the five blobs separated by
+# "\n==8<==\n" (see fuzz-pool-load.c).
 set -euo pipefail
 build=$(realpath "$1")
 out=$(realpath "$(dirname "$0")")/corpus/pool-load
 S=$build/cli/snapvol
 tmp=$(mktemp -d /dev/shm/snapvol-seeds-XXXXXX)
-trap 'pkill -9 -f "snapvol --pool $tmp/p serve" 2>/dev/null || true; rm -rf "$tmp"' EXIT
+pid=
+trap '[ -z "$pid" ] || kill -9 "$pid" 2>/dev/null || true; rm -rf "$tmp"' EXIT
 mkdir -p "$out"
 p=$tmp/p
 sep=$'\n==8<==\n'
 
 capture() { # NAME
-	local d=$p/volumes/v jlen
+	local d=$p/volumes/v jlen llen
 	# the journal's used part: records up to the first all-zero slot
 	jlen=$(/usr/bin/python3 -c '
 import os, sys
@@ -30,17 +32,29 @@ n = 0
 while n + 32 <= len(b) and b[n:n + 4] == b"SVJR":
     n += 32
 print(n)' "$d/journal.raw")
+	# the log's used part: from 0 to its first hole (checkpoints punch it)
+	llen=$(/usr/bin/python3 -c '
+import os, sys
+if not os.path.exists(sys.argv[1]):
+    print(0); sys.exit()
+fd = os.open(sys.argv[1], os.O_RDONLY)
+try:
+    print(min(os.lseek(fd, 0, os.SEEK_HOLE), 1 << 20))
+except OSError:
+    print(0)' "$d/prelog.raw")
 	{
-		printf '\003'
+		printf '\007'
 		cat "$d/volume.meta"; printf '%s' "$sep"
 		[ -e "$d/changed.meta" ] && cat "$d/changed.meta"; printf '%s' "$sep"
 		[ -e "$d/released.meta" ] && cat "$d/released.meta"; printf '%s' "$sep"
-		[ "$jlen" = 0 ] || head -c "$jlen" "$d/journal.raw"
+		[ "$jlen" = 0 ] || head -c "$jlen" "$d/journal.raw"; printf '%s' "$sep"
+		[ "$llen" = 0 ] || head -c "$llen" "$d/prelog.raw"
 	} >"$out/$1"
 }
 
 serve() {
 	setsid "$S" --pool "$p" serve >"$tmp/serve.log" 2>&1 </dev/null &
+	pid=$!
 	for _ in $(seq 100); do [ -S "$p/nbd.sock" ] && return; sleep 0.05; done
 	echo "server did not start" >&2; exit 1
 }
@@ -68,7 +82,7 @@ write 1 2 3 50 51 52 53 255
 "$S" --pool "$p" snapshot create v@c v@d >/dev/null 2>&1 || "$S" --pool "$p" snapshot create v@c >/dev/null
 write 9 10 11 12 13
 # kill -9: the journal now holds records the checkpoint does not
-pkill -9 -f "snapvol --pool $p serve"; sleep 0.2
+kill -9 "$pid"; wait "$pid" 2>/dev/null || true; pid=; rm -f "$p/nbd.sock" "$p/ctl.sock"
 capture killed-with-journal
 serve
 /usr/bin/python3 - "$p/nbd.sock" <<'PY'
@@ -81,7 +95,7 @@ h.shutdown()
 PY
 write 20 21
 "$S" --pool "$p" snapshot delete v@b >/dev/null
-pkill -9 -f "snapvol --pool $p serve"; sleep 0.2
+kill -9 "$pid"; wait "$pid" 2>/dev/null || true; pid=; rm -f "$p/nbd.sock" "$p/ctl.sock"
 capture released-and-deleted
 "$S" --pool "$p" snapshot list v >/dev/null # a clean open: replay and checkpoint
 capture reopened

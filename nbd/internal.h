@@ -35,6 +35,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <gnutls/gnutls.h>
+#include <sys/types.h>
 #include <sys/uio.h>
 
 #include "engine.h"
@@ -101,6 +102,7 @@ struct sv_nbd_server {
 	unsigned nconns;
 	unsigned next_id;
 	bool stopping;
+	struct sv_nbd_rt *rt; /* freeze windows (server.c), made by the first; lock */
 };
 
 struct sv_nbd_conn {
@@ -167,6 +169,10 @@ struct sv_nbd_conn {
 
 	/* Statistics, updated without a lock. */
 	atomic_uint_fast64_t requests, bytes_read, bytes_written;
+
+	/* The threads serving requests (srv->lock), for freeze windows. */
+	pid_t *tids;
+	unsigned ntids, cap_tids;
 };
 
 /* io.c */
@@ -192,5 +198,9 @@ int sv_nbd_handshake(struct sv_nbd_conn *c);
 
 /* transmission.c: serve requests until the connection ends. */
 void sv_nbd_transmission(struct sv_nbd_conn *c);
+
+/* server.c: the calling thread starts (on) or stops serving c's requests:
+ * a freeze window raises the threads registered (sv_nbd_window_begin). */
+void sv_nbd_thread_serving(struct sv_nbd_conn *c, bool on);
 
 #endif

@@ -10,6 +10,7 @@
 #define SV_NBD_SERVER_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 struct sv_pool;
@@ -88,5 +89,22 @@ struct sv_nbd_conn_info {
 /* *conns is malloc'd. */
 int sv_nbd_list_connections(struct sv_nbd_server *srv, struct sv_nbd_conn_info **conns,
 			    unsigned *n);
+
+/* A freeze window (snapshot create --fsfreeze, FIFREEZE to FITHAW): the
+ * threads serving requests on the connections whose export is one of vols
+ * (the volumes themselves, not their snapshots) run SCHED_FIFO
+ * SV_NBD_WINDOW_PRIO | SCHED_RESET_ON_FORK until it ends, so the FLUSHes the
+ * freeze sends wait for no CPU-bound process.  Only threads in the normal
+ * class are raised, and only with the privilege: otherwise *raised is 0
+ * and it is no error.  Threads that start serving later are not raised.
+ * The window ends, and each thread gets its previous policy back, at
+ * sv_nbd_window_end, max_ns after it began, when holder_fd's peer closes
+ * (holder_fd, if >= 0, is dup'd), when a raised thread stops serving (that
+ * thread only), and at sv_nbd_stop.  0, or -1 with the error set. */
+#define SV_NBD_WINDOW_PRIO 5 /* below the freeze watchdog's 10 (SV_AGENT_RT_PRIO) */
+int sv_nbd_window_begin(struct sv_nbd_server *srv, const char *const *vols, size_t nvols,
+			int holder_fd, uint64_t max_ns, uint64_t *id, unsigned *raised);
+/* ENOENT if it has ended already.  *restored: the threads put back. */
+int sv_nbd_window_end(struct sv_nbd_server *srv, uint64_t id, unsigned *restored);
 
 #endif

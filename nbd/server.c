@@ -28,6 +28,15 @@
  * client is closed at once, before the greeting, with a log line.  Each
  * connection remembers its listener's TLS mode; TLS credentials are loaded
  * once, when the server is created (tls.c).
+ *
+ * Freeze windows (sv_nbd_window_begin, "window-begin" on the control
+ * socket): for a filesystem freeze's FIFREEZE..FITHAW, the threads serving
+ * a volume's connections (each registers itself: sv_nbd_thread_serving)
+ * run SCHED_FIFO, so the freeze's FLUSHes wait for no CPU-bound process.
+ * It must never be left behind: one watcher thread ends each window at its
+ * bound and when its holder's control connection closes (it polls a dup of
+ * that socket for POLLRDHUP), a thread that stops serving is put back
+ * first (its tid is never touched after it exits), and stop ends them all.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -37,12 +46,15 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -375,6 +387,7 @@ conn_free(struct sv_nbd_conn *c)
 	pthread_cond_destroy(&c->role_cv);
 	pthread_mutex_destroy(&c->send_lock);
 	free(c->meta_export);
+	free(c->tids);
 	free(c->inbuf);
 	free(c->batch);
 	free(c);
@@ -619,6 +632,309 @@ shutdown_all_locked(struct sv_nbd_server *srv, int how)
 			shutdown(c->fd, how);
 }
 
+/* ---- freeze windows: the threads serving a volume run SCHED_FIFO ---- */
+
+/* A thread raised for a window, and what to put back. */
+struct raised {
+	pid_t tid;
+	int policy;
+	struct sched_param sp;
+};
+
+struct sv_nbd_window {
+	struct sv_nbd_window *next;
+	uint64_t id;
+	uint64_t deadline_ns; /* the hard bound (CLOCK_MONOTONIC) */
+	int hold_fd;	      /* the holder's control connection (a dup), or -1 */
+	bool ended;	      /* threads put back; the watcher frees it */
+	struct raised *r;
+	size_t n, cap;
+};
+
+/* All of it under srv->lock, but efd and the watcher's start and join. */
+struct sv_nbd_rt {
+	struct sv_nbd_window *windows;
+	uint64_t next_id;
+	int efd; /* eventfd: wakes the watcher */
+	pthread_t watcher;
+	bool stop;
+};
+
+#define WINDOW_POLICY (SCHED_FIFO | SCHED_RESET_ON_FORK)
+
+/* Raise tid if it runs the normal class (a thread already real-time is
+ * left alone).  Without the privilege (EPERM) nothing is done. */
+static void
+window_raise(struct sv_nbd_window *w, pid_t tid)
+{
+	struct raised r = {.tid = tid, .policy = sched_getscheduler(tid)};
+	if (r.policy == -1 || (r.policy & ~SCHED_RESET_ON_FORK) != SCHED_OTHER ||
+	    sched_getparam(tid, &r.sp) == -1 || w->n == w->cap)
+		return;
+	struct sched_param rt = {.sched_priority = SV_NBD_WINDOW_PRIO};
+	if (sched_setscheduler(tid, WINDOW_POLICY, &rt) == -1)
+		return;
+	w->r[w->n++] = r;
+}
+
+/* Put r back, unless someone changed its policy meanwhile. */
+static void
+window_restore(const struct raised *r)
+{
+	struct sched_param sp;
+	if (sched_getscheduler(r->tid) != WINDOW_POLICY || sched_getparam(r->tid, &sp) == -1 ||
+	    sp.sched_priority != SV_NBD_WINDOW_PRIO)
+		return;
+	if (sched_setscheduler(r->tid, r->policy, &r->sp) == -1)
+		sv_log_warn("freeze window: thread %d: restoring its policy: %s", (int)r->tid,
+			    strerror(errno));
+}
+
+static void
+window_end_locked(struct sv_nbd_window *w)
+{
+	if (w->ended)
+		return;
+	for (size_t i = 0; i < w->n; i++)
+		window_restore(&w->r[i]);
+	w->n = 0;
+	w->ended = true;
+}
+
+static void
+window_free(struct sv_nbd_window *w)
+{
+	if (w->hold_fd >= 0)
+		close(w->hold_fd);
+	free(w->r);
+	free(w);
+}
+
+/* The watcher: ends windows at their bound and when their holder's
+ * connection closes, and frees the ended ones (only it closes hold_fd,
+ * so the descriptors it polls stay valid). */
+static void *
+window_watcher(void *arg)
+{
+	struct sv_nbd_server *srv = arg;
+	struct sv_nbd_rt *rt = srv->rt;
+	struct pollfd *p = NULL;
+	struct sv_nbd_window **pw = NULL;
+	size_t cap = 0;
+	sv_lock_or_abort(&srv->lock);
+	while (!rt->stop) {
+		uint64_t now = sv_now_ns(), next = UINT64_MAX;
+		size_t n = 1;
+		for (struct sv_nbd_window **wp = &rt->windows, *w; (w = *wp);) {
+			if (!w->ended && w->deadline_ns <= now) {
+				sv_log_warn("freeze window %" PRIu64 ": ended at its bound", w->id);
+				window_end_locked(w);
+			}
+			if (w->ended) {
+				*wp = w->next;
+				window_free(w);
+				continue;
+			}
+			if (w->deadline_ns < next)
+				next = w->deadline_ns;
+			n++;
+			wp = &w->next;
+		}
+		if (n > cap) {
+			struct pollfd *np = realloc(p, n * sizeof *p);
+			if (np)
+				p = np;
+			struct sv_nbd_window **npw = np ? realloc(pw, n * sizeof *pw) : NULL;
+			if (npw)
+				pw = npw;
+			if (np && npw)
+				cap = n;
+		}
+		n = 0;
+		if (cap) {
+			p[n++] = (struct pollfd){.fd = rt->efd, .events = POLLIN};
+			for (struct sv_nbd_window *w = rt->windows; w && n < cap; w = w->next) {
+				pw[n] = w;
+				p[n++] = (struct pollfd){.fd = w->hold_fd, .events = POLLRDHUP};
+			}
+		}
+		int ms = next == UINT64_MAX ? -1 : (int)((next - now) / 1000000 + 1);
+		if (!cap && ms < 0)
+			ms = 100; /* out of memory: look again soon */
+		sv_unlock_or_abort(&srv->lock);
+		int k = poll(p, n, ms);
+		if (k > 0 && (p[0].revents & POLLIN)) {
+			uint64_t v;
+			ssize_t r = read(rt->efd, &v, sizeof v);
+			(void)r;
+		}
+		sv_lock_or_abort(&srv->lock);
+		/* Windows are freed only here, so pw[] still points at them. */
+		for (size_t i = 1; k > 0 && i < n; i++)
+			if (p[i].revents & (POLLRDHUP | POLLHUP | POLLERR) && !pw[i]->ended) {
+				sv_log_warn("freeze window %" PRIu64 ": ended: its control "
+					    "connection closed",
+					    pw[i]->id);
+				window_end_locked(pw[i]);
+			}
+	}
+	sv_unlock_or_abort(&srv->lock);
+	free(p);
+	free(pw);
+	return NULL;
+}
+
+/* Register the calling thread as serving c; when it stops, put it back
+ * first if a window raised it (its tid is not used after it exits). */
+void
+sv_nbd_thread_serving(struct sv_nbd_conn *c, bool on)
+{
+	pid_t tid = (pid_t)syscall(SYS_gettid);
+	SV_LOCK_SCOPE(&c->srv->lock);
+	if (on) {
+		if (c->ntids == c->cap_tids) {
+			unsigned ncap = c->cap_tids ? 2 * c->cap_tids : 8;
+			pid_t *a = realloc(c->tids, ncap * sizeof *a);
+			if (!a)
+				return; /* only never raised */
+			c->tids = a;
+			c->cap_tids = ncap;
+		}
+		c->tids[c->ntids++] = tid;
+		return;
+	}
+	for (unsigned i = 0; i < c->ntids; i++)
+		if (c->tids[i] == tid)
+			c->tids[i--] = c->tids[--c->ntids];
+	if (!c->srv->rt)
+		return;
+	for (struct sv_nbd_window *w = c->srv->rt->windows; w; w = w->next)
+		for (size_t i = 0; i < w->n; i++)
+			if (w->r[i].tid == tid) {
+				window_restore(&w->r[i]);
+				w->r[i--] = w->r[--w->n];
+			}
+}
+
+static int
+rt_start_locked(struct sv_nbd_server *srv)
+{
+	if (srv->rt)
+		return 0;
+	struct sv_nbd_rt *rt = calloc(1, sizeof *rt);
+	if (!rt)
+		return sv_error(ENOMEM, "out of memory");
+	rt->next_id = 1;
+	rt->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (rt->efd < 0) {
+		free(rt);
+		return sv_error_errno("eventfd");
+	}
+	srv->rt = rt;
+	int e = pthread_create(&rt->watcher, NULL, window_watcher, srv);
+	if (e) {
+		srv->rt = NULL;
+		close(rt->efd);
+		free(rt);
+		return sv_error(e, "starting the freeze window watcher: %s", strerror(e));
+	}
+	return 0;
+}
+
+int
+sv_nbd_window_begin(struct sv_nbd_server *srv, const char *const *vols, size_t nvols, int holder_fd,
+		    uint64_t max_ns, uint64_t *id, unsigned *raised)
+{
+	*id = 0;
+	*raised = 0;
+	struct sv_nbd_window *w = calloc(1, sizeof *w);
+	if (!w)
+		return sv_error(ENOMEM, "out of memory");
+	w->hold_fd = -1;
+	if (holder_fd >= 0 && (w->hold_fd = fcntl(holder_fd, F_DUPFD_CLOEXEC, 0)) < 0) {
+		free(w);
+		return sv_error_errno("dup");
+	}
+	w->deadline_ns = sv_now_ns() + max_ns;
+	SV_LOCK_SCOPE(&srv->lock);
+	if (srv->stopping) {
+		window_free(w);
+		return sv_error(ESHUTDOWN, "the NBD server is stopping");
+	}
+	if (rt_start_locked(srv) == -1) {
+		window_free(w);
+		return -1;
+	}
+	for (struct sv_nbd_conn *c = srv->conns; c; c = c->next)
+		for (size_t i = 0; i < nvols; i++)
+			if (!strcmp(c->export_name, vols[i]))
+				w->cap += c->ntids;
+	w->r = w->cap ? calloc(w->cap, sizeof *w->r) : NULL;
+	if (w->cap && !w->r) {
+		window_free(w);
+		return sv_error(ENOMEM, "out of memory");
+	}
+	for (struct sv_nbd_conn *c = srv->conns; c; c = c->next)
+		for (size_t i = 0; i < nvols; i++)
+			if (!strcmp(c->export_name, vols[i]))
+				for (unsigned k = 0; k < c->ntids; k++)
+					window_raise(w, c->tids[k]);
+	w->id = srv->rt->next_id++;
+	w->next = srv->rt->windows;
+	srv->rt->windows = w;
+	*id = w->id;
+	*raised = (unsigned)w->n;
+	uint64_t one = 1;
+	ssize_t r = write(srv->rt->efd, &one, sizeof one); /* a new bound, a new fd */
+	(void)r;
+	return 0;
+}
+
+int
+sv_nbd_window_end(struct sv_nbd_server *srv, uint64_t id, unsigned *restored)
+{
+	*restored = 0;
+	SV_LOCK_SCOPE(&srv->lock);
+	for (struct sv_nbd_window *w = srv->rt ? srv->rt->windows : NULL; w; w = w->next)
+		if (w->id == id && !w->ended) {
+			*restored = (unsigned)w->n;
+			window_end_locked(w);
+			uint64_t one = 1;
+			ssize_t r = write(srv->rt->efd, &one, sizeof one);
+			(void)r;
+			return 0;
+		}
+	return sv_error(ENOENT, "freeze window %" PRIu64 " has ended (or never began)", id);
+}
+
+/* Every window ends; the watcher stops. */
+static void
+rt_stop(struct sv_nbd_server *srv)
+{
+	sv_lock_or_abort(&srv->lock);
+	struct sv_nbd_rt *rt = srv->rt;
+	srv->rt = NULL;
+	if (rt) {
+		for (struct sv_nbd_window *w = rt->windows; w; w = w->next)
+			window_end_locked(w);
+		rt->stop = true;
+	}
+	sv_unlock_or_abort(&srv->lock);
+	if (!rt)
+		return;
+	uint64_t one = 1;
+	ssize_t r = write(rt->efd, &one, sizeof one);
+	(void)r;
+	pthread_join(rt->watcher, NULL);
+	while (rt->windows) {
+		struct sv_nbd_window *w = rt->windows;
+		rt->windows = w->next;
+		window_free(w);
+	}
+	close(rt->efd);
+	free(rt);
+}
+
 void
 sv_nbd_stop(struct sv_nbd_server *srv)
 {
@@ -626,6 +942,7 @@ sv_nbd_stop(struct sv_nbd_server *srv)
 	sv_lock_or_abort(&srv->lock);
 	srv->stopping = true;
 	sv_unlock_or_abort(&srv->lock);
+	rt_stop(srv); /* puts every raised thread back */
 
 	if (srv->started) {
 		ssize_t r = write(srv->wake[1], "s", 1);

@@ -37,7 +37,12 @@
  * obj_sync has nothing left to wait for (it only reports a claim lost to
  * another holder);
  * SV_STORE_FUA costs nothing more.  Writes spanning stripes go out in
- * parallel (aio) and are waited for together.
+ * parallel (aio) and are waited for together.  obj_pread_async issues a
+ * read's stripes the same way and returns; the last one's completion (in
+ * librados's completion thread) calls the caller back.  obj_extent stats
+ * its stripes together too, and skips those the object has seen at full
+ * length (a bit per stripe: a full stripe only shrinks by a punch, made by
+ * this process, which clears it).
  *
  * Claims, per volume (vol_claim/vol_release): several servers share a
  * pool, and each volume is written by one process at a time.  A claim is
@@ -71,6 +76,7 @@
 #include <inttypes.h>
 #include <jansson.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <rados/librados.h>
 #include <stdatomic.h>
@@ -110,9 +116,13 @@ struct rados_store {
 	char cookie[160];
 	uint64_t claim_ms;
 	pthread_t renewer;
-	/* Protects the claims list, each claim's refs and held, stopping, and
-	 * serializes every RADOS lock call (take, renew, release). */
+	/* Protects each claim's refs and held, stopping, and serializes every
+	 * RADOS lock call (take, renew, release). */
 	pthread_mutex_t claim_lock;
+	/* Protects the claims list (inserts at its head; a claim's next never
+	 * changes once it is in): looking a claim up, as every metadata write
+	 * does, never waits for a RADOS call (after claim_lock, if both). */
+	pthread_mutex_t list_lock;
 	pthread_cond_t claim_cond;
 	bool stopping;
 	struct claim *claims; /* never freed before close: objects point at them */
@@ -146,7 +156,33 @@ struct rados_obj {
 	uint64_t size;
 	bool rdonly;
 	struct claim *claim; /* its volume's, for fencing writes */
+	/* Stripes known to be full length (a bit each; NULL if read-only):
+	 * obj_extent needs no stat for them.  Set when a stat or a write
+	 * shows it, cleared around a punch (the one op that shortens a
+	 * stripe).  Only this process writes the object (its claim), and a
+	 * stale bit only makes obj_extent call a hole data, which the
+	 * contract allows. */
+	_Atomic uint64_t *full;
 };
+
+static bool
+stripe_full(const struct rados_obj *ro, uint64_t i)
+{
+	return ro->full && (atomic_load_explicit(&ro->full[i / 64], memory_order_relaxed) &
+			    (UINT64_C(1) << (i % 64)));
+}
+
+static void
+mark_full(struct rados_obj *ro, uint64_t i, bool full)
+{
+	if (!ro->full)
+		return;
+	uint64_t bit = UINT64_C(1) << (i % 64);
+	if (full)
+		atomic_fetch_or(&ro->full[i / 64], bit);
+	else
+		atomic_fetch_and(&ro->full[i / 64], ~bit);
+}
 
 /* ---- helpers ---- */
 
@@ -210,8 +246,9 @@ vol_oid(char *buf, size_t len, const char *vol)
 
 /* The claim record of vol, made (unheld) if there is none yet. */
 static struct claim *
-claim_of_locked(struct rados_store *rs, const char *vol)
+claim_of(struct rados_store *rs, const char *vol)
 {
+	SV_LOCK_SCOPE(&rs->list_lock);
 	for (struct claim *c = rs->claims; c; c = c->next)
 		if (!strcmp(c->vol, vol))
 			return c;
@@ -223,13 +260,6 @@ claim_of_locked(struct rados_store *rs, const char *vol)
 	c->next = rs->claims;
 	rs->claims = c;
 	return c;
-}
-
-static struct claim *
-claim_of(struct rados_store *rs, const char *vol)
-{
-	SV_LOCK_SCOPE(&rs->claim_lock);
-	return claim_of_locked(rs, vol);
 }
 
 /* Writes may start only under a live claim of their volume (or with no
@@ -542,6 +572,7 @@ rados_store_open(const char *location, bool create, struct sv_store **out)
 	rs->op_timeout_ms -= rs->op_timeout_ms % 1000; /* Ceph takes whole seconds */
 	pthread_mutex_init(&rs->lock, NULL);
 	pthread_mutex_init(&rs->claim_lock, NULL);
+	pthread_mutex_init(&rs->list_lock, NULL);
 	/* The renewer waits on CLOCK_MONOTONIC deadlines (a realtime default
 	 * would make every wait end at once: a renewal loop without pause). */
 	pthread_condattr_t ca;
@@ -617,6 +648,7 @@ fail_free:;
 	pthread_mutex_destroy(&rs->space_lock);
 	pthread_cond_destroy(&rs->claim_cond);
 	pthread_mutex_destroy(&rs->claim_lock);
+	pthread_mutex_destroy(&rs->list_lock);
 	pthread_mutex_destroy(&rs->lock);
 	free(rs->spec);
 	free(rs);
@@ -650,6 +682,7 @@ rados_store_close(struct sv_store *st)
 	pthread_mutex_destroy(&rs->space_lock);
 	pthread_cond_destroy(&rs->claim_cond);
 	pthread_mutex_destroy(&rs->claim_lock);
+	pthread_mutex_destroy(&rs->list_lock);
 	pthread_mutex_destroy(&rs->lock);
 	free(rs->spec);
 	free(rs);
@@ -790,7 +823,7 @@ rados_vol_claim(struct sv_store *st, const char *vol)
 	if (!rs->claimed)
 		return 0; /* nothing enforced (a test of the contract) */
 	SV_LOCK_SCOPE(&rs->claim_lock);
-	struct claim *c = claim_of_locked(rs, vol);
+	struct claim *c = claim_of(rs, vol);
 	if (!c)
 		return sv_error(ENOMEM, "out of memory");
 	if (c->refs && atomic_load(&c->fenced))
@@ -831,7 +864,7 @@ rados_vol_release(struct sv_store *st, const char *vol)
 	if (!rs->claimed)
 		return;
 	SV_LOCK_SCOPE(&rs->claim_lock);
-	struct claim *c = claim_of_locked(rs, vol);
+	struct claim *c = claim_of(rs, vol);
 	if (!c || !c->refs || --c->refs)
 		return;
 	if (c->held && !atomic_load(&c->fenced)) {
@@ -916,11 +949,20 @@ renew_thread(void *arg)
 		if (rs->stopping)
 			break;
 		bool trouble = false;
-		for (struct claim *c = rs->claims; c && !rs->stopping; c = c->next) {
+		sv_lock_or_abort(&rs->list_lock);
+		struct claim *head = rs->claims;
+		sv_unlock_or_abort(&rs->list_lock);
+		for (struct claim *c = head; c && !rs->stopping; c = c->next) {
 			if (!c->refs || !c->held || atomic_load(&c->fenced))
 				continue;
 			renew_locked(rs, c);
 			trouble |= c->lapsed;
+			/* Let an open or a release in between: during an outage
+			 * each renewal takes an op timeout, a round one per
+			 * claim. */
+			sv_unlock_or_abort(&rs->claim_lock);
+			sched_yield();
+			sv_lock_or_abort(&rs->claim_lock);
 		}
 		/* A failure to reach the cluster: retry soon; valid_until runs
 		 * out by itself if it lasts. */
@@ -1296,7 +1338,10 @@ rados_obj_open(struct sv_store *st, const char *vol, const char *obj, uint64_t s
 	ro->size = size;
 	ro->rdonly = (flags & SV_OBJ_RDONLY) != 0;
 	ro->claim = claim_of(rs, vol);
-	if (!ro->claim) {
+	if (!ro->rdonly)
+		ro->full = calloc((nstripes_of(rs, size) + 63) / 64, sizeof *ro->full);
+	if (!ro->claim || (!ro->rdonly && !ro->full)) {
+		free(ro->full);
 		free(ro->prefix);
 		free(ro);
 		errno = ENOMEM;
@@ -1310,6 +1355,7 @@ static void
 rados_obj_close(struct sv_obj *o)
 {
 	struct rados_obj *ro = (struct rados_obj *)o;
+	free(ro->full);
 	free(ro->prefix);
 	free(ro);
 }
@@ -1356,6 +1402,8 @@ struct piece {
 	rados_completion_t c;
 	char *p;
 	size_t len;
+	uint64_t stripe;
+	bool to_end; /* reaches the stripe's end (a write makes it full) */
 };
 
 /* Run a read (write == false) or write over [off, off+len), one aio op per
@@ -1391,6 +1439,8 @@ striped_io(struct rados_obj *ro, char *buf, size_t len, uint64_t off, bool write
 		struct piece *x = &pc[started];
 		x->p = p;
 		x->len = k;
+		x->stripe = i;
+		x->to_end = so + k == rs->objsz || i * rs->objsz + so + k == ro->size;
 		int r = rados_aio_create_completion2(NULL, NULL, &x->c);
 		if (r == 0) {
 			r = write ? rados_aio_write(rs->io, oid, x->c, p, k, so)
@@ -1416,6 +1466,8 @@ striped_io(struct rados_obj *ro, char *buf, size_t len, uint64_t off, bool write
 			if (r >= 0 && (size_t)r < pc[j].len)
 				memset(pc[j].p + r, 0, pc[j].len - (size_t)r);
 		}
+		if (write && r >= 0 && pc[j].to_end)
+			mark_full(ro, pc[j].stripe, true);
 		if (r < 0 && !err)
 			err = r;
 	}
@@ -1428,6 +1480,119 @@ static int
 rados_obj_pread(struct sv_obj *o, void *buf, size_t len, uint64_t off)
 {
 	return striped_io((struct rados_obj *)o, buf, len, off, false);
+}
+
+/* An asynchronous read (obj_pread_async): one aio op per stripe, each
+ * completing in librados's finisher thread; the last one to end calls
+ * done.  pending counts the pieces in flight plus one for the caller while
+ * it is still starting them, so done cannot run before every piece is
+ * issued. */
+struct aread {
+	atomic_uint pending;
+	atomic_int err;
+	void (*done)(void *arg, int err);
+	void *arg;
+};
+
+struct aread_piece {
+	struct aread *ar;
+	char *p;
+	size_t len;
+};
+
+static void
+aread_put(struct aread *ar)
+{
+	if (atomic_fetch_sub(&ar->pending, 1) != 1)
+		return;
+	int e = atomic_load(&ar->err);
+	void (*done)(void *, int) = ar->done;
+	void *arg = ar->arg;
+	free(ar);
+	done(arg, e);
+}
+
+static void
+aread_piece_done(rados_completion_t c, void *arg)
+{
+	struct aread_piece *x = arg;
+	int r = rados_aio_get_return_value(c);
+	rados_aio_release(c);
+	/* A missing stripe, or the part past its end: zeros (as striped_io). */
+	if (r == -ENOENT)
+		r = 0;
+	if (r >= 0 && (size_t)r < x->len)
+		memset(x->p + r, 0, x->len - (size_t)r);
+	if (r < 0) {
+		int zero = 0;
+		atomic_compare_exchange_strong(&x->ar->err, &zero, data_errno(r));
+	}
+	struct aread *ar = x->ar;
+	free(x);
+	aread_put(ar);
+}
+
+static int
+rados_obj_pread_async(struct sv_obj *o, void *buf, size_t len, uint64_t off,
+		      void (*done)(void *arg, int err), void *arg)
+{
+	struct rados_obj *ro = (struct rados_obj *)o;
+	struct rados_store *rs = ro->st;
+	if (off > ro->size || len > ro->size - off) {
+		errno = EINVAL;
+		return -1;
+	}
+	struct aread *ar = malloc(sizeof *ar);
+	if (!ar) {
+		errno = ENOMEM;
+		return -1;
+	}
+	atomic_init(&ar->pending, 1); /* ours, until every piece is issued */
+	atomic_init(&ar->err, 0);
+	ar->done = done;
+	ar->arg = arg;
+	size_t started = 0;
+	char *p = buf;
+	int err = 0;
+	for (uint64_t i = off / rs->objsz; p < (char *)buf + len; i++) {
+		uint64_t so = p == (char *)buf ? off % rs->objsz : 0;
+		size_t k = (size_t)(rs->objsz - so);
+		if (k > len - (size_t)(p - (char *)buf))
+			k = len - (size_t)(p - (char *)buf);
+		char oid[320];
+		stripe_oid(ro, i, oid, sizeof oid);
+		struct aread_piece *x = malloc(sizeof *x);
+		rados_completion_t c;
+		int r = x ? rados_aio_create_completion2(x, aread_piece_done, &c) : -ENOMEM;
+		if (r == 0) {
+			*x = (struct aread_piece){ar, p, k};
+			atomic_fetch_add(&ar->pending, 1);
+			r = rados_aio_read(rs->io, oid, c, p, k, so);
+			if (r < 0) {
+				atomic_fetch_sub(&ar->pending, 1);
+				rados_aio_release(c);
+			}
+		}
+		if (r < 0) {
+			free(x);
+			err = r;
+			break;
+		}
+		started++;
+		p += k;
+	}
+	if (err && started == 0) {
+		free(ar);
+		return fail_data(err);
+	}
+	if (err) {
+		/* Some pieces are in flight: done reports the failure once
+		 * they have ended. */
+		int zero = 0;
+		atomic_compare_exchange_strong(&ar->err, &zero, data_errno(err));
+	}
+	aread_put(ar);
+	return 0;
 }
 
 static int
@@ -1484,6 +1649,7 @@ rados_obj_punch(struct sv_obj *o, uint64_t off, uint64_t len)
 		char oid[320];
 		stripe_oid(ro, i, oid, sizeof oid);
 		int r;
+		mark_full(ro, i, false);
 		if (a == 0 && (z == rs->objsz || s0 + z >= ro->size)) {
 			r = rados_remove(rs->io, oid);
 		} else {
@@ -1498,6 +1664,7 @@ rados_obj_punch(struct sv_obj *o, uint64_t off, uint64_t len)
 			r = rados_write_op_operate(op, rs->io, oid, NULL, 0);
 			rados_release_write_op(op);
 		}
+		mark_full(ro, i, false); /* a write may have raced the op */
 		if (r < 0 && r != -ENOENT)
 			return fail_data(r);
 	}
@@ -1525,16 +1692,54 @@ rados_obj_extent(struct sv_obj *o, uint64_t off, uint64_t len, struct sv_extent 
 	ext->hole = true;
 	if (off >= end)
 		return 0;
-	/* Walk stripes while the kind stays the same, 64 stat calls at most. */
+	/* Walk stripes while the kind stays the same, 64 at most, stat'ed
+	 * together (aio): one round trip, not one per stripe (copy-on-write
+	 * asks about the rest of the volume before each batch of copies). */
+	uint64_t first = off / rs->objsz, last = (end - 1) / rs->objsz;
+	unsigned n = last - first + 1 < BATCH ? (unsigned)(last - first + 1) : BATCH;
+	rados_completion_t c[BATCH];
+	uint64_t szs[BATCH];
+	time_t mt[BATCH];
+	int rs_[BATCH];
+	unsigned started = 0;
+	int err = 0;
+	for (; started < n; started++) {
+		c[started] = NULL;
+		if (stripe_full(ro, first + started))
+			continue;
+		char oid[320];
+		stripe_oid(ro, first + started, oid, sizeof oid);
+		int r = rados_aio_create_completion2(NULL, NULL, &c[started]);
+		if (r == 0 &&
+		    (r = rados_aio_stat(rs->io, oid, c[started], &szs[started], &mt[started])) < 0)
+			rados_aio_release(c[started]);
+		if (r < 0) {
+			err = r;
+			break;
+		}
+	}
+	for (unsigned j = 0; j < started; j++) {
+		if (!c[j]) {
+			rs_[j] = 0;
+			szs[j] = rs->objsz;
+			continue;
+		}
+		rados_aio_wait_for_complete(c[j]);
+		rs_[j] = rados_aio_get_return_value(c[j]);
+		rados_aio_release(c[j]);
+		uint64_t s0 = (first + j) * rs->objsz;
+		uint64_t want = ro->size - s0 < rs->objsz ? ro->size - s0 : rs->objsz;
+		if (rs_[j] == 0 && szs[j] >= want)
+			mark_full(ro, first + j, true);
+	}
+	if (err)
+		return fail_data(err);
 	uint64_t pos = off;
-	for (int k = 0; k < 64 && pos < end; k++) {
+	for (unsigned k = 0; k < n && pos < end; k++) {
 		uint64_t i = pos / rs->objsz, s0 = i * rs->objsz;
 		uint64_t s1 = s0 + rs->objsz < end ? s0 + rs->objsz : end;
-		char oid[320];
-		stripe_oid(ro, i, oid, sizeof oid);
-		uint64_t sz = 0;
-		time_t mt;
-		int r = rados_stat(rs->io, oid, &sz, &mt);
+		int r = rs_[i - first];
+		uint64_t sz = szs[i - first];
 		if (r < 0 && r != -ENOENT)
 			return fail_data(r);
 		if (r == -ENOENT)
@@ -1663,4 +1868,5 @@ const struct sv_store_ops sv_store_rados_ops = {
     .vol_release = rados_vol_release,
     .space_avail = rados_space_avail,
     .durable_writes = true, /* no pre-image log: a write is durable when acknowledged */
+    .obj_pread_async = rados_obj_pread_async,
 };

@@ -138,6 +138,16 @@ struct sv_store_ops {
 	 * records and syncs the pre-image objects only at checkpoints
 	 * (engine/journal.c). */
 	bool durable_writes;
+	/* Start reading [off, off+len) into buf and return without waiting
+	 * for it: 0, and done(arg, 0) or done(arg, errno) is then called
+	 * exactly once when the read has ended, from a thread of the
+	 * backend's or, if it ends at once, before this returns; done must
+	 * not block for long.  -1 with errno if nothing was started (done is
+	 * not called).  Holes read as zeros, as with obj_pread.  NULL where
+	 * a read is quick enough to wait for (file): the engine uses
+	 * obj_pread. */
+	int (*obj_pread_async)(struct sv_obj *o, void *buf, size_t len, uint64_t off,
+			       void (*done)(void *arg, int err), void *arg);
 };
 
 /* The local-file backend: a pool is a directory (see store-file.c). */

@@ -16,6 +16,9 @@
 # SNAPSHOT_TAKEN: the filesystem is writable while the CLI still waits for
 # it (the thaw comes at the instant, not once the snapshot is durable), and
 # the snapshot is still "frozen".
+# The server's threads serving vm1's NBD connections run SCHED_FIFO for the
+# window (window-begin) and get their policy back at its end, when the
+# CLI's control connection drops (kill -9) and at the window's bound.
 # Bad input: not a mount point, a filesystem frozen by someone else (left
 # frozen by them), a lease of 0: an error, no snapshot, nothing frozen.
 source "$(dirname "$0")/functions.sh"
@@ -80,12 +83,36 @@ PYEOF
 PROXY=$T/slow.sock
 start_proxy "$PROXY" create
 
+# The server's threads running SCHED_FIFO (policy 1), and a wait for none.
+# SERVER_PID is timeout(1)'s: the server is its child.
+SV_PID=$(cat /proc/"$SERVER_PID"/task/*/children 2>/dev/null | awk '{print $1}')
+SV_PID=${SV_PID:-$SERVER_PID}
+fifo_threads() {
+	grep -l '^policy .*: *1$' /proc/"$SV_PID"/task/*/sched 2>/dev/null | wc -l
+}
+no_fifo_within() { # MS
+	local i
+	for ((i = 0; i < $1 / 10; i++)); do
+		[ "$(fifo_threads)" -eq 0 ] && return 0
+		sleep 0.01
+	done
+	return 1
+}
+[ "$(fifo_threads)" -eq 0 ] || fail "server threads SCHED_FIFO before any freeze"
+
 echo data >"$M/file"
 
 # ---- the freeze ends in the middle: "crash" ----
 set +e
 sv --control "$PROXY" --json snapshot create vm1@late --fsfreeze "$M" --timeout 500ms \
-	>"$T/late.json" 2>"$T/late.err"
+	>"$T/late.json" 2>"$T/late.err" &
+CP=$!
+n_in=0 # in the window: snapshot-create is held back by the proxy for 1.5 s
+for ((i = 0; i < 150 && n_in == 0; i++)); do
+	sleep 0.01
+	n_in=$(fifo_threads)
+done
+wait $CP
 rc=$?
 set -e
 [ $rc -eq 0 ] || { cat "$T/late.err" >&2; fail "snapshot create with a lapsed freeze exited $rc"; }
@@ -94,14 +121,21 @@ grep -q "timeout was reached" "$T/late.err" || { cat "$T/late.err" >&2; fail "no
 assert_eq "reply's consistency" crash "$(jget "$T/late.json" 'd["consistency"]')"
 assert_eq "free-space hint (stale map)" False "$(jget "$T/late.json" 'd["fs_hint"]["applied"]')"
 assert_eq "vm1@late recorded as" crash "$(snap_consistency vm1 late)"
+raised=$(jget "$T/late.json" 'd["freeze"]["server_realtime_threads"]')
+[ "$raised" -ge 1 ] || fail "no server thread raised for the window ($raised)"
+[ "$n_in" -ge 1 ] || fail "no server thread SCHED_FIFO during the window"
+no_fifo_within 1000 || fail "$(fifo_threads) server threads left SCHED_FIFO after the window"
+log "window: $raised server threads raised, $n_in seen SCHED_FIFO, none after it"
 
 # ---- kill -9 of the CLI while frozen ----
 "$SNAPVOL" --pool "$P" --control "$PROXY" snapshot create vm1@killed --fsfreeze "$M" >/dev/null 2>&1 &
 CP=$!
 sleep 0.6 # frozen, snapshot-create held back by the proxy
+[ "$(fifo_threads)" -ge 1 ] || fail "no server thread SCHED_FIFO while frozen"
 kill -9 $CP
 t=$(probe_write "$M")
 wait $CP 2>/dev/null || true
+no_fifo_within 1000 || fail "$(fifo_threads) server threads SCHED_FIFO after the CLI's kill -9"
 log "kill -9 of snapshot create --fsfreeze: writable again after $t ms"
 [ "$t" != timeout ] && [ "$t" -lt 3000 ] || fail "still frozen $t ms after kill -9"
 sleep 1.5 # the proxy passes the create on; the server takes it
@@ -152,6 +186,39 @@ assert_eq "snapshot --fsfreeze window real-time" True \
 SNAPVOL_FREEZE_RT=0 sv --json snapshot create vm1@nort --fsfreeze "$M" >"$T/nort.json"
 assert_eq "SNAPVOL_FREEZE_RT=0" False "$(jget "$T/nort.json" 'd["freeze"]["realtime"]')"
 assert_eq "vm1@nort recorded as" frozen "$(snap_consistency vm1 nort)"
+assert_eq "SNAPVOL_FREEZE_RT=0: server threads raised" 0 \
+	"$(jget "$T/nort.json" 'd["freeze"]["server_realtime_threads"]')"
+[ "$(fifo_threads)" -eq 0 ] || fail "server threads SCHED_FIFO after the window"
+# The bound: a window nobody ends ends after its "max"; one ended twice is ENOENT.
+$PY - "$P/control.sock" "$SV_PID" <<'PYEOF' || fail "window-begin/-end on the control socket"
+import glob, json, socket, sys, time
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+f = s.makefile("rw")
+f.readline()
+def call(cmd, args):
+    f.write(json.dumps({"execute": cmd, "arguments": args}) + "\n")
+    f.flush()
+    return json.loads(f.readline())
+def fifo():
+    n = 0
+    for p in glob.glob(f"/proc/{sys.argv[2]}/task/*/sched"):
+        try:
+            n += any(l.split(":")[0].strip() == "policy" and l.split(":")[1].strip() == "1"
+                     for l in open(p))
+        except OSError:
+            pass
+    return n
+r = call("window-begin", {"names": ["vm1"], "max": 300})["return"]
+assert r["raised"] >= 1 and fifo() >= 1, (r, fifo())
+time.sleep(0.6)
+assert fifo() == 0, f"{fifo()} threads SCHED_FIFO after the bound"
+e = call("window-end", {"id": r["id"]})
+assert e["error"]["class"] == "ENOENT", e
+r = call("window-begin", {"names": ["vm1"]})["return"]
+assert call("window-end", {"id": r["id"]})["return"]["restored"] == r["raised"]
+assert fifo() == 0
+PYEOF
 
 # ---- the thaw comes at the instant, before the snapshot is durable ----
 PROXY2=$T/hold-reply.sock

@@ -16,15 +16,19 @@
 #          (5); each restart waits for the dead server's claim to lapse
 #          (SNAPVOL_RADOS_CLAIM=3s here), then every flushed write and every
 #          snapshot is checked
-# meson runs each part as its own test (test-rados-suite-model, -crash).
+#   slowreader  a client that stops reading its replies holds up only its
+#          own connection (test-slow-reader.py): READs complete in
+#          librados's thread, which every connection shares
+# meson runs each part as its own test (test-rados-suite-model, -crash,
+# -slowreader).
 # TEST_SNAPSHOT names the test-snapshot binary (meson sets it; by hand:
 # BUILDDIR/tests/unit/test-snapshot).  Skipped (77) only when the Ceph
 # packages are missing.
 source "$(dirname "$0")/functions.sh"
 PART=${1:-}
 case $PART in
-model | crash) ;;
-*) fail "usage: $0 model|crash" ;;
+model | crash | slowreader) ;;
+*) fail "usage: $0 model|crash|slowreader" ;;
 esac
 TEST_NAME="${TEST_NAME}[$PART]"
 
@@ -50,6 +54,10 @@ crash)
 	requires "$PY" -c 'import nbd'
 	SNAPVOL_ROUNDS=${RADOS_CRASH_ROUNDS:-5} $PY "$SRCDIR/test-crash-kill9.py" ||
 		fail "the kill -9 crash test failed on rados:blk"
+	;;
+slowreader)
+	requires "$PY" -c 'import nbd'
+	$PY "$SRCDIR/test-slow-reader.py" || fail "the slow-reader test failed on rados:blk"
 	;;
 esac
 log "ok on rados:blk in $((($(date +%s%N) - t0) / 1000000)) ms (cluster start not counted)"

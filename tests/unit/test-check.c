@@ -7,9 +7,11 @@
  * hand would (stray pre-image data, an unknown pre-image object, a journal
  * not yet checkpointed, pre-images only in the log, rotten metadata, a truncated origin, a foreign
  * directory), and checks the findings; then repairs and checks again.
+ * One case checks that a checkpoint gives the pre-image log's space back.
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -303,6 +305,63 @@ test_log_restores_pre_images(void **state)
 	assert_int_equal(fs.n, 0);
 }
 
+static uint64_t
+allocated(struct fixture *fx, const char *file)
+{
+	char path[256];
+	struct stat sb;
+	snprintf(path, sizeof path, "%s/%s", fx->vdir, file);
+	assert_int_equal(stat(path, &sb), 0);
+	return (uint64_t)sb.st_blocks * 512;
+}
+
+/* A checkpoint gives the pre-image log's dead space back (journal.c): in
+ * use the log holds at most its capacity (here 64 KiB: checkpoints come
+ * mid-run), and once the volume is closed (a checkpoint) it holds none,
+ * while every snapshot still reads right, now and after a reopen. */
+static void
+test_log_space_given_back(void **state)
+{
+	struct fixture *fx = *state;
+	setenv("SNAPVOL_PRELOG_KB", "64", 1);
+	struct sv_pool *pool;
+	assert_int_equal(sv_pool_open(fx->dir, 0, &pool), 0);
+	struct sv_view *v;
+	assert_int_equal(sv_view_open(pool, "v", 1, &v), 0);
+	const char *c = "v@c";
+	assert_int_equal(sv_snapshot_create(pool, &c, 1, NULL), 0);
+	int err;
+	for (unsigned i = 0; i < 12; i++) /* 48 first writes of 4 KiB: 3 checkpoints or more */
+		write_chunks(v, 16 + 4 * i, 4, 5);
+	assert_int_equal(sv_view_flush(v, &err), 0);
+	uint64_t in_use = allocated(fx, "prelog.raw");
+	print_message("  prelog allocated in use: %" PRIu64 " bytes\n", in_use);
+	assert_true(in_use > 0);
+	assert_true(in_use <= 64 * 1024);
+	sv_view_close(v);
+	sv_pool_close(pool);
+	assert_int_equal(allocated(fx, "prelog.raw"), 0);
+	unsetenv("SNAPVOL_PRELOG_KB");
+
+	assert_int_equal(sv_pool_open(fx->dir, 0, &pool), 0);
+	char *buf = malloc(48 * CHUNK), *want = malloc(48 * CHUNK);
+	memset(want, 0, 48 * CHUNK); /* chunks 16-63 as a and c saw them: 16-31 */
+	memset(want, 1, 16 * CHUNK); /* hold write 1, 32-63 were never written */
+	const char *names[] = {"v@a", "v@c"};
+	for (size_t i = 0; i < 2; i++) {
+		assert_int_equal(sv_view_open(pool, names[i], 3, &v), 0);
+		assert_int_equal(sv_view_pread(v, buf, 48 * CHUNK, 16 * CHUNK, &err), 0);
+		assert_memory_equal(buf, want, 48 * CHUNK);
+		sv_view_close(v);
+	}
+	free(buf);
+	free(want);
+	sv_pool_close(pool);
+	struct findings fs;
+	assert_int_equal(run_check(fx, false, &fs), 0);
+	assert_int_equal(fs.errors, 0);
+}
+
 static void
 flip_byte(struct fixture *fx, const char *file, off_t off)
 {
@@ -368,6 +427,7 @@ main(void)
 	    cmocka_unit_test_setup_teardown(test_unknown_pre_object, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_journal_not_checkpointed, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_log_restores_pre_images, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_log_space_given_back, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_rotten_metadata, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_origin_size, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_foreign_directory, setup, teardown),

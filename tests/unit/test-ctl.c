@@ -248,6 +248,8 @@ test_version_and_commands(void **state)
 						 "snapshot-release",
 						 "freeze",
 						 "heartbeat",
+						 "window-begin",
+						 "window-end",
 						 "diff",
 						 NULL};
 	for (size_t i = 0; i < n; i++) {

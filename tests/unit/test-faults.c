@@ -5,7 +5,8 @@
  * which copies; a first write to a hole; a rewrite; a FUA write; trim and
  * zero-write; flush; snapshot create, delete (the newest, the oldest),
  * rollback; a release (trim of a snapshot's export); write-behind landing;
- * opening a volume after a kill: journal replay and checkpoint)
+ * opening a volume after a kill: journal replay and checkpoint; a
+ * block-level freeze, which must fail on any failed sync)
  * is run once without faults over the fault store (store-crash.c), which
  * counts the store calls of each kind it makes (read, write, sync,
  * punch/zero, meta_write, open, remove, extent).  Then, for every call of
@@ -34,6 +35,8 @@
  * on.  test_sticky_unrecorded: when even the record of the invalidation
  * fails, writes fail (none may reach the origin) until the volume is
  * reopened, and the snapshots on disk still read right.
+ * test_release_grouped: releases that arrive during a save of
+ * released.meta share the next one, and are durable when acknowledged.
  * test_file_short_io: the file backend under a kernel that transfers a
  * few bytes at a time and interrupts calls (pread/pwrite wrapped at link
  * time): every byte still lands.
@@ -510,6 +513,39 @@ op_reopen(struct world *w)
 	}
 }
 
+static void
+prep_freeze(struct world *w)
+{
+	/* first writes after s2, acknowledged, not flushed: pre-images and
+	 * origin that the freeze must make durable */
+	if (wr(w, 2, 2, 0) || wr(w, 13, 1, 0))
+		fail_world(w, "writes before the freeze");
+}
+
+/* A block-level freeze promises a clean volume: every sync it needs done.
+ * The checkpoint syncs the pre-images (journal.c), so a sync or metadata
+ * fault in it must fail the freeze, never leave a "clean" volume whose
+ * snapshots lost pre-images (and a failed pre-image sync invalidates the
+ * snapshots reading them: check_world). */
+static void
+op_freeze(struct world *w)
+{
+	const char *names[] = {VOL};
+	uint64_t id;
+	int rc = sv_freeze_begin(w->pool, names, 1, 10000, 60000, &id);
+	note(w, rc, sv_last_errno());
+	bool must_fail = crash_store_fired_on(w->st, CRASH_OP_SYNC, "", NULL) ||
+			 crash_store_fired_on(w->st, CRASH_OP_META, "", NULL);
+	if (rc == 0 && must_fail)
+		fail_world(w, "the freeze reported a clean volume after a failed sync");
+	if (rc == 0 && sv_freeze_end(w->pool, id) == -1)
+		fail_world(w, "thawing: %s", sv_last_error());
+	/* a failed sync may lose what was not flushed, as in flush() */
+	for (unsigned s = 0; rc == -1 && s < NSECT; s++)
+		w->allowed[s] |= w->flushed[s];
+	flush(w);
+}
+
 static const struct op ops[] = {
     {"cow-write", false, true, NULL, op_cow_write},
     {"hole-write", false, true, NULL, op_hole_write},
@@ -523,6 +559,7 @@ static const struct op ops[] = {
     {"rollback", false, false, NULL, op_rollback},
     {"release", false, false, prep_release, op_release},
     {"reopen", false, false, prep_reopen, op_reopen},
+    {"freeze", false, false, prep_freeze, op_freeze},
 };
 
 /* ---- the checks ---- */
@@ -915,6 +952,94 @@ test_sticky_open_view(void **state)
 	log_release();
 }
 
+/* One release (trim of chunk c on a snapshot's export), in a thread. */
+struct releaser {
+	struct sv_view *sv;
+	unsigned c;
+	int rc, err;
+	pthread_t t;
+};
+
+static void *
+releaser_main(void *arg)
+{
+	struct releaser *r = arg;
+	r->rc = sv_view_trim(r->sv, CHUNK, (uint64_t)r->c * CHUNK, 0, &r->err);
+	return NULL;
+}
+
+/* Releases that arrive while released.meta is being written share the next
+ * write (snapshot.c, group save), and each is durable when acknowledged.
+ * Release A's write stalls (and will fail); meanwhile releases B1..B6 are
+ * made (their chunks read as zeros at once) and queue; then A's write
+ * fails: one more write covers all six.  Without grouping: six. */
+static void
+test_release_grouped(void **state)
+{
+	(void)state;
+	enum { NB = 6 };
+	struct world w;
+	log_capture();
+	world_open(&w, false, "releases grouped into one save");
+	assert_int_equal(sv_view_open(w.pool, VOL "@s1", strlen(VOL "@s1"), &w.sv), 0);
+	struct crash_fault f = {
+	    .op = CRASH_OP_META, .nth = 1, .err = EIO, .flags = CRASH_STALL, .obj = "released"};
+	assert_int_equal(crash_store_arm(w.st, &f), 0);
+	uint64_t c0[CRASH_OP_KINDS], c1[CRASH_OP_KINDS];
+	crash_store_counts(w.st, c0);
+	struct releaser a = {.sv = w.sv, .c = 1}, b[NB];
+	assert_int_equal(pthread_create(&a.t, NULL, releaser_main, &a), 0);
+	crash_store_wait_stalled(w.st);
+	for (unsigned i = 0; i < NB; i++) {
+		b[i] = (struct releaser){.sv = w.sv, .c = 2 + i};
+		assert_int_equal(pthread_create(&b[i].t, NULL, releaser_main, &b[i]), 0);
+	}
+	/* Wait until every B is made: its chunk reads as zeros. */
+	unsigned char *buf = malloc(VSIZE);
+	assert_non_null(buf);
+	for (bool all = false; !all;) {
+		int err = 0;
+		assert_int_equal(sv_view_pread(w.sv, buf, VSIZE, 0, &err), 0);
+		all = true;
+		for (unsigned i = 0; i < NB; i++)
+			for (size_t k = 0; k < CHUNK && all; k++)
+				all = buf[(size_t)b[i].c * CHUNK + k] == 0;
+		if (!all)
+			usleep(1000);
+	}
+	crash_store_release(w.st);
+	assert_int_equal(pthread_join(a.t, NULL), 0);
+	for (unsigned i = 0; i < NB; i++)
+		assert_int_equal(pthread_join(b[i].t, NULL), 0);
+	crash_store_disarm(w.st);
+	crash_store_counts(w.st, c1);
+	log_release(); /* the engine logged A's failure; the rest is quiet */
+	assert_int_equal(a.rc, -1);
+	assert_int_equal(a.err, EIO);
+	for (unsigned i = 0; i < NB; i++)
+		assert_int_equal(b[i].rc, 0);
+	print_message("  %u releases: %" PRIu64 " metadata writes (one failed)\n", NB + 1,
+		      c1[CRASH_OP_META] - c0[CRASH_OP_META]);
+	assert_int_equal(c1[CRASH_OP_META] - c0[CRASH_OP_META], 2);
+	sv_view_close(w.sv);
+	w.sv = NULL;
+
+	/* Durable: a power loss now, and the six read as zeros after it. */
+	crash_store_powerloss(w.st);
+	sv_view_close(w.v);
+	w.v = NULL;
+	sv_pool_close(w.pool);
+	w.pool = NULL;
+	assert_int_equal(sv_pool_open(w.dir, 0, &w.pool), 0);
+	int err = 0;
+	assert_int_equal(read_view(w.pool, VOL "@s1", buf, &err), 0);
+	for (unsigned i = 0; i < NB; i++)
+		for (size_t k = 0; k < CHUNK; k++)
+			assert_int_equal(buf[(size_t)b[i].c * CHUNK + k], 0);
+	free(buf);
+	world_close(&w);
+}
+
 /* One write of id to chunk c, in a thread of its own (no model update). */
 struct writer {
 	struct world *w;
@@ -1290,6 +1415,7 @@ main(void)
 					    records_only_off),
 	    cmocka_unit_test_setup_teardown(test_sticky_race, records_only_on, records_only_off),
 	    cmocka_unit_test(test_sticky_checkpoint),
+	    cmocka_unit_test(test_release_grouped),
 	    cmocka_unit_test(test_sticky_checkpoint_unrecorded),
 	    cmocka_unit_test(test_matrix),
 	    cmocka_unit_test_setup_teardown(test_matrix_records_only, records_only_on,

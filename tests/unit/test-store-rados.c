@@ -22,6 +22,7 @@
 #include <cmocka.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <rados/librados.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -246,6 +247,113 @@ test_data(void **state)
 	ops->close(st);
 }
 
+/* obj_pread_async's completion, waited for by the test. */
+struct waiter {
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	int calls, err;
+};
+
+static void
+async_done(void *arg, int err)
+{
+	struct waiter *w = arg;
+	pthread_mutex_lock(&w->lock);
+	w->calls++;
+	w->err = err;
+	pthread_cond_broadcast(&w->cond);
+	pthread_mutex_unlock(&w->lock);
+}
+
+/* Start an asynchronous read and wait for its one completion: its error. */
+static int
+read_async(struct sv_obj *o, void *buf, size_t len, uint64_t off)
+{
+	struct waiter w = {.calls = 0};
+	pthread_mutex_init(&w.lock, NULL);
+	pthread_cond_init(&w.cond, NULL);
+	assert_int_equal(ops->obj_pread_async(o, buf, len, off, async_done, &w), 0);
+	pthread_mutex_lock(&w.lock);
+	while (w.calls == 0)
+		pthread_cond_wait(&w.cond, &w.lock);
+	pthread_mutex_unlock(&w.lock);
+	usleep(20000); /* a second call would show by now */
+	assert_int_equal(w.calls, 1);
+	pthread_mutex_destroy(&w.lock);
+	pthread_cond_destroy(&w.cond);
+	return w.err;
+}
+
+/* The asynchronous read (the NBD layer's READs on RADOS): one read over a
+ * full stripe, a missing one and a short one reads what obj_pread reads,
+ * holes and the part past a stripe's end as zeros, with one completion;
+ * an empty read completes too; a range past the end fails at once.  And
+ * obj_extent's cache of full stripes forgets a stripe that a punch
+ * shortened. */
+static void
+test_async_read(void **state)
+{
+	(void)state;
+	struct sv_store *st = open_store();
+	const uint64_t size = 8 * OBJSZ;
+	struct sv_obj *o;
+	assert_int_equal(ops->obj_open(st, "v1", "a", size, SV_OBJ_CREATE | SV_OBJ_EXCL, &o), 0);
+	size_t len = 4 * OBJSZ;
+	char *buf = malloc(len), *back = malloc(len), *want = calloc(1, len);
+	fill(buf, len, 3);
+	/* stripe 0 full, stripe 1 a hole, stripe 2 its first half only */
+	assert_int_equal(ops->obj_pwrite(o, buf, OBJSZ, 0, 0), 0);
+	assert_int_equal(ops->obj_pwrite(o, buf + 2 * OBJSZ, OBJSZ / 2, 2 * OBJSZ, 0), 0);
+	memcpy(want, buf, OBJSZ);
+	memcpy(want + 2 * OBJSZ, buf + 2 * OBJSZ, OBJSZ / 2);
+	memset(back, 0x55, len);
+	assert_int_equal(read_async(o, back + 1000, 3 * OBJSZ - 2000, 1000), 0);
+	assert_memory_equal(back + 1000, want + 1000, 3 * OBJSZ - 2000);
+	assert_int_equal((unsigned char)back[999], 0x55); /* nothing outside the range */
+	assert_int_equal((unsigned char)back[3 * OBJSZ - 1000], 0x55);
+	char *sync = malloc(len);
+	assert_int_equal(ops->obj_pread(o, sync, 3 * OBJSZ - 2000, 1000), 0);
+	assert_memory_equal(sync, back + 1000, 3 * OBJSZ - 2000);
+	/* Within one stripe, and empty. */
+	assert_int_equal(read_async(o, back, 4096, OBJSZ - 8192), 0);
+	assert_memory_equal(back, want + OBJSZ - 8192, 4096);
+	assert_int_equal(read_async(o, back, 0, 0), 0);
+	/* Past the end: refused before anything starts (no completion). */
+	struct waiter w = {.calls = 0};
+	assert_int_equal(ops->obj_pread_async(o, back, 4096, size - 1000, async_done, &w), -1);
+	assert_int_equal(errno, EINVAL);
+	usleep(20000);
+	assert_int_equal(w.calls, 0);
+
+	/* Stripe 0 is full (known after this), then punched to a short
+	 * length and then away: obj_extent must see each change. */
+	struct sv_extent e;
+	assert_int_equal(ops->obj_extent(o, 0, size, &e), 0);
+	assert_false(e.hole);
+	assert_int_equal(e.length, OBJSZ);
+	assert_int_equal(ops->obj_extent(o, 0, size, &e), 0); /* from the cache */
+	assert_false(e.hole);
+	assert_int_equal(e.length, OBJSZ);
+	assert_int_equal(ops->obj_punch(o, OBJSZ / 2, OBJSZ / 2), 0);
+	assert_int_equal(ops->obj_extent(o, 0, size, &e), 0);
+	assert_false(e.hole);
+	assert_int_equal(e.length, OBJSZ / 2);
+	assert_int_equal(ops->obj_punch(o, 0, OBJSZ), 0);
+	assert_int_equal(ops->obj_extent(o, 0, size, &e), 0);
+	assert_true(e.hole);
+	assert_int_equal(e.length, 2 * OBJSZ);
+	assert_int_equal(read_async(o, back, OBJSZ, 0), 0);
+	assert_true(all_zero(back, OBJSZ));
+
+	ops->obj_close(o);
+	assert_int_equal(ops->obj_remove(st, "v1", "a"), 0);
+	free(buf);
+	free(back);
+	free(want);
+	free(sync);
+	ops->close(st);
+}
+
 static void
 test_meta(void **state)
 {
@@ -449,8 +557,10 @@ test_dead_cluster(void **state)
 	assert_int_equal(errno, EIO);
 	assert_int_equal(ops->obj_pwrite(o, buf, sizeof buf, 0, 0), -1);
 	assert_int_equal(errno, EIO);
+	/* An asynchronous read starts, and its completion says EIO. */
+	assert_int_equal(read_async(o, buf, sizeof buf, 0), EIO);
 	double s = (double)(sv_now_ns() - t0) / 1e9;
-	print_message("dead cluster: EIO after %.1f s for a read and a write\n", s);
+	print_message("dead cluster: EIO after %.1f s for a read, a write and an async read\n", s);
 	assert_true(s < 30); /* not a hang; the op timeout is 1 s */
 	ops->obj_close(o);
 	ops->close(st);
@@ -503,9 +613,9 @@ main(void)
 	setenv("SNAPVOL_RADOS_OBJECT_SIZE", "64K", 1);
 	setenv("SNAPVOL_RADOS_CLAIM", "3s", 1);
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_volumes),	 cmocka_unit_test(test_data),
-	    cmocka_unit_test(test_meta),	 cmocka_unit_test(test_claim),
-	    cmocka_unit_test(test_dead_cluster),
+	    cmocka_unit_test(test_volumes),    cmocka_unit_test(test_data),
+	    cmocka_unit_test(test_async_read), cmocka_unit_test(test_meta),
+	    cmocka_unit_test(test_claim),      cmocka_unit_test(test_dead_cluster),
 	};
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
