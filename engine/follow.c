@@ -650,21 +650,7 @@ sv_follow_open(struct sv_pool *pool, const char *volume, const char *snap, const
 		free(buf);
 		return sv_error(ENOMEM, "out of memory");
 	}
-	v->pool = pool;
-	v->ops = ops;
-	snprintf(v->name, sizeof v->name, "%s", volume);
-	v->size = m.size;
-	v->chunk_size = m.chunk_size;
-	v->chunk_shift = (unsigned)__builtin_ctz(m.chunk_size);
-	v->nchunks = (m.size + m.chunk_size - 1) >> v->chunk_shift;
-	v->created = m.created;
-	pthread_mutex_init(&v->admin_lock, NULL);
-	pthread_mutex_init(&v->pre_lock, NULL);
-	pthread_mutex_init(&v->meta_lock, NULL);
-	pthread_mutex_init(&v->cow_lock, NULL);
-	pthread_cond_init(&v->cow_cond, NULL);
-	v->inflight = roaring_bitmap_create();
-	v->landing = roaring_bitmap_create();
+	sv_volume_init_struct(v, pool, volume, &m);
 	snaps[0] = s;
 	v->snaps = snaps;
 	v->n_snaps = 1;

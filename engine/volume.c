@@ -416,6 +416,29 @@ volume_load(struct sv_volume *v, json_t *body)
 	return 0;
 }
 
+/* The fields every volume struct starts with (an open volume's, and a
+ * follower's: follow.c), from its volume.meta. */
+void
+sv_volume_init_struct(struct sv_volume *v, struct sv_pool *pool, const char *name,
+		      const struct sv_volume_meta *m)
+{
+	v->pool = pool;
+	v->ops = pool->ops;
+	snprintf(v->name, sizeof v->name, "%s", name);
+	v->size = m->size;
+	v->chunk_size = m->chunk_size;
+	v->chunk_shift = (unsigned)__builtin_ctz(m->chunk_size);
+	v->nchunks = (m->size + m->chunk_size - 1) >> v->chunk_shift;
+	v->created = m->created;
+	pthread_mutex_init(&v->admin_lock, NULL);
+	pthread_mutex_init(&v->pre_lock, NULL);
+	pthread_mutex_init(&v->meta_lock, NULL);
+	pthread_mutex_init(&v->cow_lock, NULL);
+	pthread_cond_init(&v->cow_cond, NULL);
+	v->inflight = roaring_bitmap_create();
+	v->landing = roaring_bitmap_create();
+}
+
 int
 sv_volume_get_locked(struct sv_pool *pool, const char *name, struct sv_volume **out)
 {
@@ -454,21 +477,7 @@ sv_volume_get_locked(struct sv_pool *pool, const char *name, struct sv_volume **
 		json_decref(body);
 		return -1;
 	}
-	v->pool = pool;
-	v->ops = pool->ops;
-	snprintf(v->name, sizeof v->name, "%s", name);
-	v->size = m.size;
-	v->chunk_size = m.chunk_size;
-	v->chunk_shift = (unsigned)__builtin_ctz(m.chunk_size);
-	v->nchunks = (m.size + m.chunk_size - 1) >> v->chunk_shift;
-	v->created = m.created;
-	pthread_mutex_init(&v->admin_lock, NULL);
-	pthread_mutex_init(&v->pre_lock, NULL);
-	pthread_mutex_init(&v->meta_lock, NULL);
-	pthread_mutex_init(&v->cow_lock, NULL);
-	pthread_cond_init(&v->cow_cond, NULL);
-	v->inflight = roaring_bitmap_create();
-	v->landing = roaring_bitmap_create();
+	sv_volume_init_struct(v, pool, name, &m);
 	sv_writeback_init(v);
 	int r = volume_load(v, body);
 	json_decref(body);
