@@ -56,8 +56,10 @@
  *
  * Landing (write-behind, writebehind.c): a write acknowledged before its
  * copy holds its chunks as "landing" (vol->landing, and a struct sv_land)
- * until the origin has its data.  A later write-behind of such a chunk
- * does not wait in admit_locked: it is stamped, acknowledged, and linked
+ * until the origin has its data.  A later write of such a chunk waits in
+ * admit_locked.  With SNAPVOL_WB_FOLLOW=1 (off by default:
+ * follow_landings says why) a later write-behind of it does not wait: it
+ * is stamped, acknowledged, and linked
  * after the chunk's newest landing (lmap: chunk -> newest sv_land; each
  * sv_land has, per chunk, the one that follows it), and queued only once
  * every landing it follows has landed (deps reaches 0).  So writes to a
@@ -725,14 +727,40 @@ sv_cow_write_begin(struct sv_volume *vol, uint64_t off, uint64_t len, int gate,
 	return 0;
 }
 
+/* Following a landing instead of waiting for it is off unless
+ * SNAPVOL_WB_FOLLOW=1.  Measured (cow-2026-11-22-134720 against the same
+ * tree with it off, bench/cow.sh create, 4 KiB random writes at QD16): on,
+ * write-behind filled with followers of hot chunks, whose chains land one
+ * after another, first writes then waited in place up to 9.9 s, dirty
+ * data at the create's sync grew from 21 to 282 MiB and the create took
+ * 497 ms p50 instead of 149.  Kept as an option, with its test, until it
+ * bounds the chains. */
+static bool follow_on;
+static pthread_once_t follow_once = PTHREAD_ONCE_INIT;
+
+static void
+read_follow(void)
+{
+	const char *env = getenv("SNAPVOL_WB_FOLLOW");
+	follow_on = env && !strcmp(env, "1");
+}
+
+static bool
+follow_landings(void)
+{
+	pthread_once(&follow_once, read_follow);
+	return follow_on;
+}
+
 int
 sv_cow_write_begin_behind(struct sv_volume *vol, uint64_t off, uint64_t len, int gate,
 			  struct sv_write_ticket *t, bool *behind, int *err)
 {
 	SV_LOCK_SCOPE(&vol->cow_lock);
 	uint64_t first = off >> vol->chunk_shift, last = (off + len - 1) >> vol->chunk_shift;
-	/* A landing of the same chunks is followed, not waited for. */
-	if (admit_locked(vol, off, len, gate, true, t, err) == -1)
+	/* A landing of the same chunks is followed, not waited for, if
+	 * SNAPVOL_WB_FOLLOW=1 (see follow_landings). */
+	if (admit_locked(vol, off, len, gate, follow_landings(), t, err) == -1)
 		return -1;
 	bool over = len > 0 && landing_overlaps_locked(vol, first, last);
 	*behind = over || needs_copy_locked(vol, t->ep, off, len);

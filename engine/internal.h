@@ -297,8 +297,10 @@ void sv_journal_resume(struct sv_volume *vol);
  * Callers hold no cow_lock. */
 int sv_journal_checkpoint(struct sv_volume *vol);
 /* The same, but the log's dead space stays allocated until the next
- * sv_journal_checkpoint (a freeze: punching inside its hold could take
- * hundreds of ms on a filesystem mounted with discard). */
+ * sv_journal_checkpoint (open and close): every other checkpoint has
+ * writers waiting on it (a freeze's hold, a snapshot delete's commits),
+ * and punching can take hundreds of ms on a filesystem mounted with
+ * discard. */
 int sv_journal_checkpoint_keep(struct sv_volume *vol);
 /* For a follower (follow.c), which reads the records-only journal of a
  * volume another process holds: its size in 32-byte slots

@@ -29,8 +29,10 @@
  * A checkpoint syncs every pre-image object (in both modes: a freeze relies
  * on it), then writes every bitmap into changed.meta (atomically replaced
  * by the store) under a new generation, and the log starts again at offset
- * 0; the old blocks, stale now, are punched (give_back_log), except at
- * a checkpoint of a full log, which is refilled at once, and a freeze's.  It is taken when the log is full
+ * 0; the old blocks, stale now, are punched (give_back_log) by the
+ * checkpoints of an open and a close only: the others (log full, freeze,
+ * snapshot delete, rollback, drop-snapshot) have commits waiting on them,
+ * and punching 128 MiB can take hundreds of ms.  It is taken when the log is full
  * (the leader takes it inline: commits wait for it), when a volume is
  * opened or closed, and when bits are cleared or space is given up
  * (snapshot delete, rollback, drop-snapshot): a later replay must not set

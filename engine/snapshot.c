@@ -1091,7 +1091,7 @@ sv_snapshot_delete(struct sv_pool *pool, const char *volume, const char *snap)
 	sv_unlock_or_abort(&vol->cow_lock);
 
 	/* Bits first (a checkpoint), then space. */
-	if (sv_journal_checkpoint(vol) == -1)
+	if (sv_journal_checkpoint_keep(vol) == -1)
 		sv_log_warn("volume %s: %s", vol->name, sv_last_error());
 	punch_all(vol, punches, npunch);
 	free_dropped(vol, dropped, ndropped);
@@ -1143,7 +1143,7 @@ sv_snap_invalidate_oldest(struct sv_volume *vol)
 	sv_snap_gc_locked(vol, false, &dropped, &nd);
 	pthread_cond_broadcast(&vol->cow_cond);
 	sv_unlock_or_abort(&vol->cow_lock);
-	if (sv_journal_checkpoint(vol) == -1)
+	if (sv_journal_checkpoint_keep(vol) == -1)
 		sv_log_warn("volume %s: %s", vol->name, sv_last_error());
 	free_dropped(vol, dropped, nd);
 	sv_reclaim_wait(vol->pool); /* the retry needs the space now */
@@ -1271,7 +1271,7 @@ do_rollback(struct sv_volume *vol, struct sv_snap *s)
 				roaring_bitmap_clear(vol->epochs[i]->changed);
 		sv_snap_refresh_current_locked(vol);
 		sv_unlock_or_abort(&vol->cow_lock);
-		if (sv_journal_checkpoint(vol) == -1)
+		if (sv_journal_checkpoint_keep(vol) == -1)
 			return -1;
 		for (size_t i = 0; i < vol->n_epochs; i++) {
 			struct sv_obj *pre;

@@ -24,8 +24,9 @@
  *     reads of the live volume, block status, snapshot reads and in-place
  *     writes (FUA, trims, write-zeroes) of those chunks wait for it
  *     (read-your-writes);
- *   - a later write of a landing chunk does not wait: it goes behind too,
- *     and follows the landing (cow.c, struct sv_land): it is queued only
+ *   - a later write of a landing chunk waits for it; with
+ *     SNAPVOL_WB_FOLLOW=1 (off by default: cow.c, follow_landings) it does
+ *     not wait: it goes behind too, and follows the landing (cow.c, struct sv_land): it is queued only
  *     once every older write-behind of its chunks has reached the origin,
  *     so writes to a chunk reach the origin in the order they were
  *     acknowledged.  Before, it waited for that landing's commit, which

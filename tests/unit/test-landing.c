@@ -7,7 +7,8 @@
  * later write of that chunk used to wait for the landing, so a client
  * rewriting a chunk right after a snapshot stalled for a whole pre-image
  * commit (and, during a snapshot create, for the create's origin sync the
- * commit queued behind).  Now such a write is acknowledged at once and
+ * commit queued behind).  With SNAPVOL_WB_FOLLOW=1 (off by default: see
+ * follow_landings in cow.c) such a write is acknowledged at once and
  * follows the landing: it reaches the origin after it.  What must hold:
  *   - the write does not wait: it completes while every sync of the store
  *     is held (the landing it follows cannot finish meanwhile);
@@ -368,6 +369,7 @@ test_powerloss_in_chains(void **state)
 int
 main(void)
 {
+	setenv("SNAPVOL_WB_FOLLOW", "1", 1); /* an option, off by default (cow.c) */
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_rewrite_follows_landing),
 	    cmocka_unit_test(test_powerloss_in_chains),
