@@ -21,7 +21,10 @@
  * freeze then snapshot) are simpler to reason about when no other command
  * interleaves, and control commands are short.  Except "heartbeat" and
  * "thaw": a lease must not lapse, nor a thaw wait, because another client's
- * snapshot is syncing a large volume; they run at once.
+ * snapshot is syncing a large volume; they run at once.  So do
+ * "window-begin" and "window-end" (a freeze must not wait to start, nor
+ * its threads stay raised, behind another client's command; they touch
+ * only the NBD server's windows, under its own lock).
  *
  * Events: a command may send lines {"event": ...} ahead of its reply
  * (sv_ctl_session_event; snapshot-create's SNAPSHOT_TAKEN).  It runs in the
@@ -160,7 +163,8 @@ json_error_reply(const char *fmt, ...)
 static bool
 runs_unlocked(const char *command)
 {
-	return !strcmp(command, "heartbeat") || !strcmp(command, "thaw");
+	return !strcmp(command, "heartbeat") || !strcmp(command, "thaw") ||
+	       !strcmp(command, "window-begin") || !strcmp(command, "window-end");
 }
 
 static json_t *
