@@ -168,6 +168,19 @@ start_server() {
 	fi
 }
 
+# start_node_b RUNDIR: a second server on the same pool ($P: a shared RADOS
+# pool), its sockets under RUNDIR (its XDG_RUNTIME_DIR), logging to
+# $T/serve-b.log; sets B_WRAPPER (the "timeout" wrapping it) and B_LOG.
+start_node_b() {
+	local sock=$1/snapvol/$P
+	B_LOG=$T/serve-b.log
+	_logs+=("$B_LOG")
+	XDG_RUNTIME_DIR=$1 timeout 600 "$SNAPVOL" --pool "$P" serve >>"$B_LOG" 2>&1 </dev/null &
+	B_WRAPPER=$!
+	cleanup_fn _kill_server "$B_WRAPPER"
+	wait_listening "$B_WRAPPER" "$sock/nbd.sock" "$sock/control.sock" || fail "B is not serving"
+}
+
 # wait_listening PID SOCKET...: wait (30 s at most) until every unix SOCKET
 # (or HOST:PORT) accepts a connection; fail early if PID exits.
 wait_listening() {

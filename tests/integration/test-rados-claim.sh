@@ -45,12 +45,7 @@ A_PID=$(server_pid)
 A_WRAPPER=$SERVER_PID
 
 # Node B serves the same pool at the same time.
-B_LOG=$T/serve-b.log
-_logs+=("$B_LOG")
-XDG_RUNTIME_DIR=$T/runB timeout 600 "$SNAPVOL" --pool "$P" serve >>"$B_LOG" 2>&1 </dev/null &
-B_WRAPPER=$!
-cleanup_fn _kill_server "$B_WRAPPER"
-wait_listening "$B_WRAPPER" "$RB/nbd.sock" "$RB/control.sock" || fail "B is not serving"
+start_node_b "$T/runB"
 B_PID=$(cat "/proc/$B_WRAPPER/task/$B_WRAPPER/children" | awk '{print $1}')
 
 head -c $((3 * M)) /dev/urandom >"$T/a.bin"

@@ -33,12 +33,7 @@ WAIT_FOR="$RA/nbd.sock $RA/control.sock" on_a start_server
 A_PID=$(server_pid)
 A_WRAPPER=$SERVER_PID
 
-B_LOG=$T/serve-b.log
-_logs+=("$B_LOG")
-XDG_RUNTIME_DIR=$T/runB timeout 600 "$SNAPVOL" --pool "$P" serve >>"$B_LOG" 2>&1 </dev/null &
-B_WRAPPER=$!
-cleanup_fn _kill_server "$B_WRAPPER"
-wait_listening "$B_WRAPPER" "$RB/nbd.sock" "$RB/control.sock" || fail "B is not serving"
+start_node_b "$T/runB"
 
 head -c $((8 * M)) /dev/urandom >"$T/s1.img"
 nbdcopy "$T/s1.img" "$(uri vm1 "$RA/nbd.sock")"
