@@ -67,18 +67,7 @@ load_private(struct sv_pool *pool, const char *name, json_t *body, const struct 
 	     struct sv_volume *v)
 {
 	memset(v, 0, sizeof *v);
-	v->pool = pool;
-	v->ops = pool->ops;
-	snprintf(v->name, sizeof v->name, "%s", name);
-	v->size = m->size;
-	v->chunk_size = m->chunk_size;
-	v->chunk_shift = (unsigned)__builtin_ctz(m->chunk_size);
-	v->nchunks = (m->size + m->chunk_size - 1) >> v->chunk_shift;
-	pthread_mutex_init(&v->admin_lock, NULL);
-	pthread_mutex_init(&v->pre_lock, NULL);
-	pthread_mutex_init(&v->meta_lock, NULL);
-	pthread_mutex_init(&v->cow_lock, NULL);
-	pthread_cond_init(&v->cow_cond, NULL);
+	sv_volume_init_struct(v, pool, name, m);
 	/* First, so that free_private can always close it. */
 	if (sv_journal_open_readonly(v) == -1 || sv_snap_state_load(v, body) == -1 ||
 	    sv_snap_released_load(v) == -1)
@@ -91,11 +80,7 @@ free_private(struct sv_volume *v)
 {
 	sv_journal_close(v);
 	sv_snap_state_free(v);
-	pthread_mutex_destroy(&v->admin_lock);
-	pthread_mutex_destroy(&v->pre_lock);
-	pthread_mutex_destroy(&v->meta_lock);
-	pthread_mutex_destroy(&v->cow_lock);
-	pthread_cond_destroy(&v->cow_cond);
+	sv_volume_fini_struct(v);
 }
 
 /* Pre-image space of epoch ep that no record names; punched with repair. */

@@ -555,15 +555,7 @@ follow_free(struct sv_volume *v)
 	free_epochs(v);
 	if (v->origin)
 		v->ops->obj_close(v->origin);
-	if (v->inflight)
-		roaring_bitmap_free(v->inflight);
-	if (v->landing)
-		roaring_bitmap_free(v->landing);
-	pthread_mutex_destroy(&v->admin_lock);
-	pthread_mutex_destroy(&v->pre_lock);
-	pthread_mutex_destroy(&v->meta_lock);
-	pthread_mutex_destroy(&v->cow_lock);
-	pthread_cond_destroy(&v->cow_cond);
+	sv_volume_fini_struct(v);
 	free(v);
 }
 

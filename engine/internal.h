@@ -266,6 +266,7 @@ struct sv_volume_meta {
 	uint64_t created;
 };
 int sv_volume_meta_parse(json_t *body, const char *name, struct sv_volume_meta *m);
+void sv_volume_fini_struct(struct sv_volume *v);
 void sv_volume_init_struct(struct sv_volume *v, struct sv_pool *pool, const char *name,
 			   const struct sv_volume_meta *m);
 /* Open (or find open) a volume and take a reference; pool->lock held. */

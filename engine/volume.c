@@ -366,18 +366,9 @@ volume_close(struct sv_volume *v)
 		sv_log_error("volume %s: sync at close: %m", v->name);
 	sv_journal_close(v);
 	sv_snap_state_free(v);
-	if (v->inflight)
-		roaring_bitmap_free(v->inflight);
-	if (v->landing)
-		roaring_bitmap_free(v->landing);
-	free(v->lmap); /* the landing table (cow.c) */
 	v->ops->obj_close(v->origin);
 	release_volume(v->pool, v->name);
-	pthread_mutex_destroy(&v->admin_lock);
-	pthread_mutex_destroy(&v->pre_lock);
-	pthread_mutex_destroy(&v->meta_lock);
-	pthread_mutex_destroy(&v->cow_lock);
-	pthread_cond_destroy(&v->cow_cond);
+	sv_volume_fini_struct(v);
 	free(v);
 }
 
@@ -437,6 +428,22 @@ sv_volume_init_struct(struct sv_volume *v, struct sv_pool *pool, const char *nam
 	pthread_cond_init(&v->cow_cond, NULL);
 	v->inflight = roaring_bitmap_create();
 	v->landing = roaring_bitmap_create();
+}
+
+/* Undo sv_volume_init_struct (and free the landing table, cow.c). */
+void
+sv_volume_fini_struct(struct sv_volume *v)
+{
+	if (v->inflight)
+		roaring_bitmap_free(v->inflight);
+	if (v->landing)
+		roaring_bitmap_free(v->landing);
+	free(v->lmap);
+	pthread_mutex_destroy(&v->admin_lock);
+	pthread_mutex_destroy(&v->pre_lock);
+	pthread_mutex_destroy(&v->meta_lock);
+	pthread_mutex_destroy(&v->cow_lock);
+	pthread_cond_destroy(&v->cow_cond);
 }
 
 int
