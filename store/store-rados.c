@@ -713,8 +713,9 @@ take_lock_locked(struct rados_store *rs, struct claim *c, uint8_t flags)
 	return r;
 }
 
-/* Who holds a claim, for the refusal message. */
-static void
+/* Who holds a claim, for the refusal message.  False when nobody does any
+ * more: the lock lapsed between the failed attempt and this lookup. */
+static bool
 describe_holder(struct rados_store *rs, const char *oid, char *buf, size_t len)
 {
 	char tag[64], clients[256], cookies[512], addrs[256];
@@ -724,7 +725,7 @@ describe_holder(struct rados_store *rs, const char *oid, char *buf, size_t len)
 				       cookies, &kl, addrs, &al);
 	if (n <= 0) {
 		snprintf(buf, len, "another snapvol process");
-		return;
+		return n < 0;
 	}
 	char host[128] = "?";
 	long pid = 0;
@@ -740,6 +741,7 @@ describe_holder(struct rados_store *rs, const char *oid, char *buf, size_t len)
 		     "it stops renewing it",
 		     pid, host, clients, addrs, dur ? (dur + 999) / 1000 : 30) >= (int)len)
 		buf[len - 1] = '\0'; /* cut short: still names the holder */
+	return true;
 }
 
 /* Our own address, as the lockers list of oid shows it. */
@@ -836,13 +838,18 @@ rados_vol_claim(struct sv_store *st, const char *vol)
 		c->refs++;
 		return 0;
 	}
-	int r = take_lock_locked(rs, c, 0);
-	if (r == -EEXIST) /* still ours (a release that did not reach the cluster) */
-		r = take_lock_locked(rs, c, LIBRADOS_LOCK_FLAG_MUST_RENEW);
-	if (lost_lock(r)) {
-		char who[600];
-		describe_holder(rs, c->oid, who, sizeof who);
-		return sv_error(EWOULDBLOCK, "volume %s is claimed by %s", vol, who);
+	int r;
+	char who[600];
+	/* A holder whose claim lapses between our attempt and the lookup of
+	 * its name leaves no one to name: try again rather than refuse. */
+	for (int tries = 0;; tries++) {
+		r = take_lock_locked(rs, c, 0);
+		if (r == -EEXIST) /* still ours (a release that did not reach the cluster) */
+			r = take_lock_locked(rs, c, LIBRADOS_LOCK_FLAG_MUST_RENEW);
+		if (!lost_lock(r))
+			break;
+		if (describe_holder(rs, c->oid, who, sizeof who) || tries == 2)
+			return sv_error(EWOULDBLOCK, "volume %s is claimed by %s", vol, who);
 	}
 	if (r == 0)
 		r = fence_and_record_locked(rs, c);
