@@ -391,8 +391,8 @@ sv_current_epoch_locked(struct sv_volume *vol)
 
 /* follow.c: a snapshot view of a volume another node holds (claim
  * refused with EWOULDBLOCK, whose message claim_msg names the holder).
- * sv_follow_open makes a follower volume whose only snapshot is snap (a
- * reference: sv_volume_put_locked closes it); pool->lock held. */
+ * sv_follow_open makes a follower volume whose only snapshot is snap, the
+ * calling view's alone (sv_follow_close ends it); pool->lock NOT held. */
 int sv_follow_open(struct sv_pool *pool, const char *volume, const char *snap,
 		   const char *claim_msg, struct sv_volume **out);
 void sv_follow_close(struct sv_volume *vol);

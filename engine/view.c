@@ -47,13 +47,15 @@ sv_view_open(struct sv_pool *pool, const char *export_name, size_t len, struct s
 		return sv_error(ENOMEM, "out of memory");
 	sv_lock_or_abort(&pool->lock);
 	int r = sv_volume_get_locked(pool, vol, &v->vol);
+	sv_unlock_or_abort(&pool->lock);
 	if (r == -1 && has_snap && sv_last_errno() == EWOULDBLOCK) {
-		/* Another node holds the volume: follow it, read-only (follow.c). */
+		/* Another node holds the volume: follow it, read-only (follow.c).
+		 * A follower is this view's alone, so its store reads run
+		 * without the pool's lock: other opens do not wait for them. */
 		char msg[1024];
 		snprintf(msg, sizeof msg, "%s", sv_last_error());
 		r = sv_follow_open(pool, vol, snap, msg, &v->vol);
 	}
-	sv_unlock_or_abort(&pool->lock);
 	if (r == -1) {
 		free(v);
 		return -1;
@@ -106,9 +108,13 @@ sv_view_close(struct sv_view *v)
 		v->snap->refs--;
 		sv_unlock_or_abort(&v->vol->cow_lock);
 	}
-	sv_lock_or_abort(&pool->lock);
-	sv_volume_put_locked(v->vol);
-	sv_unlock_or_abort(&pool->lock);
+	if (v->vol->follow) {
+		sv_follow_close(v->vol); /* the view's own: no pool lock */
+	} else {
+		sv_lock_or_abort(&pool->lock);
+		sv_volume_put_locked(v->vol);
+		sv_unlock_or_abort(&pool->lock);
+	}
 	free(v);
 }
 

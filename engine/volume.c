@@ -509,10 +509,6 @@ sv_volume_get_locked(struct sv_pool *pool, const char *name, struct sv_volume **
 void
 sv_volume_put_locked(struct sv_volume *vol)
 {
-	if (vol->follow) { /* a follower is its view's alone (follow.c) */
-		sv_follow_close(vol);
-		return;
-	}
 	/* The volume stays open (its state loaded) until the pool is closed
 	 * or the volume deleted: connections come and go often. */
 	vol->refs--;
