@@ -570,6 +570,73 @@ holder_of(const char *claim_msg, char *buf, size_t len)
 	snprintf(buf, len, "%.*s", (int)(n < len ? n : len - 1), p);
 }
 
+/* volume.meta of a volume another node holds: its bytes and its body. */
+static int
+read_volume_meta(struct sv_pool *pool, const char *volume, char **buf, size_t *len, json_t **body)
+{
+	if (pool->ops->meta_read(pool->st, volume, SV_META_VOLUME, buf, len) == -1) {
+		if (errno == ENOENT)
+			return sv_error(ENOENT, "volume %s does not exist", volume);
+		return sv_error_errno("volume %s: reading volume.meta", volume);
+	}
+	if (sv_meta_decode(*buf, *len, body) == -1) {
+		free(*buf);
+		return -1;
+	}
+	return 0;
+}
+
+/* One entry of volume.meta's "snapshots": false if it is not a valid one. */
+static bool
+snap_fields(json_t *js, uint64_t *epoch, uint64_t *created, char consistency[8], bool *invalid)
+{
+	if (!json_is_integer(json_object_get(js, "epoch")) ||
+	    !json_string_value(json_object_get(js, "name")))
+		return false;
+	const char *cons = json_string_value(json_object_get(js, "consistency"));
+	*epoch = (uint64_t)json_integer_value(json_object_get(js, "epoch"));
+	*created = (uint64_t)json_integer_value(json_object_get(js, "created"));
+	snprintf(consistency, 8, "%s", cons && !strcmp(cons, "frozen") ? "frozen" : "crash");
+	*invalid = json_is_true(json_object_get(js, "invalid"));
+	return true;
+}
+
+int
+sv_follow_snapshot_list(struct sv_pool *pool, const char *volume, struct sv_snapshot_info **infos,
+			size_t *n)
+{
+	if (!pool->ops->durable_writes)
+		return sv_error(EOPNOTSUPP, "volume %s: held by another process", volume);
+	char *buf;
+	size_t len;
+	json_t *body;
+	if (read_volume_meta(pool, volume, &buf, &len, &body) == -1)
+		return -1;
+	free(buf);
+	json_t *arr = json_object_get(body, "snapshots");
+	size_t cnt = json_array_size(arr), k = 0, i;
+	struct sv_snapshot_info *out = calloc(cnt ? cnt : 1, sizeof *out);
+	if (!out) {
+		json_decref(body);
+		return sv_error(ENOMEM, "out of memory");
+	}
+	json_t *e;
+	json_array_foreach(arr, i, e)
+	{
+		struct sv_snapshot_info *o = &out[k];
+		if (!snap_fields(e, &o->epoch, &o->created, o->consistency, &o->invalid))
+			continue;
+		snprintf(o->volume, sizeof o->volume, "%s", volume);
+		snprintf(o->name, sizeof o->name, "%s",
+			 json_string_value(json_object_get(e, "name")));
+		k++;
+	}
+	json_decref(body);
+	*infos = out;
+	*n = k;
+	return 0;
+}
+
 int
 sv_follow_open(struct sv_pool *pool, const char *volume, const char *snap, const char *claim_msg,
 	       struct sv_volume **out)
@@ -581,16 +648,9 @@ sv_follow_open(struct sv_pool *pool, const char *volume, const char *snap, const
 		return sv_error(EWOULDBLOCK, "%s", claim_msg);
 	char *buf;
 	size_t len;
-	if (ops->meta_read(pool->st, volume, SV_META_VOLUME, &buf, &len) == -1) {
-		if (errno == ENOENT)
-			return sv_error(ENOENT, "volume %s does not exist", volume);
-		return sv_error_errno("volume %s: reading volume.meta", volume);
-	}
 	json_t *body;
-	if (sv_meta_decode(buf, len, &body) == -1) {
-		free(buf);
+	if (read_volume_meta(pool, volume, &buf, &len, &body) == -1)
 		return -1;
-	}
 	struct sv_volume_meta m;
 	if (sv_volume_meta_parse(body, volume, &m) == -1) {
 		json_decref(body);
@@ -609,20 +669,16 @@ sv_follow_open(struct sv_pool *pool, const char *volume, const char *snap, const
 			js = e;
 	}
 	int rc = 0;
+	bool invalid = false;
 	if (!s) {
 		rc = sv_error(ENOMEM, "out of memory");
-	} else if (!js || !json_is_integer(json_object_get(js, "epoch"))) {
+	} else if (!js || !snap_fields(js, &s->epoch, &s->created, s->consistency, &invalid)) {
 		rc = sv_error(ENOENT, "volume %s has no snapshot %s", volume, snap);
-	} else if (json_is_true(json_object_get(js, "invalid"))) {
+	} else if (invalid) {
 		rc = sv_error(EIO, "snapshot %s@%s is invalid (its pre-images were lost)", volume,
 			      snap);
 	} else {
-		const char *cons = json_string_value(json_object_get(js, "consistency"));
 		snprintf(s->name, sizeof s->name, "%s", snap);
-		s->epoch = (uint64_t)json_integer_value(json_object_get(js, "epoch"));
-		s->created = (uint64_t)json_integer_value(json_object_get(js, "created"));
-		snprintf(s->consistency, sizeof s->consistency, "%s",
-			 cons && !strcmp(cons, "frozen") ? "frozen" : "crash");
 	}
 	json_decref(body);
 	if (rc == -1) {

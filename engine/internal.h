@@ -396,6 +396,10 @@ sv_current_epoch_locked(struct sv_volume *vol)
 int sv_follow_open(struct sv_pool *pool, const char *volume, const char *snap,
 		   const char *claim_msg, struct sv_volume **out);
 void sv_follow_close(struct sv_volume *vol);
+/* The snapshots volume.meta lists (no space figures), for NBD_OPT_LIST on
+ * a node that does not hold the volume; EOPNOTSUPP off durable_writes. */
+int sv_follow_snapshot_list(struct sv_pool *pool, const char *volume,
+			    struct sv_snapshot_info **infos, size_t *n);
 int sv_follow_pread(struct sv_volume *vol, void *buf, uint64_t len, uint64_t off, int *err);
 int sv_follow_extents(struct sv_volume *vol, uint64_t len, uint64_t off, struct sv_extent *ext,
 		      size_t max, size_t *n, int *err);

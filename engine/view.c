@@ -370,8 +370,15 @@ sv_pool_list_exports(struct sv_pool *pool,
 		r = fn(opaque, infos[i].name, desc);
 		struct sv_snapshot_info *snaps;
 		size_t ns;
-		if (r == 0 && infos[i].snapshots &&
-		    sv_snapshot_list(pool, infos[i].name, &snaps, &ns) == 0) {
+		int lr = -1;
+		if (r == 0 && infos[i].snapshots) {
+			lr = sv_snapshot_list(pool, infos[i].name, &snaps, &ns);
+			/* Held by another node: its snapshots are served here
+			 * too (follow.c), so they are listed. */
+			if (lr == -1 && sv_last_errno() == EWOULDBLOCK)
+				lr = sv_follow_snapshot_list(pool, infos[i].name, &snaps, &ns);
+		}
+		if (lr == 0) {
 			for (size_t k = 0; k < ns && r == 0; k++) {
 				if (snaps[k].invalid)
 					continue;

@@ -149,6 +149,17 @@ if LIBNBD_DEBUG=1 nbdinfo "$(uri vm1 "$RB/nbd.sock")" >"$T/b-live.out" 2>&1; the
 fi
 grep -q "volume vm1 is claimed by snapvol pid $A_PID" "$T/b-live.out" ||
 	fail "B's refusal: $(cat "$T/b-live.out")"
+# B's export list names the snapshots it can serve (from volume.meta).
+$PY - "$RB/nbd.sock" <<'EOF' || fail "B's export list (NBD_OPT_LIST)"
+import nbd, sys
+h = nbd.NBD()
+h.set_opt_mode(True)
+h.connect_unix(sys.argv[1])
+names = []
+h.opt_list(lambda name, desc: names.append(name) or 0)
+h.opt_abort()
+assert "vm1@s1" in names and "vm1" in names, names
+EOF
 
 touch "$T/stop"
 wait "$WRITER" || fail "the writer failed"
