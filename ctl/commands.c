@@ -1021,8 +1021,13 @@ cmd_diff_run(struct call *c)
 	uint64_t max = arg_num(c, "max_extents", DIFF_DEFAULT_EXTENTS);
 	if (max < 1 || max > DIFF_MAX_EXTENTS)
 		return sv_error(EINVAL, "max_extents must be from 1 to %u", DIFF_MAX_EXTENTS), NULL;
-	struct sv_volume_info vi;
-	if (sv_volume_info(c->ctx->pool, vol, &vi) == -1)
+	/* Not sv_volume_info: that stats every object of the volume (RADOS
+	 * round trips), and a diff needs only the geometry. */
+	struct {
+		uint64_t size;
+		uint32_t chunk_size;
+	} vi;
+	if (sv_volume_geometry(c->ctx->pool, vol, &vi.size, &vi.chunk_size) == -1)
 		return NULL;
 	uint64_t off = arg_num(c, "offset", 0);
 	if (off > vi.size)

@@ -16,7 +16,10 @@
  * range, 64 Ki chunks each), then walked outside the lock with a bulk
  * iterator, so a query costs what the changed runs in its range cost, not
  * what the volume's size does: a 1 TiB volume with millions of changed
- * chunks is listed in milliseconds.
+ * chunks is listed in milliseconds.  The control command pages with
+ * sv_volume_geometry, which reads nothing from the store once the volume
+ * is open (sv_volume_info stats every object: on RADOS that was most of a
+ * diff's time, 8-15 ms of round trips for a 256 MiB volume).
  *
  * Completeness (DESIGN invariant 8) rests on cow.c: every write that
  * reaches the origin in epoch E has c in changed[E] before it does, or in
@@ -230,6 +233,21 @@ sv_volume_diff(struct sv_pool *pool, const char *volume, const char *from, const
 	sv_volume_put_locked(vol);
 	sv_unlock_or_abort(&pool->lock);
 	return r;
+}
+
+int
+sv_volume_geometry(struct sv_pool *pool, const char *volume, uint64_t *size, uint32_t *chunk_size)
+{
+	if (sv_check_name(volume, "volume") == -1)
+		return -1;
+	struct sv_volume *vol;
+	SV_LOCK_SCOPE(&pool->lock);
+	if (sv_volume_get_locked(pool, volume, &vol) == -1)
+		return -1;
+	*size = vol->size;
+	*chunk_size = vol->chunk_size;
+	sv_volume_put_locked(vol);
+	return 0;
 }
 
 /* ---- qemu:dirty-bitmap:SNAP on a view ---- */

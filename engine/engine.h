@@ -258,6 +258,11 @@ int sv_freeze_list(struct sv_pool *pool, struct sv_freeze_info **infos, size_t *
 int sv_volume_diff(struct sv_pool *pool, const char *volume, const char *from, const char *to,
 		   uint64_t off, uint64_t len, int (*fn)(void *opaque, uint64_t off, uint64_t len),
 		   void *opaque);
+/* VOLUME's size and chunk size as sv_volume_diff sees them (it gets the volume the same way, and
+ * an open volume stays open): for a diff's paging, without sv_volume_info's store reads (on RADOS
+ * it stats every object).  ENOENT with a message. */
+int sv_volume_geometry(struct sv_pool *pool, const char *volume, uint64_t *size,
+		       uint32_t *chunk_size);
 
 /* The NBD meta context qemu:dirty-bitmap:SNAP of a view: on the live
  * volume's view, chunks changed since snapshot SNAP; on the view of snapshot

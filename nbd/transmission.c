@@ -585,8 +585,13 @@ async_read_done(void *arg, int err)
 	sv_unlock_or_abort(&fl->lock);
 }
 
+/* Replies the replier gathers into one sendmsg. */
+#define REPLIER_GATHER 32
+
 /* The replier: sends the replies of ended READs, as many as have queued
- * under one hold of send_lock, then counts them out. */
+ * under one hold of send_lock, up to REPLIER_GATHER of them per sendmsg
+ * (one system call and one wake-up of the client for a burst of
+ * completions, rather than one each), then counts them out. */
 static void *
 replier_main(void *arg)
 {
@@ -605,24 +610,36 @@ replier_main(void *arg)
 		struct sv_nbd_conn *c = a->c;
 		unsigned n = 0;
 		size_t bytes = 0;
+		uint8_t h[REPLIER_GATHER][NBD_STRUCT_REPLY_LEN + 8];
+		struct iovec iov[2 * REPLIER_GATHER];
+		struct aread *sent[REPLIER_GATHER];
+		int k = 0;
 		sv_lock_or_abort(&c->send_lock);
-		while (a) {
+		while (a || k) {
+			if (k && (!a || a->err || k == REPLIER_GATHER)) {
+				send_locked(c, iov, 2 * k);
+				for (int i = 0; i < k; i++) {
+					atomic_fetch_add(&c->bytes_read, sent[i]->r.len);
+					free(sent[i]);
+				}
+				k = 0;
+				continue;
+			}
 			struct aread *next = a->next;
 			uint32_t len = a->r.len;
+			n++;
+			bytes += len;
 			if (a->err) { /* rare: the usual path, which takes send_lock */
 				sv_unlock_or_abort(&c->send_lock);
 				send_engine_error(c, false, &a->r, a->err);
 				sv_lock_or_abort(&c->send_lock);
+				free(a);
 			} else {
-				uint8_t h[NBD_STRUCT_REPLY_LEN + 8];
-				struct iovec iov[2] = {{h, read_header_reply(c, &a->r, h)},
-						       {a->data, len}};
-				send_locked(c, iov, 2);
-				atomic_fetch_add(&c->bytes_read, len);
+				size_t hl = read_header_reply(c, &a->r, h[k]);
+				iov[2 * k] = (struct iovec){h[k], hl};
+				iov[2 * k + 1] = (struct iovec){a->data, len};
+				sent[k++] = a;
 			}
-			n++;
-			bytes += len;
-			free(a);
 			a = next;
 		}
 		sv_unlock_or_abort(&c->send_lock);

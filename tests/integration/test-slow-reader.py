@@ -10,10 +10,17 @@ serve.  On a RADOS pool (SNAPVOL_TEST_POOL=rados:NAME, run by
 test-rados-suite.sh slowreader) READs complete in librados's own thread,
 which every connection shares: this proves a completion never sends to a
 client itself (nbd/transmission.c, struct inflight).
+
+Then a deep queue: one client keeps 2048 READs of 4 KiB and 32 of 1 MiB in
+flight at once (random offsets, the same handle) and checks every one's
+bytes.  On RADOS the replier sends a burst of ended READs gathered into one
+sendmsg (REPLIER_GATHER): each reply's header must still go with its own
+data.
 """
 
 import hashlib
 import os
+import random
 import socket
 import sys
 import threading
@@ -37,6 +44,29 @@ def read_all(uri, out):
     h.connect_uri(uri)
     out["data"] = b"".join(h.pread(4 * MiB, off) for off in range(0, SIZE, 4 * MiB))
     h.shutdown()
+
+
+def deep_queue(uri, data):
+    """Many READs in flight on one connection; every reply's bytes checked."""
+    h = nbd.NBD()
+    h.connect_uri(uri)
+    rnd = random.Random(int(os.environ.get("SNAPVOL_SEED", "7")))
+    reqs = [(rnd.randrange(SIZE // 4096) * 4096, 4096) for _ in range(2048)]
+    reqs += [(rnd.randrange(SIZE // MiB) * MiB, MiB) for _ in range(32)]
+    rnd.shuffle(reqs)
+    bufs = []
+    for off, n in reqs:
+        b = nbd.Buffer(n)
+        h.aio_pread(b, off)
+        bufs.append((off, n, b))
+    while h.aio_in_flight() > 0:
+        h.poll(-1)
+    for off, n, b in bufs:
+        check(bytes(b.to_bytearray()) == data[off:off + n],
+              f"a READ of {n} bytes at {off} returned wrong bytes with "
+              f"{len(reqs)} in flight")
+    h.shutdown()
+    return len(reqs)
 
 
 def main():
@@ -75,6 +105,10 @@ def main():
         stalled.close()
         sender.join(10)
         check(srv.alive(), "the server died\n" + srv.log_tail())
+        t0 = time.time()
+        n = deep_queue(srv.uri("vm1"), data)
+        print(f"{n} READs in flight on one connection, all right, in {time.time() - t0:.2f} s",
+              flush=True)
         check(svtest.sha_export(srv, "vm1") == hashlib.sha256(data).hexdigest(),
               "the volume changed")
         print(f"{svtest.TEST_NAME}: ok on {POOL_SPEC or 'a local pool'}")

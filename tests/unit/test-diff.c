@@ -452,7 +452,17 @@ test_errors(void **state)
 	struct chunkset d = {0};
 	assert_int_equal(sv_volume_diff(f->pool, "nope", "a", NULL, 0, 1, collect, &d), -1);
 	assert_int_equal(sv_last_errno(), ENOENT);
+	/* the control command's paging geometry (sv_volume_geometry) */
+	uint64_t size = 1;
+	uint32_t chunk = 1;
+	assert_int_equal(sv_volume_geometry(f->pool, "nope", &size, &chunk), -1);
+	assert_int_equal(sv_last_errno(), ENOENT);
+	assert_int_equal(sv_volume_geometry(f->pool, "../v", &size, &chunk), -1);
+	assert_int_equal(sv_last_errno(), EINVAL);
 	assert_int_equal(sv_volume_create(f->pool, "v", VOL_SIZE, CHUNK), 0);
+	assert_int_equal(sv_volume_geometry(f->pool, "v", &size, &chunk), 0);
+	assert_int_equal(size, VOL_SIZE);
+	assert_int_equal(chunk, CHUNK);
 	assert_int_equal(sv_volume_diff(f->pool, "v", "a", NULL, 0, VOL_SIZE, collect, &d), -1);
 	assert_int_equal(sv_last_errno(), ENOENT);
 	const char *a[] = {"v@a"}, *b[] = {"v@b"};
