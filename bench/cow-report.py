@@ -612,6 +612,8 @@ TRACE_RE = re.compile(r"trace: snapshot \S+: drain (\d+) us, switch (\d+) us, ol
 
 
 LANDING_WAIT_RE = re.compile(r"trace: volume \S+: (.+) waited (\d+) us for a landing write-behind")
+COMMIT_RE = re.compile(r"trace: volume \S+: a commit took (\d+) us( during a snapshot's origin sync)?")
+PRESYNC_RE = re.compile(r"trace: snapshot \S+: presync (\d+) us")
 INPLACE_RE = re.compile(r"trace: volume \S+: write-behind (.+): a first write done in place "
                         r"took (\d+) us")
 
@@ -628,9 +630,16 @@ def trace(logpath):
         for name, i, div in cols:
             v = [r[i] / div for r in rows]
             out.append([name, fr(pctl(v, 50)), fr(pctl(v, 99)), fr(max(v))])
+        pre = [int(m.group(1)) / 1e3 for m in (PRESYNC_RE.search(line) for line in
+                                                open(logpath, errors="replace")) if m]
+        if pre:
+            out_pre = ["presync ms (before the switch)", fr(pctl(pre, 50)), fr(pctl(pre, 99)),
+                       fr(max(pre))]
         full = sum(1 for r in rows if r[8] > 0)
         print("Server trace of the %d creates (`SNAPVOL_TRACE_FREEZE=1`); write-behind was "
               "within 64 KiB of full during %d of the origin syncs.\n" % (len(rows), full))
+        if pre:
+            out.insert(0, out_pre)
         print(table(["phase", "p50", "p99", "max"], out))
     # Writes that waited over 1 ms for a landing write-behind of their
     # chunks (engine/cow.c traces each), by who waited.
@@ -643,10 +652,16 @@ def trace(logpath):
         if m:
             waits.setdefault("a first write done in place (write-behind %s)" % m.group(1),
                              []).append(int(m.group(2)) / 1e3)
+        # Commits over 1 ms (engine/journal.c): what a landing waits for.
+        m = COMMIT_RE.search(line)
+        if m:
+            waits.setdefault("a commit%s" % (" during a create's origin sync" if m.group(2)
+                                             else ", no create syncing"),
+                             []).append(int(m.group(1)) / 1e3)
     out = [[who, str(len(v)), fr(pctl(v, 50)), fr(pctl(v, 99)), fr(max(v))]
            for who, v in sorted(waits.items())]
     print("\nWrites the server held over 1 ms (a landing write-behind of the same chunks, or "
-          "write-behind full), whole run: %s.\n" % (sum(len(v) for v in waits.values()) or "none"))
+          "write-behind full), and commits over 1 ms, whole run: %s.\n" % (sum(len(v) for v in waits.values()) or "none"))
     if out:
         print(table(["who waited", "n", "p50 ms", "p99 ms", "max ms"], out))
 

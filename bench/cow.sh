@@ -46,7 +46,8 @@
 #   CYCLES=50*       snapshot creates under load via the control socket
 #   CLI_CYCLES=10*   and via the CLI; QEMU_CYCLES=20* per qemu method (0: none)
 #   TRACE=0          1: the snapvol server traces each create (SNAPVOL_TRACE_FREEZE:
-#                    phases, dirty memory, write-behind fill); summed in the report
+#                    phases incl. the presync, dirty memory, write-behind fill), the
+#                    writes it holds and the commits over 1 ms; summed in the report
 #   HOLD=1* GAP=1*   seconds a snapshot is held / nothing happens per cycle
 #   MEM_SIZE=1T* MEM_WRITE_MIB=1024* MEM_SNAPS=10   the memory test
 #   MAP_MAXTIME=900  cap (s) on the block status of a snapshot of that volume

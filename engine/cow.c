@@ -55,21 +55,24 @@
  * writes that were in flight at the switch.
  *
  * Landing (write-behind, writebehind.c): a write acknowledged before its
- * copy holds its chunks as "landing" (vol->landing, and a struct sv_land)
- * until the origin has its data.  A later write of such a chunk waits in
- * admit_locked.  With SNAPVOL_WB_FOLLOW=1 (off by default:
- * follow_landings says why) a later write-behind of it does not wait: it
- * is stamped, acknowledged, and linked
- * after the chunk's newest landing (lmap: chunk -> newest sv_land; each
- * sv_land has, per chunk, the one that follows it), and queued only once
- * every landing it follows has landed (deps reaches 0).  So writes to a
- * chunk reach the origin in acknowledgement order, no client waits for a
- * commit it did not need, and a follower stamped in a newer epoch copies
- * the chunk after the older write reached the origin: the snapshot
- * between them holds the older write, as it must.  Followers depend only
- * on older landings, so there is no cycle.  In-place writes (FUA, trim,
- * write-zeroes, or a write-behind with no room) still wait for the chunk's
- * landings; waits over 1 ms are traced (SNAPVOL_TRACE_FREEZE).
+ * copy holds its chunks as "landing" (vol->landing, counted per chunk in
+ * vol->lcount) until the origin has its data.  A later write of the same
+ * bytes, in place or behind, waits for it in admit_locked, so writes reach
+ * the origin in acknowledgement order.  A write of other bytes of a
+ * landing chunk does not wait there: if the chunk still needs a copy it
+ * goes behind too (the chunk then has two landings), and its copy waits
+ * like any copy: for the older epochs' writes (so a write stamped after a
+ * snapshot copies the chunk only once the older write is on the origin,
+ * and the snapshot between them holds the older write), or for the copy in
+ * flight of its own epoch; if not, it is written in place at once, and its
+ * bytes are not the landing ones.  Before session 6 such a write waited
+ * for the whole landing (copy, commit, origin write), and during a create
+ * that commit queued behind the create's origin sync: most of the writes
+ * held over 1 ms during creates.  Waits over 1 ms are traced
+ * (SNAPVOL_TRACE_FREEZE).  Session 5 let any later write follow the
+ * landing instead (SNAPVOL_WB_FOLLOW); it filled write-behind with chains
+ * of followers and made creates 3x slower on a quiet machine, and was
+ * removed (docs/design-notes.md).
  *
  * The snapshot read path (sv_cow_snap_pread) resolves each chunk to an
  * epoch or to the origin under cow_lock, waits for a copy in flight, reads
@@ -433,90 +436,87 @@ next_set(const roaring_bitmap_t *bm, uint64_t from, uint64_t limit)
 	return it.current_value < limit ? it.current_value : limit;
 }
 
-/* ---- landing write-behinds: chunk -> newest landing ---- */
+/* ---- landing write-behinds: chunk -> how many ---- */
 
-/* Open addressing, linear probing, deletion by backward shift: at most
- * half full, so a lookup is a probe or two.  Sized by the chunks landing
- * (bounded by the write-behind's bytes), kept until the volume closes. */
-struct sv_lmap_slot {
+/* Several write-behinds of disjoint bytes may land on one chunk at once:
+ * vol->landing has the chunks with at least one, and this table counts
+ * them.  Open addressing, linear probing, deletion by backward shift; at
+ * most half full, so a lookup is a probe or two.  Sized by the chunks
+ * landing (bounded by write-behind's bytes), kept until the volume closes
+ * (volume.c frees it). */
+struct sv_lcount {
 	uint64_t chunk;
-	struct sv_land *l; /* NULL: empty */
+	uint32_t n; /* 0: empty */
 };
 
 static inline size_t
-lmap_home(uint64_t c, size_t cap)
+lc_home(uint64_t c, size_t cap)
 {
 	return (size_t)((c * UINT64_C(0x9E3779B97F4A7C15)) >> 32) & (cap - 1);
 }
 
-static struct sv_land *
-lmap_get_locked(struct sv_volume *vol, uint64_t c)
-{
-	if (!vol->lmap_n)
-		return NULL;
-	for (size_t i = lmap_home(c, vol->lmap_cap);; i = (i + 1) & (vol->lmap_cap - 1)) {
-		if (!vol->lmap[i].l)
-			return NULL;
-		if (vol->lmap[i].chunk == c)
-			return vol->lmap[i].l;
-	}
-}
-
 /* Room for extra more chunks without passing half full; -1 (ENOMEM). */
 static int
-lmap_reserve_locked(struct sv_volume *vol, uint64_t extra)
+lc_reserve_locked(struct sv_volume *vol, uint64_t extra)
 {
-	if ((vol->lmap_n + extra) * 2 <= vol->lmap_cap)
+	if ((vol->lcount_n + extra) * 2 <= vol->lcount_cap)
 		return 0;
-	size_t cap = vol->lmap_cap ? vol->lmap_cap : 64;
-	while (cap < (vol->lmap_n + extra) * 2)
+	size_t cap = vol->lcount_cap ? vol->lcount_cap : 64;
+	while (cap < (vol->lcount_n + extra) * 2)
 		cap *= 2;
-	struct sv_lmap_slot *t = calloc(cap, sizeof *t);
+	struct sv_lcount *t = calloc(cap, sizeof *t);
 	if (!t)
 		return -1;
-	for (size_t j = 0; j < vol->lmap_cap; j++) {
-		if (!vol->lmap[j].l)
+	for (size_t j = 0; j < vol->lcount_cap; j++) {
+		if (!vol->lcount[j].n)
 			continue;
-		size_t i = lmap_home(vol->lmap[j].chunk, cap);
-		while (t[i].l)
+		size_t i = lc_home(vol->lcount[j].chunk, cap);
+		while (t[i].n)
 			i = (i + 1) & (cap - 1);
-		t[i] = vol->lmap[j];
+		t[i] = vol->lcount[j];
 	}
-	free(vol->lmap);
-	vol->lmap = t;
-	vol->lmap_cap = cap;
+	free(vol->lcount);
+	vol->lcount = t;
+	vol->lcount_cap = cap;
 	return 0;
 }
 
-/* Set c's newest landing (room reserved). */
+/* One more landing of c (room reserved). */
 static void
-lmap_put_locked(struct sv_volume *vol, uint64_t c, struct sv_land *l)
+lc_inc_locked(struct sv_volume *vol, uint64_t c)
 {
-	size_t i = lmap_home(c, vol->lmap_cap);
-	while (vol->lmap[i].l && vol->lmap[i].chunk != c)
-		i = (i + 1) & (vol->lmap_cap - 1);
-	if (!vol->lmap[i].l)
-		vol->lmap_n++;
-	vol->lmap[i] = (struct sv_lmap_slot){c, l};
+	size_t i = lc_home(c, vol->lcount_cap);
+	while (vol->lcount[i].n && vol->lcount[i].chunk != c)
+		i = (i + 1) & (vol->lcount_cap - 1);
+	if (!vol->lcount[i].n) {
+		vol->lcount_n++;
+		vol->lcount[i].chunk = c;
+		roaring_bitmap_add(vol->landing, (uint32_t)c);
+	}
+	vol->lcount[i].n++;
 }
 
+/* One fewer landing of c (there is one). */
 static void
-lmap_del_locked(struct sv_volume *vol, uint64_t c)
+lc_dec_locked(struct sv_volume *vol, uint64_t c)
 {
-	size_t mask = vol->lmap_cap - 1, i = lmap_home(c, vol->lmap_cap);
-	while (vol->lmap[i].chunk != c || !vol->lmap[i].l)
+	size_t mask = vol->lcount_cap - 1, i = lc_home(c, vol->lcount_cap);
+	while (vol->lcount[i].chunk != c || !vol->lcount[i].n)
 		i = (i + 1) & mask;
+	if (--vol->lcount[i].n > 0)
+		return;
+	roaring_bitmap_remove(vol->landing, (uint32_t)c);
 	/* Shift back the slots after it whose home is not between the hole
 	 * and themselves, so no probe sequence crosses an empty slot. */
-	for (size_t j = (i + 1) & mask; vol->lmap[j].l; j = (j + 1) & mask) {
-		size_t h = lmap_home(vol->lmap[j].chunk, vol->lmap_cap);
+	for (size_t j = (i + 1) & mask; vol->lcount[j].n; j = (j + 1) & mask) {
+		size_t h = lc_home(vol->lcount[j].chunk, vol->lcount_cap);
 		if (((j - h) & mask) >= ((j - i) & mask)) {
-			vol->lmap[i] = vol->lmap[j];
+			vol->lcount[i] = vol->lcount[j];
 			i = j;
 		}
 	}
-	vol->lmap[i].l = NULL;
-	vol->lmap_n--;
+	vol->lcount[i].n = 0;
+	vol->lcount_n--;
 }
 
 /* Is any chunk in [first, last] in a write-behind not yet landed?  cow_lock. */
@@ -542,8 +542,8 @@ note_landing_wait_locked(struct sv_volume *vol, uint64_t t0, const char *who)
  * cow_lock held.  -1 with *err: EAGAIN at a closed gate with SV_GATE_TRY,
  * EIO while a failed rollback is pending. */
 static int
-admit_locked(struct sv_volume *vol, uint64_t off, uint64_t len, int gate, bool follow,
-	     struct sv_write_ticket *t, int *err)
+admit_locked(struct sv_volume *vol, uint64_t off, uint64_t len, int gate, struct sv_write_ticket *t,
+	     int *err)
 {
 	uint64_t waited_from = 0;
 	for (;;) {
@@ -567,14 +567,18 @@ admit_locked(struct sv_volume *vol, uint64_t off, uint64_t len, int gate, bool f
 			*err = EIO; /* sv_snap_invalidate_epoch could not record it */
 			return -1;
 		}
-		/* An acknowledged write-behind of the same chunks lands first:
-		 * writes to a chunk reach the origin in the order they were
-		 * acknowledged.  The wait is short (landing never waits at the
-		 * gate), but it lets go of cow_lock and the gate may close
-		 * meanwhile: look at it again. */
-		if (follow || len == 0 ||
+		/* An acknowledged write-behind of the same bytes lands first:
+		 * writes reach the origin in the order they were acknowledged.
+		 * (Disjoint bytes of a landing chunk need no wait: a copy in
+		 * a newer epoch waits for the older writes anyway, and one in
+		 * the same epoch for the copy in flight.)  The wait is short
+		 * (landing never waits at the gate), but it lets go of
+		 * cow_lock and the gate may close meanwhile: look at it
+		 * again. */
+		if (len == 0 ||
 		    !landing_overlaps_locked(vol, off >> vol->chunk_shift,
-					     (off + len - 1) >> vol->chunk_shift))
+					     (off + len - 1) >> vol->chunk_shift) ||
+		    !sv_wb_overlaps(vol, off, len))
 			break;
 		if (!waited_from)
 			waited_from = sv_now_ns();
@@ -585,7 +589,7 @@ admit_locked(struct sv_volume *vol, uint64_t off, uint64_t len, int gate, bool f
 	struct sv_epoch *ep = sv_current_epoch_locked(vol);
 	ep->writes++;
 	t->ep = ep;
-	t->land = NULL;
+	t->landing = false;
 	return 0;
 }
 
@@ -717,7 +721,7 @@ sv_cow_write_begin(struct sv_volume *vol, uint64_t off, uint64_t len, int gate,
 		   struct sv_write_ticket *t, int *err)
 {
 	SV_LOCK_SCOPE(&vol->cow_lock);
-	if (admit_locked(vol, off, len, gate, false, t, err) == -1)
+	if (admit_locked(vol, off, len, gate, t, err) == -1)
 		return -1;
 	struct sv_range rg = {off, len};
 	if (copy_for_writes_locked(vol, t->ep, &rg, 1, err) == -1) {
@@ -727,89 +731,30 @@ sv_cow_write_begin(struct sv_volume *vol, uint64_t off, uint64_t len, int gate,
 	return 0;
 }
 
-/* Following a landing instead of waiting for it is off unless
- * SNAPVOL_WB_FOLLOW=1.  Measured (cow-2026-11-22-134720 against the same
- * tree with it off, bench/cow.sh create, 4 KiB random writes at QD16): on,
- * write-behind filled with followers of hot chunks, whose chains land one
- * after another, first writes then waited in place up to 9.9 s, dirty
- * data at the create's sync grew from 21 to 282 MiB and the create took
- * 497 ms p50 instead of 149.  Kept as an option, with its test, until it
- * bounds the chains. */
-static bool follow_on;
-static pthread_once_t follow_once = PTHREAD_ONCE_INIT;
-
-static void
-read_follow(void)
-{
-	const char *env = getenv("SNAPVOL_WB_FOLLOW");
-	follow_on = env && !strcmp(env, "1");
-}
-
-static bool
-follow_landings(void)
-{
-	pthread_once(&follow_once, read_follow);
-	return follow_on;
-}
-
 int
 sv_cow_write_begin_behind(struct sv_volume *vol, uint64_t off, uint64_t len, int gate,
 			  struct sv_write_ticket *t, bool *behind, int *err)
 {
 	SV_LOCK_SCOPE(&vol->cow_lock);
-	uint64_t first = off >> vol->chunk_shift, last = (off + len - 1) >> vol->chunk_shift;
-	/* A landing of the same chunks is followed, not waited for, if
-	 * SNAPVOL_WB_FOLLOW=1 (see follow_landings). */
-	if (admit_locked(vol, off, len, gate, follow_landings(), t, err) == -1)
+	if (admit_locked(vol, off, len, gate, t, err) == -1)
 		return -1;
-	bool over = len > 0 && landing_overlaps_locked(vol, first, last);
-	*behind = over || needs_copy_locked(vol, t->ep, off, len);
+	/* admit_locked waited for any landing of these bytes */
+	*behind = needs_copy_locked(vol, t->ep, off, len);
 	if (!*behind)
 		return 0;
-	struct sv_land *l = NULL;
-	if (lmap_reserve_locked(vol, last - first + 1) == -1 ||
-	    !(l = calloc(1, sizeof *l + (last - first + 1) * sizeof l->next[0]))) {
+	uint64_t first = off >> vol->chunk_shift, last = (off + len - 1) >> vol->chunk_shift;
+	if (lc_reserve_locked(vol, last - first + 1) == -1) {
 		unstamp_locked(vol, t);
 		*err = ENOMEM;
 		return -1;
 	}
-	l->first = first;
-	l->last = last;
-	for (uint64_t c = first; c <= last; c++) {
-		struct sv_land *p = over ? lmap_get_locked(vol, c) : NULL;
-		if (p) { /* the newest landing of c: this one lands after it */
-			assert(!p->next[c - p->first]);
-			p->next[c - p->first] = l;
-			l->deps++;
-		}
-		lmap_put_locked(vol, c, l);
-	}
-	roaring_bitmap_add_range(vol->landing, first, last + 1);
+	for (uint64_t c = first; c <= last; c++)
+		lc_inc_locked(vol, c);
 	__atomic_add_fetch(&vol->n_landing, 1, __ATOMIC_RELEASE);
-	t->land = l;
+	t->landing = true;
+	t->off = off;
+	t->len = len;
 	return 0;
-}
-
-bool
-sv_cow_land_attach(struct sv_volume *vol, struct sv_land *l, void *entry)
-{
-	SV_LOCK_SCOPE(&vol->cow_lock);
-	if (l->deps == 0)
-		return true; /* nothing older to land first: queue it now */
-	l->entry = entry;    /* the last older landing queues it */
-	return false;
-}
-
-void
-sv_cow_land_wait(struct sv_volume *vol, struct sv_land *l)
-{
-	SV_LOCK_SCOPE(&vol->cow_lock);
-	if (l->deps == 0)
-		return;
-	uint64_t t0 = sv_now_ns();
-	while (l->deps > 0)
-		pthread_cond_wait(&vol->cow_cond, &vol->cow_lock);
-	note_landing_wait_locked(vol, t0, "a write-behind done in place");
 }
 
 int
@@ -820,28 +765,18 @@ sv_cow_write_copy(struct sv_volume *vol, struct sv_epoch *ep, const struct sv_ra
 	return copy_for_writes_locked(vol, ep, rg, n, err);
 }
 
-struct sv_land *
+void
 sv_cow_write_landed(struct sv_volume *vol, struct sv_write_ticket *t)
 {
 	SV_LOCK_SCOPE(&vol->cow_lock);
-	struct sv_land *l = t->land, *ready = NULL;
-	for (uint64_t c = l->first; c <= l->last; c++) {
-		struct sv_land *n = l->next[c - l->first];
-		if (!n) { /* the newest landing of c: c is on the origin now */
-			assert(lmap_get_locked(vol, c) == l);
-			lmap_del_locked(vol, c);
-			roaring_bitmap_remove(vol->landing, (uint32_t)c);
-		} else if (--n->deps == 0 && n->entry) {
-			n->ready_next = ready;
-			ready = n;
-		}
-	}
-	free(l);
-	t->land = NULL;
+	assert(t->landing);
+	for (uint64_t c = t->off >> vol->chunk_shift;
+	     c <= (t->off + t->len - 1) >> vol->chunk_shift; c++)
+		lc_dec_locked(vol, c);
+	t->landing = false;
 	__atomic_sub_fetch(&vol->n_landing, 1, __ATOMIC_RELEASE);
 	pthread_cond_broadcast(&vol->cow_cond);
 	unstamp_locked(vol, t);
-	return ready;
 }
 
 void

@@ -163,15 +163,14 @@ struct sv_volume {
 	unsigned snap_readers;	    /* snapshot reads holding epoch pointers; cow_lock */
 	unsigned setting_up;	    /* snapshots being set up: new views wait; cow_lock */
 	/* Chunks of acknowledged write-behinds not yet on the origin
-	 * (writebehind.c): reads and in-place writes of them wait; a later
-	 * write-behind of them queues behind (struct sv_land).  cow_lock;
-	 * n_landing (the number of such writes) is also read without it.
-	 * lmap: chunk -> the newest landing of it (an open-addressing table,
-	 * cow.c), lmap_n used of lmap_cap slots. */
+	 * (writebehind.c): reads of them wait, and later writes of the same
+	 * bytes.  cow_lock; n_landing (the number of such writes) is also
+	 * read without it.  lcount: how many land on each such chunk (an
+	 * open-addressing table, cow.c), lcount_n used of lcount_cap slots. */
 	roaring_bitmap_t *landing;
 	unsigned n_landing;
-	struct sv_lmap_slot *lmap;
-	size_t lmap_n, lmap_cap;
+	struct sv_lcount *lcount;
+	size_t lcount_n, lcount_cap;
 	/* This volume's write-behinds in the order they were acknowledged,
 	 * the sequence number of the last; the last error that may have lost
 	 * acknowledged writes (a landing's, a failed origin sync), counted in
@@ -187,6 +186,10 @@ struct sv_volume {
 	 * could not be recorded invalid (sv_snap_invalidate_epoch): writes
 	 * fail until the volume is reopened.  __atomic loads and stores. */
 	bool pre_untrusted;
+	/* Odd while a snapshot's origin sync runs (snapshot.c; bumped at its
+	 * start and end): commit tracing tells the commits that met one.
+	 * __atomic. */
+	unsigned snap_sync_seq;
 
 	struct sv_journal journal;
 
@@ -317,19 +320,8 @@ int sv_journal_parse_checkpoint(struct sv_volume *vol, const char *buf, size_t l
 /* cow.c */
 struct sv_write_ticket {
 	struct sv_epoch *ep;
-	struct sv_land *land; /* a write-behind's landing record, else NULL */
-};
-/* A write-behind's hold on its chunks [first, last] until the origin has
- * its data.  A later write-behind of one of them is ordered after it per
- * chunk (next[c - first]) instead of waiting; deps counts the older
- * landings it still follows, and it is queued (entry, writebehind.c) when
- * that reaches 0.  cow_lock. */
-struct sv_land {
-	uint64_t first, last;
-	unsigned deps;
-	void *entry;
-	struct sv_land *ready_next; /* sv_cow_write_landed's list */
-	struct sv_land *next[];
+	bool landing;	   /* a write-behind holding its chunks (cow.c "Landing") */
+	uint64_t off, len; /* its range, while landing */
 };
 /* gate: SV_GATE_NONE (rollback's own writes), SV_GATE_WAIT (wait while
  * writes are held), SV_GATE_TRY (EAGAIN then). */
@@ -339,17 +331,12 @@ struct sv_land {
 int sv_cow_write_begin(struct sv_volume *vol, uint64_t off, uint64_t len, int gate,
 		       struct sv_write_ticket *t, int *err);
 void sv_cow_write_end(struct sv_volume *vol, struct sv_write_ticket *t);
-/* Write-behind (writebehind.c): admit and stamp a write; *behind says
- * whether it goes behind: it needs copies, or a write-behind of its chunks
- * is still landing (it does not wait for that one: it follows it).  Then
- * t->land holds its chunks until sv_cow_write_landed, after
- * sv_cow_write_copy and the origin write; it is queued when
- * sv_cow_land_attach says so or when sv_cow_write_landed hands it back;
- * done in place instead, it first waits in sv_cow_land_wait. */
+/* Write-behind (writebehind.c): admit and stamp a write, after any
+ * landing write-behind of its bytes has landed; *behind says whether it
+ * needs copies.  If so its chunks are landing until sv_cow_write_landed,
+ * after sv_cow_write_copy and the origin write (or in place). */
 int sv_cow_write_begin_behind(struct sv_volume *vol, uint64_t off, uint64_t len, int gate,
 			      struct sv_write_ticket *t, bool *behind, int *err);
-bool sv_cow_land_attach(struct sv_volume *vol, struct sv_land *l, void *entry);
-void sv_cow_land_wait(struct sv_volume *vol, struct sv_land *l);
 /* A byte range of a write. */
 struct sv_range {
 	uint64_t off, len;
@@ -358,8 +345,7 @@ struct sv_range {
  * commit for all of them). */
 int sv_cow_write_copy(struct sv_volume *vol, struct sv_epoch *ep, const struct sv_range *rg,
 		      size_t n, int *err);
-/* Returns the followers now free to go (attached ones, via ready_next). */
-struct sv_land *sv_cow_write_landed(struct sv_volume *vol, struct sv_write_ticket *t);
+void sv_cow_write_landed(struct sv_volume *vol, struct sv_write_ticket *t);
 /* Readers of the live volume: wait until no write-behind of the range is
  * landing; or only ask. */
 void sv_cow_wait_landed(struct sv_volume *vol, uint64_t off, uint64_t len);
@@ -456,6 +442,10 @@ void sv_wb_free(struct sv_pool *pool); /* after every volume is closed */
  * sv_cow_write_end; -1 with *err. */
 int sv_wb_write(struct sv_volume *vol, const void *buf, uint32_t len, uint64_t off, int gate,
 		struct sv_write_ticket *t, int *err);
+/* Does a write-behind of the volume that is acknowledged and not yet on
+ * the origin overlap [off, off+len)?  Called with cow_lock held (the lock
+ * order is cow_lock, then pool->wb.lock). */
+bool sv_wb_overlaps(struct sv_volume *vol, uint64_t off, uint64_t len);
 /* Wait for the volume's write-behinds acknowledged so far to land; an
  * error noted after *seen (a view's last sample) fails it, once per view. */
 int sv_wb_flush(struct sv_volume *vol, uint64_t *seen, int *err);

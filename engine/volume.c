@@ -438,7 +438,7 @@ sv_volume_fini_struct(struct sv_volume *v)
 		roaring_bitmap_free(v->inflight);
 	if (v->landing)
 		roaring_bitmap_free(v->landing);
-	free(v->lmap);
+	free(v->lcount);
 	pthread_mutex_destroy(&v->admin_lock);
 	pthread_mutex_destroy(&v->pre_lock);
 	pthread_mutex_destroy(&v->meta_lock);

@@ -24,16 +24,11 @@
  *     reads of the live volume, block status, snapshot reads and in-place
  *     writes (FUA, trims, write-zeroes) of those chunks wait for it
  *     (read-your-writes);
- *   - a later write of a landing chunk waits for it; with
- *     SNAPVOL_WB_FOLLOW=1 (off by default: cow.c, follow_landings) it does
- *     not wait: it goes behind too, and follows the landing (cow.c, struct sv_land): it is queued only
- *     once every older write-behind of its chunks has reached the origin,
- *     so writes to a chunk reach the origin in the order they were
- *     acknowledged.  Before, it waited for that landing's commit, which
- *     during a snapshot create queues behind the create's origin sync:
- *     the tens of milliseconds a writer stalled during a create.  A
- *     follower of an older epoch is queued before newer epochs' writes,
- *     whose copies wait for it;
+ *   - a later write of the same bytes waits for it (cow.c, "Landing"),
+ *     so writes reach the origin in the order they were acknowledged
+ *     wherever they overlap; a write of other bytes of a landing chunk
+ *     does not wait: it goes behind too, or in place if its chunk's copy
+ *     is already durable;
  *   - FLUSH waits for every write-behind of the volume acknowledged before
  *     it, then syncs the origin; an error a write-behind met (EIO, or
  *     ENOSPC under the fail-writes policy) fails the next FLUSH, the way
@@ -105,9 +100,10 @@ copy_and_write(struct sv_volume *vol, const void *buf, uint32_t len, uint64_t of
 	return r;
 }
 
-/* Queue e for a lander.  In epoch order within its volume (a follower,
- * queued when the writes it follows landed, goes before newer epochs'
- * writes: their copies wait for it).  wb->lock. */
+/* Queue e for a lander.  In epoch order within its volume: a write of
+ * epoch E+1 waits in its copy for the writes of epoch E, so one stamped
+ * E that reaches here after it (the stamp and the queueing are under
+ * different locks) goes before it.  wb->lock. */
 static void
 enqueue_locked(struct sv_wb *wb, struct sv_wb_entry *e)
 {
@@ -122,17 +118,6 @@ enqueue_locked(struct sv_wb *wb, struct sv_wb_entry *e)
 	if (!e->next)
 		wb->tail = e;
 	pthread_cond_signal(&wb->work);
-}
-
-/* Queue the followers a landing set free. */
-static void
-queue_ready(struct sv_pool *pool, struct sv_land *ready)
-{
-	if (!ready)
-		return;
-	SV_LOCK_SCOPE(&pool->wb.lock);
-	for (; ready; ready = ready->ready_next)
-		enqueue_locked(&pool->wb, ready->entry);
 }
 
 /* Land b[0..n): writes of one volume stamped with one epoch, copied
@@ -178,7 +163,7 @@ land(struct sv_wb_entry **b, size_t n)
 	pthread_cond_broadcast(&vol->pool->wb.landed);
 	sv_unlock_or_abort(&vol->pool->wb.lock);
 	for (size_t i = 0; i < n; i++) {
-		queue_ready(vol->pool, sv_cow_write_landed(vol, &b[i]->t));
+		sv_cow_write_landed(vol, &b[i]->t);
 		free(b[i]);
 	}
 }
@@ -296,9 +281,8 @@ sv_wb_write(struct sv_volume *vol, const void *buf, uint32_t len, uint64_t off, 
 		if (ok)
 			unreserve(wb, len);
 		uint64_t t0 = sv_now_ns();
-		sv_cow_land_wait(vol, t->land);
 		int r = copy_and_write(vol, buf, len, off, t, err);
-		queue_ready(vol->pool, sv_cow_write_landed(vol, t));
+		sv_cow_write_landed(vol, t);
 		uint64_t ns = sv_now_ns() - t0;
 		if (ns > 1000000 && sv_freeze_tracing())
 			sv_log_info(
@@ -318,15 +302,23 @@ sv_wb_write(struct sv_volume *vol, const void *buf, uint32_t len, uint64_t off, 
 	e->vprev = vol->wb_newest;
 	*(vol->wb_newest ? &vol->wb_newest->vnext : &vol->wb_oldest) = e;
 	vol->wb_newest = e;
+	enqueue_locked(wb, e);
 	sv_unlock_or_abort(&wb->lock);
-	/* Queued now, or by the landing of the last older write of its
-	 * chunks (writes to a chunk reach the origin in the order they were
-	 * acknowledged). */
-	if (sv_cow_land_attach(vol, e->t.land, e)) {
-		SV_LOCK_SCOPE(&wb->lock);
-		enqueue_locked(wb, e);
-	}
 	return 1;
+}
+
+/* Only asked when the range's chunk is landing (a few per cent of random
+ * 4 KiB writes while a snapshot is young), so a walk of the list (at most
+ * max_bytes / 4 KiB entries) costs less than an index would on every
+ * write-behind. */
+bool
+sv_wb_overlaps(struct sv_volume *vol, uint64_t off, uint64_t len)
+{
+	SV_LOCK_SCOPE(&vol->pool->wb.lock);
+	for (struct sv_wb_entry *e = vol->wb_newest; e; e = e->vprev)
+		if (e->off < off + len && off < e->off + e->len)
+			return true;
+	return false;
 }
 
 int
