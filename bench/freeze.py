@@ -63,7 +63,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import qmp  # noqa: E402
 
-GAP_S = 2.5        # pause before each event (after the previous clean-up)
+GAP_S = float(os.environ.get("GAP_S", "2.5"))  # pause before each event (after clean-up)
 CONTROL_GAP_MS = 300  # the control window ends this long before the event
 
 

@@ -41,9 +41,24 @@
 # CPU.  Tracepoints only: no kprobes needed.
 # freeze.py has the details.
 #
+# SLOWDISK=WIOPS[:WBPS] makes the disk that holds BENCH_TMPDIR slow for
+# both servers alike: snapvol serve and qemu-storage-daemon run in one
+# blkio cgroup (v1 blkio.throttle.write_iops_device/write_bps_device, or
+# v2 io.max) limited to WIOPS writes/s (and WBPS bytes/s, a size: 20M).
+# Writes the servers submit themselves (fdatasync, sync_file_range) are
+# throttled; the kernel's own flusher threads are not (cgroup v1 charges
+# them to the root), which at this load (2 MB/s) write nothing within
+# 30 s.  The load must fit: at RATE_IOPS=500 SLOWDISK=200 cannot keep up
+# and 1000 stalls fio 2 s outside any freeze; SLOWDISK=3000 gave the qsd
+# peer a 0.5-0.6 s window (session 5's slow run: 0.3 s) on a loaded machine.
+#
 #   bench/freeze.sh                    # ~4 min with the defaults
 #   N=5 RUNTIME=40 bench/freeze.sh     # smoke run
+#   N=60 GAP_S=1.5 SLOWDISK=3000 PLAIN=0 NORT=0 BYHAND=0 bench/freeze.sh
+#                                      # p99 over 60 events (N <= 50 makes it the maximum)
 # Knobs: N (events per method, 30), VOL_GIB (4), RATE_IOPS (500),
+# SLOWDISK (unset: the disk as it is), GAP_S (2.5: pause before each
+# event), QSD (1; 0 leaves the qemu peer out, for a quick A/B),
 # SNAPVOL (build/cli/snapvol), BENCH_TMPDIR (/var/tmp), RESULTS_DIR
 # (bench/results), PLAIN (1), NORT (1), BYHAND (1), TRACE (1 if perf is installed), KTRACE (1 if
 # /sys/kernel/tracing is writable), SNAPVOL_FREEZE_EXPEDITE (passed on to
@@ -63,7 +78,8 @@ if [[ $# -gt 0 ]]; then
 fi
 CMDLINE=
 for v in N VOL_GIB RATE_IOPS SNAPVOL BENCH_TMPDIR RESULTS_DIR PLAIN NORT BYHAND TRACE KTRACE \
-	SNAPVOL_FREEZE_EXPEDITE SNAPVOL_FREEZE_RT; do
+	SNAPVOL_FREEZE_EXPEDITE SNAPVOL_FREEZE_RT \
+	SLOWDISK GAP_S QSD; do
 	[[ -n "${!v+x}" ]] && CMDLINE+="$v=$(printf '%q' "${!v}") "
 done
 CMDLINE+="$0"
@@ -73,6 +89,8 @@ RATE_IOPS=${RATE_IOPS:-500}
 PLAIN=${PLAIN:-1}
 NORT=${NORT:-1}
 BYHAND=${BYHAND:-1}
+QSD=${QSD:-1}
+SLOWDISK=${SLOWDISK:-}
 SNAPVOL=$(realpath "${SNAPVOL:-$REPO/build/cli/snapvol}")
 BENCH_TMPDIR=${BENCH_TMPDIR:-/var/tmp}
 RESULTS_DIR=${RESULTS_DIR:-$HERE/results}
@@ -126,6 +144,7 @@ cleanup() {
 	teardown_stack qsd
 	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
 	wait 2>/dev/null
+	slowdisk_stop
 	rm -rf "$TMP"
 }
 FIOPIDS=()
@@ -133,6 +152,54 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 trap 'exit 129' HUP
+
+# ---------------------------------------------------------------- slow disk
+# SLOWDISK=WIOPS[:WBPS]: a blkio cgroup of our own, write-limited on the
+# device that holds $TMP; slowdisk_add PID puts a server in it (its threads
+# and children follow).
+CG=
+slowdisk_start() {
+	[[ -n $SLOWDISK ]] || return 0
+	local wiops=${SLOWDISK%%:*} wbps= dev base
+	[[ $SLOWDISK == *:* ]] && wbps=${SLOWDISK#*:}
+	[[ $wiops =~ ^[0-9]+$ ]] || die "SLOWDISK=$SLOWDISK: WIOPS[:WBPS] expected"
+	if [[ -n $wbps ]]; then
+		wbps=$(numfmt --from=iec "$wbps") || die "SLOWDISK=$SLOWDISK: bad WBPS"
+	fi
+	# The whole disk (throttling works on it, not on a partition).
+	dev=$(findmnt -n -o SOURCE --target "$TMP")
+	base=$(lsblk -n -d -o PKNAME "$dev" 2>/dev/null || true)
+	[[ -n $base ]] && dev=/dev/$base
+	MAJMIN=$(lsblk -n -d -o MAJ:MIN "$dev" | tr -d ' ')
+	[[ -n $MAJMIN ]] || die "SLOWDISK: no device for $TMP"
+	if [[ -e /sys/fs/cgroup/blkio/blkio.throttle.write_iops_device ]]; then
+		CG=/sys/fs/cgroup/blkio/svbench-$$
+		mkdir "$CG" || die "SLOWDISK: cannot make $CG"
+		echo "$MAJMIN $wiops" >"$CG/blkio.throttle.write_iops_device"
+		[[ -n $wbps ]] && echo "$MAJMIN $wbps" >"$CG/blkio.throttle.write_bps_device"
+	elif [[ -e /sys/fs/cgroup/cgroup.controllers ]] &&
+		grep -qw io /sys/fs/cgroup/cgroup.controllers; then
+		CG=/sys/fs/cgroup/svbench-$$
+		echo +io >/sys/fs/cgroup/cgroup.subtree_control 2>/dev/null || true
+		mkdir "$CG" || die "SLOWDISK: cannot make $CG"
+		echo "$MAJMIN wiops=$wiops${wbps:+ wbps=$wbps}" >"$CG/io.max"
+	else
+		die "SLOWDISK: neither cgroup v1 blkio throttling nor the v2 io controller here"
+	fi
+	log "slow disk: $dev ($MAJMIN) limited to $wiops writes/s${wbps:+ and $wbps bytes/s} for both servers ($CG)"
+}
+slowdisk_add() { # PID
+	[[ -n $CG ]] || return 0
+	echo "$1" >"$CG/cgroup.procs"
+}
+slowdisk_stop() {
+	[[ -n $CG ]] || return 0
+	local p up
+	up=$(dirname "$CG")
+	for p in $(cat "$CG/cgroup.procs" 2>/dev/null); do echo "$p" >"$up/cgroup.procs" 2>/dev/null; done
+	rmdir "$CG" 2>/dev/null || log "could not remove $CG"
+	CG=
+}
 
 # ---------------------------------------------------------------- stacks
 # stack_up NAME URI: nbdfuse + loop + mkfs.ext4 + mount on $TMP/mnt-NAME.
@@ -234,27 +301,32 @@ trace_stop() {
 	return 0
 }
 
+slowdisk_start
 POOL=$TMP/pool
 "$SNAPVOL" --pool "$POOL" create vol --size "${VOL_GIB}G" >/dev/null
 SNAPVOL_TRACE_FREEZE=$TRACE "$SNAPVOL" --pool "$POOL" serve >"$TMP/serve.log" 2>&1 &
 PIDS+=($!)
 SERVER_PID=$!
+slowdisk_add "$SERVER_PID"
 wait_sock "$POOL/control.sock"
 wait_sock "$POOL/nbd.sock"
 stack_up sv "nbd+unix:///vol?socket=$POOL/nbd.sock"
 
-truncate -s "${VOL_GIB}G" "$TMP/qsd.raw"
-qemu-storage-daemon \
-	--blockdev driver=file,node-name=orig-file,filename="$TMP/qsd.raw" \
-	--blockdev driver=raw,node-name=top,file=orig-file \
-	--nbd-server addr.type=unix,addr.path="$TMP/qsd.sock" \
-	--export type=nbd,id=exp0,node-name=top,name=vol,writable=on \
-	--chardev socket,id=qmp0,path="$TMP/qmp.sock",server=on,wait=off \
-	--monitor chardev=qmp0 >"$TMP/qsd.log" 2>&1 &
-PIDS+=($!)
-wait_sock "$TMP/qsd.sock"
-wait_sock "$TMP/qmp.sock"
-stack_up qsd "nbd+unix:///vol?socket=$TMP/qsd.sock"
+if [[ $QSD == 1 ]]; then
+	truncate -s "${VOL_GIB}G" "$TMP/qsd.raw"
+	qemu-storage-daemon \
+		--blockdev driver=file,node-name=orig-file,filename="$TMP/qsd.raw" \
+		--blockdev driver=raw,node-name=top,file=orig-file \
+		--nbd-server addr.type=unix,addr.path="$TMP/qsd.sock" \
+		--export type=nbd,id=exp0,node-name=top,name=vol,writable=on \
+		--chardev socket,id=qmp0,path="$TMP/qmp.sock",server=on,wait=off \
+		--monitor chardev=qmp0 >"$TMP/qsd.log" 2>&1 &
+	PIDS+=($!)
+	slowdisk_add $!
+	wait_sock "$TMP/qsd.sock"
+	wait_sock "$TMP/qmp.sock"
+	stack_up qsd "nbd+unix:///vol?socket=$TMP/qsd.sock"
+fi
 
 # fio_start NAME: the load inside the filesystem, until fio_stop.
 fio_start() {
@@ -279,7 +351,7 @@ fio_stop() {
 }
 
 export SNAPVOL POOL TMP
-export SV_MNT=${MNT[sv]} QSD_MNT=${MNT[qsd]} QSD_QMP=$TMP/qmp.sock
+export SV_MNT=${MNT[sv]} QSD_MNT=${MNT[qsd]:-} QSD_QMP=$TMP/qmp.sock
 LOAD_START=$(cut -d' ' -f1 /proc/loadavg)
 
 SV_MODES=snapvol
@@ -294,10 +366,14 @@ ktrace_start
 ls "/proc/$SERVER_PID/task" >"$TMP/server-tids.txt"
 trace_stop
 fio_stop
-log "qemu-storage-daemon, $N events"
-fio_start qsd
-"$PY" "$HERE/freeze.py" run "$TMP/events-qsd.tsv" "$N" qsd
-fio_stop
+if [[ $QSD == 1 ]]; then
+	log "qemu-storage-daemon, $N events"
+	fio_start qsd
+	"$PY" "$HERE/freeze.py" run "$TMP/events-qsd.tsv" "$N" qsd
+	fio_stop
+else
+	head -n 1 "$TMP/events-sv.tsv" >"$TMP/events-qsd.tsv"
+fi
 LOAD_END=$(cut -d' ' -f1 /proc/loadavg)
 
 {
@@ -315,6 +391,9 @@ gnuplot -e "dir='$TMP'; out='$OUT.png'; width=$WIDTH; nmodes=$NMODES" "$HERE/fre
 	echo "- command: \`$CMDLINE\`"
 	echo "- machine: $(nproc) cores, $(uname -r), load average $LOAD_START at the start, $LOAD_END at the end (shared machine: other engineers' builds and tests ran meanwhile)"
 	echo "- versions: snapvol $("$SNAPVOL" --version | awk '{print $2}'); $(qemu-storage-daemon --version | head -n 1); $(fio --version)"
+	if [[ -n $SLOWDISK ]]; then
+		echo "- slow disk: SLOWDISK=$SLOWDISK, both servers in one blkio cgroup limited to that many writes/s (:bytes/s) on the disk holding the pools"
+	fi
 	echo "- load: fio 4 KiB randwrite, libaio direct QD16 at $RATE_IOPS IOPS on a 1 GiB file inside a ${VOL_GIB} GiB ext4 (nbdfuse + loop, direct I/O) on each server; $N events per method"
 	echo "- window: FIFREEZE called to FITHAW returned, for every method (snapvol: its watchdog's clock; the peers: freeze.py issuing the ioctls fsfreeze -f/-u make).  snapvol's syncfs + journal checkpoint just before FIFREEZE is outside the window (reported below); the peers freeze as a user does by hand, without one"
 	echo "- stall: the longest write in flight during the window (fio per-I/O latency log); control = the same over an equal window ending 300 ms before, nothing frozen"
