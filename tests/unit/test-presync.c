@@ -79,20 +79,11 @@ on_taken(void *arg)
 }
 
 static void
-fill_block(unsigned char *buf, unsigned gen, uint64_t block)
-{
-	for (unsigned i = 0; i < BLOCK / 8; i++) {
-		uint64_t x = test_mix(((uint64_t)gen << 40) ^ (block << 12) ^ i);
-		memcpy(buf + (size_t)i * 8, &x, 8);
-	}
-}
-
-static void
 write_blocks(struct sv_view *v, unsigned gen, uint64_t first, uint64_t n)
 {
 	unsigned char buf[BLOCK];
 	for (uint64_t b = first; b < first + n; b++) {
-		fill_block(buf, gen, b);
+		test_fill_block(buf, BLOCK, gen, b);
 		int err = 0;
 		assert_int_equal(sv_view_pwrite(v, buf, BLOCK, b * BLOCK, 0, &err), 0);
 	}
@@ -114,7 +105,7 @@ reads_as(struct sv_pool *pool, const char *name, const unsigned *gen)
 			break;
 		}
 		if (gen[b])
-			fill_block(want, gen[b], b);
+			test_fill_block(want, BLOCK, gen[b], b);
 		else
 			memset(want, 0, BLOCK);
 		if (memcmp(got, want, BLOCK)) {

@@ -90,20 +90,11 @@ writebacks_above(uint64_t n)
 /* ---- data: generation g of block b, sector by sector ---- */
 
 static void
-fill_block(unsigned char *buf, unsigned gen, uint64_t block)
-{
-	for (unsigned i = 0; i < BLOCK / 8; i++) {
-		uint64_t x = test_mix(((uint64_t)gen << 40) ^ (block << 12) ^ i);
-		memcpy(buf + (size_t)i * 8, &x, 8);
-	}
-}
-
-static void
 write_blocks(struct sv_view *v, unsigned gen, uint64_t first, uint64_t n, unsigned *model)
 {
 	unsigned char buf[BLOCK];
 	for (uint64_t b = first; b < first + n; b++) {
-		fill_block(buf, gen, b);
+		test_fill_block(buf, BLOCK, gen, b);
 		int err = 0;
 		assert_int_equal(sv_view_pwrite(v, buf, BLOCK, b * BLOCK, 0, &err), 0);
 		if (model)
@@ -135,11 +126,11 @@ export_is(struct sv_pool *pool, const char *name, const unsigned *model, const u
 			break;
 		}
 		if (model[b])
-			fill_block(want, model[b], b);
+			test_fill_block(want, BLOCK, model[b], b);
 		else
 			memset(want, 0, BLOCK);
 		if (alt && alt[b])
-			fill_block(other, alt[b], b);
+			test_fill_block(other, BLOCK, alt[b], b);
 		for (unsigned s = 0; s < BLOCK / SECTOR; s++) {
 			size_t o = (size_t)s * SECTOR;
 			if (!memcmp(got + o, want + o, SECTOR))
@@ -269,7 +260,7 @@ test_file_store_op(void **state)
 	assert_int_equal(ops->obj_open(st, "v", "origin", VOL_SIZE, SV_OBJ_CREATE, &o), 0);
 	unsigned char buf[BLOCK], got[BLOCK];
 	for (uint64_t b = 0; b < 64; b++) {
-		fill_block(buf, 7, b * 16);
+		test_fill_block(buf, BLOCK, 7, b * 16);
 		assert_int_equal(ops->obj_pwrite(o, buf, BLOCK, b * 16 * BLOCK, 0), 0);
 	}
 	assert_int_equal(ops->obj_writeback(o, 0, 0, 0), 0);
@@ -277,7 +268,7 @@ test_file_store_op(void **state)
 	assert_int_equal(ops->obj_writeback(o, 0, VOL_SIZE / 2, SV_WRITEBACK_WAIT), 0);
 	assert_int_equal(ops->obj_sync(o), 0);
 	for (uint64_t b = 0; b < 64; b++) {
-		fill_block(buf, 7, b * 16);
+		test_fill_block(buf, BLOCK, 7, b * 16);
 		assert_int_equal(ops->obj_pread(o, got, BLOCK, b * 16 * BLOCK), 0);
 		assert_memory_equal(got, buf, BLOCK);
 	}

@@ -84,6 +84,17 @@ test_mix(uint64_t x)
 	return x;
 }
 
+/* len bytes (a multiple of 8) of generation gen of block block: a test's
+ * way to tell every version of every block apart. */
+static inline void
+test_fill_block(unsigned char *buf, size_t len, unsigned gen, uint64_t block)
+{
+	for (size_t i = 0; i < len / 8; i++) {
+		uint64_t x = test_mix(((uint64_t)gen << 40) ^ (block << 12) ^ i);
+		memcpy(buf + i * 8, &x, 8);
+	}
+}
+
 /* A 512-byte sector that names the write that stored it: a header (magic,
  * write id, sector number, ~id), then bytes derived from id and sector; id
  * 0 is zeros.  Crash and fault tests read back which write a sector holds,
