@@ -120,9 +120,14 @@ struct sv_wback {
 	uint64_t pending;   /* bytes written since the last kick; __atomic */
 	pthread_mutex_t lock;
 	pthread_cond_t cond; /* kick or stop; lock */
+	pthread_cond_t done; /* a kick taken (behind cleared) or stop; lock */
 	pthread_t thread;
-	bool started, stop, kick, warned;     /* lock */
+	bool started, stop, kick, warned; /* lock */
+	/* A kick came while the last one was not taken yet: writers wait until
+	 * the thread takes it (writeback.c, "Backpressure"); lock, read __atomic. */
+	bool behind;
 	uint64_t kicks, kick_ns, kick_ns_max; /* lock (statistics) */
+	uint64_t waits, wait_ns;	      /* lock: writers held by backpressure */
 };
 
 struct sv_volume {

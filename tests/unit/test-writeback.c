@@ -11,6 +11,8 @@
  *     after a power loss every snapshot reads exactly as when it was taken,
  *     every flushed write is there, and every sector written since is
  *     either its old or its new contents;
+ *   - backpressure: while a pass of the thread is held up, a writer that
+ *     gets a whole threshold more ahead of it waits until the pass ends;
  *   - on the real file store it is a working sync_file_range.
  */
 #include <errno.h>
@@ -43,6 +45,9 @@ static uint64_t writebacks; /* __atomic */
 static uint64_t waited;	    /* of which with SV_WRITEBACK_WAIT; __atomic */
 static bool fail_waited;    /* __atomic: waited calls fail with EIO (a write error) */
 static pthread_t main_thread;
+static pthread_mutex_t hold_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t hold_cond = PTHREAD_COND_INITIALIZER;
+static bool hold_passes;    /* hold_lock: the thread's passes (no WAIT) block */
 static bool on_main_thread; /* __atomic: a kick (no WAIT) came from the writer's thread */
 
 static int
@@ -51,6 +56,12 @@ count_writeback(struct sv_obj *o, uint64_t off, uint64_t len, unsigned flags)
 	if (!(flags & SV_WRITEBACK_WAIT) && pthread_equal(pthread_self(), main_thread))
 		__atomic_store_n(&on_main_thread, true, __ATOMIC_RELAXED);
 	__atomic_add_fetch(&writebacks, 1, __ATOMIC_RELAXED);
+	if (!(flags & SV_WRITEBACK_WAIT)) { /* a slow disk, as long as the test likes */
+		pthread_mutex_lock(&hold_lock);
+		while (hold_passes)
+			pthread_cond_wait(&hold_cond, &hold_lock);
+		pthread_mutex_unlock(&hold_lock);
+	}
 	if (flags & SV_WRITEBACK_WAIT) {
 		__atomic_add_fetch(&waited, 1, __ATOMIC_RELAXED);
 		if (__atomic_load_n(&fail_waited, __ATOMIC_RELAXED)) {
@@ -244,6 +255,75 @@ test_waited_error_fails_create(void **state)
 	assert_int_equal(test_rmtree(dir), 0);
 }
 
+/* Backpressure: the thread's first pass is held (a disk that does not keep
+ * up); a writer may get three or four thresholds (1 MiB here) ahead of it,
+ * no more, and goes on once the pass ends. */
+struct bp_writer {
+	struct sv_view *v;
+	uint64_t written; /* blocks; __atomic */
+};
+
+static void *
+bp_write(void *arg)
+{
+	struct bp_writer *w = arg;
+	unsigned char buf[BLOCK];
+	for (uint64_t b = 0; b < NBLOCKS; b++) {
+		test_fill_block(buf, BLOCK, 3, b);
+		int err = 0;
+		if (sv_view_pwrite(w->v, buf, BLOCK, b * BLOCK, 0, &err) != 0)
+			break;
+		__atomic_store_n(&w->written, b + 1, __ATOMIC_RELAXED);
+	}
+	return NULL;
+}
+
+static void
+test_backpressure(void **state)
+{
+	(void)state;
+	char dir[64];
+	assert_int_equal(test_mkdtemp(dir, "wbbp", true), 0);
+	struct crash_ctl ctl = {0};
+	struct sv_store *st;
+	struct sv_pool *pool;
+	assert_int_equal(crash_store_open(dir, true, &ctl, &st), 0);
+	count_writebacks(st);
+	assert_int_equal(sv_pool_open_store(st, dir, &pool), 0);
+	assert_int_equal(sv_volume_create(pool, "bp", VOL_SIZE, 0), 0);
+	struct bp_writer w = {0};
+	assert_int_equal(sv_view_open(pool, "bp", 2, &w.v), 0);
+	pthread_mutex_lock(&hold_lock);
+	hold_passes = true;
+	pthread_mutex_unlock(&hold_lock);
+	pthread_t t;
+	assert_int_equal(pthread_create(&t, NULL, bp_write, &w), 0);
+	/* Wait until the writer stops getting on (or is done: the failure). */
+	uint64_t last = UINT64_MAX, now;
+	for (int still = 0; still < 20;) {
+		struct timespec ts = {0, 10 * 1000 * 1000};
+		nanosleep(&ts, NULL);
+		now = __atomic_load_n(&w.written, __ATOMIC_RELAXED);
+		still = now == last ? still + 1 : 0;
+		last = now;
+	}
+	uint64_t per_mb = (UINT64_C(1) << 20) / BLOCK;
+	assert_true(now < NBLOCKS);	/* held... */
+	assert_true(now >= 2 * per_mb); /* ...not before it was a threshold behind */
+	/* ...and no later than that: three thresholds, or four if the thread
+	 * took the first kick only after the second came */
+	assert_true(now <= 4 * per_mb + 1);
+	pthread_mutex_lock(&hold_lock);
+	hold_passes = false;
+	pthread_cond_broadcast(&hold_cond);
+	pthread_mutex_unlock(&hold_lock);
+	assert_int_equal(pthread_join(t, NULL), 0);
+	assert_int_equal(__atomic_load_n(&w.written, __ATOMIC_RELAXED), NBLOCKS);
+	sv_view_close(w.v);
+	sv_pool_close(pool);
+	assert_int_equal(test_rmtree(dir), 0);
+}
+
 /* On the real file store: a working call, whole object or a range, and
  * the data still reads back. */
 static void
@@ -287,6 +367,7 @@ main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_kicks_survive_powerloss),
 	    cmocka_unit_test(test_waited_error_fails_create),
+	    cmocka_unit_test(test_backpressure),
 	    cmocka_unit_test(test_file_store_op),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
