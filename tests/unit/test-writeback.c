@@ -85,6 +85,33 @@ count_writebacks(struct sv_store *st)
 	((struct sv_store_base *)st)->ops = &counting_ops;
 }
 
+/* A crash store in dir with obj_writeback counted (*stp, if asked), a pool
+ * on it, volume "wb" and a view of it. */
+static struct sv_pool *
+open_counted(const char *dir, struct crash_ctl *ctl, struct sv_store **stp, struct sv_view **v)
+{
+	struct sv_store *st;
+	struct sv_pool *pool;
+	assert_int_equal(crash_store_open(dir, true, ctl, &st), 0);
+	count_writebacks(st);
+	assert_int_equal(sv_pool_open_store(st, dir, &pool), 0);
+	assert_int_equal(sv_volume_create(pool, "wb", VOL_SIZE, 0), 0);
+	assert_int_equal(sv_view_open(pool, "wb", 2, v), 0);
+	if (stp)
+		*stp = st;
+	return pool;
+}
+
+/* Hold (or let go) the thread's writeback passes. */
+static void
+hold(bool on)
+{
+	pthread_mutex_lock(&hold_lock);
+	hold_passes = on;
+	pthread_cond_broadcast(&hold_cond);
+	pthread_mutex_unlock(&hold_lock);
+}
+
 /* Wait (up to 10 s) until more than n calls were made. */
 static bool
 writebacks_above(uint64_t n)
@@ -172,14 +199,9 @@ test_kicks_survive_powerloss(void **state)
 	struct crash_ctl ctl = {.seed =
 				    env ? (unsigned)strtoul(env, NULL, 0) : (unsigned)time(NULL)};
 	print_message("seed %u (SNAPVOL_SEED=%u replays it)\n", ctl.seed, ctl.seed);
-	struct sv_store *st;
-	struct sv_pool *pool;
-	assert_int_equal(crash_store_open(dir, true, &ctl, &st), 0);
-	count_writebacks(st);
-	assert_int_equal(sv_pool_open_store(st, dir, &pool), 0);
-	assert_int_equal(sv_volume_create(pool, "wb", VOL_SIZE, 0), 0);
 	struct sv_view *v;
-	assert_int_equal(sv_view_open(pool, "wb", 2, &v), 0);
+	struct sv_store *st;
+	struct sv_pool *pool = open_counted(dir, &ctl, &st, &v);
 
 	static unsigned vol[NBLOCKS], snap[NBLOCKS], unflushed[NBLOCKS];
 	/* 8 MiB in place (no snapshot yet), flushed: several kicks. */
@@ -228,14 +250,8 @@ test_waited_error_fails_create(void **state)
 	char dir[64];
 	assert_int_equal(test_mkdtemp(dir, "wberr", true), 0);
 	struct crash_ctl ctl = {0};
-	struct sv_store *st;
-	struct sv_pool *pool;
-	assert_int_equal(crash_store_open(dir, true, &ctl, &st), 0);
-	count_writebacks(st);
-	assert_int_equal(sv_pool_open_store(st, dir, &pool), 0);
-	assert_int_equal(sv_volume_create(pool, "wb", VOL_SIZE, 0), 0);
 	struct sv_view *v;
-	assert_int_equal(sv_view_open(pool, "wb", 2, &v), 0);
+	struct sv_pool *pool = open_counted(dir, &ctl, NULL, &v);
 	write_blocks(v, 1, 0, 16, NULL);
 	const char *spec[] = {"wb@e"};
 	__atomic_store_n(&fail_waited, true, __ATOMIC_RELAXED);
@@ -285,17 +301,9 @@ test_backpressure(void **state)
 	char dir[64];
 	assert_int_equal(test_mkdtemp(dir, "wbbp", true), 0);
 	struct crash_ctl ctl = {0};
-	struct sv_store *st;
-	struct sv_pool *pool;
-	assert_int_equal(crash_store_open(dir, true, &ctl, &st), 0);
-	count_writebacks(st);
-	assert_int_equal(sv_pool_open_store(st, dir, &pool), 0);
-	assert_int_equal(sv_volume_create(pool, "bp", VOL_SIZE, 0), 0);
 	struct bp_writer w = {0};
-	assert_int_equal(sv_view_open(pool, "bp", 2, &w.v), 0);
-	pthread_mutex_lock(&hold_lock);
-	hold_passes = true;
-	pthread_mutex_unlock(&hold_lock);
+	struct sv_pool *pool = open_counted(dir, &ctl, NULL, &w.v);
+	hold(true);
 	pthread_t t;
 	assert_int_equal(pthread_create(&t, NULL, bp_write, &w), 0);
 	/* Wait until the writer stops getting on (or is done: the failure). */
@@ -313,10 +321,7 @@ test_backpressure(void **state)
 	/* ...and no later than that: three thresholds, or four if the thread
 	 * took the first kick only after the second came */
 	assert_true(now <= 4 * per_mb + 1);
-	pthread_mutex_lock(&hold_lock);
-	hold_passes = false;
-	pthread_cond_broadcast(&hold_cond);
-	pthread_mutex_unlock(&hold_lock);
+	hold(false);
 	assert_int_equal(pthread_join(t, NULL), 0);
 	assert_int_equal(__atomic_load_n(&w.written, __ATOMIC_RELAXED), NBLOCKS);
 	sv_view_close(w.v);
