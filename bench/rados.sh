@@ -43,6 +43,12 @@
 #   CHUNK=4K        snapvol's chunk size
 #   RBD_CACHE=false librbd's cache for fio (true: its default writearound)
 #   SEED=4242 BENCH_TMPDIR=/var/tmp KEEP=0 RESULTS_DIR=bench/results
+#   ROWS="sw1m sr1m rw4k rr4k"  the no-snapshot rows (e.g. ROWS=sr1m REPS=5
+#                   RUNTIME=20 PARTS=none: one row measured repeatedly)
+#   PARTS="none first create"   which parts run ("first" includes diff)
+#   QEMU=0          1: a third target, qemu-nbd serving a second RBD image
+#                   (rbd/qimg) through its rbd driver (qemu-block-extra), in
+#                   the no-snapshot rows: what an NBD hop over librbd costs
 #   SNAPVOL=build-bench/cli/snapvol (else build/cli/snapvol; built with librados)
 set -euo pipefail
 
@@ -50,10 +56,14 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 
 KNOBS="QUICK SIZE MEMSTORE_GIB RUNTIME RAMP FIRST_IOS REPS CREATES DIFF_REPS CHUNK RBD_CACHE SEED
-	BENCH_TMPDIR KEEP SNAPVOL RESULTS_DIR"
+	BENCH_TMPDIR KEEP SNAPVOL RESULTS_DIR ROWS PARTS QEMU"
 CMDLINE=
 for v in $KNOBS; do
 	[[ -n "${!v+x}" ]] && CMDLINE+="$v=$(printf '%q' "${!v}") "
+done
+# the server inherits SNAPVOL_* settings (e.g. SNAPVOL_WRITE_BEHIND_MB): named too
+for v in $(compgen -e | grep '^SNAPVOL_' || true); do
+	CMDLINE+="$v=$(printf '%q' "${!v}") "
 done
 CMDLINE+="bench/$(basename "$0")"
 if [[ $# -gt 0 ]]; then
@@ -77,6 +87,10 @@ SEED=${SEED:-4242}
 BENCH_TMPDIR=${BENCH_TMPDIR:-/var/tmp}
 KEEP=${KEEP:-0}
 RESULTS_DIR=${RESULTS_DIR:-$HERE/results}
+ROWS=${ROWS:-sw1m sr1m rw4k rr4k}
+PARTS=${PARTS:-none first create}
+QEMU=${QEMU:-0}
+part() { [[ " $PARTS " == *" $1 "* ]]; }
 if [[ -z "${SNAPVOL:-}" ]]; then
 	SNAPVOL=$REPO/build-bench/cli/snapvol
 	[[ -x $SNAPVOL ]] || SNAPVOL=$REPO/build/cli/snapvol
@@ -91,7 +105,7 @@ die() {
 	log "error: $*"
 	exit 1
 }
-for c in fio rbd ceph "$PY" gnuplot nbdinfo; do
+for c in fio rbd ceph "$PY" gnuplot nbdinfo $(if [[ $QEMU == 1 ]]; then echo qemu-nbd; fi); do
 	command -v "$c" >/dev/null || die "missing tool: $c"
 done
 "$PY" -c 'import rbd, rados' 2>/dev/null || die "$PY lacks the rbd module (apt-get install python3-rbd)"
@@ -103,6 +117,7 @@ STAMP=$(date +%Y-%m-%d-%H%M%S)
 OUT=$RESULTS_DIR/rados-$STAMP
 RUNS=$TMP/runs.tsv
 SRV=
+QNBD=
 FIO_PID=
 REPORTED=0
 CURRENT=setup
@@ -131,10 +146,12 @@ cleanup() {
 		log "failed (exit $rc) during: $CURRENT; writing the partial report"
 		report "INCOMPLETE (exit status $rc, during: $CURRENT): " || true
 	fi
-	if [[ -n $SRV ]] && kill -0 "$SRV" 2>/dev/null; then
-		kill -TERM "$SRV" 2>/dev/null
-		wait "$SRV" 2>/dev/null || true
-	fi
+	for p in $SRV $QNBD; do
+		if kill -0 "$p" 2>/dev/null; then
+			kill -TERM "$p" 2>/dev/null
+			wait "$p" 2>/dev/null || true
+		fi
+	done
 	bash "$REPO/tests/integration/ceph-cluster.sh" stop "$TMP/ceph" || true
 	if [[ $KEEP == 1 ]]; then log "kept $TMP"; else rm -rf "$TMP"; fi
 	exit "$rc"
@@ -182,9 +199,26 @@ for ((i = 0; i < 100; i++)); do
 	kill -0 "$SRV" 2>/dev/null || die "snapvol serve exited: $(tail -5 "$TMP/log/serve.log")"
 	sleep 0.1
 done
+if [[ $QEMU == 1 ]]; then
+	# qemu-nbd over librbd: a second image, so fio's librbd and qemu's do
+	# not pass the exclusive lock to and fro; qemu's rbd driver turns
+	# librbd's cache on unless the cache mode is none.
+	rbd create --size "$SIZE" rbd/qimg
+	QSOCK=$TMP/run/qemu-nbd.sock
+	qemu-nbd --persistent --shared=4 -k "$QSOCK" -x qimg -f raw \
+		--cache="$([[ $RBD_CACHE == true ]] && echo writeback || echo none)" \
+		"rbd:rbd/qimg:conf=$RBD_CONF" >"$TMP/log/qemu-nbd.log" 2>&1 </dev/null &
+	QNBD=$!
+	QURI="nbd+unix:///qimg?socket=$QSOCK"
+	for ((i = 0; i < 100; i++)); do
+		nbdinfo --size "$QURI" >/dev/null 2>&1 && break
+		kill -0 "$QNBD" 2>/dev/null || die "qemu-nbd exited: $(tail -5 "$TMP/log/qemu-nbd.log")"
+		sleep 0.1
+	done
+fi
 MACHINE="$(nproc) cores, $(uname -r), $(ceph --version | cut -d' ' -f1-3), $(fio --version),
 snapvol $("$SNAPVOL" --version | head -1) ($SNAPVOL); RBD image features: $FEATURES;
-librbd cache for fio: $RBD_CACHE; memstore OSD ${MEMSTORE_GIB:-2} GiB; SIZE=$SIZE ($BYTES bytes), snapvol chunk $CHUNK"
+librbd cache for fio: $RBD_CACHE;$(if [[ $QEMU == 1 ]]; then echo " $(qemu-nbd --version | head -1) on rbd/qimg;"; fi) memstore OSD ${MEMSTORE_GIB:-2} GiB; SIZE=$SIZE ($BYTES bytes), snapvol chunk $CHUNK"
 log "rbd/img and rados:blk/vm1, $BYTES bytes each; snapvol serving (pid $SRV)"
 
 alive() {
@@ -209,8 +243,10 @@ unsnap() { # unsnap TARGET NAME
 	snapvol) sv snapshot delete "vm1@$2" ;;
 	esac
 }
-order() { # order REP: the targets, alternating per repetition
-	if (($1 % 2)); then echo "rbd snapvol"; else echo "snapvol rbd"; fi
+order() { # order REP [qemu]: the targets, alternating per repetition
+	local q=
+	[[ ${2:-} == qemu && $QEMU == 1 ]] && q=qemu
+	if (($1 % 2)); then echo "rbd $q snapvol"; else echo "snapvol $q rbd"; fi
 }
 
 # ---------------------------------------------------------------- fio
@@ -222,6 +258,7 @@ run_fio() {
 	case $t in
 	rbd) eng=(--ioengine=rbd --clientname=admin --pool=rbd --rbdname=img) ;;
 	snapvol) eng=(--ioengine=nbd "--uri=$URI") ;;
+	qemu) eng=(--ioengine=nbd "--uri=$QURI") ;;
 	esac
 	CEPH_CONF=$RBD_CONF timeout -k 5 600 fio --name="$row" "${eng[@]}" --size="$BYTES" \
 		--lat_percentiles=1 --percentile_list=50:99 --output-format=json \
@@ -230,6 +267,7 @@ run_fio() {
 	wait "$FIO_PID" || rc=$?
 	FIO_PID=
 	[[ $t == snapvol ]] && alive
+	[[ $t == qemu ]] && { kill -0 "$QNBD" 2>/dev/null || die "qemu-nbd died during: $CURRENT"; }
 	((rc == 0)) || die "fio $id failed (status $rc): $(grep -v '^$' "$TMP/fio/$id.out" | tail -3)"
 	"$PY" "$HERE/radosbench.py" fio "$TMP/fio/$id.json" "$kind" "$row" "$t" "$rep" >>"$RUNS"
 	log "$(tail -1 "$RUNS" | awk -F'\t' '{ printf "%-6s %-9s %-8s %9.0f IOPS %8.1f MiB/s p99 %8.0f us", $1, $2, $3, $5, $6, $8 }')"
@@ -239,13 +277,14 @@ RAND=(--randrepeat=0 "--randseed=$SEED")
 
 # ---------------------------------------------------------------- none
 CURRENT="prefill"
-for t in rbd snapvol; do
+for t in $(order 1 qemu); do
 	run_fio prefill sw1m "$t" 0 --rw=write --bs=1M --iodepth=16
 done
 for ((rep = 1; rep <= REPS; rep++)); do
-	for row in sw1m sr1m rw4k rr4k; do
+	part none || break
+	for row in $ROWS; do
 		CURRENT="no snapshot: $row, repetition $rep"
-		for t in $(order "$rep"); do
+		for t in $(order "$rep" qemu); do
 			case $row in
 			sw1m) run_fio none "$row" "$t" "$rep" --rw=write --bs=1M --iodepth=16 "${TIMED[@]}" ;;
 			sr1m) run_fio none "$row" "$t" "$rep" --rw=read --bs=1M --iodepth=16 "${TIMED[@]}" ;;
@@ -258,6 +297,7 @@ done
 
 # ---------------------------------------------------------------- first + diff
 for ((rep = 1; rep <= REPS; rep++)); do
+	part first || break
 	CURRENT="first writes after a snapshot, repetition $rep"
 	for t in $(order "$rep"); do
 		snap "$t" "a$rep"
@@ -284,11 +324,13 @@ for ((rep = 1; rep <= REPS; rep++)); do
 done
 
 # ---------------------------------------------------------------- create
-CURRENT="snapshot create latency"
-log "== $CREATES snapshot creates per target, CLI and API"
-"$PY" "$HERE/radosbench.py" create --n "$CREATES" --snapvol "$SNAPVOL" --ctl "$CTL" \
-	>>"$RUNS" 2>>"$TMP/log/create.log" || die "create timing failed: $(tail -3 "$TMP/log/create.log")"
-log "$(tail -4 "$RUNS" | awk -F'\t' '{ printf "%s %s p50 %.1f ms p99 %.1f ms; ", $2, $3, $7 / 1000, $8 / 1000 }')"
+if part create; then
+	CURRENT="snapshot create latency"
+	log "== $CREATES snapshot creates per target, CLI and API"
+	"$PY" "$HERE/radosbench.py" create --n "$CREATES" --snapvol "$SNAPVOL" --ctl "$CTL" \
+		>>"$RUNS" 2>>"$TMP/log/create.log" || die "create timing failed: $(tail -3 "$TMP/log/create.log")"
+	log "$(tail -4 "$RUNS" | awk -F'\t' '{ printf "%s %s p50 %.1f ms p99 %.1f ms; ", $2, $3, $7 / 1000, $8 / 1000 }')"
+fi
 alive
 
 CURRENT="report"

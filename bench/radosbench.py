@@ -331,6 +331,45 @@ def cmd_md(a):
           f"{fmt(vals['snapvol']['p99_us'])} | {goal} |")
     w("")
 
+    # qemu-nbd over librbd (QEMU=1): the NBD hop's own cost next to snapvol's
+    qrows = [(kind, row, label) for kind, row, label, g in FIO_ROWS
+             if med(rows, kind, row, "qemu", "iops") is not None]
+    if qrows:
+        w("## qemu-nbd over librbd (a second image), the NBD hop's cost")
+        w("")
+        w("| workload | librbd IOPS | qemu-nbd IOPS | snapvol IOPS | qemu-nbd / librbd "
+          "| snapvol / qemu-nbd |")
+        w("|---|---|---|---|---|---|")
+        for kind, row, label in qrows:
+            v = {t: med(rows, kind, row, t, "iops") for t in ("rbd", "qemu", "snapvol")}
+            w(f"| {label} | {fmt(v['rbd'])} | {fmt(v['qemu'])} | {fmt(v['snapvol'])} | "
+              f"{fmt(ratio(v['qemu'], v['rbd']), '.2f')} | "
+              f"{fmt(ratio(v['snapvol'], v['qemu']), '.2f')} |")
+        w("")
+
+    # the spread: each repetition's ratio, where a row ran more than once
+    spread = []
+    for kind, row, label, g in FIO_ROWS:
+        reps = sorted({r["rep"] for r in rows if r["kind"] == kind and r["row"] == row})
+        rs = []
+        for rep in reps:
+            x = {t: next((r["iops"] for r in rows if r["kind"] == kind and r["row"] == row
+                          and r["target"] == t and r["rep"] == rep), None)
+                 for t in TARGETS}
+            rs.append(ratio(x["snapvol"], x["rbd"]))
+        rs = [r for r in rs if r is not None]
+        if len(rs) > 1:
+            spread.append((label, rs))
+    if spread:
+        w("## Spread: snapvol / librbd in each repetition")
+        w("")
+        w("| workload | per repetition | min | median | max |")
+        w("|---|---|---|---|---|")
+        for label, rs in spread:
+            w(f"| {label} | {' '.join(f'{r:.2f}' for r in rs)} | {min(rs):.2f} | "
+              f"{statistics.median(rs):.2f} | {max(rs):.2f} |")
+        w("")
+
     cr = [r for r in rows if r["kind"] == "create"]
     if cr:
         w("## Snapshot create (idle volume)")

@@ -18,6 +18,7 @@ PKGS=(
   fuse3 e2fsprogs xfsprogs util-linux
   # Ceph RADOS backend (issue 7): librados to build, a single-node cluster in tests
   librados-dev ceph-mon ceph-osd ceph-common
+  qemu-block-extra # qemu-nbd's rbd driver: bench/rados.sh QEMU=1
   # docs and plots
   man-db groff-base gnuplot-nox python3
 )
