@@ -435,7 +435,7 @@ EV_NAME = {("snapvol", "socket"): "snapvol, control socket",
 def create_table(d):
     head = ["method", "step", "n", "call ms p50 / p99 / max", "of which switch ms p50 / max",
             "longest write in flight, ms p50 / p99 / max", "control: idle / live, ms p99",
-            "excess ms p99 / max", "longest pause ms (max)"]
+            "excess ms p50 / p99 / max", "longest pause ms (max)"]
     rows = []
     keys = []
     for e in d.events:
@@ -464,7 +464,7 @@ def create_table(d):
                      swl,
                      "%s / %s / %s" % (fr(med(mx)), fr(pctl(mx, 99)), fr(max(mx))),
                      "%s / %s" % (fr(pctl(idle, 99)), fr(pctl(live, 99))),
-                     "%s / %s" % (fr(pctl(ex, 99)), fr(max(ex) if ex else None)),
+                     "%s / %s / %s" % (fr(med(ex)), fr(pctl(ex, 99)), fr(max(ex) if ex else None)),
                      fi(max(pause)) if pause else "-"])
     return table(head, rows)
 

@@ -44,6 +44,9 @@
 #   FILL_IOS=256*    random writes between two of those snapshots
 #   RW_SECS=20*      seconds of each rw pass (REPS passes)
 #   CYCLES=50*       snapshot creates under load via the control socket
+#   LOAD_IOPS=0      the create section's background load: fio --rate_iops=N
+#                    (0: unthrottled, as fast as the server takes it; a rate the
+#                    disk keeps up with measures the create's own cost)
 #   CLI_CYCLES=10*   and via the CLI; QEMU_CYCLES=20* per qemu method (0: none)
 #   TRACE=0          1: the snapvol server traces each create (SNAPVOL_TRACE_FREEZE:
 #                    phases incl. the presync, dirty memory, write-behind fill), the
@@ -61,7 +64,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 
 KNOBS="QUICK SECTIONS VOL_GIB FIRST_IOS QDS REPS RW_PASSES SNAPN SNAPN_QD SNAPN_REPS FILL_IOS
-	RW_SECS TRACE CYCLES CLI_CYCLES QEMU_CYCLES HOLD GAP MEM_SIZE MEM_WRITE_MIB MEM_SNAPS MAP_MAXTIME QSD_NOSNAP
+	RW_SECS TRACE CYCLES LOAD_IOPS CLI_CYCLES QEMU_CYCLES HOLD GAP MEM_SIZE MEM_WRITE_MIB MEM_SNAPS MAP_MAXTIME QSD_NOSNAP
 	FIO_MAXTIME SEED PREFILL_BS BENCH_TMPDIR KEEP SNAPVOL RESULTS_DIR"
 CMDLINE=
 for v in $KNOBS; do
@@ -95,6 +98,7 @@ FILL_IOS=${FILL_IOS:-$(q 64 256)}
 RW_SECS=${RW_SECS:-$(q 5 20)}
 TRACE=${TRACE:-0}
 CYCLES=${CYCLES:-$(q 5 50)}
+LOAD_IOPS=${LOAD_IOPS:-0}
 CLI_CYCLES=${CLI_CYCLES:-$(q 2 10)}
 QEMU_CYCLES=${QEMU_CYCLES:-$(q 3 20)}
 HOLD=${HOLD:-$(q 0.5 1)}
@@ -392,9 +396,12 @@ section_rw() {
 	done
 }
 
-# load_start NAME URI: background fio, 4 KiB random writes QD16, per-I/O log
+# load_start NAME URI: background fio, 4 KiB random writes QD16 (LOAD_IOPS a
+# second, if set), per-I/O log
 load_start() {
-	timeout -k 5 3600 fio --name=load --ioengine=nbd --uri="$2" --rw=randwrite --bs=4k \
+	local rate=()
+	((LOAD_IOPS > 0)) && rate=(--rate_iops="$LOAD_IOPS")
+	timeout -k 5 3600 fio --name=load --ioengine=nbd --uri="$2" --rw=randwrite --bs=4k "${rate[@]}" \
 		--iodepth=16 --size="$VOL" --norandommap --randrepeat=0 --randseed="$SEED" --time_based \
 		--runtime=3000 --disable_clat=1 --disable_slat=1 --write_lat_log="$TMP/fio/load-$1" --log_avg_msec=0 \
 		--log_unix_epoch=1 --per_job_logs=0 --output-format=json \
@@ -563,7 +570,7 @@ report() { # report [TITLE-PREFIX]
 		echo "- started $DATE0, wall time $(($(date +%s) - T0)) s | loadavg (1/5/15 min) at start $LOAD0;$LOADS at end $(cut -d' ' -f1-3 /proc/loadavg) ($(nproc) cores: above that, other jobs competed for CPU)"
 		echo "- host: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/Mem:/{print $2}') GiB RAM, Linux $(uname -r)"
 		echo "- disk: ${VOL_GIB} GiB raw backing file on $(findmnt -no FSTYPE,SOURCE -T "$TMP" | xargs) ($(findmnt -no OPTIONS -T "$TMP")), prefilled with $PREFILL_BS writes, shared by every target (snapvol's origins are hard links to it); buffered I/O everywhere"
-		echo "- fio $(fio --version | sed 's/fio-//') nbd engine over unix sockets, one connection; FIRST_IOS=$FIRST_IOS 4 KiB writes per pass, seed $SEED; REPS=$REPS RW_PASSES=$RW_PASSES; SNAPN=\"$SNAPN\" at QD$SNAPN_QD x $SNAPN_REPS with FILL_IOS=$FILL_IOS; CYCLES=$CYCLES CLI_CYCLES=$CLI_CYCLES QEMU_CYCLES=$QEMU_CYCLES HOLD=${HOLD}s GAP=${GAP}s; memory: $MEM_SIZE volume, $MEM_SNAPS snapshots, $MEM_WRITE_MIB MiB written"
+		echo "- fio $(fio --version | sed 's/fio-//') nbd engine over unix sockets, one connection; FIRST_IOS=$FIRST_IOS 4 KiB writes per pass, seed $SEED; REPS=$REPS RW_PASSES=$RW_PASSES; SNAPN=\"$SNAPN\" at QD$SNAPN_QD x $SNAPN_REPS with FILL_IOS=$FILL_IOS; CYCLES=$CYCLES LOAD_IOPS=$LOAD_IOPS (0: unthrottled) CLI_CYCLES=$CLI_CYCLES QEMU_CYCLES=$QEMU_CYCLES HOLD=${HOLD}s GAP=${GAP}s; memory: $MEM_SIZE volume, $MEM_SNAPS snapshots, $MEM_WRITE_MIB MiB written"
 		echo "- versions: snapvol $ver; $(qemu-storage-daemon --version | head -n 1) (CBW cluster 64 KiB, qcow2 fleecing image)"
 		if [[ -n "${SV_DIED:-}" ]]; then
 			echo "- **$SV_DIED**"

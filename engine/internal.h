@@ -114,20 +114,30 @@ struct sv_jrec {
 	const unsigned char *data;
 };
 
-/* Early writeback of a volume's origin (writeback.c). */
+/* Early writeback of a volume's origin, and the writers' pace
+ * (writeback.c). */
 struct sv_wback {
 	uint64_t threshold; /* bytes written between kicks; 0: off; __atomic */
-	uint64_t pending;   /* bytes written since the last kick; __atomic */
+	uint64_t written;   /* bytes written since the volume opened; __atomic */
+	/* A writer whose add takes written to this or past it takes the slow
+	 * path: a kick is due or the volume is past the pacing setpoint;
+	 * lock, read __atomic. */
+	uint64_t slow_at;
 	pthread_mutex_t lock;
 	pthread_cond_t cond; /* kick or stop; lock */
-	pthread_cond_t done; /* a kick taken (behind cleared) or stop; lock */
+	pthread_cond_t done; /* a pass ended, or stop; lock */
 	pthread_t thread;
 	bool started, stop, kick, warned; /* lock */
-	/* A kick came while the last one was not taken yet: writers wait until
-	 * the thread takes it (writeback.c, "Backpressure"); lock, read __atomic. */
-	bool behind;
-	uint64_t kicks, kick_ns, kick_ns_max; /* lock (statistics) */
-	uint64_t waits, wait_ns;	      /* lock: writers held by backpressure */
+	uint64_t kick_at;		  /* written at which the next kick is due; lock */
+	uint64_t taken;			  /* written when the last finished pass started; lock */
+	uint64_t rate;	  /* bytes/s the disk took in busy passes (average); 0: none yet; lock */
+	uint64_t slot_ns; /* pacing clock: when the next paced write may go on; lock */
+	/* The running pass: written when it started, and when; lock. */
+	uint64_t pass_start, pass_ns;
+	bool running;				/* lock */
+	uint64_t kicks, kick_ns, kick_ns_max;	/* lock (statistics) */
+	uint64_t waits, wait_ns;		/* lock: writers held at the hard stop */
+	uint64_t paced, paced_ns, pause_ns_max; /* lock: writers paused */
 };
 
 struct sv_volume {
@@ -412,16 +422,13 @@ bool sv_freeze_tracing(void);
 struct sv_volume *sv_view_volume(struct sv_view *v);
 struct sv_snap *sv_view_snap(struct sv_view *v); /* NULL: the live volume */
 /* writeback.c: start writeback of the origin every SNAPVOL_WRITEBACK_MB
- * written (init before the volume is used, stop before the origin closes;
- * note never blocks on I/O). */
+ * written, and pace writers that get ahead of the disk (init before the
+ * volume is used, stop before the origin closes; note never does I/O, but
+ * may sleep: a short pause, or at the hard stop until a pass ends). */
 void sv_writeback_init(struct sv_volume *vol);
 void sv_writeback_note(struct sv_volume *vol, uint64_t bytes);
 void sv_writeback_stop(struct sv_volume *vol);
 uint64_t sv_writeback_threshold(void); /* bytes; 0: off */
-/* Sync the origin for a snapshot: written back slice by slice first, so
- * the device's queue never holds all of it ahead of other syncs; 0 or -1
- * with errno (obj_sync's). */
-int sv_writeback_sync(struct sv_volume *vol);
 /* Tracing a snapshot's durability sync: the kernel's dirty and writeback
  * KiB at its start, and write-behind's fill (max bytes; 2 ms samples, and
  * how many found it within 64 KiB of full) while it runs. */

@@ -9,9 +9,7 @@
  * Then, while writes go on in the new epoch, the call waits for the writes
  * stamped with the old epoch to finish (they belong in the snapshot), syncs
  * the origin once (so every write acknowledged before the switch is
- * durable; sv_writeback_sync, writeback.c, can write it back slice by
- * slice first), and records the snapshot in
- * volume.meta.  Until that record is
+ * durable), and records the snapshot in volume.meta.  Until that record is
  * written the snapshot is "pending": not listed, not exportable, and a
  * crash forgets it (its epoch stays, harmlessly: its pre-images are then
  * simply the older snapshots' pre-images, see cow.c).
@@ -838,7 +836,7 @@ sv_snapshot_create_cb(struct sv_pool *pool, const char *const *specs, size_t n,
 	for (size_t i = 0; i < n; i++) {
 		struct sv_volume *vol = m[i].vol;
 		__atomic_add_fetch(&vol->snap_sync_seq, 1, __ATOMIC_RELAXED);
-		int r = sv_writeback_sync(vol);
+		int r = vol->ops->obj_sync(vol->origin);
 		__atomic_add_fetch(&vol->snap_sync_seq, 1, __ATOMIC_RELAXED);
 		if (r == -1) {
 			sv_wb_probe_stop(&probe);

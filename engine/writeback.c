@@ -31,16 +31,43 @@
  * it (bench/results/cow-2026-11-22-162934.md: 2.8 GiB dirty, a write held
  * 9.2 s).  A pass of the thread submits every dirty page and blocks while
  * the device's queue is full, so it ends at about the pace the disk takes
- * the data.  If a whole threshold more is written while the last kick is
- * not taken yet (the thread is still busy with the pass before), the
- * volume is behind: every writer waits, after its write, until the thread
- * starts the next pass.
- * So the origin holds at most three or four thresholds not yet submitted
- * (the running pass's, the pending kick's, one more if the thread was
- * slow to take a kick), and a sync or FLUSH pushes about that much,
- * whatever the load.  The cost is the disk's pace for sustained writes:
- * the kernel's own rule at its dirty limit, reached here at 96-128 MiB
- * instead of gigabytes.
+ * the data.  The volume's backlog is what was written since the last
+ * finished pass started (the pass submitted everything before that).
+ *
+ * Pacing (session 7), as the kernel's balance_dirty_pages paces a task:
+ *   - the disk's rate: bytes a pass submitted / its time, averaged over
+ *     busy passes (the next kick came while it ran: the writers are
+ *     ahead of the disk), which block on the full device queue and so end
+ *     at the disk's pace.  A pass submits what was written before it
+ *     started and about half of what is written while it runs (the pages
+ *     ahead of its walk of the file).  A first version counted only the
+ *     first (about half the rate), paced at most at twice the rate, slept
+ *     for pauses of any length and paced while the thread was idle:
+ *     sustained rewrites fell to about half (the rules here fixed it);
+ *   - the backlog, smoothed: the running pass's bytes count as going to
+ *     the disk at that rate, not all at once when the pass ends (a pass
+ *     holds a threshold or more, so the raw backlog is a saw-tooth as tall
+ *     as the whole pacing range);
+ *   - under the setpoint (half a threshold of raw backlog) a write costs
+ *     one atomic add and a load: no lock, never a sleep;
+ *   - above it, while a pass runs or is due (an idle thread means the
+ *     disk is not behind), every write is paused a little: its bytes at
+ *     the disk's rate times a factor of the smoothed backlog, 8 at the
+ *     setpoint, 1 at one threshold, 0 at one and a half (cubic either
+ *     side, as the kernel's pos_ratio), so the backlog settles where the
+ *     writers' pace meets the disk's whatever the estimate's error within
+ *     that range.  The pauses are slots on one clock per volume, so the
+ *     volume's writers together get that rate however many threads
+ *     write; a write sleeps only once the clock is PAUSE_MIN_US ahead
+ *     (shorter pauses add up: a wake-up on a busy CPU costs more than
+ *     they would), and at most PAUSE_MAX_MS;
+ *   - the hard stop stays the last resort: at four thresholds of raw
+ *     backlog a writer waits until a pass ends (before the first pass
+ *     ends there is no rate to pace at).
+ * Stopping writers until a pass ended (session 6's only rule) made them
+ * wait for the disk in steps of a whole pass: the longest write with no
+ * snapshot near was 0.5-1.4 s.  A sync or FLUSH still finds at most a few
+ * thresholds to push.
  *
  * Durability is unchanged: only obj_sync makes data durable; this only
  * leaves obj_sync less to do.  The threshold trades the two costs
@@ -50,10 +77,7 @@
  * IOPS fell to about half); too large and a sync again has seconds of
  * data to push.  At 32 MiB the create's sync took 150 ms p50 here instead
  * of 3.2 s, and the longest write during a create 20 ms instead of 345 ms.
- *
- * The same op, waiting, can pace the sync that makes a snapshot durable
- * (sv_writeback_sync, below; off by default).  docs/design-notes.md, "Writeback of the
- * origin", has the measurements.
+ * docs/design-notes.md, "Writeback of the origin", has the measurements.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -68,9 +92,12 @@
 #include "log.h"
 #include "util.h"
 
-#define WRITEBACK_DEFAULT_MB  32
-#define SYNC_SLICE_DEFAULT_MB 0
-#define SYNC_SLICES_MAX	      256
+#define WRITEBACK_DEFAULT_MB 32
+#define PAUSE_MIN_US	     1000
+#define PAUSE_MAX_MS	     20		 /* one write's pause at most (the hard stop aside) */
+#define SETPOINT(t)	     ((t) / 2)	 /* (smoothed) backlog with no pause at all */
+#define PACE_END(t)	     ((t)*3 / 2) /* (smoothed) backlog paced at nothing */
+#define HARD_STOP(t)	     (4 * (t))	 /* backlog at which writers wait for a pass */
 
 static uint64_t threshold_bytes;
 static pthread_once_t threshold_once = PTHREAD_ONCE_INIT;
@@ -95,6 +122,15 @@ sv_writeback_threshold(void)
 	return threshold_bytes;
 }
 
+/* Where the next writer must take the slow path: the next kick, or the
+ * pacing setpoint.  lock. */
+static void
+set_slow_at_locked(struct sv_wback *w)
+{
+	uint64_t pace = w->taken + SETPOINT(w->threshold);
+	__atomic_store_n(&w->slow_at, w->kick_at < pace ? w->kick_at : pace, __ATOMIC_RELAXED);
+}
+
 void
 sv_writeback_init(struct sv_volume *vol)
 {
@@ -103,6 +139,8 @@ sv_writeback_init(struct sv_volume *vol)
 	pthread_cond_init(&w->cond, NULL);
 	pthread_cond_init(&w->done, NULL);
 	w->threshold = vol->ops->obj_writeback ? sv_writeback_threshold() : 0;
+	w->kick_at = w->threshold;
+	set_slow_at_locked(w); /* nobody else sees it yet */
 }
 
 static void *
@@ -117,16 +155,37 @@ writeback_thread(void *arg)
 		if (w->stop)
 			break;
 		w->kick = false;
-		if (w->behind) { /* the writers held for this kick go on */
-			__atomic_store_n(&w->behind, false, __ATOMIC_RELEASE);
-			pthread_cond_broadcast(&w->done);
-		}
-		sv_unlock_or_abort(&w->lock);
+		/* Everything written before this is submitted when the pass ends. */
+		uint64_t start = __atomic_load_n(&w->written, __ATOMIC_RELAXED);
 		uint64_t t0 = sv_now_ns();
-		int r = vol->ops->obj_writeback(vol->origin, 0, 0, 0);
+		w->running = true;
+		w->pass_start = start;
+		w->pass_ns = t0;
+		sv_unlock_or_abort(&w->lock);
+		int r = vol->ops->obj_writeback(vol->origin);
 		int e = errno;
 		uint64_t ns = sv_now_ns() - t0;
 		sv_lock_or_abort(&w->lock);
+		w->running = false;
+		/* A busy pass (the next kick came while it ran: the writers are
+		 * ahead of the disk) measures the disk's pace. */
+		/* The pass also submitted about half of what was written while
+		 * it ran (the pages ahead of its walk of the file). */
+		uint64_t end = __atomic_load_n(&w->written, __ATOMIC_RELAXED);
+		if (start > w->taken && ns > 0) {
+			double bytes = (double)(start - w->taken) + (double)(end - start) / 2;
+			double bps = bytes * 1e9 / (double)ns;
+			uint64_t avg = w->rate ? (uint64_t)((double)w->rate / 2 + bps / 2) : 0;
+			if (!w->rate)
+				w->rate = (uint64_t)bps;
+			else if (w->kick)
+				w->rate = avg;
+			else if (avg > w->rate) /* the disk kept up: it takes at least this */
+				w->rate = avg;
+		}
+		w->taken = start;
+		set_slow_at_locked(w);
+		pthread_cond_broadcast(&w->done); /* writers at the hard stop go on */
 		w->kicks++;
 		w->kick_ns += ns;
 		if (ns > w->kick_ns_max)
@@ -142,43 +201,106 @@ writeback_thread(void *arg)
 	return NULL;
 }
 
+/* The pace at (smoothed) backlog b: the disk's rate times 1 + k y^3,
+ * y = 1 - 2x, x the backlog's place between the setpoint (x = 0: 8 times
+ * the rate, k = 7) and PACE_END (x = 1: nothing, k = 1); the pause is the
+ * slot of bytes on the volume's clock, at most PAUSE_MAX_MS from now.
+ * lock. */
+static uint64_t
+pause_locked(struct sv_wback *w, uint64_t b, uint64_t bytes)
+{
+	uint64_t set = SETPOINT(w->threshold), end = PACE_END(w->threshold);
+	double x = b >= end ? 1 : (double)(b - set) / (double)(end - set);
+	double y = 1 - 2 * x;
+	double g = 1 + (y > 0 ? 7 : 1) * y * y * y;
+	uint64_t now = sv_now_ns(), max = (uint64_t)PAUSE_MAX_MS * 1000000;
+	double cost = (double)bytes * 1e9 / ((double)w->rate * g);
+	uint64_t slot =
+	    (w->slot_ns > now ? w->slot_ns : now) + (cost > (double)max ? max : (uint64_t)cost);
+	if (slot > now + max)
+		slot = now + max;
+	w->slot_ns = slot;
+	/* Short pauses add up on the clock, and the write that takes it
+	 * PAUSE_MIN_US ahead sleeps: a sleep's own cost (a wake-up on a busy
+	 * CPU) is then small against it. */
+	return slot - now >= (uint64_t)PAUSE_MIN_US * 1000 ? slot - now : 0;
+}
+
+/* A kick due, or the volume past the setpoint: n is written with this
+ * write's bytes. */
+static void
+note_slow(struct sv_volume *vol, uint64_t n, uint64_t bytes)
+{
+	struct sv_wback *w = &vol->wback;
+	uint64_t pause = 0;
+	{
+		SV_LOCK_SCOPE(&w->lock);
+		if (w->stop)
+			return;
+		if (n >= w->kick_at) {
+			if (!w->started) {
+				if (pthread_create(&w->thread, NULL, writeback_thread, vol) != 0) {
+					sv_log_warn(
+					    "volume %s: cannot start its writeback thread; "
+					    "the origin is written back by the kernel alone",
+					    vol->name);
+					__atomic_store_n(&w->threshold, 0, __ATOMIC_RELAXED);
+					return;
+				}
+				w->started = true;
+			}
+			w->kick = true; /* kicks while a pass runs fold into the next */
+			w->kick_at = n + w->threshold;
+			pthread_cond_signal(&w->cond);
+		}
+		uint64_t t = w->threshold;
+		if (n >= w->taken + HARD_STOP(t)) {
+			/* The last resort: a pass is running or due (a kick comes
+			 * every threshold), and its end takes the backlog down. */
+			uint64_t t0 = sv_now_ns();
+			while (n >= w->taken + HARD_STOP(t) && !w->stop)
+				pthread_cond_wait(&w->done, &w->lock);
+			w->waits++;
+			w->wait_ns += sv_now_ns() - t0;
+		} else if (n > w->taken + SETPOINT(t) && w->rate && (w->running || w->kick)) {
+			/* (No pass running or due: the disk is not behind.) */
+			/* The backlog, smoothed: the running pass's bytes go to the
+			 * disk at its rate, not all at once when the pass ends. */
+			uint64_t taken = w->taken;
+			if (w->running) {
+				uint64_t now = sv_now_ns();
+				double gone = (double)w->rate * (double)(now - w->pass_ns) / 1e9;
+				taken = gone >= (double)(w->pass_start - taken)
+					    ? w->pass_start
+					    : taken + (uint64_t)gone;
+			}
+			if (n > taken + SETPOINT(t))
+				pause = pause_locked(w, n - taken, bytes);
+			w->paced += pause > 0;
+			w->paced_ns += pause;
+			if (pause > w->pause_ns_max)
+				w->pause_ns_max = pause;
+		}
+		set_slow_at_locked(w);
+	}
+	if (pause) {
+		struct timespec ts = {(time_t)(pause / 1000000000), (long)(pause % 1000000000)};
+		while (nanosleep(&ts, &ts) == -1 && errno == EINTR)
+			;
+	}
+}
+
 void
 sv_writeback_note(struct sv_volume *vol, uint64_t bytes)
 {
 	struct sv_wback *w = &vol->wback;
-	uint64_t t = __atomic_load_n(&w->threshold, __ATOMIC_RELAXED);
-	if (!t)
+	if (!__atomic_load_n(&w->threshold, __ATOMIC_RELAXED))
 		return;
-	if (__atomic_load_n(&w->behind, __ATOMIC_ACQUIRE)) { /* backpressure */
-		uint64_t t0 = sv_now_ns();
-		SV_LOCK_SCOPE(&w->lock);
-		while (w->behind && !w->stop)
-			pthread_cond_wait(&w->done, &w->lock);
-		w->waits++;
-		w->wait_ns += sv_now_ns() - t0;
-	}
-	if (__atomic_add_fetch(&w->pending, bytes, __ATOMIC_RELAXED) < t)
+	/* The fast path: one atomic add, under the setpoint and between kicks. */
+	uint64_t n = __atomic_add_fetch(&w->written, bytes, __ATOMIC_RELAXED);
+	if (n < __atomic_load_n(&w->slow_at, __ATOMIC_RELAXED))
 		return;
-	/* One writer wins the reset and kicks; the others go on. */
-	if (__atomic_exchange_n(&w->pending, 0, __ATOMIC_RELAXED) < t)
-		return;
-	SV_LOCK_SCOPE(&w->lock);
-	if (w->stop)
-		return;
-	if (!w->started) {
-		if (pthread_create(&w->thread, NULL, writeback_thread, vol) != 0) {
-			sv_log_warn("volume %s: cannot start its writeback thread; the origin is "
-				    "written back by the kernel alone",
-				    vol->name);
-			__atomic_store_n(&w->threshold, 0, __ATOMIC_RELAXED);
-			return;
-		}
-		w->started = true;
-	}
-	if (w->kick) /* the last kick is not even taken: a whole threshold behind */
-		__atomic_store_n(&w->behind, true, __ATOMIC_RELEASE);
-	w->kick = true;
-	pthread_cond_signal(&w->cond);
+	note_slow(vol, n, bytes);
 }
 
 void
@@ -194,66 +316,18 @@ sv_writeback_stop(struct sv_volume *vol)
 	if (started) {
 		pthread_join(w->thread, NULL);
 		sv_log_debug("volume %s: %" PRIu64 " writeback kicks, %" PRIu64 " us each on "
-			     "average, %" PRIu64 " us at most; writers held %" PRIu64
+			     "average, %" PRIu64 " us at most; disk rate %" PRIu64
+			     " KiB/s; writers paused %" PRIu64 " times, %" PRIu64
+			     " us in all, %" PRIu64 " us at most; held at the hard stop %" PRIu64
 			     " times, %" PRIu64 " us in all",
 			     vol->name, w->kicks, w->kicks ? w->kick_ns / w->kicks / 1000 : 0,
-			     w->kick_ns_max / 1000, w->waits, w->wait_ns / 1000);
+			     w->kick_ns_max / 1000, w->rate / 1024, w->paced, w->paced_ns / 1000,
+			     w->pause_ns_max / 1000, w->waits, w->wait_ns / 1000);
 	}
 	w->started = false;
 	pthread_cond_destroy(&w->cond);
 	pthread_cond_destroy(&w->done);
 	pthread_mutex_destroy(&w->lock);
-}
-
-/* ---- the sync that makes a snapshot durable ---- */
-
-static uint64_t slice_bytes;
-static pthread_once_t slice_once = PTHREAD_ONCE_INIT;
-
-static void
-read_slice(void)
-{
-	uint64_t mb = SYNC_SLICE_DEFAULT_MB;
-	const char *env = getenv("SNAPVOL_SNAP_SYNC_SLICE_MB");
-	if (env && sv_parse_size(env, &mb) == -1) {
-		sv_log_warn("SNAPVOL_SNAP_SYNC_SLICE_MB=%s: not a number; using %u", env,
-			    SYNC_SLICE_DEFAULT_MB);
-		mb = SYNC_SLICE_DEFAULT_MB;
-	}
-	slice_bytes = (mb > 65536 ? 65536 : mb) << 20;
-}
-
-/* One fdatasync of the origin submits every dirty page at once: the
- * device's queue then holds all of it ahead of the pre-image commits that
- * first writes after the switch wait for (and a read-after-landing or a
- * write to a landing chunk waits for those).  Written back and waited for
- * one slice of the address range at a time (SNAPVOL_SNAP_SYNC_SLICE_MB),
- * at most a slice's dirty pages are queued ahead of a commit; the
- * fdatasync after it has only the pages dirtied meanwhile, the metadata
- * and the cache flush left.  Durability is the fdatasync's alone, as
- * before.  At most SYNC_SLICES_MAX slices, so a 1 TiB volume costs few
- * calls.  Off by default: on a quiet machine at 20k+ IOPS, 64 MiB slices
- * made the longest write during a create worse (2.1 s p50 against 0.35 s
- * with one fdatasync; docs/design-notes.md). */
-int
-sv_writeback_sync(struct sv_volume *vol)
-{
-	pthread_once(&slice_once, read_slice);
-	const struct sv_store_ops *ops = vol->ops;
-	if (ops->obj_writeback && slice_bytes) {
-		uint64_t slice = slice_bytes;
-		if (slice < vol->size / SYNC_SLICES_MAX)
-			slice = vol->size / SYNC_SLICES_MAX;
-		for (uint64_t off = 0; off < vol->size; off += slice) {
-			uint64_t len = vol->size - off < slice ? vol->size - off : slice;
-			/* A waited writeback reports a write error once, like a
-			 * sync (Linux's errseq: the fdatasync after it would not
-			 * see it again), so it fails the sync here. */
-			if (ops->obj_writeback(vol->origin, off, len, SV_WRITEBACK_WAIT) == -1)
-				return -1;
-		}
-	}
-	return ops->obj_sync(vol->origin);
 }
 
 /* ---- tracing (SNAPVOL_TRACE_FREEZE=1): what a snapshot's sync meets ---- */

@@ -465,21 +465,16 @@ file_obj_sync(struct sv_obj *o)
 	return fdatasync(((struct file_obj *)o)->fd);
 }
 
-/* Start writeback of the range's dirty pages: SYNC_FILE_RANGE_WRITE alone
+/* Start writeback of the file's dirty pages: SYNC_FILE_RANGE_WRITE alone
  * only queues I/O (skipping pages already under writeback), so a later
- * fdatasync finds less to write; with SV_WRITEBACK_WAIT it waits for
- * earlier writeback of the range, writes, and waits again.  Neither
- * flushes the disk's cache nor writes metadata: only fdatasync is durable. */
+ * fdatasync finds less to write.  It neither flushes the disk's cache nor
+ * writes metadata: only fdatasync is durable. */
 static int
-file_obj_writeback(struct sv_obj *o, uint64_t off, uint64_t len, unsigned flags)
+file_obj_writeback(struct sv_obj *o)
 {
 	struct file_obj *fo = (struct file_obj *)o;
-	unsigned how =
-	    (flags & SV_WRITEBACK_WAIT)
-		? SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER
-		: SYNC_FILE_RANGE_WRITE;
 	for (;;) {
-		if (sync_file_range(fo->fd, (off_t)off, (off_t)len, how) == 0)
+		if (sync_file_range(fo->fd, 0, 0, SYNC_FILE_RANGE_WRITE) == 0)
 			return 0;
 		if (errno != EINTR)
 			return -1;

@@ -43,9 +43,6 @@ struct sv_obj;	 /* an open data object */
 /* obj_pwrite flags */
 #define SV_STORE_FUA 0x1u /* durable when the call returns */
 
-/* obj_writeback flags */
-#define SV_WRITEBACK_WAIT 0x1u /* wait for the range's writeback to complete */
-
 /* obj_zero flags */
 #define SV_ZERO_MAY_TRIM  0x1u /* punching a hole is fine */
 #define SV_ZERO_FAST_ONLY 0x2u /* fail with ENOTSUP rather than write zeros */
@@ -122,16 +119,13 @@ struct sv_store_ops {
 	/* Bytes new data may still take in the pool (for write-behind's room
 	 * check where obj_fd gives no file system to ask).  NULL: use obj_fd. */
 	int (*space_avail)(struct sv_store *st, uint64_t *bytes);
-	/* Start writing the object's unsynced data in [off, off+len) (len 0:
-	 * to the end) to the device; with SV_WRITEBACK_WAIT, also wait until
-	 * those writes are done, and fail if one failed (reported once, as by
-	 * obj_sync: a later obj_sync may not report it again, so the caller
-	 * must treat it as a failed sync).  Durability still comes only from obj_sync
-	 * (no device cache flush, no metadata): this bounds what an obj_sync
-	 * has left to do, and lets the engine pace it.  May block while the
-	 * device's queue is full: the engine calls it off the write path.
-	 * NULL where writes are durable when acknowledged (RADOS). */
-	int (*obj_writeback)(struct sv_obj *o, uint64_t off, uint64_t len, unsigned flags);
+	/* Start writing the object's unsynced data to the device, waiting for
+	 * none of it.  Durability still comes only from obj_sync (no device
+	 * cache flush, no metadata): this bounds what an obj_sync has left to
+	 * do.  May block while the device's queue is full: the engine calls it
+	 * off the write path.  NULL where writes are durable when acknowledged
+	 * (RADOS). */
+	int (*obj_writeback)(struct sv_obj *o);
 	/* Not an op: true where a write is durable when acknowledged (obj_sync
 	 * is a no-op: RADOS).  The engine then commits copies with records
 	 * alone; elsewhere it appends the pre-images to a log with their

@@ -895,10 +895,9 @@ c_obj_cache(struct sv_obj *so, uint64_t off, uint64_t len)
 /* Writeback only starts I/O: nothing becomes durable, so the pending
  * writes stay pending (a power loss still drops or tears them). */
 static int
-c_obj_writeback(struct sv_obj *so, uint64_t off, uint64_t len, unsigned flags)
+c_obj_writeback(struct sv_obj *so)
 {
 	struct cobj *o = (struct cobj *)so;
-	(void)off, (void)len, (void)flags;
 	ENTER(o->cs, false);
 	return leave(o->cs, 0);
 }
