@@ -139,15 +139,16 @@ has() { [[ " $SECTIONS " == *" $1 "* ]]; }
 
 # ---------------------------------------------------------------- cleanup
 stop_pid() { # stop_pid PID [SIG [SECONDS]]: SIG (TERM), up to SECONDS (30), then KILL; reaps it
-	local pid=$1 sig=${2:-TERM} secs=${3:-30} i
+	local pid=$1 sig=${2:-TERM} secs=${3:-30} i name
 	if kill -0 "$pid" 2>/dev/null; then
+		name=$(ps -o args= -p "$pid" | cut -c1-80)
 		kill "-$sig" "$pid" 2>/dev/null || true
 		for ((i = 0; i < secs * 10; i++)); do
 			kill -0 "$pid" 2>/dev/null || break
 			sleep 0.1
 		done
 		if kill -0 "$pid" 2>/dev/null; then
-			log "  pid $pid ignored SIG$sig for $secs s: SIGKILL"
+			log "  pid $pid ($name) ignored SIG$sig for $secs s: SIGKILL"
 			kill -KILL "$pid" 2>/dev/null || true
 		fi
 	fi
