@@ -168,9 +168,9 @@ writeback_thread(void *arg)
 		sv_lock_or_abort(&w->lock);
 		w->running = false;
 		/* A busy pass (the next kick came while it ran: the writers are
-		 * ahead of the disk) measures the disk's pace. */
-		/* The pass also submitted about half of what was written while
-		 * it ran (the pages ahead of its walk of the file). */
+		 * ahead of the disk) measures the disk's pace.  It submitted what
+		 * was written before it started and about half of what was
+		 * written while it ran (the pages ahead of its walk of the file). */
 		uint64_t end = __atomic_load_n(&w->written, __ATOMIC_RELAXED);
 		if (start > w->taken && ns > 0) {
 			double bytes = (double)(start - w->taken) + (double)(end - start) / 2;

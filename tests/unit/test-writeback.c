@@ -36,6 +36,7 @@
 #include "error.h"
 #include "store-crash.h"
 #include "testpool.h"
+#include "util.h"
 
 #define VOL_SIZE (UINT64_C(8) << 20)
 #define BLOCK	 4096u
@@ -50,9 +51,9 @@ static uint64_t writebacks; /* __atomic */
 static pthread_t main_thread;
 static pthread_mutex_t hold_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t hold_cond = PTHREAD_COND_INITIALIZER;
-static bool hold_passes;    /* hold_lock: the thread's passes (no WAIT) block */
-static bool on_main_thread; /* __atomic: a kick (no WAIT) came from the writer's thread */
-/* A slow disk: while disk_bps is set, a pass (no WAIT) takes as long as the
+static bool hold_passes;    /* hold_lock: the thread's passes block */
+static bool on_main_thread; /* __atomic: a pass ran on the writer's thread */
+/* A slow disk: while disk_bps is set, a pass takes as long as the
  * blocks *disk_written counted since the last pass started take at that
  * rate; passes_done counts the passes ended, taken_blocks is *disk_written
  * when the last one ended started (all __atomic). */
@@ -136,14 +137,6 @@ writebacks_above(uint64_t n)
 		nanosleep(&ts, NULL);
 	}
 	return false;
-}
-
-static uint64_t
-now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000 + (uint64_t)ts.tv_nsec;
 }
 
 /* ---- data: generation g of block b, sector by sector ---- */
@@ -342,11 +335,11 @@ pace_write(void *arg)
 		uint64_t b = i % NBLOCKS;
 		test_fill_block(buf, BLOCK, 4, b);
 		bool paced = __atomic_load_n(&passes_done, __ATOMIC_RELAXED) > 1;
-		uint64_t t0 = now_ns();
+		uint64_t t0 = sv_now_ns();
 		int err = 0;
 		if (sv_view_pwrite(w->v, buf, BLOCK, b * BLOCK, 0, &err) != 0)
 			break;
-		uint64_t ns = now_ns() - t0;
+		uint64_t ns = sv_now_ns() - t0;
 		__atomic_store_n(&w->written, i + 1, __ATOMIC_RELAXED);
 		if (!paced)
 			continue;
@@ -376,11 +369,11 @@ test_pacing(void **state)
 	__atomic_store_n(&passes_done, 0, __ATOMIC_RELAXED);
 	__atomic_store_n(&disk_written, &w.written, __ATOMIC_RELAXED);
 	__atomic_store_n(&disk_bps, (uint64_t)DISK_MBPS << 20, __ATOMIC_RELAXED);
-	uint64_t t0 = now_ns();
+	uint64_t t0 = sv_now_ns();
 	pthread_t t;
 	assert_int_equal(pthread_create(&t, NULL, pace_write, &w), 0);
 	assert_int_equal(pthread_join(t, NULL), 0);
-	uint64_t ms = (now_ns() - t0) / 1000000;
+	uint64_t ms = (sv_now_ns() - t0) / 1000000;
 	sv_view_close(w.v); /* the last pass ends before the disk goes */
 	__atomic_store_n(&disk_bps, 0, __ATOMIC_RELAXED);
 	__atomic_store_n(&disk_written, NULL, __ATOMIC_RELAXED);
@@ -400,8 +393,7 @@ test_pacing(void **state)
 	assert_int_equal(test_rmtree(dir), 0);
 }
 
-/* On the real file store: a working call, and
- * the data still reads back. */
+/* On the real file store: a working call, and the data still reads back. */
 static void
 test_file_store_op(void **state)
 {
