@@ -18,7 +18,9 @@
  * private struct with the same functions the real open uses (so the check
  * and the server can never disagree about what is valid), minus the
  * checkpoint and the clean-up.  With repair, the wasted space is punched,
- * unknown pre-image objects are removed, and then the volume is opened
+ * unknown pre-image objects are removed (into the pool's trash, where the
+ * store has one: freed in the background, and like every file there not
+ * an object of any volume), and then the volume is opened
  * the ordinary way, which replays, checkpoints and finishes what is
  * pending.  Damaged metadata is reported, never "repaired" by guessing:
  * a wrong guess would make a snapshot read wrong data silently.
@@ -144,6 +146,20 @@ check_pre_space(struct checker *ck, struct sv_volume *v, struct sv_epoch *ep)
 		       ck->repair ? (failed ? "; punching it failed" : "; punched") : "");
 }
 
+/* Remove a stray object: into the pool's trash where the store has one
+ * (freed in the background: a large sparse file takes seconds), else in
+ * place. */
+static int
+remove_stray(struct sv_volume *v, const char *obj)
+{
+	if (!v->ops->obj_trash)
+		return v->ops->obj_remove(v->pool->st, v->name, obj);
+	if (v->ops->obj_trash(v->pool->st, v->name, obj) == -1)
+		return -1;
+	sv_reclaim_trashed(v->pool);
+	return 0;
+}
+
 /* Objects of the volume that nothing names. */
 static void
 check_objects(struct checker *ck, struct sv_volume *v)
@@ -164,8 +180,7 @@ check_objects(struct checker *ck, struct sv_volume *v)
 			/* known */
 		} else if (sscanf(names[i], "pre-%" SCNu64 "%c", &id, &tail) == 1) {
 			if (!sv_epoch_find_locked(v, id)) {
-				bool ok = ck->repair &&
-					  v->ops->obj_remove(v->pool->st, v->name, names[i]) == 0;
+				bool ok = ck->repair && remove_stray(v, names[i]) == 0;
 				report(ck, v->name, "warning", ok,
 				       "%s belongs to no epoch the metadata knows (left by a crash "
 				       "or an interrupted delete)%s",

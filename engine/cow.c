@@ -161,22 +161,42 @@ sv_epoch_retire(struct sv_volume *vol, struct sv_epoch *ep)
 	char name[32];
 	sv_epoch_pre_name(ep, name, sizeof name);
 	/* Freeing the space of a large sparse file can take seconds (one
-	 * discard per extent on a filesystem mounted with discard).  It
-	 * happens when the last handle goes, so remove the name holding a
-	 * handle (opened here if need be), and let the pool's reclaimer
-	 * close it (reclaim.c). */
+	 * discard per extent on a filesystem mounted with discard), and
+	 * happens when the last handle of an unlinked file goes.  Where the
+	 * store has a trash, the object moves there (durably: the name leaves
+	 * the volume now) and our handle is closed at once, which is quick
+	 * while the file still has a name; the pool's reclaimer frees it in
+	 * steps (reclaim.c).  Elsewhere remove the name holding a handle
+	 * (opened here if need be), and let the reclaimer close it. */
 	sv_journal_pause(vol); /* not while a checkpoint syncs it (journal.c) */
 	sv_lock_or_abort(&vol->pre_lock);
 	struct sv_obj *pre = ep->pre;
 	ep->pre = NULL;
 	sv_unlock_or_abort(&vol->pre_lock);
 	sv_journal_resume(vol);
-	if (!pre && vol->ops->obj_open(vol->pool->st, vol->name, name, vol->size, 0, &pre) == -1)
-		pre = NULL; /* none (ENOENT), or it is removed in place below */
-	if (vol->ops->obj_remove(vol->pool->st, vol->name, name) == -1 && errno != ENOENT)
-		sv_log_warn("volume %s: cannot remove %s: %m", vol->name, name);
-	if (pre)
-		sv_reclaim_close(vol->pool, pre);
+	bool gone = false;
+	if (vol->ops->obj_trash) {
+		if (vol->ops->obj_trash(vol->pool->st, vol->name, name) == 0) {
+			sv_reclaim_trashed(vol->pool);
+			gone = true;
+		} else if (errno == ENOENT) {
+			gone = true;
+		} else {
+			sv_log_warn("volume %s: cannot move %s to the trash: %m; removing it",
+				    vol->name, name);
+		}
+		if (gone && pre)
+			vol->ops->obj_close(pre);
+	}
+	if (!gone) {
+		if (!pre &&
+		    vol->ops->obj_open(vol->pool->st, vol->name, name, vol->size, 0, &pre) == -1)
+			pre = NULL; /* none (ENOENT), or it is removed in place below */
+		if (vol->ops->obj_remove(vol->pool->st, vol->name, name) == -1 && errno != ENOENT)
+			sv_log_warn("volume %s: cannot remove %s: %m", vol->name, name);
+		if (pre)
+			sv_reclaim_close(vol->pool, pre);
+	}
 	SV_LOCK_SCOPE(&vol->pre_lock);
 	roaring_bitmap_free(ep->changed);
 	ep->changed = NULL;

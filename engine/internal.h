@@ -83,6 +83,12 @@ struct sv_journal {
 				 punched at a checkpoint; UINT64_MAX until a scan */
 	bool must_checkpoint;	 /* the checkpoint at open failed (full store): the
 				 leader takes one before the next record */
+	/* Threads that sync pre-image objects without the leader role
+	 * (pre_users), and sv_journal_pause calls that keep them
+	 * out (pre_closing): journal.c, "The pre-image guard".  lock. */
+	unsigned pre_users, pre_closing;
+	pthread_cond_t pre_cond;   /* pre_users or pre_closing fell; lock */
+	pthread_mutex_t sync_lock; /* each sync of a pre-image object (journal.c) */
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
 	struct pending_rec *pending; /* queued records and their waiters; lock */
@@ -230,14 +236,16 @@ struct sv_wb {
 	bool stop;
 };
 
-/* Closing removed objects in the background (reclaim.c). */
+/* Giving removed objects' space back in the background (reclaim.c). */
 struct sv_reclaim_item;
 struct sv_reclaim {
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
-	struct sv_reclaim_item *head, *tail;
+	struct sv_reclaim_item *head, *tail; /* handles to close */
 	pthread_t thread;
-	bool started, stop, busy; /* busy: closing one now */
+	bool started, stop, busy; /* busy: closing one or freeing a step now */
+	bool trash;		  /* the store's trash may hold something */
+	unsigned trash_gen;	  /* counts objects put into the trash */
 };
 
 struct sv_pool {
@@ -253,12 +261,17 @@ struct sv_pool {
 };
 
 /* reclaim.c: obj, already removed from the store, is closed by a pool
- * thread (the close frees its space, which can take seconds). */
+ * thread (the close frees its space, which can take seconds); or, with a
+ * store that has a trash, sv_reclaim_trashed says an object went there and
+ * the thread empties it in steps.  Init picks up an earlier run's trash. */
 void sv_reclaim_init(struct sv_pool *pool);
 void sv_reclaim_close(struct sv_pool *pool, struct sv_obj *obj);
-/* Wait until everything queued so far is closed (space needed now). */
+void sv_reclaim_trashed(struct sv_pool *pool);
+/* Wait until everything queued so far is closed and the trash is empty
+ * (space needed now). */
 void sv_reclaim_wait(struct sv_pool *pool);
-/* Close everything queued, then stop (pool close). */
+/* Stop between two steps, closing the handles still queued (pool close);
+ * the trash stays for the next run. */
 void sv_reclaim_shutdown(struct sv_pool *pool);
 
 /* A volume's data objects (the store names them; pre-images are "pre-E"). */
@@ -306,9 +319,10 @@ int sv_journal_load(struct sv_volume *vol, json_t *volmeta);
 /* Queue records, wait until they (and the pre-image data written before
  * the call) are durable and their bits set.  0, or -1 with errno. */
 int sv_journal_commit(struct sv_volume *vol, const struct sv_jrec *recs, size_t n);
-/* Keep commits and checkpoints out (wait for the one running): a
- * checkpoint syncs every pre-image object, so sv_epoch_retire takes an
- * epoch's object away only between them. */
+/* Keep commits and checkpoints out (wait for the one running), and the
+ * early syncs of pre-image objects (journal.c, "The pre-image guard"):
+ * they use an epoch's object, so sv_epoch_retire takes it away only
+ * between them. */
 void sv_journal_pause(struct sv_volume *vol);
 void sv_journal_resume(struct sv_volume *vol);
 /* Write all bitmaps as a new checkpoint and start a new generation (in

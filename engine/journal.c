@@ -44,6 +44,40 @@
  * the error, as the commit did: the log, which still holds the pre-images,
  * is kept, and the next checkpoint tries again (a later open replays it).
  *
+ * Syncing up to 128 MiB of scattered 4 KiB pages takes 1-2 s, and commits
+ * (so first writes, and writes waiting for a landing) waited that long
+ * behind a checkpoint's sync_all_pre.  So a checkpoint that is not urgent
+ * (sv_journal_checkpoint*: snapshot delete, rollback, drop-snapshot,
+ * freeze, open, close) first syncs every pre-image object without the
+ * leader role (presync_pre), while commits go on, as a snapshot's presync
+ * does for the origin (snapshot.c); the checkpoint's own sync then finds
+ * only what was copied meanwhile.  It changes nothing in what is durable
+ * when: only the checkpoint's sync counts.  (Starting the writeback of the
+ * pre-image objects early, from a thread of their own, once the log was
+ * 5/8 full, was measured in session 8 and not kept: the log-full
+ * checkpoint still waited, and no run was better for it.)
+ *
+ * The pre-image guard.  sync_all_pre and a commit's sync use an epoch's
+ * object under the leader role, which sv_epoch_retire takes (through
+ * sv_journal_pause) before it takes the object away.  The presync above
+ * runs without it, so it registers instead: pre_hold waits while a pause
+ * is under way (pre_closing) and counts the thread in pre_users for the
+ * use of one object; sv_journal_pause keeps new users out, waits for
+ * pre_users to fall to 0, and then takes the leader role.  In that order,
+ * so a pause never holds commits while it waits for a presync's sync, and
+ * a user never waits for the leader role while counted.
+ *
+ * The sync lock.  On Linux a failed fdatasync reports a write-back error
+ * once per open file: the next sync of the same object returns 0 although
+ * pages were lost.  A checkpoint or commit must not succeed on such a 0
+ * while the sync that saw the error has not yet applied the sticky rule
+ * (invalidated the snapshots reading that epoch, or set pre_untrusted),
+ * which the leader role alone ensured when only the leader synced.  So
+ * every sync of a pre-image object and, on failure, the sticky rule run
+ * under journal.sync_lock (a leaf but for the rule's cow_lock and
+ * volume.meta write; taken after pre_hold and the leader role, never
+ * held while waiting for either).
+ *
  * Replay (at open, before anyone sees the volume) reads the log's blocks
  * from offset 0 while they are whole (header CRC, then payload CRC) and of
  * the checkpoint's generation: a torn or stale block ends it.  It sets the
@@ -227,6 +261,8 @@ journal_open(struct sv_volume *vol, unsigned flags)
 	memset(j, 0, sizeof *j);
 	pthread_mutex_init(&j->lock, NULL);
 	pthread_cond_init(&j->cond, NULL);
+	pthread_cond_init(&j->pre_cond, NULL);
+	pthread_mutex_init(&j->sync_lock, NULL);
 	j->batch_open = 1;
 	j->used_end = UINT64_MAX; /* not known: the first checkpoint scans */
 	j->log = log_mode(vol->ops);
@@ -275,6 +311,8 @@ sv_journal_close(struct sv_volume *vol)
 	free(j->pending);
 	j->pending = NULL;
 	pthread_cond_destroy(&j->cond);
+	pthread_cond_destroy(&j->pre_cond);
+	pthread_mutex_destroy(&j->sync_lock);
 	pthread_mutex_destroy(&j->lock);
 }
 
@@ -386,7 +424,8 @@ pre_sync_failed(struct sv_volume *vol, uint64_t epoch, int err)
 }
 
 /* Before a checkpoint (both modes): make every pre-image object durable.
- * The leader role keeps sv_epoch_retire from closing one under us. */
+ * The leader role keeps sv_epoch_retire from closing one under us (it
+ * takes the role through sv_journal_pause). */
 static int
 sync_all_pre(struct sv_volume *vol)
 {
@@ -403,8 +442,92 @@ sync_all_pre(struct sv_volume *vol)
 		sv_lock_or_abort(&vol->pre_lock);
 		struct sv_obj *o = eps[i]->pre;
 		sv_unlock_or_abort(&vol->pre_lock);
-		if (o && vol->ops->obj_sync(o) == -1)
+		if (!o)
+			continue;
+		sv_lock_or_abort(&vol->journal.sync_lock);
+		if (vol->ops->obj_sync(o) == -1)
 			r = pre_sync_failed(vol, eps[i]->id, errno ? errno : EIO);
+		sv_unlock_or_abort(&vol->journal.sync_lock);
+	}
+	free(eps);
+	return r;
+}
+
+/* ---- the pre-image guard (see the top) ---- */
+
+/* Count the caller as a user of ep's object and return it (NULL: none,
+ * and not counted); pre_unhold when done.  No lock held, not the leader. */
+static struct sv_obj *
+pre_hold(struct sv_volume *vol, struct sv_epoch *ep)
+{
+	struct sv_journal *j = &vol->journal;
+	sv_lock_or_abort(&j->lock);
+	while (j->pre_closing)
+		pthread_cond_wait(&j->pre_cond, &j->lock);
+	j->pre_users++;
+	sv_unlock_or_abort(&j->lock);
+	sv_lock_or_abort(&vol->pre_lock);
+	struct sv_obj *o = ep->pre;
+	sv_unlock_or_abort(&vol->pre_lock);
+	if (!o) {
+		sv_lock_or_abort(&j->lock);
+		if (--j->pre_users == 0)
+			pthread_cond_broadcast(&j->pre_cond);
+		sv_unlock_or_abort(&j->lock);
+	}
+	return o;
+}
+
+static void
+pre_unhold(struct sv_volume *vol)
+{
+	struct sv_journal *j = &vol->journal;
+	sv_lock_or_abort(&j->lock);
+	if (--j->pre_users == 0)
+		pthread_cond_broadcast(&j->pre_cond);
+	sv_unlock_or_abort(&j->lock);
+}
+
+/* The epochs now (their structs outlive a retire: the graveyard); NULL
+ * with no memory (the caller then does without). */
+static struct sv_epoch **
+epochs_now(struct sv_volume *vol, size_t *n)
+{
+	sv_lock_or_abort(&vol->cow_lock);
+	*n = vol->n_epochs;
+	struct sv_epoch **eps = malloc((*n ? *n : 1) * sizeof *eps);
+	if (eps)
+		memcpy(eps, vol->epochs, *n * sizeof *eps);
+	sv_unlock_or_abort(&vol->cow_lock);
+	return eps;
+}
+
+/* Before a checkpoint that is not urgent: sync every pre-image object
+ * without the leader role, while commits go on (see the top).  A failed
+ * sync is handled as the checkpoint's own (pre_sync_failed): on Linux an
+ * fdatasync reports a write-back error once per open file, so the
+ * checkpoint's sync of the same object would not see it again. */
+static int
+presync_pre(struct sv_volume *vol)
+{
+	struct sv_journal *j = &vol->journal;
+	if (!j->log || !j->obj || j->readonly ||
+	    __atomic_load_n(&vol->pre_untrusted, __ATOMIC_ACQUIRE))
+		return 0; /* records mode synced at commit; untrusted: the checkpoint refuses */
+	size_t n;
+	struct sv_epoch **eps = epochs_now(vol, &n);
+	if (!eps)
+		return 0; /* the checkpoint's sync does it all */
+	int r = 0;
+	for (size_t i = 0; i < n && r == 0; i++) {
+		struct sv_obj *o = pre_hold(vol, eps[i]);
+		if (!o)
+			continue;
+		sv_lock_or_abort(&j->sync_lock);
+		if (vol->ops->obj_sync(o) == -1)
+			r = pre_sync_failed(vol, eps[i]->id, errno ? errno : EIO);
+		sv_unlock_or_abort(&j->sync_lock);
+		pre_unhold(vol);
 	}
 	free(eps);
 	return r;
@@ -523,25 +646,49 @@ resign_leader(struct sv_journal *j)
 	sv_unlock_or_abort(&j->lock);
 }
 
+/* The early users of pre-image objects first, then the leader role (see
+ * "The pre-image guard" at the top). */
 void
 sv_journal_pause(struct sv_volume *vol)
 {
-	become_leader(&vol->journal);
+	struct sv_journal *j = &vol->journal;
+	sv_lock_or_abort(&j->lock);
+	j->pre_closing++;
+	while (j->pre_users)
+		pthread_cond_wait(&j->pre_cond, &j->lock);
+	while (j->leader)
+		pthread_cond_wait(&j->cond, &j->lock);
+	j->leader = true;
+	sv_unlock_or_abort(&j->lock);
 }
 
 void
 sv_journal_resume(struct sv_volume *vol)
 {
-	resign_leader(&vol->journal);
+	struct sv_journal *j = &vol->journal;
+	sv_lock_or_abort(&j->lock);
+	j->pre_closing--;
+	j->leader = false;
+	pthread_cond_broadcast(&j->cond);
+	pthread_cond_broadcast(&j->pre_cond);
+	sv_unlock_or_abort(&j->lock);
 }
 
 static int
 checkpoint(struct sv_volume *vol, bool give_back)
 {
 	struct sv_journal *j = &vol->journal;
+	uint64_t t0 = sv_freeze_tracing() ? sv_now_ns() : 0;
+	if (presync_pre(vol) == -1)
+		return -1; /* as the checkpoint would have: the log is kept */
+	uint64_t t1 = t0 ? sv_now_ns() : 0;
 	become_leader(j);
 	int r = checkpoint_as_leader(vol, give_back);
 	resign_leader(j);
+	if (t0)
+		sv_log_info("trace: volume %s: checkpoint: presync %" PRIu64 " us, then %" PRIu64
+			    " us as the leader",
+			    vol->name, (t1 - t0) / 1000, (sv_now_ns() - t1) / 1000);
 	return r;
 }
 
@@ -891,10 +1038,20 @@ sync_pre_objects(struct sv_volume *vol, struct pending_rec *b, size_t n, bool on
 		sv_lock_or_abort(&vol->pre_lock);
 		struct sv_obj *o = ep->pre;
 		sv_unlock_or_abort(&vol->pre_lock);
-		if (o && vol->ops->obj_sync(o) == -1) {
+		if (!o)
+			continue;
+		sv_lock_or_abort(&vol->journal.sync_lock);
+		if (vol->ops->obj_sync(o) == -1) {
+			/* Sticky: the file may have lost other pre-images
+			 * (snapshot.c); under sync_lock (see the top). */
+			int e = errno ? errno : EIO;
 			*bad = ep->id;
+			(void)sv_snap_invalidate_epoch(vol, ep->id, e);
+			sv_unlock_or_abort(&vol->journal.sync_lock);
+			errno = e;
 			return -1;
 		}
+		sv_unlock_or_abort(&vol->journal.sync_lock);
 	}
 	return 0;
 }
@@ -922,8 +1079,13 @@ write_block(struct sv_volume *vol, struct pending_rec *b, size_t n)
 	}
 #define BLOCK_SIZE() (align_up(LHDR_SIZE + n * LREC_SIZE + nseg * LSEG_SIZE) + align_up(dlen))
 	if (j->must_checkpoint || j->next + BLOCK_SIZE() > j->capacity) {
+		uint64_t t0 = sv_freeze_tracing() ? sv_now_ns() : 0;
 		if (checkpoint_as_leader(vol, false) == -1)
 			return sv_last_errno();
+		if (t0)
+			sv_log_info("trace: volume %s: the log is full: a checkpoint took %" PRIu64
+				    " us",
+				    vol->name, (sv_now_ns() - t0) / 1000);
 	}
 	/* What the log cannot hold keeps the old order: its object is synced
 	 * before the block is written. */
@@ -941,11 +1103,8 @@ write_block(struct sv_volume *vol, struct pending_rec *b, size_t n)
 	if (j->next + total > j->capacity)
 		return ENOSPC; /* cannot be: records alone fit a checkpointed log */
 	uint64_t bad;
-	if (sync_pre_objects(vol, b, n, true, &bad) == -1) {
-		int e = errno ? errno : EIO;
-		(void)sv_snap_invalidate_epoch(vol, bad, e);
-		return e;
-	}
+	if (sync_pre_objects(vol, b, n, true, &bad) == -1)
+		return errno ? errno : EIO; /* the epoch is invalidated */
 	/* The header area is built here; the bytes are written from the
 	 * copiers' buffers (each copier's runs lie back to back in one), so a
 	 * batch's pre-images are not copied again: a few writes, one sync. */
@@ -1042,12 +1201,8 @@ append_records(struct sv_volume *vol, struct pending_rec *b, size_t n)
 {
 	struct sv_journal *j = &vol->journal;
 	uint64_t bad;
-	if (sync_pre_objects(vol, b, n, false, &bad) == -1) {
-		/* Sticky: the file may have lost other pre-images (snapshot.c). */
-		int e = errno ? errno : EIO;
-		(void)sv_snap_invalidate_epoch(vol, bad, e);
-		return e;
-	}
+	if (sync_pre_objects(vol, b, n, false, &bad) == -1)
+		return errno ? errno : EIO; /* the epoch is invalidated (sticky) */
 	if ((j->must_checkpoint || j->next + n > j->capacity) &&
 	    checkpoint_as_leader(vol, false) == -1)
 		return sv_last_errno();

@@ -76,7 +76,7 @@ sv_pool_close(struct sv_pool *pool)
 	sv_lock_or_abort(&pool->lock);
 	sv_volume_close_all_locked(pool);
 	sv_unlock_or_abort(&pool->lock);
-	sv_reclaim_shutdown(pool); /* removed objects' space is given back */
+	sv_reclaim_shutdown(pool); /* stops between two steps; the trash stays */
 	sv_wb_free(pool);
 	pthread_mutex_destroy(&pool->lock);
 	pool->ops->close(pool->st);

@@ -6,6 +6,8 @@
  *                                usable by losetup, qemu-img or mount as is
  *   POOL/volumes/NAME/KEY        metadata blobs (volume.meta, ...)
  *   POOL/volumes/NAME/OBJ.raw    other data objects (pre-images, later)
+ *   POOL/trash/NAME              removed objects whose space is not yet
+ *                                given back (obj_trash, trash_step)
  *
  * Objects are sparse files: holes are never-written or trimmed ranges and
  * read back as zeros, which is exactly what a raw image means by them, and
@@ -16,6 +18,16 @@
  * Every path below the pool is built from names the engine has validated
  * (common/names.c), and opened relative to the pool's directory fd, so no
  * name can reach outside the pool.
+ *
+ * The trash: unlinking a large sparse file frees all its extents when the
+ * last descriptor closes, one synchronous discard each on a filesystem
+ * mounted with "discard" (30-40 s for 16384 scattered chunks here), in
+ * whichever process closes it last, even one that is exiting.  So a
+ * removed pre-image is renamed into POOL/trash/ instead (its name leaves
+ * the volume at once, durably), and trash_step punches its data away a
+ * bounded step at a time (FALLOC_FL_PUNCH_HOLE over runs found with
+ * SEEK_DATA/SEEK_HOLE), then unlinks the empty file, which is quick.  The
+ * trash outlives the process: a crash or a stop leaves it for the next one.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -24,9 +36,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "store.h"
@@ -38,7 +52,20 @@ struct file_store {
 	int dirfd;  /* the pool directory */
 	int volsfd; /* POOL/volumes */
 	int lockfd; /* POOL/pool.lock, -1 until locked */
+	/* The trash: POOL/trash, opened (and made) on first use. */
+	pthread_mutex_t trash_lock; /* trashfd, trash_seq */
+	int trashfd;
+	unsigned trash_seq; /* unique names within this process */
+	/* trash_step's file, kept between steps. */
+	pthread_mutex_t step_lock;
+	int step_fd; /* -1: none yet */
+	char step_name[NAME_MAX + 1];
+	uint64_t step_off, step_size; /* punched below step_off */
 };
+
+/* One trash step: at most this many runs and bytes of data punched. */
+#define TRASH_STEP_RUNS	 64u
+#define TRASH_STEP_BYTES (1u << 20)
 
 struct file_obj {
 	struct sv_obj_base base;
@@ -85,6 +112,10 @@ file_open(const char *location, bool create, struct sv_store **out)
 	fs->dirfd = dirfd;
 	fs->volsfd = volsfd;
 	fs->lockfd = -1;
+	pthread_mutex_init(&fs->trash_lock, NULL);
+	fs->trashfd = -1;
+	pthread_mutex_init(&fs->step_lock, NULL);
+	fs->step_fd = -1;
 	*out = (struct sv_store *)fs;
 	return 0;
 }
@@ -95,6 +126,12 @@ file_close(struct sv_store *st)
 	struct file_store *fs = (struct file_store *)st;
 	if (fs->lockfd >= 0)
 		close(fs->lockfd); /* releases the flock */
+	if (fs->step_fd >= 0)
+		close(fs->step_fd); /* quick: the file still has its name */
+	if (fs->trashfd >= 0)
+		close(fs->trashfd);
+	pthread_mutex_destroy(&fs->step_lock);
+	pthread_mutex_destroy(&fs->trash_lock);
 	close(fs->volsfd);
 	close(fs->dirfd);
 	free(fs->dir);
@@ -418,6 +455,184 @@ file_obj_remove(struct sv_store *st, const char *vol, const char *obj)
 	return rc;
 }
 
+/* POOL/trash, made durably if missing; -1 with errno.  Under trash_lock. */
+static int
+trash_dir_locked(struct file_store *fs, bool create)
+{
+	if (fs->trashfd >= 0)
+		return fs->trashfd;
+	if (create) {
+		if (mkdirat(fs->dirfd, "trash", 0700) == 0) {
+			if (fsync_dirfd(fs->dirfd) == -1)
+				return -1;
+		} else if (errno != EEXIST) {
+			return -1;
+		}
+	}
+	fs->trashfd = openat(fs->dirfd, "trash", O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+	return fs->trashfd;
+}
+
+static int
+trash_dir(struct file_store *fs, bool create)
+{
+	pthread_mutex_lock(&fs->trash_lock);
+	int fd = trash_dir_locked(fs, create);
+	pthread_mutex_unlock(&fs->trash_lock);
+	return fd;
+}
+
+static int
+file_obj_trash(struct sv_store *st, const char *vol, const char *obj)
+{
+	struct file_store *fs = (struct file_store *)st;
+	char fname[NAME_MAX + 1], tname[NAME_MAX + 1];
+	if (obj_filename(obj, fname, sizeof fname) == -1)
+		return -1;
+	pthread_mutex_lock(&fs->trash_lock);
+	int tfd = trash_dir_locked(fs, true);
+	unsigned seq = fs->trash_seq++;
+	pthread_mutex_unlock(&fs->trash_lock);
+	if (tfd == -1)
+		return -1;
+	/* Unique across processes and runs: the time, the pid, a count; the
+	 * rest only tells a reader where it came from. */
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	snprintf(tname, sizeof tname, "%lld.%09ld-%ld-%u-%.80s-%.80s", (long long)ts.tv_sec,
+		 ts.tv_nsec, (long)getpid(), seq, vol, fname);
+	int vfd = open_voldir(fs, vol);
+	if (vfd == -1)
+		return -1;
+	/* Both directories synced: the new name first, so the file has a
+	 * durable name all along. */
+	int rc = renameat(vfd, fname, tfd, tname);
+	if (rc == 0 && (fsync_dirfd(tfd) == -1 || fsync_dirfd(vfd) == -1))
+		rc = -1;
+	int e = errno;
+	close(vfd);
+	errno = e;
+	return rc;
+}
+
+/* Open the next file of the trash for stepping; 0 if there is none.
+ * bytes (if not NULL) gets the space the trash's files hold. */
+static int
+trash_scan(struct file_store *fs, int tfd, bool pick, uint64_t *bytes)
+{
+	int dfd = openat(tfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd == -1)
+		return -1;
+	DIR *d = fdopendir(dfd);
+	if (!d) {
+		close(dfd);
+		return -1;
+	}
+	int found = 0;
+	struct dirent *e;
+	while ((e = readdir(d)) != NULL) {
+		if (e->d_name[0] == '.')
+			continue;
+		struct stat sb;
+		if (fstatat(tfd, e->d_name, &sb, AT_SYMLINK_NOFOLLOW) == -1 || !S_ISREG(sb.st_mode))
+			continue; /* gone, or not ours: left alone */
+		found = 1;
+		if (bytes)
+			*bytes += (uint64_t)sb.st_blocks * 512;
+		if (pick && fs->step_fd == -1 && strlen(e->d_name) < sizeof fs->step_name) {
+			int fd = openat(tfd, e->d_name, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+			if (fd == -1) { /* cannot step it: unlink it whole (slow) */
+				if (unlinkat(tfd, e->d_name, 0) == 0 || errno == ENOENT)
+					found = 0;
+				continue;
+			}
+			strcpy(fs->step_name, e->d_name);
+			fs->step_fd = fd;
+			fs->step_off = 0;
+			fs->step_size = (uint64_t)sb.st_size;
+		}
+		if (!bytes && (!pick || fs->step_fd >= 0))
+			break;
+	}
+	closedir(d);
+	return found;
+}
+
+/* Punch the next step of step_fd's data; true once it holds none. */
+static bool
+trash_punch(struct file_store *fs)
+{
+	uint64_t off = fs->step_off, size = fs->step_size;
+	uint64_t start = 0, end = 0, bytes = 0;
+	unsigned runs = 0;
+	while (off < size && runs < TRASH_STEP_RUNS && bytes < TRASH_STEP_BYTES) {
+		off_t data = lseek(fs->step_fd, (off_t)off, SEEK_DATA);
+		if (data == -1) {
+			off = size; /* ENXIO: no data left (else: the unlink frees it) */
+			break;
+		}
+		off_t hole = lseek(fs->step_fd, data, SEEK_HOLE);
+		if (hole == -1 || (uint64_t)hole <= (uint64_t)data) {
+			off = size;
+			break;
+		}
+		uint64_t len = (uint64_t)(hole - data);
+		if (len > TRASH_STEP_BYTES - bytes)
+			len = TRASH_STEP_BYTES - bytes;
+		if (!runs)
+			start = (uint64_t)data;
+		end = (uint64_t)data + len;
+		bytes += len;
+		runs++;
+		off = end;
+	}
+	/* One call over the runs and the holes between them. */
+	if (runs && fallocate(fs->step_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)start,
+			      (off_t)(end - start)) == -1)
+		off = size; /* cannot punch: the unlink frees it in one go */
+	fs->step_off = off;
+	return off >= size;
+}
+
+static int
+file_trash_step(struct sv_store *st, bool work, uint64_t *bytes_left)
+{
+	struct file_store *fs = (struct file_store *)st;
+	int tfd = trash_dir(fs, false);
+	if (tfd == -1) {
+		if (errno != ENOENT)
+			return -1;
+		if (bytes_left)
+			*bytes_left = 0;
+		return 0; /* never made: empty */
+	}
+	pthread_mutex_lock(&fs->step_lock);
+	int rc = 0;
+	if (work) {
+		if (fs->step_fd == -1)
+			rc = trash_scan(fs, tfd, true, NULL);
+		if (rc != -1 && fs->step_fd >= 0 && trash_punch(fs)) {
+			close(fs->step_fd); /* empty now: unlinking it is quick */
+			fs->step_fd = -1;
+			if (unlinkat(tfd, fs->step_name, 0) == -1 && errno != ENOENT)
+				rc = -1;
+		}
+	}
+	if (rc != -1) {
+		if (bytes_left)
+			*bytes_left = 0;
+		rc = fs->step_fd >= 0 ? 1 : 0;
+		if (bytes_left || !rc) {
+			int r = trash_scan(fs, tfd, false, bytes_left);
+			rc = r == -1 ? -1 : (rc || r);
+		}
+	}
+	int e = errno;
+	pthread_mutex_unlock(&fs->step_lock);
+	errno = e;
+	return rc;
+}
+
 static uint64_t
 file_obj_size(struct sv_obj *o)
 {
@@ -634,4 +849,6 @@ const struct sv_store_ops sv_store_file_ops = {
     .obj_locate = file_obj_locate,
     .obj_list = file_obj_list,
     .obj_writeback = file_obj_writeback,
+    .obj_trash = file_obj_trash,
+    .trash_step = file_trash_step,
 };

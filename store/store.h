@@ -142,6 +142,16 @@ struct sv_store_ops {
 	 * obj_pread. */
 	int (*obj_pread_async)(struct sv_obj *o, void *buf, size_t len, uint64_t off,
 			       void (*done)(void *arg, int err), void *arg);
+	/* Remove the object's name now and free its space later: move it,
+	 * durably, into the pool's trash, which trash_step empties.  Open
+	 * handles of it stay valid and are quick to close.  ENOENT if there
+	 * is no such object.  NULL where obj_remove is quick (RADOS). */
+	int (*obj_trash)(struct sv_store *st, const char *vol, const char *obj);
+	/* Free a bounded step of the trash (a few ms to ~0.1 s of work; none
+	 * if !work, which only looks).  1 if anything is left, 0 if the trash
+	 * is empty, -1 with errno.  If bytes_left, the space the trash still
+	 * holds.  One caller at a time may work; NULL with obj_trash. */
+	int (*trash_step)(struct sv_store *st, bool work, uint64_t *bytes_left);
 };
 
 /* The local-file backend: a pool is a directory (see store-file.c). */

@@ -93,29 +93,7 @@ write_blocks(struct sv_view *v, unsigned gen, uint64_t first, uint64_t n)
 static bool
 reads_as(struct sv_pool *pool, const char *name, const unsigned *gen)
 {
-	struct sv_view *v;
-	if (sv_view_open(pool, name, strlen(name), &v) == -1)
-		return false;
-	bool ok = true;
-	unsigned char got[BLOCK], want[BLOCK];
-	for (uint64_t b = 0; b < NBLOCKS && ok; b++) {
-		int err = 0;
-		if (sv_view_pread(v, got, BLOCK, b * BLOCK, &err) == -1) {
-			ok = false;
-			break;
-		}
-		if (gen[b])
-			test_fill_block(want, BLOCK, gen[b], b);
-		else
-			memset(want, 0, BLOCK);
-		if (memcmp(got, want, BLOCK)) {
-			print_error("%s: block %" PRIu64 " is not generation %u\n", name, b,
-				    gen[b]);
-			ok = false;
-		}
-	}
-	sv_view_close(v);
-	return ok;
+	return test_reads_as(pool, name, gen, NBLOCKS, BLOCK);
 }
 
 struct fixture {

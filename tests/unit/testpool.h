@@ -95,6 +95,41 @@ test_fill_block(unsigned char *buf, size_t len, unsigned gen, uint64_t block)
 	}
 }
 
+/* Does export name read each of its nblocks blocks of len bytes as
+ * generation gen[b] of test_fill_block (0: zeros)?  Says where not on
+ * stderr. */
+static inline bool
+test_reads_as(struct sv_pool *pool, const char *name, const unsigned *gen, uint64_t nblocks,
+	      size_t len)
+{
+	struct sv_view *v;
+	if (sv_view_open(pool, name, strlen(name), &v) == -1)
+		return false;
+	bool ok = true;
+	unsigned char *got = malloc(len), *want = malloc(len);
+	for (uint64_t b = 0; b < nblocks && ok && got && want; b++) {
+		int err = 0;
+		if (sv_view_pread(v, got, len, b * len, &err) == -1) {
+			ok = false;
+			break;
+		}
+		if (gen[b])
+			test_fill_block(want, len, gen[b], b);
+		else
+			memset(want, 0, len);
+		if (memcmp(got, want, len)) {
+			fprintf(stderr, "%s: block %llu is not generation %u\n", name,
+				(unsigned long long)b, gen[b]);
+			ok = false;
+		}
+	}
+	ok = ok && got && want;
+	free(got);
+	free(want);
+	sv_view_close(v);
+	return ok;
+}
+
 /* A 512-byte sector that names the write that stored it: a header (magic,
  * write id, sector number, ~id), then bytes derived from id and sector; id
  * 0 is zeros.  Crash and fault tests read back which write a sector holds,
