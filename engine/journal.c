@@ -423,18 +423,39 @@ pre_sync_failed(struct sv_volume *vol, uint64_t epoch, int err)
 			vol->name, epoch, strerror(err));
 }
 
+/* The epochs now (their structs outlive a retire: the graveyard); NULL
+ * with no memory (the caller then does without). */
+static struct sv_epoch **
+epochs_now(struct sv_volume *vol, size_t *n)
+{
+	sv_lock_or_abort(&vol->cow_lock);
+	*n = vol->n_epochs;
+	struct sv_epoch **eps = malloc((*n ? *n : 1) * sizeof *eps);
+	if (eps)
+		memcpy(eps, vol->epochs, *n * sizeof *eps);
+	sv_unlock_or_abort(&vol->cow_lock);
+	return eps;
+}
+
+/* Sync one pre-image object of ep; a failure is sticky (pre_sync_failed),
+ * and both happen under sync_lock (see "The sync lock" at the top). */
+static int
+sync_one_pre(struct sv_volume *vol, struct sv_epoch *ep, struct sv_obj *o)
+{
+	sv_lock_or_abort(&vol->journal.sync_lock);
+	int r = vol->ops->obj_sync(o) == -1 ? pre_sync_failed(vol, ep->id, errno ? errno : EIO) : 0;
+	sv_unlock_or_abort(&vol->journal.sync_lock);
+	return r;
+}
+
 /* Before a checkpoint (both modes): make every pre-image object durable.
  * The leader role keeps sv_epoch_retire from closing one under us (it
  * takes the role through sv_journal_pause). */
 static int
 sync_all_pre(struct sv_volume *vol)
 {
-	sv_lock_or_abort(&vol->cow_lock);
-	size_t n = vol->n_epochs;
-	struct sv_epoch **eps = malloc((n ? n : 1) * sizeof *eps);
-	if (eps)
-		memcpy(eps, vol->epochs, n * sizeof *eps);
-	sv_unlock_or_abort(&vol->cow_lock);
+	size_t n;
+	struct sv_epoch **eps = epochs_now(vol, &n);
 	if (!eps)
 		return sv_error(ENOMEM, "out of memory");
 	int r = 0;
@@ -442,12 +463,8 @@ sync_all_pre(struct sv_volume *vol)
 		sv_lock_or_abort(&vol->pre_lock);
 		struct sv_obj *o = eps[i]->pre;
 		sv_unlock_or_abort(&vol->pre_lock);
-		if (!o)
-			continue;
-		sv_lock_or_abort(&vol->journal.sync_lock);
-		if (vol->ops->obj_sync(o) == -1)
-			r = pre_sync_failed(vol, eps[i]->id, errno ? errno : EIO);
-		sv_unlock_or_abort(&vol->journal.sync_lock);
+		if (o)
+			r = sync_one_pre(vol, eps[i], o);
 	}
 	free(eps);
 	return r;
@@ -488,20 +505,6 @@ pre_unhold(struct sv_volume *vol)
 	sv_unlock_or_abort(&j->lock);
 }
 
-/* The epochs now (their structs outlive a retire: the graveyard); NULL
- * with no memory (the caller then does without). */
-static struct sv_epoch **
-epochs_now(struct sv_volume *vol, size_t *n)
-{
-	sv_lock_or_abort(&vol->cow_lock);
-	*n = vol->n_epochs;
-	struct sv_epoch **eps = malloc((*n ? *n : 1) * sizeof *eps);
-	if (eps)
-		memcpy(eps, vol->epochs, *n * sizeof *eps);
-	sv_unlock_or_abort(&vol->cow_lock);
-	return eps;
-}
-
 /* Before a checkpoint that is not urgent: sync every pre-image object
  * without the leader role, while commits go on (see the top).  A failed
  * sync is handled as the checkpoint's own (pre_sync_failed): on Linux an
@@ -523,10 +526,7 @@ presync_pre(struct sv_volume *vol)
 		struct sv_obj *o = pre_hold(vol, eps[i]);
 		if (!o)
 			continue;
-		sv_lock_or_abort(&j->sync_lock);
-		if (vol->ops->obj_sync(o) == -1)
-			r = pre_sync_failed(vol, eps[i]->id, errno ? errno : EIO);
-		sv_unlock_or_abort(&j->sync_lock);
+		r = sync_one_pre(vol, eps[i], o);
 		pre_unhold(vol);
 	}
 	free(eps);
@@ -1019,11 +1019,10 @@ sv_journal_load(struct sv_volume *vol, json_t *volmeta)
 /* ---- commit ---- */
 
 /* Sync the objects of the batch's records (with only_unlogged, of those
- * whose bytes are not in the log); on failure *bad is the epoch whose
- * object failed. */
+ * whose bytes are not in the log); a failure invalidates the epoch's
+ * snapshots (sticky) before it returns. */
 static int
-sync_pre_objects(struct sv_volume *vol, struct pending_rec *b, size_t n, bool only_unlogged,
-		 uint64_t *bad)
+sync_pre_objects(struct sv_volume *vol, struct pending_rec *b, size_t n, bool only_unlogged)
 {
 	for (size_t i = 0; i < n; i++) {
 		if (only_unlogged && (b[i].rec.nodata || b[i].rec.data))
@@ -1045,7 +1044,6 @@ sync_pre_objects(struct sv_volume *vol, struct pending_rec *b, size_t n, bool on
 			/* Sticky: the file may have lost other pre-images
 			 * (snapshot.c); under sync_lock (see the top). */
 			int e = errno ? errno : EIO;
-			*bad = ep->id;
 			(void)sv_snap_invalidate_epoch(vol, ep->id, e);
 			sv_unlock_or_abort(&vol->journal.sync_lock);
 			errno = e;
@@ -1102,8 +1100,7 @@ write_block(struct sv_volume *vol, struct pending_rec *b, size_t n)
 #undef BLOCK_SIZE
 	if (j->next + total > j->capacity)
 		return ENOSPC; /* cannot be: records alone fit a checkpointed log */
-	uint64_t bad;
-	if (sync_pre_objects(vol, b, n, true, &bad) == -1)
+	if (sync_pre_objects(vol, b, n, true) == -1)
 		return errno ? errno : EIO; /* the epoch is invalidated */
 	/* The header area is built here; the bytes are written from the
 	 * copiers' buffers (each copier's runs lie back to back in one), so a
@@ -1200,8 +1197,7 @@ static int
 append_records(struct sv_volume *vol, struct pending_rec *b, size_t n)
 {
 	struct sv_journal *j = &vol->journal;
-	uint64_t bad;
-	if (sync_pre_objects(vol, b, n, false, &bad) == -1)
+	if (sync_pre_objects(vol, b, n, false) == -1)
 		return errno ? errno : EIO; /* the epoch is invalidated (sticky) */
 	if ((j->must_checkpoint || j->next + n > j->capacity) &&
 	    checkpoint_as_leader(vol, false) == -1)

@@ -162,13 +162,7 @@ close_fixture(struct fixture *f)
 static void
 write_blocks(struct fixture *f, unsigned gen, uint64_t first, uint64_t n)
 {
-	unsigned char buf[BLOCK];
-	for (uint64_t b = first; b < first + n; b++) {
-		test_fill_block(buf, BLOCK, gen, b);
-		int err = 0;
-		assert_int_equal(sv_view_pwrite(f->v, buf, BLOCK, b * BLOCK, 0, &err), 0);
-		f->live[b] = gen;
-	}
+	assert_int_equal(test_write_blocks(f->v, gen, first, n, BLOCK, f->live), 0);
 }
 
 static void

@@ -81,12 +81,7 @@ on_taken(void *arg)
 static void
 write_blocks(struct sv_view *v, unsigned gen, uint64_t first, uint64_t n)
 {
-	unsigned char buf[BLOCK];
-	for (uint64_t b = first; b < first + n; b++) {
-		test_fill_block(buf, BLOCK, gen, b);
-		int err = 0;
-		assert_int_equal(sv_view_pwrite(v, buf, BLOCK, b * BLOCK, 0, &err), 0);
-	}
+	assert_int_equal(test_write_blocks(v, gen, first, n, BLOCK, NULL), 0);
 }
 
 /* Does export name read block b as generation gen[b]? */

@@ -144,14 +144,7 @@ writebacks_above(uint64_t n)
 static void
 write_blocks(struct sv_view *v, unsigned gen, uint64_t first, uint64_t n, unsigned *model)
 {
-	unsigned char buf[BLOCK];
-	for (uint64_t b = first; b < first + n; b++) {
-		test_fill_block(buf, BLOCK, gen, b);
-		int err = 0;
-		assert_int_equal(sv_view_pwrite(v, buf, BLOCK, b * BLOCK, 0, &err), 0);
-		if (model)
-			model[b] = gen;
-	}
+	assert_int_equal(test_write_blocks(v, gen, first, n, BLOCK, model), 0);
 }
 
 /* Does the export read as model (gen per block); with alt, may each sector

@@ -95,6 +95,28 @@ test_fill_block(unsigned char *buf, size_t len, unsigned gen, uint64_t block)
 	}
 }
 
+/* Write blocks [first, first+n) of len bytes as generation gen of
+ * test_fill_block, noting it in model[b] if model; 0, or -1 at the first
+ * write that fails. */
+static inline int
+test_write_blocks(struct sv_view *v, unsigned gen, uint64_t first, uint64_t n, size_t len,
+		  unsigned *model)
+{
+	unsigned char *buf = malloc(len);
+	if (!buf)
+		return -1;
+	int r = 0;
+	for (uint64_t b = first; b < first + n && r == 0; b++) {
+		test_fill_block(buf, len, gen, b);
+		int err = 0;
+		r = sv_view_pwrite(v, buf, len, b * len, 0, &err);
+		if (r == 0 && model)
+			model[b] = gen;
+	}
+	free(buf);
+	return r == 0 ? 0 : -1;
+}
+
 /* Does export name read each of its nblocks blocks of len bytes as
  * generation gen[b] of test_fill_block (0: zeros)?  Says where not on
  * stderr. */
