@@ -23,7 +23,9 @@
  * an object of any volume), and then the volume is opened
  * the ordinary way, which replays, checkpoints and finishes what is
  * pending.  Damaged metadata is reported, never "repaired" by guessing:
- * a wrong guess would make a snapshot read wrong data silently.
+ * a wrong guess would make a snapshot read wrong data silently.  A volume
+ * directory without metadata (an interrupted create) is a warning; repair
+ * moves it to the trash.
  *
  * The pool must not be served meanwhile: the caller holds the pool's lock
  * (a server holds it while it runs), so nothing changes under the check.
@@ -198,12 +200,38 @@ check_objects(struct checker *ck, struct sv_volume *v)
 	free(names);
 }
 
+/* A volume's namespace without its metadata: what a crash in the middle
+ * of a create leaves (or of a delete, by a snapvol from before deletes went
+ * to the trash).  Listing ignores it; its objects are no volume's.  Repair
+ * moves it to the pool's trash where the store has one (the pool's lock is
+ * ours, so nobody is creating it meanwhile); elsewhere the next create of
+ * the name removes it.  The trash itself is outside every volume: nothing
+ * in it is a stray. */
 static void
-check_volume(struct checker *ck, const char *name)
+check_leftover(struct checker *ck, const char *name)
+{
+	const struct sv_store_ops *ops = ck->pool->ops;
+	bool ok = ck->repair && ops->vol_trash && ops->vol_trash(ck->pool->st, name) == 0;
+	if (ok)
+		sv_reclaim_trashed(ck->pool);
+	report(ck, name, "warning", ok,
+	       "no volume metadata: the leftover of an unfinished create or delete%s",
+	       ok		? "; moved to the trash"
+	       : !ck->repair	? ""
+	       : ops->vol_trash ? "; cannot move it to the trash"
+				: "; the next create of the name removes it");
+}
+
+/* listed: name is one of the store's volume namespaces (vol_list). */
+static void
+check_volume(struct checker *ck, const char *name, bool listed)
 {
 	json_t *body;
 	if (sv_meta_load(ck->pool, name, SV_META_VOLUME, &body) == -1) {
-		report(ck, name, "error", false, "%s", sv_last_error());
+		if (sv_last_errno() == ENOENT && listed)
+			check_leftover(ck, name);
+		else
+			report(ck, name, "error", false, "%s", sv_last_error());
 		return;
 	}
 	struct sv_volume_meta m;
@@ -276,22 +304,28 @@ int
 sv_pool_check(struct sv_pool *pool, const char *volume, bool repair, sv_check_fn *fn, void *opaque)
 {
 	struct checker ck = {.pool = pool, .repair = repair, .fn = fn, .opaque = opaque};
-	if (volume) {
-		if (sv_check_name(volume, "volume") == -1)
-			return -1;
-		check_volume(&ck, volume);
-		return (int)ck.errors;
-	}
+	if (volume && sv_check_name(volume, "volume") == -1)
+		return -1;
 	char **names;
 	size_t n;
 	if (pool->ops->vol_list(pool->st, &names, &n) == -1)
 		return sv_error_errno("pool %s: cannot list volumes", sv_pool_describe(pool));
+	if (volume) {
+		bool listed = false;
+		for (size_t i = 0; i < n; i++) {
+			listed |= !strcmp(names[i], volume);
+			free(names[i]);
+		}
+		free(names);
+		check_volume(&ck, volume, listed);
+		return (int)ck.errors;
+	}
 	for (size_t i = 0; i < n; i++) {
 		if (sv_check_name(names[i], "volume") == -1)
 			report(&ck, names[i], "warning", false,
 			       "not a valid volume name: not snapvol's, left alone");
 		else
-			check_volume(&ck, names[i]);
+			check_volume(&ck, names[i], true);
 		free(names[i]);
 	}
 	free(names);

@@ -556,13 +556,15 @@ sv_freeze_renew(struct sv_pool *pool, uint64_t id)
 	uint64_t now = sv_now_ns();
 	if (now >= f->expires_ns) {
 		/* Too late, even if the reaper has not got to it yet: a lapsed
-		 * lease is not revived.  Wake the reaper to end it. */
+		 * lease is not revived.  Wake the reaper to end it.  The reaper
+		 * frees f as soon as the lock is free: what the message needs is
+		 * read before. */
+		const char *why = f->expires_ns >= f->hard_ns
+				      ? "its maximum was reached"
+				      : "its lease lapsed without a heartbeat";
 		pthread_cond_broadcast(&fz->cond);
 		sv_unlock_or_abort(&fz->lock);
-		return sv_error(ENOENT, "freeze %" PRIu64 " has ended (%s)", id,
-				f->expires_ns >= f->hard_ns
-				    ? "its maximum was reached"
-				    : "its lease lapsed without a heartbeat");
+		return sv_error(ENOENT, "freeze %" PRIu64 " has ended (%s)", id, why);
 	}
 	uint64_t e = now + f->lease_ms * NS_PER_MS;
 	f->expires_ns = e < f->hard_ns ? e : f->hard_ns;

@@ -12,14 +12,15 @@
  * behind it on the volume's admin lock, and not a stop of the server.
  *
  * A store with a trash (obj_trash, trash_step: the file backend) moves the
- * object there (sv_epoch_retire), and one thread per pool empties it a
- * bounded step at a time (trash_step: at most 64 runs or 1 MiB punched,
- * then the empty file is unlinked), sleeping while it is empty and woken
- * by sv_reclaim_trashed.  The trash is durable: pool close stops the
- * thread between two steps and leaves the rest where it is, so a stop
- * waits for one step at most, no process is left behind, and the next
- * process to open the pool (a server, or a CLI command) goes on where this
- * one stopped; so does one after a crash.
+ * object there (sv_epoch_retire), or a deleted volume whole (vol_trash,
+ * sv_volume_delete: its origin is as slow to free), and one thread per
+ * pool empties it a bounded step at a time (trash_step: at most 64 runs or
+ * 1 MiB punched, then the empty file is unlinked), sleeping while it is
+ * empty and woken by sv_reclaim_trashed.  The trash is durable: pool
+ * close stops the thread between two steps and leaves the rest where it
+ * is, so a stop waits for one step at most, no process is left behind,
+ * and the next process to open the pool (a server, or a CLI command) goes
+ * on where this one stopped; so does one after a crash.
  *
  * A store without one (RADOS, where removal is quick) hands the removed
  * object's last handle here instead; the thread closes handles in the

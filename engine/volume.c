@@ -6,7 +6,10 @@
  * metadata exists: create makes the namespace and the origin first and
  * writes the metadata last, delete removes the metadata first, so a crash in
  * the middle of either leaves at worst a namespace without metadata, which
- * listing ignores and a later create of the same name cleans up.
+ * listing ignores and a later create of the same name cleans up.  Where the
+ * store has a trash (the file store's vol_trash), delete instead moves the
+ * whole volume there in one step, and the pool's reclaim thread frees it:
+ * a crash leaves the volume whole or in the trash.
  *
  * Open volumes are shared by every view on them (multi-conn NBD clients
  * write through one descriptor, so a flush on any covers all) and
@@ -137,8 +140,14 @@ create_claimed_locked(struct sv_pool *pool, const char *name, uint64_t size, uin
 					sv_last_error());
 		sv_log_warn("volume %s: removing the leftovers of an unfinished create or delete",
 			    name);
-		if (ops->vol_remove(pool->st, name) == -1 || ops->vol_create(pool->st, name) == -1)
+		/* Into the trash where there is one: an older snapvol's
+		 * interrupted delete may have left a whole origin. */
+		int r = ops->vol_trash ? ops->vol_trash(pool->st, name)
+				       : ops->vol_remove(pool->st, name);
+		if (r == -1 || ops->vol_create(pool->st, name) == -1)
 			return sv_error_errno("volume %s: cannot create", name);
+		if (ops->vol_trash)
+			sv_reclaim_trashed(pool);
 	}
 	struct sv_obj *origin;
 	if (ops->obj_open(pool->st, name, SV_OBJ_ORIGIN, size, SV_OBJ_CREATE | SV_OBJ_EXCL,
@@ -227,6 +236,15 @@ delete_claimed_locked(struct sv_pool *pool, const char *name, struct sv_volume *
 			}
 		}
 		volume_close(v);
+	}
+	if (pool->ops->vol_trash) {
+		/* The whole volume into the pool's trash at once, freed in the
+		 * background (reclaim.c): a large origin or pre-image takes
+		 * seconds to minutes to free, which nobody waits for. */
+		if (pool->ops->vol_trash(pool->st, name) == -1)
+			return sv_error_errno("volume %s: cannot delete", name);
+		sv_reclaim_trashed(pool);
+		return 0;
 	}
 	if (pool->ops->meta_remove(pool->st, name, SV_META_VOLUME) == -1)
 		return sv_error_errno("volume %s: cannot delete", name);

@@ -8,6 +8,8 @@
  *   POOL/volumes/NAME/OBJ.raw    other data objects (pre-images, later)
  *   POOL/trash/NAME              removed objects whose space is not yet
  *                                given back (obj_trash, trash_step)
+ *   POOL/trash/NAME/             a deleted volume's directory, the same
+ *                                (vol_trash)
  *
  * Objects are sparse files: holes are never-written or trimmed ranges and
  * read back as zeros, which is exactly what a raw image means by them, and
@@ -28,6 +30,10 @@
  * bounded step at a time (FALLOC_FL_PUNCH_HOLE over runs found with
  * SEEK_DATA/SEEK_HOLE), then unlinks the empty file, which is quick.  The
  * trash outlives the process: a crash or a stop leaves it for the next one.
+ * A deleted volume goes the same way as a whole: its directory is renamed
+ * into the trash (one rename: a crash leaves the volume or its remains in
+ * the trash, never half a volume under its name), and trash_step steps
+ * through its files one by one, then removes the empty directory.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -482,6 +488,25 @@ trash_dir(struct file_store *fs, bool create)
 	return fd;
 }
 
+/* A unique name in the trash: the time, the pid, a count; the rest only
+ * tells a reader where it came from.  -1 with errno. */
+static int
+trash_name(struct file_store *fs, const char *vol, const char *fname, char *tname, size_t len,
+	   int *tfd)
+{
+	pthread_mutex_lock(&fs->trash_lock);
+	*tfd = trash_dir_locked(fs, true);
+	unsigned seq = fs->trash_seq++;
+	pthread_mutex_unlock(&fs->trash_lock);
+	if (*tfd == -1)
+		return -1;
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	snprintf(tname, len, "%lld.%09ld-%ld-%u-%.80s%s%.80s", (long long)ts.tv_sec, ts.tv_nsec,
+		 (long)getpid(), seq, vol, fname ? "-" : "", fname ? fname : "");
+	return 0;
+}
+
 static int
 file_obj_trash(struct sv_store *st, const char *vol, const char *obj)
 {
@@ -489,18 +514,9 @@ file_obj_trash(struct sv_store *st, const char *vol, const char *obj)
 	char fname[NAME_MAX + 1], tname[NAME_MAX + 1];
 	if (obj_filename(obj, fname, sizeof fname) == -1)
 		return -1;
-	pthread_mutex_lock(&fs->trash_lock);
-	int tfd = trash_dir_locked(fs, true);
-	unsigned seq = fs->trash_seq++;
-	pthread_mutex_unlock(&fs->trash_lock);
-	if (tfd == -1)
+	int tfd;
+	if (trash_name(fs, vol, fname, tname, sizeof tname, &tfd) == -1)
 		return -1;
-	/* Unique across processes and runs: the time, the pid, a count; the
-	 * rest only tells a reader where it came from. */
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	snprintf(tname, sizeof tname, "%lld.%09ld-%ld-%u-%.80s-%.80s", (long long)ts.tv_sec,
-		 ts.tv_nsec, (long)getpid(), seq, vol, fname);
 	int vfd = open_voldir(fs, vol);
 	if (vfd == -1)
 		return -1;
@@ -513,6 +529,84 @@ file_obj_trash(struct sv_store *st, const char *vol, const char *obj)
 	close(vfd);
 	errno = e;
 	return rc;
+}
+
+static int
+file_vol_trash(struct sv_store *st, const char *vol)
+{
+	struct file_store *fs = (struct file_store *)st;
+	char tname[NAME_MAX + 1];
+	int tfd;
+	if (trash_name(fs, vol, NULL, tname, sizeof tname, &tfd) == -1)
+		return -1;
+	/* One rename moves the volume whole.  Both directories synced: the
+	 * new name first, so the directory has a durable name all along. */
+	if (renameat(fs->volsfd, vol, tfd, tname) == -1 || fsync_dirfd(tfd) == -1 ||
+	    fsync_dirfd(fs->volsfd) == -1)
+		return -1;
+	return 0;
+}
+
+/* The next file to step in trashed volume directory dname (as
+ * "dname/FILE" in step_name), as trash_scan does at the top; 1 if it holds
+ * anything to do (files, or nothing at all: then the directory itself is
+ * left to remove, which a picking scan does), 0 if not, -1 with errno.
+ * Entries that are not regular files are not ours: left alone, and so is
+ * the directory then. */
+static int
+trash_scan_dir(struct file_store *fs, int tfd, const char *dname, bool pick, uint64_t *bytes)
+{
+	int dfd = openat(tfd, dname, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+	if (dfd == -1)
+		return errno == ENOENT ? 0 : -1;
+	DIR *d = fdopendir(dfd);
+	if (!d) {
+		close(dfd);
+		return -1;
+	}
+	int found = 0;
+	bool foreign = false;
+	struct dirent *e;
+	while ((e = readdir(d)) != NULL) {
+		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+			continue;
+		struct stat sb;
+		if (fstatat(dfd, e->d_name, &sb, AT_SYMLINK_NOFOLLOW) == -1)
+			continue; /* gone */
+		if (!S_ISREG(sb.st_mode)) {
+			foreign = true;
+			continue;
+		}
+		found = 1;
+		if (bytes)
+			*bytes += (uint64_t)sb.st_blocks * 512;
+		if (pick && fs->step_fd == -1) {
+			size_t dl = strlen(dname);
+			int fd = dl + 1 + strlen(e->d_name) < sizeof fs->step_name
+				     ? openat(dfd, e->d_name, O_RDWR | O_CLOEXEC | O_NOFOLLOW)
+				     : -1;
+			if (fd == -1) { /* cannot step it: unlink it whole (slow) */
+				unlinkat(dfd, e->d_name, 0);
+				continue;
+			}
+			memcpy(fs->step_name, dname, dl);
+			fs->step_name[dl] = '/';
+			strcpy(fs->step_name + dl + 1, e->d_name); /* fits: checked above */
+			fs->step_fd = fd;
+			fs->step_off = 0;
+			fs->step_size = (uint64_t)sb.st_size;
+		}
+		if (!bytes && (!pick || fs->step_fd >= 0))
+			break;
+	}
+	closedir(d);
+	if (found || foreign)
+		return found;
+	if (!pick)
+		return 1; /* empty: the next step removes it */
+	if (unlinkat(tfd, dname, AT_REMOVEDIR) == -1 && errno != ENOENT)
+		return -1;
+	return 0;
 }
 
 /* Open the next file of the trash for stepping; 0 if there is none.
@@ -534,8 +628,21 @@ trash_scan(struct file_store *fs, int tfd, bool pick, uint64_t *bytes)
 		if (e->d_name[0] == '.')
 			continue;
 		struct stat sb;
-		if (fstatat(tfd, e->d_name, &sb, AT_SYMLINK_NOFOLLOW) == -1 || !S_ISREG(sb.st_mode))
-			continue; /* gone, or not ours: left alone */
+		if (fstatat(tfd, e->d_name, &sb, AT_SYMLINK_NOFOLLOW) == -1)
+			continue;	   /* gone */
+		if (S_ISDIR(sb.st_mode)) { /* a deleted volume */
+			int r = trash_scan_dir(fs, tfd, e->d_name, pick, bytes);
+			if (r == -1) {
+				found = -1;
+				break;
+			}
+			found |= r;
+			if (r && !bytes && (!pick || fs->step_fd >= 0))
+				break;
+			continue;
+		}
+		if (!S_ISREG(sb.st_mode))
+			continue; /* not ours: left alone */
 		found = 1;
 		if (bytes)
 			*bytes += (uint64_t)sb.st_blocks * 512;
@@ -851,4 +958,5 @@ const struct sv_store_ops sv_store_file_ops = {
     .obj_writeback = file_obj_writeback,
     .obj_trash = file_obj_trash,
     .trash_step = file_trash_step,
+    .vol_trash = file_vol_trash,
 };

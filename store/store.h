@@ -152,6 +152,13 @@ struct sv_store_ops {
 	 * is empty, -1 with errno.  If bytes_left, the space the trash still
 	 * holds.  One caller at a time may work; NULL with obj_trash. */
 	int (*trash_step)(struct sv_store *st, bool work, uint64_t *bytes_left);
+	/* Remove a whole volume now and free its objects later: move its
+	 * namespace (every object and blob), atomically and durably, into the
+	 * pool's trash, which trash_step empties.  A crash leaves either the
+	 * volume as it was or its remains in the trash, never a part of it
+	 * under its name.  No handle of it may be open.  ENOENT if there is no
+	 * such volume.  NULL where vol_remove is quick (RADOS). */
+	int (*vol_trash)(struct sv_store *st, const char *vol);
 };
 
 /* The local-file backend: a pool is a directory (see store-file.c). */

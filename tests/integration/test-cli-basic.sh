@@ -17,8 +17,10 @@ mkdir -p "$S"
 
 # tree: every file of the pool and around it (T), sorted; logs and the
 # script's scratch files excluded.
+# (Not the pool's trash: deleted volumes are freed there in the background.)
 tree() {
-	(cd "$T" && find . -mindepth 1 ! -path './scratch*' ! -name '*.log' | sort)
+	(cd "$T" && find . -mindepth 1 ! -path './scratch*' ! -path './pool/trash/*' ! -name '*.log' |
+		sort)
 }
 
 # expect_fail REGEX CMD...: CMD exits non-zero, not by a signal, within

@@ -12,8 +12,10 @@
 # within 10 s (the old code waited for the whole queue); what was left is
 # in the pool's trash/ directory and no process holds the filesystem; a
 # server started again right away serves the volume with its data, takes
-# snapshots, and empties the trash by itself; then the filesystem holds no
-# more than the pool's files (the space did come back) and unmounts.
+# snapshots, and empties the trash by itself; a volume with a large
+# pre-image is deleted without waiting for its space (into the trash, whole,
+# which then empties); then the filesystem holds no more than the pool's
+# files (the space did come back) and unmounts.
 source "$(dirname "$0")/functions.sh"
 requires_root
 requires losetup --version
@@ -120,6 +122,30 @@ for ((i = 0; i < 1200; i++)); do
 done
 [ -z "$(find "$P/trash" -type f 2>/dev/null)" ] || fail "the trash is not empty 120 s after the restart"
 log "trash emptied $((($(date +%s%N) - t0) / 1000000)) ms after the restart's checks"
+
+# Deleting a whole volume does not wait for its space either: the volume's
+# directory moves to the trash in one rename (its name is free at once) and
+# the server frees it in the background.
+sv create vm2 --size 1G --chunk-size 4K
+U=$(uri vm2)
+write_blocks 1
+sv snapshot create vm2@s >/dev/null
+write_blocks 2 # a pre-image of N scattered chunks
+t0=$(date +%s%N)
+sv delete vm2 >/dev/null
+log "delete of vm2 took $((($(date +%s%N) - t0) / 1000000)) ms"
+[ ! -e "$P/volumes/vm2" ] || fail "vm2's directory is still there after its delete"
+trash_files=$(find "$P/trash" -type f 2>/dev/null | wc -l)
+trash_kib=$(du -sk "$P/trash" 2>/dev/null | awk '{print $1}')
+log "in the trash right after the delete: $trash_files files, ${trash_kib:-0} KiB"
+[ "$trash_files" -gt 0 ] || fail "the trash is empty right after the delete (freed inline?)"
+sv create vm2 --size 1M # the name is free at once
+for ((i = 0; i < 1200; i++)); do
+	[ -z "$(find "$P/trash" -mindepth 1 2>/dev/null)" ] && break
+	sleep 0.1
+done
+[ -z "$(find "$P/trash" -mindepth 1 2>/dev/null)" ] || fail "the trash is not empty 120 s after the delete"
+log "trash emptied $((($(date +%s%N) - t0) / 1000000)) ms after the delete"
 stop_server
 
 # The space came back: the filesystem holds no more than the pool's own

@@ -6,7 +6,8 @@
  * copies), closes it, damages the files the way a crash or a careless
  * hand would (stray pre-image data, an unknown pre-image object, a journal
  * not yet checkpointed, pre-images only in the log, rotten metadata, a truncated origin, a foreign
- * directory), and checks the findings; then repairs and checks again.
+ * directory, a volume directory without metadata), and checks the
+ * findings; then repairs and checks again.  The trash is nobody's stray.
  * One case checks that a checkpoint gives the pre-image log's space back.
  */
 #include <errno.h>
@@ -27,6 +28,7 @@
 #include "engine.h"
 #include "testpool.h"
 #include "error.h"
+#include "store.h"
 
 #define CHUNK	 4096u
 #define VOL_SIZE (64u * CHUNK)
@@ -418,6 +420,56 @@ test_foreign_directory(void **state)
 	assert_int_equal(fs.repaired, 0);
 }
 
+/* A volume directory without metadata (a crash in the middle of a create,
+ * or an older snapvol's delete) is a warning, and repair moves it to the
+ * trash; what is in the trash (a deleted volume, a removed pre-image) is
+ * nobody's stray.  Checking a name that does not exist at all is an error
+ * as before. */
+static void
+test_leftover_and_trash(void **state)
+{
+	struct fixture *fx = *state;
+	const struct sv_store_ops *ops = &sv_store_file_ops;
+	struct sv_store *st;
+	assert_int_equal(ops->open(fx->dir, false, &st), 0);
+	assert_int_equal(ops->lock(st), 0);
+	assert_int_equal(ops->vol_create(st, "gone"), 0);
+	struct sv_obj *o;
+	assert_int_equal(ops->obj_open(st, "gone", "pre-1", VOL_SIZE, SV_OBJ_CREATE, &o), 0);
+	assert_int_equal(ops->obj_pwrite(o, "x", 1, 0, 0), 0);
+	ops->obj_close(o);
+	assert_int_equal(ops->vol_trash(st, "gone"), 0);
+	assert_int_equal(ops->vol_create(st, "half"), 0); /* no metadata */
+	assert_int_equal(ops->obj_open(st, "half", "origin", VOL_SIZE, SV_OBJ_CREATE, &o), 0);
+	ops->obj_close(o);
+	ops->close(st);
+
+	struct findings fs;
+	assert_int_equal(run_check(fx, false, &fs), 0);
+	assert_int_equal(fs.n, 1);
+	assert_int_equal(fs.warnings, 1);
+	assert_non_null(strstr(fs.last[0], "half"));
+	assert_non_null(strstr(fs.last[0], "unfinished create"));
+	char path[256];
+	snprintf(path, sizeof path, "%s/volumes/half", fx->dir);
+	assert_int_equal(access(path, F_OK), 0); /* untouched without --repair */
+
+	assert_int_equal(run_check(fx, true, &fs), 0);
+	assert_int_equal(fs.n, 1);
+	assert_int_equal(fs.repaired, 1);
+	assert_int_equal(access(path, F_OK), -1);
+	assert_int_equal(run_check(fx, false, &fs), 0);
+	assert_int_equal(fs.n, 0);
+
+	struct sv_pool *pool;
+	assert_int_equal(sv_pool_open(fx->dir, 0, &pool), 0);
+	memset(&fs, 0, sizeof fs);
+	assert_int_equal(sv_pool_check(pool, "nosuch", false, collect, &fs), 1);
+	assert_int_equal(fs.errors, 1);
+	assert_int_equal(sv_volume_create(pool, "half", VOL_SIZE, CHUNK), 0);
+	sv_pool_close(pool);
+}
+
 int
 main(void)
 {
@@ -431,6 +483,7 @@ main(void)
 	    cmocka_unit_test_setup_teardown(test_rotten_metadata, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_origin_size, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_foreign_directory, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_leftover_and_trash, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

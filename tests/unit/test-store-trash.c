@@ -11,6 +11,13 @@
  * the space left shrinks every step; the trash ends empty (the file
  * unlinked); a store closed half-way goes on where it stopped after a
  * reopen; and a pool opened on a non-empty trash empties it by itself.
+ *
+ * A deleted volume goes to the trash whole (vol_trash): its name is gone
+ * from the listing at once and may be created again at once, its files
+ * are freed in bounded steps and the directory removed after them, a
+ * reopened store resumes it (what a crash after the delete leaves), and
+ * sv_volume_delete of a volume with a snapshot's pre-images returns with
+ * the data in the trash, which the pool's thread then empties.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -26,6 +33,8 @@
 
 #include <cmocka.h>
 
+#include "engine.h"
+#include "error.h"
 #include "store.h"
 #include "testpool.h"
 
@@ -192,13 +201,214 @@ test_trash_pool_open(void **state)
 	assert_int_equal(test_rmtree(dir), 0);
 }
 
+/* Is vol among the store's volumes? */
+static bool
+has_volume(const struct sv_store_ops *ops, struct sv_store *st, const char *vol)
+{
+	char **names;
+	size_t n;
+	assert_int_equal(ops->vol_list(st, &names, &n), 0);
+	bool found = false;
+	for (size_t i = 0; i < n; i++) {
+		found |= !strcmp(names[i], vol);
+		free(names[i]);
+	}
+	free(names);
+	return found;
+}
+
+static void
+test_vol_trash(void **state)
+{
+	(void)state;
+	char dir[64];
+	assert_int_equal(test_mkdtemp(dir, "trash", false), 0);
+	const struct sv_store_ops *ops = &sv_store_file_ops;
+	struct sv_store *st = make_store(dir, NULL);
+	assert_int_equal(ops->meta_write(st, "v", "volume.meta", "{}", 2), 0);
+	uint64_t left;
+
+	errno = 0;
+	assert_int_equal(ops->vol_trash(st, "nope"), -1);
+	assert_int_equal(errno, ENOENT);
+	assert_int_equal(ops->vol_trash(st, "v"), 0);
+	/* The name is gone at once, and free for a new volume ... */
+	assert_false(has_volume(ops, st, "v"));
+	assert_int_equal(ops->vol_create(st, "v"), 0);
+	struct sv_obj *obj;
+	assert_int_equal(ops->obj_open(st, "v", "pre-1", SIZE, 0, &obj), -1);
+	assert_int_equal(errno, ENOENT);
+	/* ... while the trash holds the old one's space, as one entry. */
+	assert_int_equal(trash_files(dir), 1);
+	assert_int_equal(ops->trash_step(st, false, &left), 1);
+	assert_true(left >= (uint64_t)NRUNS * CHUNK);
+
+	/* Steps of at most 64 runs through its files, then the directory. */
+	unsigned steps = 0;
+	int r;
+	do {
+		uint64_t before = left;
+		r = ops->trash_step(st, true, &left);
+		assert_true(r == 0 || r == 1);
+		assert_true(left <= before);
+		assert_true(++steps < 1000);
+	} while (r == 1);
+	assert_int_equal(left, 0);
+	assert_true(steps >= (NRUNS + 63) / 64);
+	assert_int_equal(trash_files(dir), 0);
+	assert_true(has_volume(ops, st, "v")); /* the new one is untouched */
+	ops->close(st);
+	assert_int_equal(test_rmtree(dir), 0);
+}
+
+/* A store closed (or crashed) right after a volume's delete, or half-way
+ * through freeing it, leaves it in the trash; the next process finishes. */
+static void
+test_vol_trash_resume(void **state)
+{
+	(void)state;
+	char dir[64];
+	assert_int_equal(test_mkdtemp(dir, "trash", false), 0);
+	const struct sv_store_ops *ops = &sv_store_file_ops;
+	struct sv_store *st = make_store(dir, NULL);
+	uint64_t left, full;
+	assert_int_equal(ops->vol_trash(st, "v"), 0);
+	assert_int_equal(ops->trash_step(st, false, &full), 1);
+	assert_int_equal(ops->trash_step(st, true, &left), 1);
+	assert_true(left < full);
+	ops->close(st);
+	assert_int_equal(trash_files(dir), 1);
+
+	assert_int_equal(ops->open(dir, false, &st), 0);
+	assert_int_equal(ops->lock(st), 0);
+	uint64_t resumed;
+	assert_int_equal(ops->trash_step(st, false, &resumed), 1);
+	assert_int_equal(resumed, left);
+	assert_false(has_volume(ops, st, "v"));
+	ops->close(st);
+
+	/* A pool opened on it frees it by itself. */
+	struct sv_pool *pool;
+	assert_int_equal(sv_pool_open(dir, 0, &pool), 0);
+	for (unsigned i = 0; i < 3000 && trash_files(dir); i++) { /* 30 s at most */
+		struct timespec ts = {0, 10 * 1000 * 1000};
+		nanosleep(&ts, NULL);
+	}
+	assert_int_equal(trash_files(dir), 0);
+	sv_pool_close(pool);
+	assert_int_equal(test_rmtree(dir), 0);
+}
+
+/* Entries in DIR/trash/SUB. */
+static unsigned
+trash_sub_files(const char *dir, const char *sub)
+{
+	char path[512];
+	snprintf(path, sizeof path, "%s/trash/%s", dir, sub);
+	DIR *d = opendir(path);
+	if (!d)
+		return 0;
+	unsigned n = 0;
+	struct dirent *e;
+	while ((e = readdir(d)) != NULL)
+		if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
+			n++;
+	closedir(d);
+	return n;
+}
+
+static void
+sleep_10ms(void)
+{
+	struct timespec ts = {0, 10 * 1000 * 1000};
+	nanosleep(&ts, NULL);
+}
+
+/* The engine's delete of a volume with a snapshot's pre-images: the
+ * volume's directory moves into the trash whole, the name is free at once
+ * (listing, re-create), and the pool's thread frees its files.  A foreign
+ * entry (a directory "keep" put into the volume's directory here) is left
+ * alone, and keeps the trashed directory, which makes what the delete did
+ * visible without racing the thread: without the trash, the delete unlinks
+ * the files in place and the volume's directory stays where it was. */
+static void
+test_volume_delete_trashes(void **state)
+{
+	(void)state;
+	char dir[64], path[512];
+	assert_int_equal(test_mkdtemp(dir, "trash", false), 0);
+	struct sv_pool *pool;
+	assert_int_equal(sv_pool_open(dir, SV_POOL_CREATE, &pool), 0);
+	assert_int_equal(sv_volume_create(pool, "big", 16ull << 20, 0), 0);
+	struct sv_view *v;
+	assert_int_equal(sv_view_open(pool, "big", 3, &v), 0);
+	assert_int_equal(test_write_blocks(v, 1, 0, 512, 4096, NULL), 0);
+	const char *snap[] = {"big@s"};
+	assert_int_equal(sv_snapshot_create(pool, snap, 1, NULL), 0);
+	assert_int_equal(test_write_blocks(v, 2, 0, 512, 4096, NULL), 0); /* pre-images */
+	/* In use: refused, nothing moved. */
+	assert_int_equal(sv_volume_delete(pool, "big"), -1);
+	assert_int_equal(sv_last_errno(), EBUSY);
+	sv_view_close(v);
+	snprintf(path, sizeof path, "%s/volumes/big/keep", dir);
+	assert_int_equal(mkdir(path, 0700), 0);
+
+	assert_int_equal(sv_volume_delete(pool, "big"), 0);
+	struct sv_volume_info *vi;
+	size_t n;
+	assert_int_equal(sv_volume_list(pool, &vi, &n), 0);
+	assert_int_equal(n, 0);
+	free(vi);
+	struct stat sb;
+	snprintf(path, sizeof path, "%s/volumes/big", dir);
+	assert_int_equal(stat(path, &sb), -1);
+	/* The trash holds one directory: the volume's, with "keep" in it. */
+	assert_int_equal(trash_files(dir), 1);
+	snprintf(path, sizeof path, "%s/trash", dir);
+	DIR *d = opendir(path);
+	assert_non_null(d);
+	struct dirent *e;
+	char sub[256] = "";
+	while ((e = readdir(d)) != NULL)
+		if (e->d_name[0] != '.')
+			snprintf(sub, sizeof sub, "%s", e->d_name);
+	closedir(d);
+	snprintf(path, sizeof path, "%s/trash/%s/keep", dir, sub);
+	assert_int_equal(stat(path, &sb), 0);
+	assert_true(S_ISDIR(sb.st_mode));
+
+	/* The name is free again at once, and the new volume is new. */
+	assert_int_equal(sv_volume_create(pool, "big", 1ull << 20, 0), 0);
+	assert_int_equal(sv_view_open(pool, "big", 3, &v), 0);
+	unsigned char buf[4096], zero[4096] = {0};
+	int err;
+	assert_int_equal(sv_view_pread(v, buf, sizeof buf, 0, &err), 0);
+	assert_memory_equal(buf, zero, sizeof buf);
+	sv_view_close(v);
+
+	/* The thread frees the old volume's files; "keep" stays. */
+	for (unsigned i = 0; i < 3000 && trash_sub_files(dir, sub) > 1; i++) /* 30 s at most */
+		sleep_10ms();
+	assert_int_equal(trash_sub_files(dir, sub), 1);
+	assert_int_equal(stat(path, &sb), 0);
+	/* Without it, the next pool open removes the empty directory. */
+	assert_int_equal(rmdir(path), 0);
+	sv_pool_close(pool);
+	assert_int_equal(sv_pool_open(dir, 0, &pool), 0);
+	for (unsigned i = 0; i < 3000 && trash_files(dir); i++)
+		sleep_10ms();
+	assert_int_equal(trash_files(dir), 0);
+	sv_pool_close(pool);
+	assert_int_equal(test_rmtree(dir), 0);
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_trash_steps),
-	    cmocka_unit_test(test_trash_resume),
-	    cmocka_unit_test(test_trash_pool_open),
+	    cmocka_unit_test(test_trash_steps),	     cmocka_unit_test(test_trash_resume),
+	    cmocka_unit_test(test_trash_pool_open),  cmocka_unit_test(test_vol_trash),
+	    cmocka_unit_test(test_vol_trash_resume), cmocka_unit_test(test_volume_delete_trashes),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
