@@ -97,6 +97,13 @@ struct sv_journal {
 	uint64_t batch_done; /* batches completed; lock */
 	bool leader;	     /* a thread is committing a batch; lock */
 	uint64_t syncs;	     /* journal syncs done (for status); lock */
+	/* The early checkpoint (journal.c): once the log holds early_at
+	 * bytes, a thread of its own presyncs and checkpoints, so that the
+	 * log seldom fills.  early_* flags: lock. */
+	uint64_t early_at, early_max; /* log mode: the mark (0: never), its top; the leader's */
+	bool early_due, early_stop, early_failed, early_started;
+	pthread_t early_thread;
+	pthread_cond_t early_cond; /* early_due or early_stop set; lock */
 };
 
 /* A run of a volume's bytes (a pre-image's place in its object). */
@@ -398,6 +405,14 @@ void sv_epoch_free(struct sv_volume *vol, struct sv_epoch *ep);
 /* The epoch's pre-image object (takes pre_lock; no cow_lock held).  With
  * create false, *out is NULL if it does not exist (only holes copied). */
 int sv_epoch_pre(struct sv_volume *vol, struct sv_epoch *ep, bool create, struct sv_obj **out);
+/* Is a write durable when acknowledged (store.h, durable_writes: RADOS)?
+ * False for a store built before the flag was appended. */
+static inline bool
+sv_store_durable(const struct sv_store_ops *ops)
+{
+	return ops->struct_size >= offsetof(struct sv_store_ops, durable_writes) + sizeof(bool) &&
+	       ops->durable_writes;
+}
 static inline struct sv_epoch *
 sv_current_epoch_locked(struct sv_volume *vol)
 {

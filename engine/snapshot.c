@@ -758,7 +758,7 @@ sv_snapshot_create_cb(struct sv_pool *pool, const char *const *specs, size_t n,
 	bool presync = presync_on && !(flags & SV_SNAP_QUIESCE) && strcmp(consistency, "frozen");
 	for (size_t i = 0; presync && i < n; i++) {
 		struct sv_volume *vol = m[i].vol;
-		if (!vol->ops->obj_writeback)
+		if (sv_store_durable(vol->ops))
 			continue; /* writes durable when acknowledged (RADOS) */
 		if (vol->ops->obj_sync(vol->origin) == -1) {
 			sv_wb_note_error(vol, errno ? errno : EIO); /* writes may be lost */

@@ -127,9 +127,12 @@ struct rados_store {
 	bool stopping;
 	struct claim *claims; /* never freed before close: objects point at them */
 
-	/* space_avail's cache: one cluster round trip a second at most. */
+	/* space_avail's cache: one cluster round trip a second at most, made
+	 * by one caller while the others take the last answer. */
 	pthread_mutex_t space_lock;
 	uint64_t space_at, space_bytes;
+	int space_err; /* the last refresh failed with this errno */
+	bool space_busy;
 };
 
 /* One volume's claim: the exclusive RADOS lock "snapvol.claim" on the
@@ -1037,18 +1040,10 @@ json_array_has(json_t *arr, const char *a, const char *b)
  * replicas, and under the pool's byte quota (all from the OSD map).  A cluster without a manager
  * reports no byte counts; then the OSD map's full and nearfull states (the
  * monitor's own) are all there is: room unless an OSD is nearfull or the
- * pool full.  Cached for a second (write-behind asks on every write it
- * holds). */
+ * pool full.  Asked by rados_space_avail, below. */
 static int
-rados_space_avail(struct sv_store *st, uint64_t *bytes)
+rados_space_query(struct rados_store *rs, uint64_t *bytes)
 {
-	struct rados_store *rs = (struct rados_store *)st;
-	SV_LOCK_SCOPE(&rs->space_lock);
-	uint64_t now = sv_now_ns();
-	if (rs->space_at && now - rs->space_at < 1000000000ull) {
-		*bytes = rs->space_bytes;
-		return 0;
-	}
 	struct rados_cluster_stat_t cs;
 	int r = rados_cluster_stat(rs->cluster, &cs);
 	if (r < 0)
@@ -1087,10 +1082,44 @@ rados_space_avail(struct sv_store *st, uint64_t *bytes)
 		if (left < avail)
 			avail = left;
 	}
-	rs->space_at = now;
-	rs->space_bytes = avail;
 	*bytes = avail;
 	return 0;
+}
+
+/* Write-behind asks this before every first write it takes (writebehind.c,
+ * room_for), so the answer is cached for a second, and a refresh (a statfs
+ * and an OSD map dump from the monitor, round trips that take the op
+ * timeout when the monitor does not answer) is made by one caller while
+ * the others take the last answer, figure or failure, instead of waiting
+ * for it: before, every first write queued behind the refresh, and each
+ * made its own after a failed one. */
+static int
+rados_space_avail(struct sv_store *st, uint64_t *bytes)
+{
+	struct rados_store *rs = (struct rados_store *)st;
+	sv_lock_or_abort(&rs->space_lock);
+	uint64_t now = sv_now_ns();
+	if (rs->space_at && (now - rs->space_at < 1000000000ull || rs->space_busy)) {
+		int e = rs->space_err;
+		*bytes = rs->space_bytes;
+		sv_unlock_or_abort(&rs->space_lock);
+		errno = e;
+		return e ? -1 : 0;
+	}
+	rs->space_busy = true;
+	sv_unlock_or_abort(&rs->space_lock);
+	uint64_t avail;
+	int r = rados_space_query(rs, &avail);
+	int e = errno;
+	sv_lock_or_abort(&rs->space_lock);
+	rs->space_busy = false;
+	rs->space_at = now;
+	rs->space_err = r == 0 ? 0 : e ? e : EIO;
+	if (r == 0)
+		*bytes = rs->space_bytes = avail;
+	sv_unlock_or_abort(&rs->space_lock);
+	errno = e;
+	return r;
 }
 
 static const char *

@@ -1203,8 +1203,10 @@ static void
 small_log_world(struct world *w, const char *what)
 {
 	setenv("SNAPVOL_PRELOG_KB", "64", 1);
+	setenv("SNAPVOL_PRELOG_EARLY", "0", 1); /* these test the log-full checkpoint */
 	world_open(w, false, what);
 	unsetenv("SNAPVOL_PRELOG_KB");
+	unsetenv("SNAPVOL_PRELOG_EARLY");
 }
 
 /* A checkpoint (the log is full) meets a failed sync of pre-1, which loses

@@ -236,6 +236,9 @@ struct run {
 	    maybe_gone, rollbacks_finished, crashed_in_open, releases, burst_writes, faults;
 	/* recoveries that copied pre-images back from the log (journal.c) */
 	uint64_t log_replays, log_replayed_bytes;
+
+	/* this life's crash control (crashed: the power is gone) */
+	const struct crash_ctl *ctl;
 };
 
 /* How a round commits copies (engine/journal.c), by its number: with the
@@ -365,8 +368,16 @@ uncertain_write(struct run *r, struct sv_view *v, bool fault, uint32_t first, ui
 	if (!fault)
 		return;
 	int err = 0;
-	if (sv_view_pread(v, r->scratch, m->nsect * SECTOR, 0, &err) == -1)
-		fail_run(r, "after a fault, reading the volume: %s", strerror(err));
+	if (sv_view_pread(v, r->scratch, m->nsect * SECTOR, 0, &err) == -1) {
+		/* The power may go meanwhile: a background thread's store calls
+		 * (journal.c's early checkpoint) count too.  Then as above. */
+		if (!r->ctl || !r->ctl->crashed)
+			fail_run(r, "after a fault, reading the volume: %s", strerror(err));
+		trace(r, "  ... the read after it cut short by the power loss");
+		for (uint32_t s = first; s < first + n; s++)
+			m->cur[s] = id;
+		return;
+	}
 	for (uint32_t s = first; s < first + n; s++) {
 		int64_t now = sector_id(r->scratch + (size_t)s * SECTOR, s);
 		char b1[64];
@@ -442,6 +453,20 @@ pick_live(struct run *r)
 	return n ? (int)live[(size_t)rand_r(&r->rng) % n] : -1;
 }
 
+static void note_invalidated(struct run *r, struct sv_pool *pool);
+
+/* Snapshot i could not be opened or read: was it invalidated since the
+ * step that met this life's fault?  A background thread's sync (journal.c's
+ * early checkpoint) may meet the fault and invalidate after that step. */
+static bool
+late_invalid(struct run *r, struct sv_pool *pool, const struct crash_ctl *ctl, int i)
+{
+	if (!ctl->faults || ctl->crashed)
+		return false;
+	note_invalidated(r, pool);
+	return r->m.snaps[i].state == SNAP_DEAD;
+}
+
 /* A backup reader done with a range of a snapshot trims it on the
  * snapshot's export: its whole chunks are released and read as zeros. */
 static void
@@ -459,7 +484,8 @@ release(struct run *r, struct sv_pool *pool, const struct crash_ctl *ctl)
 	trace(r, "release %s: sectors [%u, %u)", spec, first, first + n);
 	struct sv_view *sv;
 	if (sv_view_open(pool, spec, strlen(spec), &sv) == -1) {
-		failed(r, ctl, "opening a snapshot", sv_last_error());
+		if (!late_invalid(r, pool, ctl, i))
+			failed(r, ctl, "opening a snapshot", sv_last_error());
 		return;
 	}
 	int rc = sv_view_trim(sv, n * SECTOR, (uint64_t)first * SECTOR, 0, &err);
@@ -478,8 +504,11 @@ release(struct run *r, struct sv_pool *pool, const struct crash_ctl *ctl)
 			memset(&s->ids[c * SPC], 0, SPC * sizeof *s->ids);
 	}
 	if (fault) {
-		if (read_view(pool, spec, r->scratch, m->nsect * SECTOR, &err) == -1)
-			fail_run(r, "after a fault, reading %s: %s", spec, strerror(err));
+		if (read_view(pool, spec, r->scratch, m->nsect * SECTOR, &err) == -1) {
+			if (!r->ctl || !r->ctl->crashed) /* as in uncertain_write */
+				fail_run(r, "after a fault, reading %s: %s", spec, strerror(err));
+			return; /* its chunks stay in doubt */
+		}
 		settle_release(r, s, r->scratch);
 	}
 }
@@ -666,7 +695,8 @@ step(struct run *r, struct sv_pool *pool, struct sv_view *v, const struct crash_
 		snprintf(spec, sizeof spec, VOL "@%s", m->snaps[i].name);
 		/* opening a pre-image object is a store call: the power may go */
 		if (read_view(pool, spec, buf, size, &err) == -1) {
-			failed(r, ctl, "read of a snapshot", strerror(err));
+			if (!late_invalid(r, pool, ctl, i))
+				failed(r, ctl, "read of a snapshot", strerror(err));
 			return;
 		}
 		snprintf(what, sizeof what, "%s (before any crash)", spec);
@@ -861,6 +891,7 @@ life(struct run *r, bool first, unsigned char *buf)
 		      ctl.fail_at);
 	}
 	r->st = st;
+	r->ctl = &ctl;
 	r->faults_seen = 0;
 	r->flush_owes = false;
 	r->step = 0;
@@ -878,6 +909,7 @@ life(struct run *r, bool first, unsigned char *buf)
 	}
 	r->faults += ctl.faults;
 	r->life_faults = ctl.faults;
+	r->ctl = NULL; /* the steps are over */
 	if (!ctl.crashed) {
 		trace(r, "power loss between operations");
 		crash_store_powerloss(st);

@@ -12,7 +12,8 @@
  * What each case would catch: a hole that reads as garbage, a write split
  * wrongly over stripes, a punch that leaves data, a blob that is not
  * replaced whole, a volume whose objects survive its removal, a second
- * claim that is granted, a lost claim that still lets writes through.
+ * claim that is granted, a lost claim that still lets writes through, a
+ * free-space refresh (a monitor round trip) that other callers wait for.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -24,6 +25,7 @@
 #include <inttypes.h>
 #include <pthread.h>
 #include <rados/librados.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -543,6 +545,88 @@ test_claim(void **state)
 	assert_int_equal(count_objects("snapvol.claim.c"), 0);
 }
 
+/* The monitor's pid (mon.pid names the "timeout" that runs it). */
+static pid_t
+mon_pid(void)
+{
+	char path[200];
+	long t = 0, m = 0;
+	snprintf(path, sizeof path, "%s/mon.pid", cluster_dir);
+	FILE *f = fopen(path, "r");
+	if (f) {
+		if (fscanf(f, "%ld", &t) != 1)
+			t = 0;
+		fclose(f);
+	}
+	snprintf(path, sizeof path, "/proc/%ld/task/%ld/children", t, t);
+	if (t > 0 && (f = fopen(path, "r"))) {
+		if (fscanf(f, "%ld", &m) != 1)
+			m = 0;
+		fclose(f);
+	}
+	return (pid_t)m;
+}
+
+struct space_call {
+	struct sv_store *st;
+	pthread_barrier_t *go;
+	uint64_t avail, ns;
+	int rc;
+};
+
+static void *
+space_call(void *arg)
+{
+	struct space_call *c = arg;
+	pthread_barrier_wait(c->go);
+	uint64_t t0 = sv_now_ns();
+	c->rc = ops->space_avail(c->st, &c->avail);
+	c->ns = sv_now_ns() - t0;
+	return NULL;
+}
+
+/* space_avail's refresh (monitor round trips, once a second) is made by
+ * one caller while the others take the last answer: with the monitor
+ * stopped, of two callers at once one waits out the op timeout and fails,
+ * and the other answers the cached figure (before, the second waited for
+ * the first and then made its own refresh, and failed too). */
+static void
+test_space_refresh(void **state)
+{
+	(void)state;
+	struct sv_store *st = open_store();
+	uint64_t first = 0;
+	assert_int_equal(ops->space_avail(st, &first), 0);
+	usleep(1100000); /* the cached answer is now due for a refresh */
+	pid_t mon = mon_pid();
+	assert_true(mon > 0);
+	assert_int_equal(kill(mon, SIGSTOP), 0);
+	pthread_barrier_t go;
+	pthread_barrier_init(&go, NULL, 2);
+	struct space_call c[2] = {{.st = st, .go = &go}, {.st = st, .go = &go}};
+	pthread_t t[2];
+	for (int i = 0; i < 2; i++)
+		assert_int_equal(pthread_create(&t[i], NULL, space_call, &c[i]), 0);
+	for (int i = 0; i < 2; i++)
+		pthread_join(t[i], NULL);
+	assert_int_equal(kill(mon, SIGCONT), 0);
+	pthread_barrier_destroy(&go);
+	print_message("space_avail with the monitor %d stopped: %d in %.2f s and %d in %.2f s\n",
+		      (int)mon, c[0].rc, c[0].ns / 1e9, c[1].rc, c[1].ns / 1e9);
+	/* (Both answer if the refresh got through after all.) */
+	assert_true(c[0].rc == 0 || c[1].rc == 0);
+	for (int i = 0; i < 2; i++)
+		if (c[i].rc == 0)
+			assert_int_equal(c[i].avail, first);
+	/* With the monitor back, a refresh succeeds again. */
+	uint64_t avail = 0;
+	int r = -1;
+	for (int i = 0; i < 100 && (r = ops->space_avail(st, &avail)) == -1; i++)
+		usleep(100000);
+	assert_int_equal(r, 0);
+	ops->close(st);
+}
+
 static void
 test_dead_cluster(void **state)
 {
@@ -613,9 +697,10 @@ main(void)
 	setenv("SNAPVOL_RADOS_OBJECT_SIZE", "64K", 1);
 	setenv("SNAPVOL_RADOS_CLAIM", "3s", 1);
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_volumes),    cmocka_unit_test(test_data),
-	    cmocka_unit_test(test_async_read), cmocka_unit_test(test_meta),
-	    cmocka_unit_test(test_claim),      cmocka_unit_test(test_dead_cluster),
+	    cmocka_unit_test(test_volumes),	 cmocka_unit_test(test_data),
+	    cmocka_unit_test(test_async_read),	 cmocka_unit_test(test_meta),
+	    cmocka_unit_test(test_claim),	 cmocka_unit_test(test_space_refresh),
+	    cmocka_unit_test(test_dead_cluster),
 	};
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
