@@ -267,7 +267,7 @@ powerloss_locked(struct cstore *cs)
 		}
 		free_pending(f);
 	}
-	ctl->crashed = true;
+	__atomic_store_n(&ctl->crashed, true, __ATOMIC_RELEASE); /* crash_ctl_crashed */
 }
 
 /* Every call but closing starts here, with the lock held: EIO once the
@@ -282,7 +282,8 @@ enter_locked(struct cstore *cs, bool counted)
 			powerloss_locked(cs);
 		if (!ctl->crashed && ctl->fail_at && ctl->calls == ctl->fail_at) {
 			ctl->fail_at = 0;
-			ctl->faults++;
+			/* atomic: crash_ctl_faults */
+			__atomic_add_fetch(&ctl->faults, 1, __ATOMIC_RELEASE);
 			errno = ctl->fail_errno ? ctl->fail_errno : EIO;
 			return -1;
 		}

@@ -110,6 +110,20 @@ struct crash_ctl {
 	size_t n_fired_list;
 };
 
+/* ctl->crashed and ctl->faults as another thread than the store's caller
+ * reads them: the engine's own threads (journal.c's early checkpoint) make
+ * store calls too, so the store sets them atomically. */
+static inline bool
+crash_ctl_crashed(const struct crash_ctl *ctl)
+{
+	return __atomic_load_n(&ctl->crashed, __ATOMIC_ACQUIRE);
+}
+static inline uint64_t
+crash_ctl_faults(const struct crash_ctl *ctl)
+{
+	return __atomic_load_n(&ctl->faults, __ATOMIC_ACQUIRE);
+}
+
 /* Open the file backend's pool at dir (creating it if create) and wrap it.
  * 0, or -1 with errno. */
 int crash_store_open(const char *dir, bool create, struct crash_ctl *ctl, struct sv_store **out);

@@ -341,11 +341,11 @@ expect_image(struct run *r, const unsigned char *img, const uint32_t *ids, const
 static bool
 failed(struct run *r, const struct crash_ctl *ctl, const char *what, const char *why)
 {
-	if (ctl->crashed) {
+	if (crash_ctl_crashed(ctl)) {
 		trace(r, "  ... cut short by the power loss (%s)", why);
 		return false;
 	}
-	if (ctl->faults > r->faults_seen) {
+	if (crash_ctl_faults(ctl) > r->faults_seen) {
 		trace(r, "  ... failed by the injected fault (%s)", why);
 		return true;
 	}
@@ -371,7 +371,7 @@ uncertain_write(struct run *r, struct sv_view *v, bool fault, uint32_t first, ui
 	if (sv_view_pread(v, r->scratch, m->nsect * SECTOR, 0, &err) == -1) {
 		/* The power may go meanwhile: a background thread's store calls
 		 * (journal.c's early checkpoint) count too.  Then as above. */
-		if (!r->ctl || !r->ctl->crashed)
+		if (!r->ctl || !crash_ctl_crashed(r->ctl))
 			fail_run(r, "after a fault, reading the volume: %s", strerror(err));
 		trace(r, "  ... the read after it cut short by the power loss");
 		for (uint32_t s = first; s < first + n; s++)
@@ -461,7 +461,7 @@ static void note_invalidated(struct run *r, struct sv_pool *pool);
 static bool
 late_invalid(struct run *r, struct sv_pool *pool, const struct crash_ctl *ctl, int i)
 {
-	if (!ctl->faults || ctl->crashed)
+	if (!crash_ctl_faults(ctl) || crash_ctl_crashed(ctl))
 		return false;
 	note_invalidated(r, pool);
 	return r->m.snaps[i].state == SNAP_DEAD;
@@ -505,7 +505,7 @@ release(struct run *r, struct sv_pool *pool, const struct crash_ctl *ctl)
 	}
 	if (fault) {
 		if (read_view(pool, spec, r->scratch, m->nsect * SECTOR, &err) == -1) {
-			if (!r->ctl || !r->ctl->crashed) /* as in uncertain_write */
+			if (!r->ctl || !crash_ctl_crashed(r->ctl)) /* as in uncertain_write */
 				fail_run(r, "after a fault, reading %s: %s", spec, strerror(err));
 			return; /* its chunks stay in doubt */
 		}
@@ -613,7 +613,7 @@ step(struct run *r, struct sv_pool *pool, struct sv_view *v, const struct crash_
 		bool owed = r->flush_owes;
 		r->flush_owes = false;
 		if (sv_view_flush(v, &err) == -1) {
-			if (owed && !ctl->crashed)
+			if (owed && !crash_ctl_crashed(ctl))
 				trace(r, "  ... reports the failed sync of the snapshot create");
 			else
 				failed(r, ctl, "flush", strerror(err));
@@ -901,16 +901,16 @@ life(struct run *r, bool first, unsigned char *buf)
 		r->crashed_in_open++;
 		v = NULL;
 	}
-	for (; v && !ctl.crashed && r->step < MAX_STEPS; r->step++) {
+	for (; v && !crash_ctl_crashed(&ctl) && r->step < MAX_STEPS; r->step++) {
 		step(r, pool, v, &ctl, buf);
-		if (ctl.faults > r->faults_seen && !ctl.crashed)
+		if (crash_ctl_faults(&ctl) > r->faults_seen && !crash_ctl_crashed(&ctl))
 			note_invalidated(r, pool);
-		r->faults_seen = ctl.faults; /* this step's fault, if any, is spent */
+		r->faults_seen = crash_ctl_faults(&ctl); /* this step's fault, if any, is spent */
 	}
-	r->faults += ctl.faults;
-	r->life_faults = ctl.faults;
+	r->faults += crash_ctl_faults(&ctl);
+	r->life_faults = crash_ctl_faults(&ctl);
 	r->ctl = NULL; /* the steps are over */
-	if (!ctl.crashed) {
+	if (!crash_ctl_crashed(&ctl)) {
 		trace(r, "power loss between operations");
 		crash_store_powerloss(st);
 	}
