@@ -547,6 +547,25 @@ file_vol_trash(struct sv_store *st, const char *vol)
 	return 0;
 }
 
+/* Make file name of directory dfd the one trash_step works on, known as
+ * "dname/name" (a trashed volume's file) or "name": 0, or -1 if its name
+ * does not fit or it cannot be opened. */
+static int
+step_open(struct file_store *fs, int dfd, const char *dname, const char *name, uint64_t size)
+{
+	int n = dname ? snprintf(fs->step_name, sizeof fs->step_name, "%s/%s", dname, name)
+		      : snprintf(fs->step_name, sizeof fs->step_name, "%s", name);
+	if (n < 0 || (size_t)n >= sizeof fs->step_name)
+		return -1;
+	int fd = openat(dfd, name, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+	if (fd == -1)
+		return -1;
+	fs->step_fd = fd;
+	fs->step_off = 0;
+	fs->step_size = size;
+	return 0;
+}
+
 /* The next file to step in trashed volume directory dname (as
  * "dname/FILE" in step_name), as trash_scan does at the top; 1 if it holds
  * anything to do (files, or nothing at all: then the directory itself is
@@ -581,20 +600,10 @@ trash_scan_dir(struct file_store *fs, int tfd, const char *dname, bool pick, uin
 		if (bytes)
 			*bytes += (uint64_t)sb.st_blocks * 512;
 		if (pick && fs->step_fd == -1) {
-			size_t dl = strlen(dname);
-			int fd = dl + 1 + strlen(e->d_name) < sizeof fs->step_name
-				     ? openat(dfd, e->d_name, O_RDWR | O_CLOEXEC | O_NOFOLLOW)
-				     : -1;
-			if (fd == -1) { /* cannot step it: unlink it whole (slow) */
-				unlinkat(dfd, e->d_name, 0);
+			if (step_open(fs, dfd, dname, e->d_name, (uint64_t)sb.st_size) == -1) {
+				unlinkat(dfd, e->d_name, 0); /* cannot step it: whole (slow) */
 				continue;
 			}
-			memcpy(fs->step_name, dname, dl);
-			fs->step_name[dl] = '/';
-			strcpy(fs->step_name + dl + 1, e->d_name); /* fits: checked above */
-			fs->step_fd = fd;
-			fs->step_off = 0;
-			fs->step_size = (uint64_t)sb.st_size;
 		}
 		if (!bytes && (!pick || fs->step_fd >= 0))
 			break;
@@ -647,16 +656,12 @@ trash_scan(struct file_store *fs, int tfd, bool pick, uint64_t *bytes)
 		if (bytes)
 			*bytes += (uint64_t)sb.st_blocks * 512;
 		if (pick && fs->step_fd == -1 && strlen(e->d_name) < sizeof fs->step_name) {
-			int fd = openat(tfd, e->d_name, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
-			if (fd == -1) { /* cannot step it: unlink it whole (slow) */
+			if (step_open(fs, tfd, NULL, e->d_name, (uint64_t)sb.st_size) == -1) {
+				/* cannot step it: unlink it whole (slow) */
 				if (unlinkat(tfd, e->d_name, 0) == 0 || errno == ENOENT)
 					found = 0;
 				continue;
 			}
-			strcpy(fs->step_name, e->d_name);
-			fs->step_fd = fd;
-			fs->step_off = 0;
-			fs->step_size = (uint64_t)sb.st_size;
 		}
 		if (!bytes && (!pick || fs->step_fd >= 0))
 			break;
