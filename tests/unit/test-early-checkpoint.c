@@ -44,108 +44,12 @@
 #include "util.h"
 #include "store-crash.h"
 #include "testpool.h"
+#include "prestore.h"
 
 #define VOL_SIZE (UINT64_C(4) << 20)
 #define BLOCK	 4096u
 #define NBLOCKS	 (VOL_SIZE / BLOCK)
-#define MAX_PRE	 64
 #define WAIT_S	 60 /* a bound on waiting for what must come; never a timing assertion */
-
-/* ---- the crash store, with pre-image syncs and checkpoints seen ---- */
-
-static struct sv_store_ops wrap_ops;
-static const struct sv_store_ops *inner;
-static pthread_mutex_t wlock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t wcond = PTHREAD_COND_INITIALIZER;
-static struct sv_obj *pre_objs[MAX_PRE]; /* open pre-image objects; wlock */
-static bool hold_pre_sync;		 /* the next pre-image sync waits; wlock */
-static bool pre_sync_held;		 /* one is waiting now; wlock */
-static unsigned pre_syncs;		 /* pre-image syncs begun; wlock */
-static unsigned changed_writes;		 /* changed.meta written (checkpoints); wlock */
-static unsigned volume_writes;		 /* volume.meta written; wlock */
-static bool fail_pre_sync;		 /* the next pre-image sync fails (EIO); wlock */
-
-static int
-w_open(struct sv_store *st, const char *vol, const char *obj, uint64_t size, unsigned flags,
-       struct sv_obj **out)
-{
-	int r = inner->obj_open(st, vol, obj, size, flags, out);
-	if (r == 0 && !strncmp(obj, "pre-", 4)) {
-		SV_LOCK_SCOPE(&wlock);
-		for (size_t i = 0; i < MAX_PRE; i++)
-			if (!pre_objs[i]) {
-				pre_objs[i] = *out;
-				break;
-			}
-	}
-	return r;
-}
-
-static void
-w_close(struct sv_obj *o)
-{
-	sv_lock_or_abort(&wlock);
-	for (size_t i = 0; i < MAX_PRE; i++)
-		if (pre_objs[i] == o)
-			pre_objs[i] = NULL;
-	sv_unlock_or_abort(&wlock);
-	inner->obj_close(o);
-}
-
-static int
-w_sync(struct sv_obj *o)
-{
-	sv_lock_or_abort(&wlock);
-	bool pre = false;
-	for (size_t i = 0; i < MAX_PRE; i++)
-		pre |= pre_objs[i] == o;
-	if (pre) {
-		pre_syncs++;
-		pthread_cond_broadcast(&wcond);
-	}
-	if (pre && fail_pre_sync) {
-		fail_pre_sync = false;
-		sv_unlock_or_abort(&wlock);
-		errno = EIO;
-		return -1;
-	}
-	if (pre && hold_pre_sync) {
-		hold_pre_sync = false;
-		pre_sync_held = true;
-		pthread_cond_broadcast(&wcond);
-		while (pre_sync_held)
-			pthread_cond_wait(&wcond, &wlock);
-	}
-	sv_unlock_or_abort(&wlock);
-	return inner->obj_sync(o);
-}
-
-static int
-w_meta_write(struct sv_store *st, const char *vol, const char *key, const void *buf, size_t len)
-{
-	int r = inner->meta_write(st, vol, key, buf, len);
-	if (r == 0) {
-		SV_LOCK_SCOPE(&wlock);
-		if (!strcmp(key, "changed.meta"))
-			changed_writes++;
-		if (!strcmp(key, "volume.meta"))
-			volume_writes++;
-		pthread_cond_broadcast(&wcond);
-	}
-	return r;
-}
-
-static void
-wrap_store(struct sv_store *st)
-{
-	inner = sv_store_ops_of(st);
-	wrap_ops = *inner;
-	wrap_ops.obj_open = w_open;
-	wrap_ops.obj_close = w_close;
-	wrap_ops.obj_sync = w_sync;
-	wrap_ops.meta_write = w_meta_write;
-	((struct sv_store_base *)st)->ops = &wrap_ops;
-}
 
 /* Wait (wlock held) until *v reaches want or WAIT_S pass; true if it did. */
 static bool
@@ -188,9 +92,6 @@ static void
 open_fixture(struct fixture *f, const char *tag, const char *early)
 {
 	memset(f, 0, sizeof *f);
-	memset(pre_objs, 0, sizeof pre_objs);
-	hold_pre_sync = pre_sync_held = fail_pre_sync = false;
-	pre_syncs = changed_writes = volume_writes = 0;
 	assert_int_equal(test_mkdtemp(f->dir, tag, true), 0);
 	assert_int_equal(crash_store_open(f->dir, true, &f->ctl, &f->st), 0);
 	wrap_store(f->st);
