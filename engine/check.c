@@ -281,7 +281,10 @@ check_volume(struct checker *ck, const char *name, bool listed)
 			       "failed sync of them, or the store was full under the drop-snapshot "
 			       "policy); it cannot be read; delete it",
 			       name, v->dead[i]->name);
-		for (size_t i = 0; i < v->n_epochs; i++)
+		/* Native pre-images are the store's (the cluster's clones):
+		 * there are no copies of ours to find stray. */
+		bool native = sv_store_native_pre(v->ops, ck->pool->st, name);
+		for (size_t i = 0; !native && i < v->n_epochs; i++)
 			check_pre_space(ck, v, v->epochs[i]);
 		check_objects(ck, v);
 	}

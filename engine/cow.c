@@ -43,6 +43,19 @@
  * epoch E for the chunk released it and reads zeros before looking at the
  * epochs, and snapshots taken later never read E.
  *
+ * Native pre-images (store.h, vol_native_pre: RADOS self-managed
+ * snapshots): the store keeps the origin's old bytes itself, the OSD
+ * cloning a stripe on its first write after a snapshot, inside the
+ * cluster.  A first write then costs a record and no copy: step 2 copies
+ * nothing, and the commit makes the bits durable before the origin write
+ * as always (so diffs and the snapshot reads' resolution are unchanged).
+ * What the store keeps must hold every write of the older epochs and
+ * none of the new one's, so sv_epoch_preserve_locked starts it once per
+ * epoch, after the older epochs' writes have drained (the wait copies
+ * make anyway) and before the epoch's first write reaches the origin.
+ * The epoch's object is made before the switch (snapshot.c): making it
+ * takes a round trip, the switch must not.
+ *
  * Deadlock freedom (invariant 4): a writer claims chunks in ascending order
  * and finishes its own copies before it waits for anyone else's, so no
  * writer ever holds a claim while waiting: there is no cycle to form.
@@ -235,6 +248,37 @@ sv_epoch_pre(struct sv_volume *vol, struct sv_epoch *ep, bool create, struct sv_
 	return 0;
 }
 
+/* Native pre-images (vol->native_pre): have the store keep the origin's
+ * bytes for ep from now on (store.h, obj_preserve).  Once per epoch, after
+ * every write of an older epoch has reached the origin (so what the store
+ * keeps holds them all, as a copy by the engine would) and before any write
+ * stamped with ep does: each of those copies first, and so comes here
+ * (copy_for_writes_locked); the snapshot's creation calls it too.  The
+ * object was made before the switch (snapshot.c), and an epoch with writes
+ * in flight, or the current one, is never retired, so the handle stays
+ * valid.  cow_lock held; let go while the handle is looked up.  -1 with
+ * errno. */
+int
+sv_epoch_preserve_locked(struct sv_volume *vol, struct sv_epoch *ep)
+{
+	while (vol->native_pre && !ep->preserved) {
+		struct sv_obj *pre = NULL;
+		sv_unlock_or_abort(&vol->cow_lock);
+		int r = sv_epoch_pre(vol, ep, false, &pre);
+		sv_lock_or_abort(&vol->cow_lock);
+		if (r == -1)
+			return -1;
+		if (!pre) {
+			errno = EIO; /* made before the switch: it cannot be missing */
+			return -1;
+		}
+		if (!ep->preserved && vol->ops->obj_preserve(vol->origin, pre) == -1)
+			return -1;
+		ep->preserved = true;
+	}
+	return 0;
+}
+
 /* ---- the write path ---- */
 
 static inline bool
@@ -324,7 +368,7 @@ copy_runs(struct sv_volume *vol, struct sv_epoch *ep, struct sv_jrec *runs, cons
 		runs[r].data = NULL;
 		runs[r].seg = NULL;
 		runs[r].nseg = 0;
-		if (nodata[r])
+		if (nodata[r] || vol->native_pre) /* native: the store keeps the bytes */
 			continue;
 		uint64_t off = (uint64_t)runs[r].first << vol->chunk_shift;
 		uint64_t end = (uint64_t)(runs[r].first + runs[r].count) << vol->chunk_shift;
@@ -686,6 +730,14 @@ copy_for_writes_locked(struct sv_volume *vol, struct sv_epoch *ep, const struct 
 
 		while (sv_older_writes_locked(vol, ep->id))
 			pthread_cond_wait(&vol->cow_cond, &vol->cow_lock);
+		if (sv_epoch_preserve_locked(vol, ep) == -1) {
+			*err = errno ? errno : EIO;
+			sv_log_error("volume %s: cannot keep the pre-images of epoch %" PRIu64
+				     ": %s",
+				     vol->name, ep->id, strerror(*err));
+			ret = -1;
+			break;
+		}
 
 		size_t nruns = 0;
 		bool others = false;

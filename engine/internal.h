@@ -49,6 +49,9 @@ struct sv_epoch {
 	unsigned writes;	     /* writes stamped with this epoch in flight; cow_lock */
 	struct sv_epoch *grave_next; /* retired epochs: vol->graveyard; pre_lock */
 	bool cow;		     /* a live snapshot needed copies when stamped; cow_lock */
+	/* Native pre-images (vol->native_pre): the store keeps the origin's
+	 * bytes for pre since obj_preserve (cow.c).  cow_lock. */
+	bool preserved;
 };
 
 struct sv_snap {
@@ -163,6 +166,10 @@ struct sv_volume {
 	uint64_t created;
 	struct sv_obj *origin; /* the live data */
 	const struct sv_store_ops *ops;
+	/* The store keeps the pre-images itself (store.h, vol_native_pre:
+	 * RADOS self-managed snapshots): a copy records its chunks and copies
+	 * no bytes.  Fixed for the volume's life. */
+	bool native_pre;
 	unsigned refs;		/* open views; pool->lock */
 	struct sv_volume *next; /* pool->open list; pool->lock */
 
@@ -413,6 +420,19 @@ sv_store_durable(const struct sv_store_ops *ops)
 	return ops->struct_size >= offsetof(struct sv_store_ops, durable_writes) + sizeof(bool) &&
 	       ops->durable_writes;
 }
+/* Does the store keep vol's pre-images itself (store.h, vol_native_pre)?
+ * False for a store built before the op was appended. */
+static inline bool
+sv_store_native_pre(const struct sv_store_ops *ops, struct sv_store *st, const char *vol)
+{
+	return ops->struct_size >=
+		   offsetof(struct sv_store_ops, obj_preserve) + sizeof ops->obj_preserve &&
+	       ops->vol_native_pre && ops->obj_preserve && ops->vol_native_pre(st, vol);
+}
+/* Native pre-images: start preserving the origin's bytes for ep (once,
+ * after the older epochs' writes have drained and before any of ep's
+ * reaches the origin).  cow_lock held; -1 with errno. */
+int sv_epoch_preserve_locked(struct sv_volume *vol, struct sv_epoch *ep);
 static inline struct sv_epoch *
 sv_current_epoch_locked(struct sv_volume *vol)
 {

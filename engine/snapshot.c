@@ -646,7 +646,50 @@ struct group_member {
 	char snap[SV_NAME_MAX + 1];
 	struct sv_snap *s;
 	struct sv_epoch *old;
+	struct sv_epoch *ep; /* the new epoch, once switched */
+	struct sv_obj *pre;  /* native pre-images: its object, until the switch takes it */
+	uint64_t pre_id;     /* ... made for this epoch id */
 };
+
+/* Native pre-images (store.h, vol_native_pre): make the object of the epoch
+ * the snapshot starts before the instant (it may take a round trip to the
+ * cluster).  One of that name can only be the leftover of a create that
+ * failed or crashed before it was recorded: it is replaced. */
+static int
+make_native_pre(struct sv_volume *vol, struct group_member *mb)
+{
+	{
+		SV_LOCK_SCOPE(&vol->cow_lock);
+		mb->pre_id = sv_current_epoch_locked(vol)->id + 1;
+	}
+	char name[32];
+	sv_epoch_pre_name(&(struct sv_epoch){.id = mb->pre_id}, name, sizeof name);
+	const unsigned fl = SV_OBJ_CREATE | SV_OBJ_EXCL;
+	int r = vol->ops->obj_open(vol->pool->st, vol->name, name, vol->size, fl, &mb->pre);
+	if (r == -1 && errno == EEXIST &&
+	    (vol->ops->obj_remove(vol->pool->st, vol->name, name) == 0 || errno == ENOENT))
+		r = vol->ops->obj_open(vol->pool->st, vol->name, name, vol->size, fl, &mb->pre);
+	if (r == -1) {
+		mb->pre = NULL;
+		return sv_error_errno("volume %s: cannot make the snapshot's pre-image object %s",
+				      vol->name, name);
+	}
+	return 0;
+}
+
+/* Give back a native pre-image object no epoch took. */
+static void
+drop_native_pre(struct sv_volume *vol, struct group_member *mb)
+{
+	if (!mb->pre)
+		return;
+	char name[32];
+	sv_epoch_pre_name(&(struct sv_epoch){.id = mb->pre_id}, name, sizeof name);
+	vol->ops->obj_close(mb->pre);
+	mb->pre = NULL;
+	if (vol->ops->obj_remove(vol->pool->st, vol->name, name) == -1 && errno != ENOENT)
+		sv_log_warn("volume %s: cannot remove %s: %m", vol->name, name);
+}
 
 static int
 cmp_member(const void *a, const void *b)
@@ -767,6 +810,10 @@ sv_snapshot_create_cb(struct sv_pool *pool, const char *const *specs, size_t n,
 		}
 	}
 
+	for (size_t i = 0; i < n; i++)
+		if (m[i].vol->native_pre && make_native_pre(m[i].vol, &m[i]) == -1)
+			goto unlock_admin;
+
 	/* Quiesce: hold the group's writes and let those in flight finish
 	 * (a block-level freeze around the switch); they are released right
 	 * after it, before the durability wait, so the hold stays short. */
@@ -805,7 +852,19 @@ sv_snapshot_create_cb(struct sv_pool *pool, const char *const *specs, size_t n,
 			break;
 		}
 		ep->cow = true;
+		if (m[i].pre) {
+			if (ep->id != m[i].pre_id) { /* admin_lock keeps epochs still */
+				err = EIO;
+				sv_error(EIO,
+					 "volume %s: epoch %" PRIu64 " changed under a snapshot",
+					 vol->name, old->id);
+				break;
+			}
+			ep->pre = m[i].pre; /* not yet seen by anyone: no pre_lock */
+			m[i].pre = NULL;
+		}
 		m[i].old = old;
+		m[i].ep = ep;
 		vol->setting_up++;
 	}
 	for (size_t i = 0; quiesced && i < n; i++)
@@ -828,6 +887,11 @@ sv_snapshot_create_cb(struct sv_pool *pool, const char *const *specs, size_t n,
 		SV_LOCK_SCOPE(&vol->cow_lock);
 		while (sv_older_writes_locked(vol, m[i].old->id + 1))
 			pthread_cond_wait(&vol->cow_cond, &vol->cow_lock);
+		if (sv_epoch_preserve_locked(vol, m[i].ep) == -1) {
+			sv_error_errno("volume %s: cannot keep the snapshot's pre-images",
+				       vol->name);
+			goto undo;
+		}
 	}
 	uint64_t t_older = sv_now_ns();
 	struct sv_wb_probe probe = {.running = false};
@@ -906,6 +970,7 @@ undo:
 	}
 unlock_admin:
 	for (size_t i = 0; i < n; i++) {
+		drop_native_pre(m[i].vol, &m[i]);
 		free(m[i].s);
 		sv_unlock_or_abort(&m[i].vol->admin_lock);
 	}
@@ -988,10 +1053,18 @@ sv_snapshot_list(struct sv_pool *pool, const char *volume, struct sv_snapshot_in
 		struct sv_obj *o;
 		if (sv_epoch_pre(vol, eps[i], false, &o) == 0 && o &&
 		    vol->ops->obj_allocated(o, &es[i].bytes) == -1)
-			es[i].bytes = 0;
+			es[i].bytes = errno == ENOTSUP ? UINT64_MAX : 0;
 	}
-	free(eps);
 	sv_lock_or_abort(&vol->cow_lock);
+	/* A store that keeps the pre-images itself may not measure them
+	 * (native pre-images): count the chunks the epoch holds instead. */
+	for (size_t i = 0; i < ne; i++)
+		if (es[i].bytes == UINT64_MAX)
+			es[i].bytes = eps[i]->changed
+					  ? roaring_bitmap_get_cardinality(eps[i]->changed)
+						<< vol->chunk_shift
+					  : 0;
+	free(eps);
 	size_t total = vol->n_snaps + vol->n_dead;
 	struct sv_snapshot_info *out = calloc(total ? total : 1, sizeof *out);
 	size_t k = 0;
@@ -1296,11 +1369,16 @@ do_rollback(struct sv_volume *vol, struct sv_snap *s)
 	if (err)
 		return sv_error(err, "volume %s: rollback to %s failed: %s", vol->name, s->name,
 				strerror(err));
-	if (newest && !s->released) {
+	if (newest && !s->released && !vol->native_pre) {
 		/* The origin is the snapshot again, exactly: nothing has changed
 		 * since it, and its pre-images are redundant.  (Not so with
 		 * released chunks: the origin now holds zeros there, and older
-		 * snapshots may still need what the pre-images hold.) */
+		 * snapshots may still need what the pre-images hold.  Nor with
+		 * native pre-images: the store's copy for the current epoch was
+		 * taken at its start, which may be after the snapshot (a newer
+		 * one was deleted since), and a chunk's next first write would
+		 * not take it again; the bits stay, and diffs since the snapshot
+		 * list the rolled-back chunks too.) */
 		sv_lock_or_abort(&vol->cow_lock);
 		/* Snapshot reads in flight may have resolved chunks to these
 		 * pre-images (about to be punched), or have read the origin

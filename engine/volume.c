@@ -307,6 +307,13 @@ fill_info_locked(struct sv_pool *pool, const char *name, struct sv_volume_info *
 		struct sv_epoch **eps = malloc((ne ? ne : 1) * sizeof *eps);
 		if (eps)
 			memcpy(eps, v->epochs, ne * sizeof *eps);
+		/* Native pre-images are the cluster's clones, which the store
+		 * does not measure: count the chunks the epochs hold. */
+		for (size_t i = 0; v->native_pre && i < ne; i++)
+			info->snapshot_space +=
+			    roaring_bitmap_get_cardinality(v->epochs[i]->changed) << v->chunk_shift;
+		if (v->native_pre)
+			ne = 0;
 		sv_unlock_or_abort(&v->cow_lock);
 		for (size_t i = 0; eps && i < ne; i++) {
 			uint64_t b;
@@ -503,9 +510,17 @@ sv_volume_get_locked(struct sv_pool *pool, const char *name, struct sv_volume **
 		return -1;
 	}
 	sv_volume_init_struct(v, pool, name, &m);
+	v->native_pre = sv_store_native_pre(pool->ops, pool->st, name);
 	sv_writeback_init(v);
 	int r = volume_load(v, body);
 	json_decref(body);
+	if (r == 0 && v->native_pre) {
+		/* Opening the origin preserved into every pre-image object the
+		 * volume has (store.h, obj_preserve): the last life's calls hold. */
+		SV_LOCK_SCOPE(&v->cow_lock);
+		for (size_t i = 0; i < v->n_epochs; i++)
+			v->epochs[i]->preserved = true;
+	}
 	if (r == -1) {
 		int e = sv_last_errno();
 		char msg[1024];

@@ -15,14 +15,23 @@
  *                                      "holder" = "COOKIE ADDR" of its last
  *                                      holder (removed on a clean release)
  *   snapvol.vol.NAME                   volume header.  omap: "obj.OBJ" = the
- *                                      data object's size in bytes,
- *                                      "meta.KEY" for each metadata blob
+ *                                      data object's size in bytes ("SIZE
+ *                                      snap=ID" for a native pre-image),
+ *                                      "meta.KEY" for each metadata blob,
+ *                                      "pre_mode" = "native" or "copy"
+ *                                      (none: copy; see native pre-images)
  *   snapvol.vol.NAME/meta/KEY          a metadata blob, the whole object,
  *                                      replaced with write_full (atomic)
  *   snapvol.vol.NAME/data/OBJ.%016x    stripe i of data object OBJ (origin,
  *                                      pre-images, journal): bytes
  *                                      [i*S, (i+1)*S) of it, S = object_size
  *                                      (default 4 MiB, as RBD's)
+ *
+ * Native pre-images (volumes made since session 10, unless
+ * SNAPVOL_RADOS_PRE=copy): a pre-image object "pre-N" is a self-managed
+ * RADOS snapshot of the origin's stripes, which the OSD clones on their
+ * first change after it, instead of stripes the engine copies into; the
+ * section "native pre-images" below says how.
  *
  * A stripe that does not exist is a hole and reads as zeros; a stripe is
  * as long as its last written byte, and what lies beyond reads as zeros
@@ -133,6 +142,41 @@ struct rados_store {
 	uint64_t space_at, space_bytes;
 	int space_err; /* the last refresh failed with this errno */
 	bool space_busy;
+
+	/* Native pre-images (the section "native pre-images" below).
+	 * native_lock protects the modes cache and the wctxs list (and each
+	 * wctx's refs); never held across a RADOS call. */
+	pthread_mutex_t native_lock;
+	struct volmode *modes; /* each volume's pre-image mode, once known */
+	struct wctx *wctxs;    /* the write contexts of open native origins */
+};
+
+/* A volume's pre-image mode, read once from its header (it never changes). */
+struct volmode {
+	struct volmode *next;
+	char vol[72];
+	bool native;
+};
+
+/* The write context of one native volume's origin: an ioctx of its own
+ * whose snap context names every native pre-image's snap id, so that the
+ * OSD clones a stripe before an origin write changes it.  Shared by every
+ * handle of the origin this process has open (refs), so that obj_preserve
+ * through one covers writes through all.  librados sets an ioctx's snap
+ * context without a lock (IoCtxImpl::set_snap_write_context assigns
+ * snapc; every write op copies it unlocked when it is issued), so the
+ * issue of each write on io holds lock shared and a change holds it
+ * exclusive: a preserve waits for issues in progress, never for a round
+ * trip. */
+struct wctx {
+	struct wctx *next;
+	char vol[72];
+	unsigned refs; /* open handles; rs->native_lock */
+	rados_ioctx_t io;
+	pthread_rwlock_t lock; /* snaps, n, and the issue of writes on io */
+	uint64_t *snaps;       /* descending */
+	size_t n;
+	uint64_t seq; /* the context's sequence: the highest id it ever named */
 };
 
 /* One volume's claim: the exclusive RADOS lock "snapvol.claim" on the
@@ -166,7 +210,29 @@ struct rados_obj {
 	 * stale bit only makes obj_extent call a hole data, which the
 	 * contract allows. */
 	_Atomic uint64_t *full;
+	/* Where its ops go: rs->io, or the origin's write context (wc) for
+	 * the origin of a native volume, or an ioctx of its own that reads
+	 * the origin's stripes at snapid for a native pre-image. */
+	rados_ioctx_t io;
+	struct wctx *wc;
+	bool native_pre;
+	uint64_t snapid;
 };
+
+/* Issue write ops on ro's ioctx (shared lock of its write context). */
+static void
+issue_begin(struct rados_obj *ro)
+{
+	if (ro->wc && pthread_rwlock_rdlock(&ro->wc->lock) != 0)
+		abort();
+}
+
+static void
+issue_end(struct rados_obj *ro)
+{
+	if (ro->wc)
+		pthread_rwlock_unlock(&ro->wc->lock);
+}
 
 static bool
 stripe_full(const struct rados_obj *ro, uint64_t i)
@@ -444,19 +510,23 @@ free_names(char **v, size_t n)
 /* ---- parallel ops on many objects ---- */
 
 /* Remove the stripes [0, nstripes) of prefix, BATCH at a time; missing ones
- * are fine. */
+ * are fine.  Through wc (a native origin's write context: the OSD keeps
+ * what its snapshots still read) if not NULL. */
 static int
-remove_stripes(struct rados_store *rs, const char *prefix, uint64_t nstripes)
+remove_stripes(struct rados_store *rs, struct wctx *wc, const char *prefix, uint64_t nstripes)
 {
 	rados_completion_t c[BATCH];
 	int first = 0;
+	rados_ioctx_t io = wc ? wc->io : rs->io;
 	for (uint64_t base = 0; base < nstripes; base += BATCH) {
 		unsigned k = 0;
+		if (wc && pthread_rwlock_rdlock(&wc->lock) != 0)
+			abort();
 		for (uint64_t i = base; i < nstripes && k < BATCH; i++, k++) {
 			char oid[320];
 			snprintf(oid, sizeof oid, "%s%016" PRIx64, prefix, i);
 			int r = rados_aio_create_completion2(NULL, NULL, &c[k]);
-			if (r == 0 && (r = rados_aio_remove(rs->io, oid, c[k])) < 0)
+			if (r == 0 && (r = rados_aio_remove(io, oid, c[k])) < 0)
 				rados_aio_release(c[k]);
 			if (r < 0) {
 				if (!first)
@@ -464,6 +534,8 @@ remove_stripes(struct rados_store *rs, const char *prefix, uint64_t nstripes)
 				break;
 			}
 		}
+		if (wc)
+			pthread_rwlock_unlock(&wc->lock);
 		for (unsigned j = 0; j < k; j++) {
 			rados_aio_wait_for_complete(c[j]);
 			int r = rados_aio_get_return_value(c[j]);
@@ -584,6 +656,7 @@ rados_store_open(const char *location, bool create, struct sv_store **out)
 	pthread_cond_init(&rs->claim_cond, &ca);
 	pthread_condattr_destroy(&ca);
 	pthread_mutex_init(&rs->space_lock, NULL);
+	pthread_mutex_init(&rs->native_lock, NULL);
 
 	const char *id = getenv("SNAPVOL_CEPH_ID");
 	int r = rados_create(&rs->cluster, id && *id ? id : NULL);
@@ -648,6 +721,7 @@ fail_shutdown:
 	rados_shutdown(rs->cluster);
 fail_free:;
 	int e = sv_last_errno();
+	pthread_mutex_destroy(&rs->native_lock);
 	pthread_mutex_destroy(&rs->space_lock);
 	pthread_cond_destroy(&rs->claim_cond);
 	pthread_mutex_destroy(&rs->claim_lock);
@@ -680,8 +754,14 @@ rados_store_close(struct sv_store *st)
 			release_claim(rs, c);
 		free(c);
 	}
+	for (struct volmode *m = rs->modes, *next; m; m = next) {
+		next = m->next;
+		free(m);
+	}
+	/* Every handle is closed before the store: no write context is left. */
 	rados_ioctx_destroy(rs->io);
 	rados_shutdown(rs->cluster);
+	pthread_mutex_destroy(&rs->native_lock);
 	pthread_mutex_destroy(&rs->space_lock);
 	pthread_cond_destroy(&rs->claim_cond);
 	pthread_mutex_destroy(&rs->claim_lock);
@@ -1128,6 +1208,327 @@ rados_store_describe(struct sv_store *st)
 	return ((struct rados_store *)st)->spec;
 }
 
+/* ---- native pre-images ----
+ *
+ * A volume made while SNAPVOL_RADOS_PRE is unset or "native" keeps its
+ * pre-images as self-managed RADOS snapshots of its origin's stripes: its
+ * header's omap says "pre_mode" = "native" ("copy" with
+ * SNAPVOL_RADOS_PRE=copy; volumes made before it have no key and copy).
+ * A native pre-image object "pre-N" is a snap id, allocated by the
+ * monitor when the object is made and kept in its index entry
+ * ("obj.pre-N" = "SIZE snap=ID") before obj_open returns; it has no
+ * stripes of its own and reads the origin's stripes as of that snap
+ * through an ioctx of its own (rados_ioctx_snap_set_read).  The origin
+ * writes through its write context (struct wctx), whose snap context
+ * names the snap ids obj_preserve added, and on open every snap id its
+ * volume's index holds: the OSD then clones a stripe, inside the
+ * cluster, before the first write, zero, truncate or remove that changes
+ * it after the snap.  Everything else (blobs, the journal, other objects)
+ * goes through rs->io, with no snap context, and is never cloned.
+ * Removing pre-N drops its id from the open origin's context, removes the
+ * snap (the OSD trims its clones in the background), then the index
+ * entry; a crash in between leaves an entry whose snap is gone (it reads
+ * as zeros: the OSD answers ENOENT at a removed snap; removing it again
+ * finishes), and a crash in obj_open between the snap and the entry a
+ * snap id nothing names, which no write context ever held, so it has no
+ * clones.  The context's sequence never goes back (as RBD's snap_seq).
+ */
+
+static bool
+is_pre_name(const char *obj)
+{
+	if (strncmp(obj, "pre-", 4) != 0 || !obj[4])
+		return false;
+	for (const char *p = obj + 4; *p; p++)
+		if (*p < '0' || *p > '9')
+			return false;
+	return true;
+}
+
+/* An index entry "SIZE" or "SIZE snap=ID": false if it is neither. */
+static bool
+parse_obj_entry(const char *v, uint64_t *size, uint64_t *snap)
+{
+	char *end;
+	errno = 0;
+	*size = strtoull(v, &end, 10);
+	*snap = 0;
+	if (end == v || errno)
+		return false;
+	if (*end == '\0')
+		return true;
+	if (strncmp(end, " snap=", 6) != 0)
+		return false;
+	const char *s = end + 6;
+	*snap = strtoull(s, &end, 10);
+	return end != s && *end == '\0' && *snap != 0 && !errno;
+}
+
+/* The mode new volumes get: SNAPVOL_RADOS_PRE, "native" (default) or "copy". */
+static int
+new_vol_mode(bool *native)
+{
+	const char *e = getenv("SNAPVOL_RADOS_PRE");
+	*native = true;
+	if (!e || !*e || !strcmp(e, "native"))
+		return 0;
+	if (!strcmp(e, "copy")) {
+		*native = false;
+		return 0;
+	}
+	return sv_error(EINVAL, "SNAPVOL_RADOS_PRE=%s: native or copy", e);
+}
+
+static void
+mode_cache_set(struct rados_store *rs, const char *vol, bool native)
+{
+	SV_LOCK_SCOPE(&rs->native_lock);
+	for (struct volmode *m = rs->modes; m; m = m->next)
+		if (!strcmp(m->vol, vol)) {
+			m->native = native;
+			return;
+		}
+	struct volmode *m = calloc(1, sizeof *m);
+	if (!m)
+		return; /* asked again next time */
+	snprintf(m->vol, sizeof m->vol, "%s", vol);
+	m->native = native;
+	m->next = rs->modes;
+	rs->modes = m;
+}
+
+static void
+mode_cache_drop(struct rados_store *rs, const char *vol)
+{
+	SV_LOCK_SCOPE(&rs->native_lock);
+	for (struct volmode **pm = &rs->modes; *pm; pm = &(*pm)->next)
+		if (!strcmp((*pm)->vol, vol)) {
+			struct volmode *m = *pm;
+			*pm = m->next;
+			free(m);
+			return;
+		}
+}
+
+/* Is vol native?  0, or -1 with errno if its header cannot be read; a
+ * volume with no header (none, or not made yet) is not, and not cached. */
+static int
+vol_mode(struct rados_store *rs, const char *vol, bool *native)
+{
+	{
+		SV_LOCK_SCOPE(&rs->native_lock);
+		for (struct volmode *m = rs->modes; m; m = m->next)
+			if (!strcmp(m->vol, vol)) {
+				*native = m->native;
+				return 0;
+			}
+	}
+	char hdr[128];
+	vol_oid(hdr, sizeof hdr, vol);
+	rados_read_op_t op = rados_create_read_op();
+	if (!op)
+		return fail_ctl(-ENOMEM);
+	rados_omap_iter_t it = NULL;
+	int prval = 0;
+	const char *key = "pre_mode";
+	size_t klen = strlen(key);
+	rados_read_op_omap_get_vals_by_keys2(op, &key, 1, &klen, &it, &prval);
+	int r = rados_read_op_operate(op, rs->io, hdr, 0);
+	if (r == 0)
+		r = prval;
+	*native = false;
+	if (r == 0) {
+		char *k = NULL, *v = NULL;
+		size_t kl = 0, vl = 0;
+		r = rados_omap_get_next2(it, &k, &v, &kl, &vl);
+		if (r == 0)
+			*native = k && vl == 6 && !memcmp(v, "native", 6);
+	}
+	if (it)
+		rados_omap_get_end(it);
+	rados_release_read_op(op);
+	if (r == -ENOENT) /* no header: nothing to cache */
+		return 0;
+	if (r < 0)
+		return fail_ctl(r);
+	mode_cache_set(rs, vol, *native);
+	return 0;
+}
+
+static bool
+rados_vol_native_pre(struct sv_store *st, const char *vol)
+{
+	bool native;
+	/* Unreadable: the engine then copies, and a native pre-image refuses
+	 * its writes (ENOTSUP), so nothing is lost silently. */
+	return vol_mode((struct rados_store *)st, vol, &native) == 0 && native;
+}
+
+/* Make the snap context of wc's ioctx say what wc->snaps holds; lock
+ * held exclusive (or wc not shared yet). */
+static int
+wctx_apply_locked(struct wctx *wc)
+{
+	rados_snap_t seq = wc->n ? wc->snaps[0] : 0;
+	/* The sequence never goes back (as RBD's snap_seq): after the newest
+	 * snap is removed, an object written since keeps its clones right. */
+	if (seq < wc->seq)
+		seq = wc->seq;
+	wc->seq = seq;
+	return rados_ioctx_selfmanaged_snap_set_write_ctx(wc->io, seq, (rados_snap_t *)wc->snaps,
+							  (int)wc->n);
+}
+
+/* Add (add) or drop snap in wc's descending list; lock held exclusive. */
+static int
+wctx_change_locked(struct wctx *wc, uint64_t snap, bool add)
+{
+	size_t i = 0;
+	while (i < wc->n && wc->snaps[i] > snap)
+		i++;
+	bool have = i < wc->n && wc->snaps[i] == snap;
+	if (add && !have) {
+		uint64_t *ns = realloc(wc->snaps, (wc->n + 1) * sizeof *ns);
+		if (!ns)
+			return -ENOMEM;
+		wc->snaps = ns;
+		memmove(ns + i + 1, ns + i, (wc->n - i) * sizeof *ns);
+		ns[i] = snap;
+		wc->n++;
+	} else if (!add && have) {
+		memmove(wc->snaps + i, wc->snaps + i + 1, (wc->n - i - 1) * sizeof *wc->snaps);
+		wc->n--;
+	}
+	return wctx_apply_locked(wc);
+}
+
+static void
+wctx_free(struct wctx *wc)
+{
+	rados_ioctx_destroy(wc->io);
+	pthread_rwlock_destroy(&wc->lock);
+	free(wc->snaps);
+	free(wc);
+}
+
+/* vol's write context, made (an ioctx preserving into every native
+ * pre-image its index names) if no handle has it yet; rs->lock held, so
+ * the index does not change meanwhile.  0 or -errno. */
+static int
+wctx_get_locked(struct rados_store *rs, const char *vol, struct wctx **out)
+{
+	{
+		SV_LOCK_SCOPE(&rs->native_lock);
+		for (struct wctx *wc = rs->wctxs; wc; wc = wc->next)
+			if (!strcmp(wc->vol, vol)) {
+				wc->refs++;
+				*out = wc;
+				return 0;
+			}
+	}
+	struct wctx *wc = calloc(1, sizeof *wc);
+	if (!wc)
+		return -ENOMEM;
+	snprintf(wc->vol, sizeof wc->vol, "%s", vol);
+	wc->refs = 1;
+	/* Writers first: a preserve must not wait behind a stream of issues. */
+	pthread_rwlockattr_t ra;
+	pthread_rwlockattr_init(&ra);
+	pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	pthread_rwlock_init(&wc->lock, &ra);
+	pthread_rwlockattr_destroy(&ra);
+	int r = rados_ioctx_create(rs->cluster, rs->spec + 6, &wc->io);
+	if (r < 0) {
+		pthread_rwlock_destroy(&wc->lock);
+		free(wc);
+		return r;
+	}
+	char hdr[128], **keys = NULL, **vals = NULL;
+	size_t n = 0;
+	vol_oid(hdr, sizeof hdr, vol);
+	r = omap_list(rs, hdr, "obj.pre-", &keys, &vals, &n);
+	if (r == -ENOENT)
+		r = 0;
+	for (size_t i = 0; i < n && r == 0; i++) {
+		uint64_t size, snap;
+		if (parse_obj_entry(vals[i], &size, &snap) && snap)
+			r = wctx_change_locked(wc, snap, true);
+	}
+	if (r == 0)
+		r = wctx_apply_locked(wc);
+	if (keys) {
+		free_names(keys, n);
+		free_names(vals, n);
+	}
+	if (r < 0) {
+		wctx_free(wc);
+		return r;
+	}
+	SV_LOCK_SCOPE(&rs->native_lock);
+	wc->next = rs->wctxs;
+	rs->wctxs = wc;
+	*out = wc;
+	return 0;
+}
+
+static void
+wctx_put(struct rados_store *rs, struct wctx *wc)
+{
+	sv_lock_or_abort(&rs->native_lock);
+	if (--wc->refs) {
+		sv_unlock_or_abort(&rs->native_lock);
+		return;
+	}
+	for (struct wctx **p = &rs->wctxs; *p; p = &(*p)->next)
+		if (*p == wc) {
+			*p = wc->next;
+			break;
+		}
+	sv_unlock_or_abort(&rs->native_lock);
+	wctx_free(wc);
+}
+
+/* Stop preserving into snap in vol's open write context, if any. */
+static void
+wctx_forget(struct rados_store *rs, const char *vol, uint64_t snap)
+{
+	struct wctx *wc = NULL;
+	sv_lock_or_abort(&rs->native_lock);
+	for (struct wctx *w = rs->wctxs; w; w = w->next)
+		if (!strcmp(w->vol, vol)) {
+			wc = w;
+			wc->refs++;
+			break;
+		}
+	sv_unlock_or_abort(&rs->native_lock);
+	if (!wc)
+		return;
+	if (pthread_rwlock_wrlock(&wc->lock) != 0)
+		abort();
+	(void)wctx_change_locked(wc, snap, false); /* dropping never allocates */
+	pthread_rwlock_unlock(&wc->lock);
+	wctx_put(rs, wc);
+}
+
+static int
+rados_obj_preserve(struct sv_obj *origin, struct sv_obj *pre)
+{
+	struct rados_obj *o = (struct rados_obj *)origin, *p = (struct rados_obj *)pre;
+	if (sv_obj_ops_of(pre) != &sv_store_rados_ops || !o->wc || !p->native_pre) {
+		errno = EINVAL;
+		return -1;
+	}
+	if (pthread_rwlock_wrlock(&o->wc->lock) != 0)
+		abort();
+	int r = wctx_change_locked(o->wc, p->snapid, true);
+	pthread_rwlock_unlock(&o->wc->lock);
+	if (r < 0) {
+		errno = -r;
+		return -1;
+	}
+	return 0;
+}
+
 /* ---- volumes ---- */
 
 static int
@@ -1174,16 +1575,26 @@ rados_vol_create(struct sv_store *st, const char *vol)
 		errno = EEXIST;
 		return -1;
 	}
-	/* The header first, then the index entry: the entry is the commit. */
+	bool native;
+	if (new_vol_mode(&native) == -1)
+		return -1;
+	/* The header (with its pre-image mode, fixed for the volume's life)
+	 * first, then the index entry: the entry is the commit. */
 	rados_write_op_t op = rados_create_write_op();
 	if (!op)
 		return fail_ctl(-ENOMEM);
 	rados_write_op_create(op, LIBRADOS_CREATE_IDEMPOTENT, NULL);
+	const char *mk = "pre_mode", *mv = native ? "native" : "copy";
+	size_t mkl = strlen(mk), mvl = strlen(mv);
+	rados_write_op_omap_set2(op, &mk, &mv, &mkl, &mvl, 1);
 	int r = rados_write_op_operate(op, rs->io, hdr, NULL, 0);
 	rados_release_write_op(op);
 	if (r == 0)
 		r = omap_put(rs, POOL_OID, key, "", true);
-	return r < 0 ? fail_ctl(r) : 0;
+	if (r < 0)
+		return fail_ctl(r);
+	mode_cache_set(rs, vol, native);
+	return 0;
 }
 
 static int
@@ -1205,10 +1616,18 @@ rados_vol_remove(struct sv_store *st, const char *vol)
 		return -1;
 	}
 	if (r == 0) {
+		/* Native pre-images' snaps first (the OSD trims their clones),
+		 * then every object's stripes (a native pre-image has none). */
+		for (size_t i = 0; i < n && r == 0; i++) {
+			uint64_t size, snap;
+			if (parse_obj_entry(vals[i], &size, &snap) && snap &&
+			    (r = rados_ioctx_selfmanaged_snap_remove(rs->io, snap)) == -ENOENT)
+				r = 0;
+		}
 		for (size_t i = 0; i < n && r == 0; i++) {
 			char prefix[300];
 			snprintf(prefix, sizeof prefix, "%s/data/%s.", hdr, names[i]);
-			r = remove_stripes(rs, prefix,
+			r = remove_stripes(rs, NULL, prefix,
 					   nstripes_of(rs, strtoull(vals[i], NULL, 10)));
 		}
 		free_names(names, n);
@@ -1230,6 +1649,7 @@ rados_vol_remove(struct sv_store *st, const char *vol)
 		r = 0;
 	if (r == 0 && indexed)
 		r = omap_put(rs, POOL_OID, key, NULL, true);
+	mode_cache_drop(rs, vol);
 	return r < 0 ? fail_ctl(r) : 0;
 }
 
@@ -1337,34 +1757,53 @@ rados_obj_open(struct sv_store *st, const char *vol, const char *obj, uint64_t s
 		errno = ENOENT;
 		return -1;
 	}
+	bool pre = is_pre_name(obj), origin = !strcmp(obj, "origin"), native = false;
+	if ((pre || origin) && vol_mode(rs, vol, &native) == -1)
+		return -1;
+	pre = pre && native;
+	origin = origin && native;
 	SV_LOCK_SCOPE(&rs->lock);
 	char *v = NULL;
+	uint64_t snap = 0;
 	int r = omap_get(rs, hdr, okey, &v, NULL);
 	if (r == 0) {
-		char *end;
-		uint64_t have = strtoull(v, &end, 10);
-		bool bad = *end != '\0';
+		uint64_t have;
+		bool bad = !parse_obj_entry(v, &have, &snap);
 		free(v);
 		if (flags & SV_OBJ_EXCL) {
 			errno = EEXIST;
 			return -1;
 		}
-		if (bad || have != size) {
-			errno = EUCLEAN; /* an object of the wrong size: damaged pool */
+		/* An object of the wrong size, or a pre-image of the other
+		 * mode: a damaged pool. */
+		if (bad || have != size || pre != (snap != 0)) {
+			errno = EUCLEAN;
 			return -1;
 		}
 	} else if (r == -ENOENT && (flags & SV_OBJ_CREATE)) {
 		if (check_vol_claim(rs, vol) == -1)
 			return -1;
-		char sz[32];
+		char sz[64];
 		snprintf(sz, sizeof sz, "%" PRIu64, size);
-		if ((r = omap_put(rs, hdr, okey, sz, true)) < 0)
+		if (pre) {
+			/* The snap id (a monitor round trip), then the index
+			 * entry that names it: a crash between leaves an id
+			 * nothing names and nothing preserves into. */
+			if ((r = rados_ioctx_selfmanaged_snap_create(rs->io, &snap)) < 0)
+				return fail_ctl(r);
+			snprintf(sz, sizeof sz, "%" PRIu64 " snap=%" PRIu64, size, snap);
+		}
+		if ((r = omap_put(rs, hdr, okey, sz, true)) < 0) {
+			if (pre)
+				(void)rados_ioctx_selfmanaged_snap_remove(rs->io, snap);
 			return fail_ctl(r);
+		}
 	} else {
 		return fail_ctl(r);
 	}
 	struct rados_obj *ro = calloc(1, sizeof *ro);
-	if (!ro || !(ro->prefix = xasprintf("%s/data/%s.", hdr, obj))) {
+	/* A native pre-image reads the origin's stripes (at its snap). */
+	if (!ro || !(ro->prefix = xasprintf("%s/data/%s.", hdr, pre ? "origin" : obj))) {
 		free(ro);
 		errno = ENOMEM;
 		return -1;
@@ -1374,23 +1813,46 @@ rados_obj_open(struct sv_store *st, const char *vol, const char *obj, uint64_t s
 	ro->size = size;
 	ro->rdonly = (flags & SV_OBJ_RDONLY) != 0;
 	ro->claim = claim_of(rs, vol);
-	if (!ro->rdonly)
+	ro->io = rs->io;
+	ro->native_pre = pre;
+	ro->snapid = snap;
+	/* A snap never changes: its full stripes can be remembered too. */
+	if (!ro->rdonly || pre)
 		ro->full = calloc((nstripes_of(rs, size) + 63) / 64, sizeof *ro->full);
-	if (!ro->claim || (!ro->rdonly && !ro->full)) {
-		free(ro->full);
-		free(ro->prefix);
-		free(ro);
-		errno = ENOMEM;
-		return -1;
+	if (!ro->claim || ((!ro->rdonly || pre) && !ro->full)) {
+		r = -ENOMEM;
+		goto fail;
+	}
+	if (pre) {
+		if ((r = rados_ioctx_create(rs->cluster, rs->spec + 6, &ro->io)) < 0) {
+			ro->io = NULL;
+			goto fail;
+		}
+		rados_ioctx_snap_set_read(ro->io, snap);
+	} else if (origin && !ro->rdonly) {
+		if ((r = wctx_get_locked(rs, vol, &ro->wc)) < 0)
+			goto fail;
+		ro->io = ro->wc->io;
 	}
 	*out = (struct sv_obj *)ro;
 	return 0;
+fail:
+	if (pre && ro->io)
+		rados_ioctx_destroy(ro->io);
+	free(ro->full);
+	free(ro->prefix);
+	free(ro);
+	return fail_ctl(r);
 }
 
 static void
 rados_obj_close(struct sv_obj *o)
 {
 	struct rados_obj *ro = (struct rados_obj *)o;
+	if (ro->native_pre)
+		rados_ioctx_destroy(ro->io);
+	if (ro->wc)
+		wctx_put(ro->st, ro->wc);
 	free(ro->full);
 	free(ro->prefix);
 	free(ro);
@@ -1406,17 +1868,43 @@ rados_obj_remove(struct sv_store *st, const char *vol, const char *obj)
 	vol_oid(hdr, sizeof hdr, vol);
 	snprintf(okey, sizeof okey, "obj.%s", obj);
 	snprintf(prefix, sizeof prefix, "%s/data/%s.", hdr, obj);
+	bool native = false;
+	if (!strcmp(obj, "origin") && vol_mode(rs, vol, &native) == -1)
+		return -1;
 	SV_LOCK_SCOPE(&rs->lock);
 	char *v = NULL;
 	int r = omap_get(rs, hdr, okey, &v, NULL);
 	if (r < 0)
 		return fail_ctl(r);
-	uint64_t size = strtoull(v, NULL, 10);
+	uint64_t size, snap;
+	if (!parse_obj_entry(v, &size, &snap)) {
+		free(v);
+		errno = EUCLEAN;
+		return -1;
+	}
 	free(v);
+	if (snap) {
+		/* A native pre-image: preserve no more into it, let the OSD
+		 * trim its clones, then forget it.  A crash between leaves an
+		 * entry whose snap is gone: removing it again finishes. */
+		wctx_forget(rs, vol, snap);
+		if ((r = rados_ioctx_selfmanaged_snap_remove(rs->io, snap)) < 0 && r != -ENOENT)
+			return fail_ctl(r);
+		if ((r = omap_put(rs, hdr, okey, NULL, true)) < 0)
+			return fail_ctl(r);
+		return 0;
+	}
+	/* A native origin's stripes go through its write context, so that
+	 * its pre-images keep reading them. */
+	struct wctx *wc = NULL;
+	if (native && (r = wctx_get_locked(rs, vol, &wc)) < 0)
+		return fail_ctl(r);
 	/* Stripes first: a crash half-way leaves a listed object with holes
 	 * (it was being removed), never stripes nothing lists. */
-	if ((r = remove_stripes(rs, prefix, nstripes_of(rs, size))) < 0 ||
-	    (r = omap_put(rs, hdr, okey, NULL, true)) < 0)
+	r = remove_stripes(rs, wc, prefix, nstripes_of(rs, size));
+	if (wc)
+		wctx_put(rs, wc);
+	if (r < 0 || (r = omap_put(rs, hdr, okey, NULL, true)) < 0)
 		return fail_ctl(r);
 	return 0;
 }
@@ -1465,6 +1953,8 @@ striped_io(struct rados_obj *ro, char *buf, size_t len, uint64_t off, bool write
 	int err = 0;
 	size_t started = 0;
 	char *p = buf;
+	if (write)
+		issue_begin(ro);
 	for (uint64_t i = first; i <= last; i++) {
 		uint64_t so = i == first ? off % rs->objsz : 0;
 		size_t k = (size_t)(rs->objsz - so);
@@ -1479,8 +1969,8 @@ striped_io(struct rados_obj *ro, char *buf, size_t len, uint64_t off, bool write
 		x->to_end = so + k == rs->objsz || i * rs->objsz + so + k == ro->size;
 		int r = rados_aio_create_completion2(NULL, NULL, &x->c);
 		if (r == 0) {
-			r = write ? rados_aio_write(rs->io, oid, x->c, p, k, so)
-				  : rados_aio_read(rs->io, oid, x->c, p, k, so);
+			r = write ? rados_aio_write(ro->io, oid, x->c, p, k, so)
+				  : rados_aio_read(ro->io, oid, x->c, p, k, so);
 			if (r < 0)
 				rados_aio_release(x->c);
 		}
@@ -1491,6 +1981,8 @@ striped_io(struct rados_obj *ro, char *buf, size_t len, uint64_t off, bool write
 		started++;
 		p += k;
 	}
+	if (write)
+		issue_end(ro);
 	for (size_t j = 0; j < started; j++) {
 		rados_aio_wait_for_complete(pc[j].c);
 		int r = rados_aio_get_return_value(pc[j].c);
@@ -1603,7 +2095,7 @@ rados_obj_pread_async(struct sv_obj *o, void *buf, size_t len, uint64_t off,
 		if (r == 0) {
 			*x = (struct aread_piece){ar, p, k};
 			atomic_fetch_add(&ar->pending, 1);
-			r = rados_aio_read(rs->io, oid, c, p, k, so);
+			r = rados_aio_read(ro->io, oid, c, p, k, so);
 			if (r < 0) {
 				atomic_fetch_sub(&ar->pending, 1);
 				rados_aio_release(c);
@@ -1636,6 +2128,10 @@ rados_obj_pwrite(struct sv_obj *o, const void *buf, size_t len, uint64_t off, un
 {
 	(void)flags; /* every write is durable when it returns: FUA is free */
 	struct rados_obj *ro = (struct rados_obj *)o;
+	if (ro->native_pre) { /* the OSD fills it, nobody else */
+		errno = ENOTSUP;
+		return -1;
+	}
 	if (ro->rdonly) {
 		errno = EBADF;
 		return -1;
@@ -1653,6 +2149,8 @@ rados_obj_sync(struct sv_obj *o)
 	 * FLUSH must still not report success once the claim is lost to
 	 * another holder, who may have written over it. */
 	struct rados_obj *ro = (struct rados_obj *)o;
+	if (ro->native_pre)
+		return 0; /* nothing of its own is ever written */
 	if (ro->st->claimed && atomic_load(&ro->claim->fenced)) {
 		errno = EIO;
 		return -1;
@@ -1667,12 +2165,16 @@ rados_obj_punch(struct sv_obj *o, uint64_t off, uint64_t len)
 	struct rados_store *rs = ro->st;
 	if (len == 0)
 		return 0;
-	if (ro->rdonly) {
-		errno = EBADF;
-		return -1;
-	}
 	if (off > ro->size || len > ro->size - off) {
 		errno = EINVAL;
+		return -1;
+	}
+	/* Nobody reads a released range of a native pre-image; its space
+	 * comes back when its snap goes. */
+	if (ro->native_pre)
+		return 0;
+	if (ro->rdonly) {
+		errno = EBADF;
 		return -1;
 	}
 	if (check_claim(rs, ro->claim) == -1)
@@ -1684,22 +2186,35 @@ rados_obj_punch(struct sv_obj *o, uint64_t off, uint64_t len)
 		uint64_t z = (end < s1 ? end : s1) - s0;
 		char oid[320];
 		stripe_oid(ro, i, oid, sizeof oid);
-		int r;
 		mark_full(ro, i, false);
+		rados_completion_t c;
+		int r = rados_aio_create_completion2(NULL, NULL, &c);
+		if (r < 0)
+			return fail_data(r);
+		/* Issued asynchronously so that a write context's lock is never
+		 * held across a round trip (obj_preserve waits for it). */
+		rados_write_op_t op = NULL;
+		issue_begin(ro);
 		if (a == 0 && (z == rs->objsz || s0 + z >= ro->size)) {
-			r = rados_remove(rs->io, oid);
+			r = rados_aio_remove(ro->io, oid, c);
+		} else if (!(op = rados_create_write_op())) {
+			r = -ENOMEM;
 		} else {
 			/* On an existing stripe only: a missing one is a hole.  An
 			 * OSD turns a zero that reaches the stripe's end into a
 			 * truncate, and ignores one past it. */
-			rados_write_op_t op = rados_create_write_op();
-			if (!op)
-				return fail_data(-ENOMEM);
 			rados_write_op_assert_exists(op);
 			rados_write_op_zero(op, a, z - a);
-			r = rados_write_op_operate(op, rs->io, oid, NULL, 0);
-			rados_release_write_op(op);
+			r = rados_aio_write_op_operate(op, ro->io, c, oid, NULL, 0);
 		}
+		issue_end(ro);
+		if (r == 0) {
+			rados_aio_wait_for_complete(c);
+			r = rados_aio_get_return_value(c);
+		}
+		rados_aio_release(c);
+		if (op)
+			rados_release_write_op(op);
 		mark_full(ro, i, false); /* a write may have raced the op */
 		if (r < 0 && r != -ENOENT)
 			return fail_data(r);
@@ -1747,7 +2262,7 @@ rados_obj_extent(struct sv_obj *o, uint64_t off, uint64_t len, struct sv_extent 
 		stripe_oid(ro, first + started, oid, sizeof oid);
 		int r = rados_aio_create_completion2(NULL, NULL, &c[started]);
 		if (r == 0 &&
-		    (r = rados_aio_stat(rs->io, oid, c[started], &szs[started], &mt[started])) < 0)
+		    (r = rados_aio_stat(ro->io, oid, c[started], &szs[started], &mt[started])) < 0)
 			rados_aio_release(c[started]);
 		if (r < 0) {
 			err = r;
@@ -1819,6 +2334,10 @@ rados_obj_allocated(struct sv_obj *o, uint64_t *bytes)
 {
 	struct rados_obj *ro = (struct rados_obj *)o;
 	struct rados_store *rs = ro->st;
+	if (ro->native_pre) { /* its clones share extents with the origin's */
+		errno = ENOTSUP;
+		return -1;
+	}
 	uint64_t n = nstripes_of(rs, ro->size), total = 0;
 	rados_completion_t c[BATCH];
 	uint64_t sz[BATCH];
@@ -1831,7 +2350,7 @@ rados_obj_allocated(struct sv_obj *o, uint64_t *bytes)
 			stripe_oid(ro, i, oid, sizeof oid);
 			sz[k] = 0;
 			int r = rados_aio_create_completion2(NULL, NULL, &c[k]);
-			if (r == 0 && (r = rados_aio_stat(rs->io, oid, c[k], &sz[k], &mt[k])) < 0)
+			if (r == 0 && (r = rados_aio_stat(ro->io, oid, c[k], &sz[k], &mt[k])) < 0)
 				rados_aio_release(c[k]);
 			if (r < 0) {
 				err = r;
@@ -1905,4 +2424,6 @@ const struct sv_store_ops sv_store_rados_ops = {
     .space_avail = rados_space_avail,
     .durable_writes = true, /* no pre-image log: a write is durable when acknowledged */
     .obj_pread_async = rados_obj_pread_async,
+    .vol_native_pre = rados_vol_native_pre,
+    .obj_preserve = rados_obj_preserve,
 };

@@ -159,6 +159,35 @@ struct sv_store_ops {
 	 * under its name.  No handle of it may be open.  ENOENT if there is no
 	 * such volume.  NULL where vol_remove is quick (RADOS). */
 	int (*vol_trash)(struct sv_store *st, const char *vol);
+
+	/* Native pre-images: a store that keeps the origin's old bytes itself
+	 * (RADOS: self-managed snapshots; the OSD clones a stripe on its first
+	 * write after a snapshot, inside the cluster) instead of the engine
+	 * copying them.  NULL where there are none (file): the engine copies.
+	 *
+	 * vol_native_pre: are vol's pre-image objects ("pre-N") native?  Fixed
+	 * for the volume's life (decided when it was created).  A native
+	 * pre-image object:
+	 *  - is made by obj_open with SV_OBJ_CREATE (may take a round trip to
+	 *    the cluster; SV_OBJ_EXCL: EEXIST if it exists), opened without;
+	 *  - reads (obj_pread, obj_pread_async, obj_extent) the origin's bytes
+	 *    as they were when obj_preserve(origin, it) returned (zeros where
+	 *    the origin had nothing);
+	 *  - is never written: obj_pwrite fails with ENOTSUP; obj_punch and
+	 *    obj_zero succeed and do nothing (nobody reads a released range;
+	 *    the space comes back when the object is removed); obj_sync does
+	 *    nothing; obj_allocated may fail with ENOTSUP;
+	 *  - obj_remove (and vol_remove) also ends the preservation into it.
+	 * obj_preserve: from its return on, every write, zero and punch of the
+	 * origin keeps the bytes it changes readable through pre.  No I/O:
+	 * quick enough to call under the engine's cow_lock.  Lasting: once it
+	 * returned it holds across restarts and takeovers (opening the origin
+	 * preserves into every native pre-image object of the volume) until
+	 * pre is removed.  The engine calls it once per epoch, after every
+	 * write of an older epoch has reached the origin and before any write
+	 * of the new epoch does. */
+	bool (*vol_native_pre)(struct sv_store *st, const char *vol);
+	int (*obj_preserve)(struct sv_obj *origin, struct sv_obj *pre);
 };
 
 /* The local-file backend: a pool is a directory (see store-file.c). */

@@ -10,7 +10,10 @@
 #          flushes, snapshot create/delete/rollback/release and clean
 #          re-opens, every snapshot read back after each step), through the
 #          engine's API on the RADOS store; RADOS_MODEL_STEPS steps (200),
-#          seed printed (SNAPVOL_SEED=N replays it)
+#          seed printed (SNAPVOL_SEED=N replays it); the volume keeps its
+#          pre-images as the cluster's snapshots (native, the default)
+#   model-copy  the same with pre-images copied by the engine
+#          (SNAPVOL_RADOS_PRE=copy, as volumes made before session 10)
 #   crash  kill -9 of the server under writes, flushes and snapshot
 #          create/delete (test-crash-kill9.py), RADOS_CRASH_ROUNDS rounds
 #          (5); each restart waits for the dead server's claim to lapse
@@ -19,16 +22,16 @@
 #   slowreader  a client that stops reading its replies holds up only its
 #          own connection (test-slow-reader.py): READs complete in
 #          librados's thread, which every connection shares
-# meson runs each part as its own test (test-rados-suite-model, -crash,
-# -slowreader).
+# meson runs each part as its own test (test-rados-suite-model,
+# -model-copy, -crash, -slowreader).
 # TEST_SNAPSHOT names the test-snapshot binary (meson sets it; by hand:
 # BUILDDIR/tests/unit/test-snapshot).  Skipped (77) only when the Ceph
 # packages are missing.
 source "$(dirname "$0")/functions.sh"
 PART=${1:-}
 case $PART in
-model | crash | slowreader) ;;
-*) fail "usage: $0 model|crash|slowreader" ;;
+model | model-copy | crash | slowreader) ;;
+*) fail "usage: $0 model|model-copy|crash|slowreader" ;;
 esac
 TEST_NAME="${TEST_NAME}[$PART]"
 
@@ -39,7 +42,8 @@ export SNAPVOL_RADOS_CLAIM=3s
 t0=$(date +%s%N)
 
 case $PART in
-model)
+model | model-copy)
+	[ "$PART" = model-copy ] && export SNAPVOL_RADOS_PRE=copy
 	bin=${TEST_SNAPSHOT:-$BUILDDIR/tests/unit/test-snapshot}
 	[ -x "$bin" ] || fail "no test-snapshot binary at $bin"
 	SNAPVOL_STEPS=${RADOS_MODEL_STEPS:-200} "$bin" >"$T/model.out" 2>&1 || {

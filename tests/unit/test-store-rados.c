@@ -356,6 +356,356 @@ test_async_read(void **state)
 	ops->close(st);
 }
 
+/* The snap id in vol's index entry of obj ("SIZE snap=ID"), 0 if none. */
+static uint64_t
+snap_of(const char *vol, const char *obj)
+{
+	rados_t c;
+	rados_ioctx_t io;
+	assert_int_equal(rados_create(&c, NULL), 0);
+	assert_int_equal(rados_conf_read_file(c, NULL), 0);
+	assert_int_equal(rados_connect(c), 0);
+	assert_int_equal(rados_ioctx_create(c, "blk", &io), 0);
+	char hdr[128], key[128];
+	snprintf(hdr, sizeof hdr, "snapvol.vol.%s", vol);
+	snprintf(key, sizeof key, "obj.%s", obj);
+	const char *k = key;
+	size_t kl = strlen(key);
+	rados_omap_iter_t it = NULL;
+	int prval = 0;
+	rados_read_op_t op = rados_create_read_op();
+	rados_read_op_omap_get_vals_by_keys2(op, &k, 1, &kl, &it, &prval);
+	assert_int_equal(rados_read_op_operate(op, io, hdr, 0), 0);
+	char *ok = NULL, *v = NULL;
+	size_t okl = 0, vl = 0;
+	uint64_t snap = 0;
+	assert_int_equal(rados_omap_get_next2(it, &ok, &v, &okl, &vl), 0);
+	if (ok) {
+		char val[128];
+		snprintf(val, sizeof val, "%.*s", (int)vl, v);
+		const char *s = strstr(val, " snap=");
+		if (s)
+			snap = strtoull(s + 6, NULL, 10);
+	}
+	rados_omap_get_end(it);
+	rados_release_read_op(op);
+	rados_ioctx_destroy(io);
+	rados_shutdown(c);
+	return snap;
+}
+
+/* The snap ids the clones of RADOS object oid are kept for (from "rados
+ * listsnaps"), into ids; their number, or -1 if it cannot be listed. */
+static int
+clone_snaps(const char *oid, uint64_t *ids, int max)
+{
+	char cmd[400], line[512];
+	snprintf(cmd, sizeof cmd, "timeout 20 rados -p blk listsnaps '%s' 2>/dev/null", oid);
+	FILE *f = popen(cmd, "r");
+	if (!f)
+		return -1;
+	int n = 0;
+	while (fgets(line, sizeof line, f)) {
+		/* "CLONEID\tSNAP,SNAP\tSIZE\t...": a clone; "head\t-..." is not */
+		char *tab = strchr(line, '\t');
+		if (!tab || line[0] < '0' || line[0] > '9')
+			continue;
+		for (char *p = tab + 1; *p >= '0' && *p <= '9';) {
+			char *end;
+			uint64_t id = strtoull(p, &end, 10);
+			if (n < max)
+				ids[n] = id;
+			n++;
+			p = *end == ',' ? end + 1 : end;
+		}
+	}
+	return pclose(f) == 0 ? n : -1;
+}
+
+static bool
+has_id(const uint64_t *ids, int n, uint64_t id)
+{
+	for (int i = 0; i < n; i++)
+		if (ids[i] == id)
+			return true;
+	return false;
+}
+
+static void
+stripe_name(char *buf, size_t len, const char *vol, const char *obj, unsigned i)
+{
+	snprintf(buf, len, "snapvol.vol.%s/data/%s.%016x", vol, obj, i);
+}
+
+/* Native pre-images (self-managed snapshots): a pre-image object reads the
+ * origin as it was when obj_preserve returned, through writes, zeros,
+ * punches of whole stripes and of stripes' tails made after it; a stripe
+ * made after it reads zeros; a second epoch reads its own moment; objects
+ * other than the origin are not cloned; preservation lasts across a new
+ * open of the store; removing a pre-image removes its snap; and a volume
+ * made with SNAPVOL_RADOS_PRE=copy has plain writable pre-image objects. */
+static void
+test_native_pre(void **state)
+{
+	(void)state;
+	unsetenv("SNAPVOL_RADOS_PRE");
+	struct sv_store *st = open_store();
+	assert_int_equal(ops->vol_create(st, "nat1"), 0);
+	assert_true(ops->vol_native_pre(st, "nat1"));
+	const uint64_t size = 8 * OBJSZ;
+	const size_t span = 6 * OBJSZ;
+	struct sv_obj *origin, *j, *pre1, *pre2, *x;
+	assert_int_equal(
+	    ops->obj_open(st, "nat1", "origin", size, SV_OBJ_CREATE | SV_OBJ_EXCL, &origin), 0);
+	assert_int_equal(ops->obj_open(st, "nat1", "journal", OBJSZ, SV_OBJ_CREATE, &j), 0);
+	char *a = calloc(1, span), *b = malloc(span), *now = malloc(span), *back = malloc(span);
+	/* Stripes 0-4 written, 5 a hole. */
+	fill(a, 5 * OBJSZ, 1);
+	assert_int_equal(ops->obj_pwrite(origin, a, 5 * OBJSZ, 0, 0), 0);
+	assert_int_equal(ops->obj_pwrite(j, "old", 3, 0, 0), 0);
+
+	assert_int_equal(
+	    ops->obj_open(st, "nat1", "pre-1", size, SV_OBJ_CREATE | SV_OBJ_EXCL, &pre1), 0);
+	assert_int_equal(ops->obj_open(st, "nat1", "pre-1", size, SV_OBJ_CREATE | SV_OBJ_EXCL, &x),
+			 -1);
+	assert_int_equal(errno, EEXIST);
+	uint64_t s1 = snap_of("nat1", "pre-1");
+	assert_true(s1 > 0);
+	assert_int_equal(ops->obj_preserve(origin, pre1), 0);
+
+	/* After it: a write (stripe 0), a zero (middle of 1), a punch of a
+	 * whole stripe (2), of a stripe's tail (3, a truncate), a new stripe
+	 * (5), and a write of another object of the volume. */
+	memcpy(now, a, span);
+	fill(b, span, 2);
+	assert_int_equal(ops->obj_pwrite(origin, b, 1000, 100, 0), 0);
+	memcpy(now + 100, b, 1000);
+	assert_int_equal(ops->obj_zero(origin, OBJSZ + 10, 100, 0), 0);
+	memset(now + OBJSZ + 10, 0, 100);
+	assert_int_equal(ops->obj_punch(origin, 2 * OBJSZ, OBJSZ), 0);
+	memset(now + 2 * OBJSZ, 0, OBJSZ);
+	assert_int_equal(ops->obj_punch(origin, 3 * OBJSZ + 500, OBJSZ - 500), 0);
+	memset(now + 3 * OBJSZ + 500, 0, OBJSZ - 500);
+	assert_int_equal(ops->obj_pwrite(origin, b, OBJSZ, 5 * OBJSZ, 0), 0);
+	memcpy(now + 5 * OBJSZ, b, OBJSZ);
+	assert_int_equal(ops->obj_pwrite(j, "new", 3, 0, 0), 0);
+
+	assert_int_equal(ops->obj_pread(origin, back, span, 0), 0);
+	assert_memory_equal(back, now, span);
+	memset(back, 0x55, span);
+	assert_int_equal(ops->obj_pread(pre1, back, span, 0), 0);
+	assert_memory_equal(back, a, span); /* stripe 5: zeros, as it was */
+	memset(back, 0x55, span);
+	assert_int_equal(read_async(pre1, back + 7, span - 7, 7), 0);
+	assert_memory_equal(back + 7, a + 7, span - 7);
+	struct sv_extent e;
+	assert_int_equal(ops->obj_extent(pre1, 0, size, &e), 0);
+	assert_false(e.hole);
+	assert_int_equal(e.length, 5 * OBJSZ);
+	assert_int_equal(ops->obj_extent(pre1, 5 * OBJSZ, size - 5 * OBJSZ, &e), 0);
+	assert_true(e.hole);
+	assert_int_equal(e.length, size - 5 * OBJSZ);
+
+	/* Never written by anyone but the OSD. */
+	assert_int_equal(ops->obj_pwrite(pre1, b, 10, 0, 0), -1);
+	assert_int_equal(errno, ENOTSUP);
+	assert_int_equal(ops->obj_punch(pre1, 0, OBJSZ), 0);
+	assert_int_equal(ops->obj_zero(pre1, 0, OBJSZ, SV_ZERO_MAY_TRIM), 0);
+	assert_int_equal(ops->obj_sync(pre1), 0);
+	uint64_t alloc;
+	assert_int_equal(ops->obj_allocated(pre1, &alloc), -1);
+	assert_int_equal(errno, ENOTSUP);
+	assert_int_equal(ops->obj_pread(pre1, back, OBJSZ, 0), 0);
+	assert_memory_equal(back, a, OBJSZ);
+
+	/* A second epoch reads the origin as at its own preserve. */
+	char *pre2want = malloc(span);
+	memcpy(pre2want, now, span);
+	assert_int_equal(ops->obj_open(st, "nat1", "pre-2", size, SV_OBJ_CREATE, &pre2), 0);
+	uint64_t s2 = snap_of("nat1", "pre-2");
+	assert_true(s2 > s1);
+	assert_int_equal(ops->obj_preserve(origin, pre2), 0);
+	fill(now, 4 * OBJSZ, 3); /* stripes 4 and 5 stay as they were */
+	assert_int_equal(ops->obj_pwrite(origin, now, 4 * OBJSZ, 0, 0), 0);
+	assert_int_equal(ops->obj_pread(pre2, back, span, 0), 0);
+	assert_memory_equal(back, pre2want, span);
+	assert_int_equal(ops->obj_pread(pre1, back, span, 0), 0);
+	assert_memory_equal(back, a, span);
+	assert_int_equal(ops->obj_pread(origin, back, span, 0), 0);
+	assert_memory_equal(back, now, span);
+
+	/* The OSD cloned the origin's stripes, and nothing else. */
+	uint64_t ids[16];
+	char oid[200];
+	stripe_name(oid, sizeof oid, "nat1", "origin", 0);
+	int n = clone_snaps(oid, ids, 16);
+	print_message("origin stripe 0: %d snap ids in clones (pre-1 %" PRIu64 ", pre-2 %" PRIu64
+		      ")\n",
+		      n, s1, s2);
+	assert_true(n >= 2 && has_id(ids, n, s1) && has_id(ids, n, s2));
+	stripe_name(oid, sizeof oid, "nat1", "journal", 0);
+	assert_int_equal(clone_snaps(oid, ids, 16), 0);
+
+	/* Lasting: a new open of the store (a restart) preserves into both
+	 * (stripes 4 and 5 are first written since either preserve here). */
+	ops->obj_close(pre1);
+	ops->obj_close(pre2);
+	ops->obj_close(origin);
+	ops->obj_close(j);
+	ops->close(st);
+	st = open_store();
+	assert_true(ops->vol_native_pre(st, "nat1"));
+	assert_int_equal(ops->obj_open(st, "nat1", "origin", size, 0, &origin), 0);
+	fill(b, span, 4);
+	assert_int_equal(ops->obj_pwrite(origin, b, span, 0, 0), 0);
+	assert_int_equal(ops->obj_open(st, "nat1", "pre-1", size, 0, &pre1), 0);
+	assert_int_equal(ops->obj_open(st, "nat1", "pre-2", size, 0, &pre2), 0);
+	assert_int_equal(ops->obj_pread(pre1, back, span, 0), 0);
+	assert_memory_equal(back, a, span);
+	assert_int_equal(ops->obj_pread(pre2, back, span, 0), 0);
+	assert_memory_equal(back, pre2want, span);
+	/* The origin removed whole (through its snap context): still read. */
+	ops->obj_close(origin);
+	assert_int_equal(ops->obj_remove(st, "nat1", "origin"), 0);
+	assert_int_equal(ops->obj_pread(pre2, back, span, 0), 0);
+	assert_memory_equal(back, pre2want, span);
+
+	/* Removing pre-1 removes its snap: no clone keeps it (the OSD trims
+	 * in the background), and it cannot be opened. */
+	ops->obj_close(pre1);
+	assert_int_equal(ops->obj_remove(st, "nat1", "pre-1"), 0);
+	assert_int_equal(ops->obj_open(st, "nat1", "pre-1", size, 0, &x), -1);
+	assert_int_equal(errno, ENOENT);
+	stripe_name(oid, sizeof oid, "nat1", "origin", 0);
+	for (int i = 0; i < 100; i++) {
+		n = clone_snaps(oid, ids, 16);
+		if (n >= 0 && !has_id(ids, n, s1))
+			break;
+		usleep(100000);
+	}
+	assert_true(n >= 1 && !has_id(ids, n, s1) && has_id(ids, n, s2));
+	assert_int_equal(ops->obj_pread(pre2, back, span, 0), 0);
+	assert_memory_equal(back, pre2want, span);
+	ops->obj_close(pre2);
+	/* The volume goes with every snap of it. */
+	assert_int_equal(ops->vol_remove(st, "nat1"), 0);
+	for (int i = 0; i < 100; i++) {
+		n = clone_snaps(oid, ids, 16);
+		if (n <= 0)
+			break;
+		usleep(100000);
+	}
+	assert_true(n <= 0);
+	assert_int_equal(count_objects("snapvol.vol.nat1"), 0);
+
+	/* Copy mode: the engine copies into plain objects. */
+	setenv("SNAPVOL_RADOS_PRE", "nonsense", 1);
+	assert_int_equal(ops->vol_create(st, "cp1"), -1);
+	assert_int_equal(errno, EINVAL);
+	setenv("SNAPVOL_RADOS_PRE", "copy", 1);
+	assert_int_equal(ops->vol_create(st, "cp1"), 0);
+	unsetenv("SNAPVOL_RADOS_PRE");
+	assert_false(ops->vol_native_pre(st, "cp1"));
+	assert_int_equal(ops->obj_open(st, "cp1", "origin", size, SV_OBJ_CREATE, &origin), 0);
+	assert_int_equal(ops->obj_open(st, "cp1", "pre-1", size, SV_OBJ_CREATE, &pre1), 0);
+	assert_int_equal(snap_of("cp1", "pre-1"), 0);
+	assert_int_equal(ops->obj_pwrite(pre1, b, 4096, 0, 0), 0);
+	assert_int_equal(ops->obj_pread(pre1, back, 4096, 0), 0);
+	assert_memory_equal(back, b, 4096);
+	assert_int_equal(ops->obj_preserve(origin, pre1), -1);
+	ops->obj_close(pre1);
+	ops->obj_close(origin);
+	ops->close(st);
+	/* Still copy on a new open, where nothing is cached. */
+	st = open_store();
+	assert_false(ops->vol_native_pre(st, "cp1"));
+	assert_int_equal(ops->vol_remove(st, "cp1"), 0);
+	ops->close(st);
+	free(a);
+	free(b);
+	free(now);
+	free(back);
+	free(pre2want);
+}
+
+struct writer {
+	struct sv_obj *o;
+	unsigned seed;
+	int failed;
+};
+
+static void *
+writer_thread(void *arg)
+{
+	struct writer *w = arg;
+	char buf[4096];
+	for (int i = 0; i < 300; i++) {
+		fill(buf, sizeof buf, w->seed + (unsigned)i);
+		uint64_t off = (uint64_t)((w->seed * 7919u + (unsigned)i * 104729u) % 64) * 4096;
+		if (ops->obj_pwrite(w->o, buf, sizeof buf, off, 0) == -1 ||
+		    (i % 16 == 0 && ops->obj_punch(w->o, off, 4096) == -1)) {
+			print_message("writer %u: %s\n", w->seed, strerror(errno));
+			w->failed++;
+		}
+	}
+	return NULL;
+}
+
+/* obj_preserve and pre-image removal change the origin's snap context
+ * while other threads write it (librados assigns an ioctx's snap context
+ * without a lock; store-rados.c orders them with the write context's
+ * lock): every write succeeds, and the last pre-image, preserved after
+ * every writer ended, reads what the origin holds. */
+static void
+test_native_preserve_racing(void **state)
+{
+	(void)state;
+	unsetenv("SNAPVOL_RADOS_PRE");
+	struct sv_store *st = open_store();
+	assert_int_equal(ops->vol_create(st, "nat2"), 0);
+	const uint64_t size = 4 * OBJSZ;
+	struct sv_obj *origin, *pre;
+	assert_int_equal(ops->obj_open(st, "nat2", "origin", size, SV_OBJ_CREATE, &origin), 0);
+	struct writer w[3];
+	pthread_t t[3];
+	for (unsigned i = 0; i < 3; i++) {
+		w[i] = (struct writer){.o = origin, .seed = i + 1};
+		assert_int_equal(pthread_create(&t[i], NULL, writer_thread, &w[i]), 0);
+	}
+	for (int k = 1; k <= 12; k++) {
+		char name[16];
+		snprintf(name, sizeof name, "pre-%d", k);
+		int r = ops->obj_open(st, "nat2", name, size, SV_OBJ_CREATE, &pre);
+		if (r == -1)
+			print_message("obj_open %s: %s\n", name, strerror(errno));
+		assert_int_equal(r, 0);
+		assert_int_equal(ops->obj_preserve(origin, pre), 0);
+		ops->obj_close(pre);
+		if (k > 2) {
+			snprintf(name, sizeof name, "pre-%d", k - 2);
+			assert_int_equal(ops->obj_remove(st, "nat2", name), 0);
+		}
+	}
+	for (unsigned i = 0; i < 3; i++) {
+		pthread_join(t[i], NULL);
+		assert_int_equal(w[i].failed, 0);
+	}
+	assert_int_equal(ops->obj_open(st, "nat2", "pre-13", size, SV_OBJ_CREATE, &pre), 0);
+	assert_int_equal(ops->obj_preserve(origin, pre), 0);
+	char *x = malloc(size), *y = malloc(size);
+	assert_int_equal(ops->obj_pread(origin, x, size, 0), 0);
+	fill(y, size, 99);
+	assert_int_equal(ops->obj_pwrite(origin, y, size, 0, 0), 0);
+	assert_int_equal(ops->obj_pread(pre, y, size, 0), 0);
+	assert_memory_equal(x, y, size);
+	ops->obj_close(pre);
+	ops->obj_close(origin);
+	assert_int_equal(ops->vol_remove(st, "nat2"), 0);
+	ops->close(st);
+	free(x);
+	free(y);
+}
+
 static void
 test_meta(void **state)
 {
@@ -697,9 +1047,14 @@ main(void)
 	setenv("SNAPVOL_RADOS_OBJECT_SIZE", "64K", 1);
 	setenv("SNAPVOL_RADOS_CLAIM", "3s", 1);
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_volumes),	 cmocka_unit_test(test_data),
-	    cmocka_unit_test(test_async_read),	 cmocka_unit_test(test_meta),
-	    cmocka_unit_test(test_claim),	 cmocka_unit_test(test_space_refresh),
+	    cmocka_unit_test(test_volumes),
+	    cmocka_unit_test(test_data),
+	    cmocka_unit_test(test_async_read),
+	    cmocka_unit_test(test_native_pre),
+	    cmocka_unit_test(test_native_preserve_racing),
+	    cmocka_unit_test(test_meta),
+	    cmocka_unit_test(test_claim),
+	    cmocka_unit_test(test_space_refresh),
 	    cmocka_unit_test(test_dead_cluster),
 	};
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
