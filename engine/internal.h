@@ -478,6 +478,9 @@ void sv_writeback_init(struct sv_volume *vol);
 void sv_writeback_note(struct sv_volume *vol, uint64_t bytes);
 void sv_writeback_stop(struct sv_volume *vol);
 uint64_t sv_writeback_threshold(void); /* bytes; 0: off */
+/* A snapshot create's presync: start writeback of the origin one slice of
+ * the address range at a time, then obj_sync it; -1 with errno as obj_sync. */
+int sv_writeback_presync(struct sv_volume *vol);
 /* Tracing a snapshot's durability sync: the kernel's dirty and writeback
  * KiB at its start, and write-behind's fill (max bytes; 2 ms samples, and
  * how many found it within 64 KiB of full) while it runs. */

@@ -803,7 +803,7 @@ sv_snapshot_create_cb(struct sv_pool *pool, const char *const *specs, size_t n,
 		struct sv_volume *vol = m[i].vol;
 		if (sv_store_durable(vol->ops))
 			continue; /* writes durable when acknowledged (RADOS) */
-		if (vol->ops->obj_sync(vol->origin) == -1) {
+		if (sv_writeback_presync(vol) == -1) {
 			sv_wb_note_error(vol, errno ? errno : EIO); /* writes may be lost */
 			sv_error_errno("volume %s: cannot sync for the snapshot", vol->name);
 			goto unlock_admin;

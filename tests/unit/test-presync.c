@@ -16,9 +16,14 @@
  *     error (the file may have lost acknowledged writes);
  *   - durability is still the sync after the switch's: after a power loss
  *     right after the create returns, the snapshot holds every write
- *     acknowledged before it, including those made during the presync.
+ *     acknowledged before it, including those made during the presync;
+ *   - the presync starts the origin's writeback one slice of the address
+ *     range at a time (writeback.c, "a snapshot create's presync, in
+ *     slices"), before its sync: seen by this program's own
+ *     sync_file_range, which the engine's call binds to.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -26,6 +31,8 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -37,6 +44,22 @@
 #define VOL_SIZE (UINT64_C(8) << 20)
 #define BLOCK	 4096u
 #define NBLOCKS	 (VOL_SIZE / BLOCK)
+
+/* ---- the presync's slices: sync_file_range, counted ---- */
+
+static uint64_t slices;	   /* __atomic: SYNC_FILE_RANGE_WRITE calls of SLICE bytes */
+static uint64_t slice_end; /* __atomic: the highest offset + length seen */
+#define SLICE_MB 1
+
+int
+sync_file_range(int fd, off64_t off, off64_t len, unsigned int flags)
+{
+	if (flags == SYNC_FILE_RANGE_WRITE && len == (off64_t)SLICE_MB << 20) {
+		__atomic_add_fetch(&slices, 1, __ATOMIC_RELAXED);
+		__atomic_store_n(&slice_end, (uint64_t)(off + len), __ATOMIC_RELAXED);
+	}
+	return (int)syscall(SYS_sync_file_range, fd, off, len, flags);
+}
 
 /* ---- counting (and failing) obj_sync of the power-loss store ---- */
 
@@ -159,6 +182,50 @@ test_sync_before_switch(void **state)
 	assert_int_equal(test_rmtree(f.dir), 0);
 }
 
+static uint64_t slices_at_taken;
+
+static void
+on_taken_slices(void *arg)
+{
+	(void)arg;
+	slices_at_taken = __atomic_load_n(&slices, __ATOMIC_RELAXED);
+}
+
+/* On a file pool (the power-loss store has no file descriptors). */
+static void
+test_presync_slices(void **state)
+{
+	(void)state;
+	char dir[64];
+	struct sv_pool *pool;
+	struct sv_view *v;
+	assert_int_equal(test_mkdtemp(dir, "presyncsl", false), 0);
+	assert_int_equal(sv_pool_open(dir, SV_POOL_CREATE, &pool), 0);
+	assert_int_equal(sv_volume_create(pool, "ps", VOL_SIZE, 0), 0);
+	assert_int_equal(sv_view_open(pool, "ps", 2, &v), 0);
+	write_blocks(v, 1, 0, NBLOCKS);
+	const char *spec[] = {"ps@s"};
+	__atomic_store_n(&slices, 0, __ATOMIC_RELAXED);
+	slices_at_taken = 0;
+	assert_int_equal(sv_snapshot_create_cb(pool, spec, 1, NULL, 0, on_taken_slices, NULL), 0);
+	/* every slice of the 8 MiB origin, before the switch */
+	assert_int_equal(slices_at_taken, VOL_SIZE >> 20);
+	assert_true(__atomic_load_n(&slice_end, __ATOMIC_RELAXED) == VOL_SIZE);
+	/* and none for a quiesced create (no presync) */
+	const char *spec2[] = {"ps@q"};
+	__atomic_store_n(&slices, 0, __ATOMIC_RELAXED);
+	assert_int_equal(sv_snapshot_create_cb(pool, spec2, 1, NULL, SV_SNAP_QUIESCE, NULL, NULL),
+			 0);
+	assert_int_equal(__atomic_load_n(&slices, __ATOMIC_RELAXED), 0);
+	static unsigned model[NBLOCKS];
+	for (uint64_t b = 0; b < NBLOCKS; b++)
+		model[b] = 1;
+	assert_true(reads_as(pool, "ps@s", model));
+	sv_view_close(v);
+	sv_pool_close(pool);
+	assert_int_equal(test_rmtree(dir), 0);
+}
+
 static void
 test_failed_presync(void **state)
 {
@@ -192,9 +259,11 @@ test_failed_presync(void **state)
 int
 main(void)
 {
+	setenv("SNAPVOL_PRESYNC_SLICE_MB", "1", 1); /* SLICE_MB: read at the first create */
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_sync_before_switch),
 	    cmocka_unit_test(test_failed_presync),
+	    cmocka_unit_test(test_presync_slices),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
