@@ -1058,12 +1058,15 @@ sv_snapshot_list(struct sv_pool *pool, const char *volume, struct sv_snapshot_in
 	sv_lock_or_abort(&vol->cow_lock);
 	/* A store that keeps the pre-images itself may not measure them
 	 * (native pre-images): count the chunks the epoch holds instead. */
-	for (size_t i = 0; i < ne; i++)
-		if (es[i].bytes == UINT64_MAX)
-			es[i].bytes = eps[i]->changed
-					  ? roaring_bitmap_get_cardinality(eps[i]->changed)
-						<< vol->chunk_shift
-					  : 0;
+	for (size_t i = 0; i < ne; i++) {
+		if (es[i].bytes != UINT64_MAX)
+			continue;
+		es[i].bytes = 0;
+		for (size_t k = 0; k < vol->n_epochs; k++)
+			if (vol->epochs[k] == eps[i]) /* not retired meanwhile */
+				es[i].bytes = roaring_bitmap_get_cardinality(eps[i]->changed)
+					      << vol->chunk_shift;
+	}
 	free(eps);
 	size_t total = vol->n_snaps + vol->n_dead;
 	struct sv_snapshot_info *out = calloc(total ? total : 1, sizeof *out);
