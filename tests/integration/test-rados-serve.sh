@@ -72,7 +72,7 @@ zero(5 * M, 4096)
 '
 sv snapshot create vm1@s1
 cp "$T/s1.img" "$T/live.img"
-# After it: first writes (copy-on-write to pre-images in RADOS), rewrites.
+# After it: first writes (the OSD clones the stripes they change), rewrites.
 write "$U" "$T/live.img" '
 w(0, b"\xa5" * 65536)                 # chunk 0
 w(2 * M + 100, os.urandom(300000))    # chunks 32-36, unaligned
@@ -101,6 +101,21 @@ if got != want:
 EOF
 }
 check_all "served"
+
+# The volume keeps its pre-images natively (the default): the OSD cloned the
+# origin's stripes, no pre-image stripe exists, and snapshot list counts the
+# 23 chunks changed since s1.
+if rados -p blk ls | grep -q '/data/pre-'; then
+	fail "pre-image stripes exist: the volume copied (native pre-images expected)"
+fi
+sv snapshot list vm1 --json >"$T/snaps.json"
+$PY - "$T/snaps.json" <<'EOF' || fail "snapshot list space of s1: $(cat "$T/snaps.json")"
+import json, sys
+d = json.load(open(sys.argv[1]))
+snaps = next(v for v in d.values() if isinstance(v, list)) if isinstance(d, dict) else d
+s1 = next(s for s in snaps if s["name"] == "s1")
+sys.exit(0 if s1["space"] == 23 * 65536 else 1)
+EOF
 
 # base:allocation: the hole of s1 at 10..20 MiB is a hole, 0..1 MiB data.
 nbdinfo --map "$U" >"$T/map"
