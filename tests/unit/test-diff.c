@@ -545,7 +545,7 @@ test_powerloss(void **state)
 		struct sv_view *v = open_view(pool, "v");
 		bool flushed[NCHUNKS] = {false}, acked[NCHUNKS] = {false};
 		ctl.crash_at = ctl.calls + 1 + (uint64_t)rand_r(&rng) % 120;
-		while (!ctl.crashed) {
+		while (!crash_ctl_crashed(&ctl)) {
 			uint64_t off = (uint64_t)(rand_r(&rng) % NCHUNKS) * CHUNK +
 				       (rand_r(&rng) % 2 ? (uint64_t)(rand_r(&rng) % CHUNK) : 0);
 			uint64_t len = 1 + (uint64_t)rand_r(&rng) % (3 * CHUNK);
@@ -568,7 +568,7 @@ test_powerloss(void **state)
 			if (r == 0)
 				for (uint64_t c = off / CHUNK; c <= (off + len - 1) / CHUNK; c++)
 					acked[c] = true;
-			if (r == -1 && !ctl.crashed)
+			if (r == -1 && !crash_ctl_crashed(&ctl))
 				fail_msg("seed %u life %d: a write failed without a crash", seed,
 					 life);
 		}
