@@ -1323,31 +1323,15 @@ vol_mode(struct rados_store *rs, const char *vol, bool *native)
 				return 0;
 			}
 	}
-	char hdr[128];
+	char hdr[128], *v = NULL;
+	size_t vl = 0;
 	vol_oid(hdr, sizeof hdr, vol);
-	rados_read_op_t op = rados_create_read_op();
-	if (!op)
-		return fail_ctl(-ENOMEM);
-	rados_omap_iter_t it = NULL;
-	int prval = 0;
-	const char *key = "pre_mode";
-	size_t klen = strlen(key);
-	rados_read_op_omap_get_vals_by_keys2(op, &key, 1, &klen, &it, &prval);
-	int r = rados_read_op_operate(op, rs->io, hdr, 0);
-	if (r == 0)
-		r = prval;
-	*native = false;
-	if (r == 0) {
-		char *k = NULL, *v = NULL;
-		size_t kl = 0, vl = 0;
-		r = rados_omap_get_next2(it, &k, &v, &kl, &vl);
-		if (r == 0)
-			*native = k && vl == 6 && !memcmp(v, "native", 6);
-	}
-	if (it)
-		rados_omap_get_end(it);
-	rados_release_read_op(op);
-	if (r == -ENOENT) /* no header: nothing to cache */
+	int r = omap_get(rs, hdr, "pre_mode", &v, &vl);
+	*native = r == 0 && vl == 6 && !memcmp(v, "native", 6);
+	free(v);
+	/* No header, or a volume older than the key (copy): nothing to cache
+	 * (omap_get does not tell them apart; asked again at the next open). */
+	if (r == -ENOENT)
 		return 0;
 	if (r < 0)
 		return fail_ctl(r);
