@@ -573,7 +573,8 @@ step_open(struct file_store *fs, int dfd, const char *dname, const char *name, u
  * Entries that are not regular files are not ours: left alone, and so is
  * the directory then. */
 static int
-trash_scan_dir(struct file_store *fs, int tfd, const char *dname, bool pick, uint64_t *bytes)
+trash_scan_dir(struct file_store *fs, int tfd, const char *dname, bool pick, uint64_t *bytes,
+	       int *stuck)
 {
 	int dfd = openat(tfd, dname, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
 	if (dfd == -1)
@@ -601,7 +602,9 @@ trash_scan_dir(struct file_store *fs, int tfd, const char *dname, bool pick, uin
 			*bytes += (uint64_t)sb.st_blocks * 512;
 		if (pick && fs->step_fd == -1) {
 			if (step_open(fs, dfd, dname, e->d_name, (uint64_t)sb.st_size) == -1) {
-				unlinkat(dfd, e->d_name, 0); /* cannot step it: whole (slow) */
+				/* cannot step it: whole (slow) */
+				if (unlinkat(dfd, e->d_name, 0) == -1 && errno != ENOENT)
+					*stuck = errno;
 				continue;
 			}
 		}
@@ -619,10 +622,14 @@ trash_scan_dir(struct file_store *fs, int tfd, const char *dname, bool pick, uin
 }
 
 /* Open the next file of the trash for stepping; 0 if there is none.
- * bytes (if not NULL) gets the space the trash's files hold. */
+ * bytes (if not NULL) gets the space the trash's files hold.  A file that
+ * can be neither opened nor unlinked (EPERM: immutable, EROFS...) fails a
+ * picking scan that found nothing else to step: a trash that only ever
+ * reported more to do would be stepped in a loop. */
 static int
 trash_scan(struct file_store *fs, int tfd, bool pick, uint64_t *bytes)
 {
+	int stuck = 0;
 	int dfd = openat(tfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (dfd == -1)
 		return -1;
@@ -640,7 +647,7 @@ trash_scan(struct file_store *fs, int tfd, bool pick, uint64_t *bytes)
 		if (fstatat(tfd, e->d_name, &sb, AT_SYMLINK_NOFOLLOW) == -1)
 			continue;	   /* gone */
 		if (S_ISDIR(sb.st_mode)) { /* a deleted volume */
-			int r = trash_scan_dir(fs, tfd, e->d_name, pick, bytes);
+			int r = trash_scan_dir(fs, tfd, e->d_name, pick, bytes, &stuck);
 			if (r == -1) {
 				found = -1;
 				break;
@@ -660,13 +667,21 @@ trash_scan(struct file_store *fs, int tfd, bool pick, uint64_t *bytes)
 				/* cannot step it: unlink it whole (slow) */
 				if (unlinkat(tfd, e->d_name, 0) == 0 || errno == ENOENT)
 					found = 0;
+				else
+					stuck = errno;
 				continue;
 			}
 		}
 		if (!bytes && (!pick || fs->step_fd >= 0))
 			break;
 	}
+	int err = errno;
 	closedir(d);
+	if (found != -1 && stuck && fs->step_fd == -1) {
+		found = -1;
+		err = stuck;
+	}
+	errno = err;
 	return found;
 }
 
