@@ -318,7 +318,8 @@ static const struct cli_subcommand subcommands[] = {
      "Serve every volume of the pool over NBD (export name: the volume's name) on a "
      "unix socket, and optionally TCP, and answer control commands on the control "
      "socket.  Runs in the foreground and logs on stderr; SIGINT or SIGTERM stops it "
-     "cleanly and removes its sockets.  The pool directory is created if it does not "
+     "cleanly and removes its sockets (a second one during the stop exits at once, status "
+     "1).  The pool directory is created if it does not "
      "exist.  NBD over TCP requires TLS (--tls-psk or --tls-certs) unless --insecure is "
      "given.  A client that exceeds a limit is refused or disconnected, and logged.",
      serve_options, 0, 0, cli_run_serve},

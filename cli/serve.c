@@ -5,7 +5,11 @@
  * Signals: SIGINT and SIGTERM are blocked before any thread exists, so
  * every thread inherits the mask and the main thread alone takes them, with
  * sigwait(): no async handler, nothing to make async-signal-safe, and the
- * stop sequence runs as ordinary code.  SIGPIPE is ignored: a client that
+ * stop sequence runs as ordinary code.  A second SIGINT or SIGTERM during
+ * the stop ends the process at once (status 1): everything on the pool is
+ * crash-safe, so that only skips the clean close (a stop can wait on a
+ * store that does not answer: RADOS op timeouts during an outage), and the
+ * next open replays what it has to.  SIGPIPE is ignored: a client that
  * vanishes costs an EPIPE on its own connection.
  *
  * Stop order: the control server first (no command runs during teardown),
@@ -185,6 +189,20 @@ security_options(struct cli *cli, struct sv_nbd_config *cfg, gid_t *gid)
 	return 0;
 }
 
+/* The stop's watcher: a second SIGINT or SIGTERM ends the process now. */
+static void *
+second_signal(void *arg)
+{
+	int sig;
+	while (sigwait(arg, &sig) != 0)
+		;
+	sv_log_warn("SIG%s received again: stopping at once, without the clean close (the "
+		    "pool is crash-safe: the next open replays what it has to)",
+		    sigabbrev_np(sig));
+	_exit(EXIT_FAIL);
+	return NULL;
+}
+
 int
 cli_run_serve(struct cli *cli)
 {
@@ -348,8 +366,15 @@ cli_run_serve(struct cli *cli)
 			break;
 		}
 	}
-	sv_log_info("SIG%s received, stopping", r == 0 ? sigabbrev_np(sig) : "wait failed");
+	sv_log_info("SIG%s received, stopping (a second one stops at once, without the clean "
+		    "close)",
+		    r == 0 ? sigabbrev_np(sig) : "wait failed");
 	status = EXIT_OK;
+	static sigset_t again; /* outlives this frame: the thread is never joined */
+	again = sigs;
+	pthread_t impatient;
+	if (pthread_create(&impatient, NULL, second_signal, &again) == 0)
+		pthread_detach(impatient);
 
 out:
 	sv_ctl_server_stop(ctl);

@@ -733,7 +733,7 @@ fail_free:;
 	return -1;
 }
 
-static void release_claim(struct rados_store *rs, struct claim *c);
+static int release_claim(struct rados_store *rs, struct claim *c);
 
 static void
 rados_store_close(struct sv_store *st)
@@ -750,8 +750,8 @@ rados_store_close(struct sv_store *st)
 	 * to blocklist. */
 	for (struct claim *c = rs->claims, *next; c; c = next) {
 		next = c->next;
-		if (c->held && !atomic_load(&c->fenced))
-			release_claim(rs, c);
+		if (c->held && !c->lapsed && !atomic_load(&c->fenced))
+			(void)release_claim(rs, c);
 		free(c);
 	}
 	for (struct volmode *m = rs->modes, *next; m; m = next) {
@@ -890,15 +890,19 @@ fence_and_record_locked(struct rados_store *rs, struct claim *c)
 	return r;
 }
 
-static void
+/* 0, or a negative errno if the record could not be removed (then the
+ * lock is left to lapse too: the cluster did not answer). */
+static int
 release_claim(struct rados_store *rs, struct claim *c)
 {
 	/* The record first: a crash between the two leaves a lock that lapses
 	 * and nobody to blocklist, which is right (nothing is in flight). */
-	(void)omap_put(rs, c->oid, "holder", NULL, true);
-	(void)rados_unlock(rs->io, c->oid, CLAIM_LOCK, rs->cookie);
+	int r = omap_put(rs, c->oid, "holder", NULL, true);
+	if (r == 0 || r == -ENOENT)
+		(void)rados_unlock(rs->io, c->oid, CLAIM_LOCK, rs->cookie);
 	c->held = false;
 	atomic_store(&c->valid_until, 0); /* no more writes under it */
+	return r == -ENOENT ? 0 : r;
 }
 
 static int
@@ -957,17 +961,23 @@ rados_vol_release(struct sv_store *st, const char *vol)
 	struct claim *c = claim_of(rs, vol);
 	if (!c || !c->refs || --c->refs)
 		return;
+	/* A claim the cluster does not answer for (its last renewal failed,
+	 * or the first call here does) is left to lapse by itself, as a crash
+	 * leaves it: each call would wait an op timeout (a server stopping
+	 * during an outage took 35 s), and the next holder blocklists this
+	 * process's address, which is harmless once it is gone. */
 	if (c->held && !atomic_load(&c->fenced)) {
 		char key[96], *v = NULL;
 		snprintf(key, sizeof key, "vol.%s", vol);
-		int r = omap_get(rs, POOL_OID, key, &v, NULL);
+		int r = c->lapsed ? -ETIMEDOUT : omap_get(rs, POOL_OID, key, &v, NULL);
 		free(v);
 		if (r == -ENOENT) {
 			/* The volume is gone: so is its claim object. */
 			(void)rados_remove(rs->io, c->oid);
-			c->held = false;
-		} else {
-			release_claim(rs, c);
+		} else if (r < 0 || (r = release_claim(rs, c)) < 0) {
+			sv_log_warn("volume %s: its claim is left to lapse (%s): another node can "
+				    "take it in %" PRIu64 " s",
+				    vol, strerror(-r), rs->claim_ms / 1000);
 		}
 	}
 	c->held = false;
