@@ -147,11 +147,13 @@ struct rados_store {
 	 * native_lock protects the modes cache and the wctxs list (and each
 	 * wctx's refs); never held across a RADOS call. */
 	pthread_mutex_t native_lock;
-	struct volmode *modes; /* each volume's pre-image mode, once known */
+	struct volmode *modes; /* each volume's pre-image mode, once known (per claim) */
 	struct wctx *wctxs;    /* the write contexts of open native origins */
 };
 
-/* A volume's pre-image mode, read once from its header (it never changes). */
+/* A volume's pre-image mode, read from its header once per claim: it is
+ * fixed for the volume's life, but another node may delete the volume and
+ * make it again under the same name. */
 struct volmode {
 	struct volmode *next;
 	char vol[72];
@@ -734,6 +736,7 @@ fail_free:;
 }
 
 static int release_claim(struct rados_store *rs, struct claim *c);
+static void mode_cache_drop(struct rados_store *rs, const char *vol);
 
 static void
 rados_store_close(struct sv_store *st)
@@ -948,6 +951,9 @@ rados_vol_claim(struct sv_store *st, const char *vol)
 	c->lapsed = false;
 	atomic_store(&c->fenced, false);
 	c->refs = 1;
+	/* Another node may have deleted the volume and made it again in the
+	 * other mode while it was not ours: read its mode afresh. */
+	mode_cache_drop(rs, vol);
 	return 0;
 }
 

@@ -777,6 +777,38 @@ break_claim(const char *oid)
 	rados_shutdown(c);
 }
 
+/* A volume's pre-image mode is read again when its claim is taken: another
+ * node may have deleted it and made it again in the other mode meanwhile
+ * (a stale mode would read a copy-mode pre-image through the origin's
+ * snapshots). */
+static void
+test_mode_recreated(void **state)
+{
+	(void)state;
+	unsetenv("SNAPVOL_RADOS_PRE");
+	struct sv_store *a = open_store(), *b = open_store();
+	assert_int_equal(ops->lock(a), 0);
+	assert_int_equal(ops->lock(b), 0);
+	assert_int_equal(ops->vol_claim(a, "m1"), 0);
+	assert_int_equal(ops->vol_create(a, "m1"), 0);
+	assert_true(ops->vol_native_pre(a, "m1"));
+	ops->vol_release(a, "m1");
+
+	assert_int_equal(ops->vol_claim(b, "m1"), 0);
+	assert_int_equal(ops->vol_remove(b, "m1"), 0);
+	setenv("SNAPVOL_RADOS_PRE", "copy", 1);
+	assert_int_equal(ops->vol_create(b, "m1"), 0);
+	unsetenv("SNAPVOL_RADOS_PRE");
+	ops->vol_release(b, "m1");
+
+	assert_int_equal(ops->vol_claim(a, "m1"), 0);
+	assert_false(ops->vol_native_pre(a, "m1"));
+	assert_int_equal(ops->vol_remove(a, "m1"), 0);
+	ops->vol_release(a, "m1");
+	ops->close(a);
+	ops->close(b);
+}
+
 static void
 test_claim(void **state)
 {
@@ -1054,6 +1086,7 @@ main(void)
 	    cmocka_unit_test(test_native_preserve_racing),
 	    cmocka_unit_test(test_meta),
 	    cmocka_unit_test(test_claim),
+	    cmocka_unit_test(test_mode_recreated),
 	    cmocka_unit_test(test_space_refresh),
 	    cmocka_unit_test(test_dead_cluster),
 	};
