@@ -1212,7 +1212,7 @@ sv_snapshot_delete(struct sv_pool *pool, const char *volume, const char *snap)
 
 	/* Bits first (a checkpoint), then space. */
 	if (sv_journal_checkpoint_keep(vol) == -1)
-		sv_log_warn("volume %s: %s", vol->name, sv_last_error());
+		sv_log_warn("%s", sv_last_error()); /* it names the volume */
 	punch_all(vol, punches, npunch);
 	free_dropped(vol, dropped, ndropped);
 	rc = 0;
@@ -1264,7 +1264,7 @@ sv_snap_invalidate_oldest(struct sv_volume *vol)
 	pthread_cond_broadcast(&vol->cow_cond);
 	sv_unlock_or_abort(&vol->cow_lock);
 	if (sv_journal_checkpoint_keep(vol) == -1)
-		sv_log_warn("volume %s: %s", vol->name, sv_last_error());
+		sv_log_warn("%s", sv_last_error()); /* it names the volume */
 	free_dropped(vol, dropped, nd);
 	sv_reclaim_wait(vol->pool); /* the retry needs the space now */
 	return 0;

@@ -386,7 +386,7 @@ volume_close(struct sv_volume *v)
 		sv_wb_drain(v);
 	sv_writeback_stop(v);
 	if (v->journal.obj && sv_journal_checkpoint(v) == -1)
-		sv_log_warn("volume %s: %s", v->name, sv_last_error());
+		sv_log_warn("%s", sv_last_error()); /* it names the volume */
 	if (v->ops->obj_sync(v->origin) == -1)
 		sv_log_error("volume %s: sync at close: %m", v->name);
 	sv_journal_close(v);
