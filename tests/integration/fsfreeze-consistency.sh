@@ -15,6 +15,11 @@
 # The server records vm1@frozen as "frozen" and vm1@crash as "crash", and the
 # command prints its freeze window; the free-space hint (GETFSMAP) must have
 # been applied.
+# RADOS=1: the same on a Ceph RADOS pool (a single-node cluster,
+# ceph-cluster.sh), and the frozen snapshot is a consistency group with a
+# second volume, db1, written and flushed through NBD before it: db1@frozen
+# holds exactly that (and the free-space hint, which is for one volume's
+# filesystem, says why it was not applied).
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/fsfreeze-functions.sh"
 requires "mkfs.$FS" -V
@@ -26,8 +31,23 @@ xfs) requires xfs_logprint -V ;;
 esac
 
 fs_new_pool
+GROUP=
+if [ "${RADOS:-0}" = 1 ]; then
+	start_ceph
+	export XDG_RUNTIME_DIR=$T/run
+	mkdir -p "$XDG_RUNTIME_DIR"
+	P=rados:blk
+	NBD_SOCK=$XDG_RUNTIME_DIR/snapvol/rados:blk/nbd.sock
+	WAIT_FOR="$NBD_SOCK ${NBD_SOCK%nbd.sock}control.sock"
+	GROUP=db1@frozen
+	sv create db1 --size 16M >/dev/null
+fi
 sv create vm1 --size 512M >/dev/null
 start_server
+if [ -n "$GROUP" ]; then
+	head -c 16M /dev/urandom >"$T/db1.img"
+	nbdcopy "$T/db1.img" "$(uri db1)" # flushes at the end
+fi
 stack_up live vm1
 case $FS in
 ext4) mkfs.ext4 -q -F "${S_LOOP[live]}" ;;
@@ -38,13 +58,18 @@ M=${S_MNT[live]}
 
 fio_load "$M" 120
 sleep 2
-sv --json snapshot create vm1@frozen --fsfreeze "$M" >"$T/frozen.json" ||
+sv --json snapshot create vm1@frozen $GROUP --fsfreeze "$M" >"$T/frozen.json" ||
 	fail "snapshot create --fsfreeze failed"
 log "freeze window $(jget "$T/frozen.json" 'd["freeze"]["window_us"]') us," \
 	"FIFREEZE $(jget "$T/frozen.json" 'd["freeze"]["fifreeze_us"]') us," \
 	"hint: $(jget "$T/frozen.json" 'd["fs_hint"]')"
 assert_eq "consistency in the reply" frozen "$(jget "$T/frozen.json" 'd["consistency"]')"
-assert_eq "free-space hint applied" True "$(jget "$T/frozen.json" 'd["fs_hint"]["applied"]')"
+if [ -z "$GROUP" ]; then
+	assert_eq "free-space hint applied" True "$(jget "$T/frozen.json" 'd["fs_hint"]["applied"]')"
+else # the hint is for one volume's filesystem
+	assert_eq "free-space hint with a group" "more than one volume" \
+		"$(jget "$T/frozen.json" 'd["fs_hint"]["reason"]')"
+fi
 sleep 2
 kill -0 "$FIO_PID" 2>/dev/null || fail "fio stopped: the filesystem is not writable after the thaw"
 sv snapshot create vm1@crash >/dev/null
@@ -52,6 +77,11 @@ sleep 0.5
 stop_fio
 assert_eq "vm1@frozen recorded as" frozen "$(snap_consistency vm1 frozen)"
 assert_eq "vm1@crash recorded as" crash "$(snap_consistency vm1 crash)"
+if [ -n "$GROUP" ]; then
+	head -c 4M /dev/urandom >"$T/db1-new.img"
+	nbdcopy "$T/db1-new.img" "$(uri db1)" # db1 changes after the group
+	assert_eq "db1@frozen" "$(sha "$T/db1.img")" "$(nbd_sha "$(uri db1@frozen)")"
+fi
 
 nbdcopy "$(uri vm1@frozen)" "$T/frozen.img"
 nbdcopy "$(uri vm1@crash)" "$T/crash.img"

@@ -143,8 +143,8 @@ origin() {
 }
 
 # uri NAME [SOCKET]: the NBD URI of export NAME on the server of pool $P.
-uri() {
-	echo "nbd+unix:///$1?socket=${2:-$P/nbd.sock}"
+uri() { # EXPORT [SOCKET]: default the pool's socket, or NBD_SOCK (a rados: pool's)
+	echo "nbd+unix:///$1?socket=${2:-${NBD_SOCK:-$P/nbd.sock}}"
 }
 
 # ---- the server ----
