@@ -6,11 +6,12 @@
  * every thread inherits the mask and the main thread alone takes them, with
  * sigwait(): no async handler, nothing to make async-signal-safe, and the
  * stop sequence runs as ordinary code.  A second SIGINT or SIGTERM during
- * the stop ends the process at once (status 1): everything on the pool is
- * crash-safe, so that only skips the clean close (a stop can wait on a
- * store that does not answer: RADOS op timeouts during an outage), and the
- * next open replays what it has to.  SIGPIPE is ignored: a client that
- * vanishes costs an EPIPE on its own connection.
+ * the stop (a second or more after the first: "timeout" sends one to the
+ * child and one to its group) ends the process at once (status 1):
+ * everything on the pool is crash-safe, so that only skips the clean close
+ * (a stop can wait on a store that does not answer: RADOS op timeouts
+ * during an outage), and the next open replays what it has to.  SIGPIPE is
+ * ignored: a client that vanishes costs an EPIPE on its own connection.
  *
  * Stop order: the control server first (no command runs during teardown),
  * then the NBD server (requests in flight finish and are answered, then
@@ -189,12 +190,15 @@ security_options(struct cli *cli, struct sv_nbd_config *cfg, gid_t *gid)
 	return 0;
 }
 
-/* The stop's watcher: a second SIGINT or SIGTERM ends the process now. */
+/* The stop's watcher: a second SIGINT or SIGTERM ends the process now.
+ * One that comes within a second of the first is the same request twice
+ * ("timeout" and shells signal the child and then its process group). */
 static void *
 second_signal(void *arg)
 {
+	uint64_t first = sv_now_ns();
 	int sig;
-	while (sigwait(arg, &sig) != 0)
+	while (sigwait(arg, &sig) != 0 || sv_now_ns() - first < 1000000000u)
 		;
 	sv_log_warn("SIG%s received again: stopping at once, without the clean close (the "
 		    "pool is crash-safe: the next open replays what it has to)",
