@@ -110,6 +110,7 @@
 #define CLAIM_DEFAULT_MS 30000u
 #define META_MAX	 (64u << 20)
 #define BATCH		 64 /* aio ops in flight for removes and stats */
+#define SPARES		 2  /* spare snap ids kept (take_snap_id) */
 
 struct rados_store {
 	struct sv_store_base base;
@@ -147,6 +148,20 @@ struct rados_store {
 	 * native_lock protects the modes cache and the wctxs list (and each
 	 * wctx's refs); never held across a RADOS call. */
 	pthread_mutex_t native_lock;
+	/* Spare snap ids for the next native pre-images (see take_snap_id),
+	 * under spare_lock: allocated in the background once ids are taken,
+	 * so that a snapshot does not wait for the monitor at its instant. */
+	pthread_mutex_t spare_lock;
+	pthread_cond_t spare_cond;    /* refilling became false */
+	uint64_t spare[SPARES];	      /* ascending */
+	uint64_t spare_asked[SPARES]; /* sv_now_ns() when each was asked for */
+	unsigned nspare;
+	uint64_t hwm;		   /* the highest id handed out by this process */
+	uint64_t takes;		   /* ids handed out for claimed volumes */
+	rados_completion_t refill; /* the allocation in flight, or done; NULL: none yet */
+	rados_completion_t done_c; /* the one before: released at the next */
+	bool refilling;
+	uint64_t refill_id, refill_asked;
 	struct volmode *modes; /* each volume's pre-image mode, once known (per claim) */
 	struct wctx *wctxs;    /* the write contexts of open native origins */
 };
@@ -195,6 +210,7 @@ struct claim {
 	bool held;     /* the RADOS lock is (or was, until it lapsed) ours; claim_lock */
 	_Atomic uint64_t valid_until; /* sv_now_ns(): writes may start until then */
 	atomic_bool fenced;	      /* lost to another holder: writes fail until reclaimed */
+	_Atomic uint64_t taken_ns;    /* sv_now_ns() when this process took it (0: not held) */
 	bool lapsed;		      /* a renewal found it gone or failed; claim_lock */
 };
 
@@ -659,6 +675,8 @@ rados_store_open(const char *location, bool create, struct sv_store **out)
 	pthread_condattr_destroy(&ca);
 	pthread_mutex_init(&rs->space_lock, NULL);
 	pthread_mutex_init(&rs->native_lock, NULL);
+	pthread_mutex_init(&rs->spare_lock, NULL);
+	pthread_cond_init(&rs->spare_cond, NULL);
 
 	const char *id = getenv("SNAPVOL_CEPH_ID");
 	int r = rados_create(&rs->cluster, id && *id ? id : NULL);
@@ -723,6 +741,8 @@ fail_shutdown:
 	rados_shutdown(rs->cluster);
 fail_free:;
 	int e = sv_last_errno();
+	pthread_cond_destroy(&rs->spare_cond);
+	pthread_mutex_destroy(&rs->spare_lock);
 	pthread_mutex_destroy(&rs->native_lock);
 	pthread_mutex_destroy(&rs->space_lock);
 	pthread_cond_destroy(&rs->claim_cond);
@@ -737,6 +757,8 @@ fail_free:;
 
 static int release_claim(struct rados_store *rs, struct claim *c);
 static void mode_cache_drop(struct rados_store *rs, const char *vol);
+static void spare_drop(struct rados_store *rs, bool remove);
+static void refill_locked(struct rados_store *rs);
 
 static void
 rados_store_close(struct sv_store *st)
@@ -749,6 +771,11 @@ rados_store_close(struct sv_store *st)
 		sv_unlock_or_abort(&rs->claim_lock);
 		pthread_join(rs->renewer, NULL);
 	}
+	/* A spare snap id is removed unless the cluster stopped answering. */
+	bool answering = true;
+	for (struct claim *c = rs->claims; c; c = c->next)
+		answering &= !c->lapsed;
+	spare_drop(rs, answering);
 	/* A clean release of what is still held: the next holder has nobody
 	 * to blocklist. */
 	for (struct claim *c = rs->claims, *next; c; c = next) {
@@ -764,6 +791,8 @@ rados_store_close(struct sv_store *st)
 	/* Every handle is closed before the store: no write context is left. */
 	rados_ioctx_destroy(rs->io);
 	rados_shutdown(rs->cluster);
+	pthread_cond_destroy(&rs->spare_cond);
+	pthread_mutex_destroy(&rs->spare_lock);
 	pthread_mutex_destroy(&rs->native_lock);
 	pthread_mutex_destroy(&rs->space_lock);
 	pthread_cond_destroy(&rs->claim_cond);
@@ -950,6 +979,7 @@ rados_vol_claim(struct sv_store *st, const char *vol)
 	c->held = true;
 	c->lapsed = false;
 	atomic_store(&c->fenced, false);
+	atomic_store(&c->taken_ns, sv_now_ns());
 	c->refs = 1;
 	/* Another node may have deleted the volume and made it again in the
 	 * other mode while it was not ours: read its mode afresh. */
@@ -1745,6 +1775,132 @@ rados_meta_remove(struct sv_store *st, const char *vol, const char *key)
 
 /* ---- data objects ---- */
 
+/* ---- spare snap ids ----
+ *
+ * Making a native pre-image object allocates a self-managed snap id, a
+ * monitor round trip (100 ms and more), and the engine makes it before
+ * the epoch switch, so a snapshot's create (and a filesystem's freeze
+ * window around it) waited for it.  Once this process has taken one, it
+ * asks for the next in the background, and the next pre-image takes that
+ * spare.  Which spare may be taken: the OSD keeps a stripe's pre-image
+ * only for a write whose snap context is newer than every one the stripe
+ * has seen, so a volume's ids must grow with time, across nodes too.
+ * Ids grow as the monitor hands them out, so a spare is taken only if it
+ * was asked for after this process took the volume's claim (every id
+ * another node made for it is older) and is above every id this process
+ * handed out (a spare and an id asked for without it race at the
+ * monitor).  Otherwise the id is asked for at once, as before.  A spare
+ * nothing took is removed at close (unless the cluster stopped answering);
+ * one a crash leaves behind names nothing and costs nothing. */
+
+static void
+refill_done(rados_completion_t c, void *arg)
+{
+	struct rados_store *rs = arg;
+	SV_LOCK_SCOPE(&rs->spare_lock);
+	uint64_t last = rs->nspare ? rs->spare[rs->nspare - 1] : rs->hwm;
+	bool ok = rados_aio_get_return_value(c) == 0;
+	if (ok && rs->nspare < SPARES && rs->refill_id > last && rs->refill_id > rs->hwm) {
+		rs->spare[rs->nspare] = rs->refill_id;
+		rs->spare_asked[rs->nspare++] = rs->refill_asked;
+	}
+	rs->refilling = false;
+	pthread_cond_broadcast(&rs->spare_cond);
+	if (ok)
+		refill_locked(rs); /* the next, while there is room */
+}
+
+/* Ask for one more spare if there is room, none is asked for, and ids are
+ * being taken; refill_done asks for the next.  The completion of the last
+ * allocation is released here, never in its own callback (done_c).
+ * spare_lock. */
+static void
+refill_locked(struct rados_store *rs)
+{
+	if (rs->nspare >= SPARES || rs->refilling || !rs->takes)
+		return;
+	if (rs->done_c) {
+		/* Its callback ran refill_locked under this lock, which is ours
+		 * now: at most its return is left. */
+		rados_aio_wait_for_complete_and_cb(rs->done_c);
+		rados_aio_release(rs->done_c);
+		rs->done_c = NULL;
+	}
+	rs->done_c = rs->refill; /* complete; maybe still in its callback */
+	if (rados_aio_create_completion2(rs, refill_done, &rs->refill) < 0) {
+		rs->refill = NULL;
+		return;
+	}
+	rs->refilling = true;
+	rs->refill_asked = sv_now_ns();
+	rados_aio_ioctx_selfmanaged_snap_create(rs->io, &rs->refill_id, rs->refill);
+}
+
+/* A new snap id for a native pre-image of vol: a spare if one may be
+ * taken (above), else one asked for now.  0, or a negative errno. */
+static int
+take_snap_id(struct rados_store *rs, const char *vol, uint64_t *snap)
+{
+	struct claim *c = rs->claimed ? claim_of(rs, vol) : NULL;
+	uint64_t taken = c ? atomic_load(&c->taken_ns) : 0;
+	uint64_t id = 0;
+	sv_lock_or_abort(&rs->spare_lock);
+	/* With none left, the one asked for already comes sooner than a new
+	 * one (that one only: a failed one is not asked for again). */
+	uint64_t asked = rs->refill_asked;
+	while (taken && !rs->nspare && rs->refilling && rs->refill_asked == asked && asked > taken)
+		pthread_cond_wait(&rs->spare_cond, &rs->spare_lock);
+	/* Below an id handed out (it lost a race at the monitor), or asked
+	 * for before this volume was ours: left, like a crash's. */
+	while (rs->nspare && (rs->spare[0] <= rs->hwm || (taken && rs->spare_asked[0] <= taken))) {
+		memmove(rs->spare, rs->spare + 1, --rs->nspare * sizeof rs->spare[0]);
+		memmove(rs->spare_asked, rs->spare_asked + 1,
+			rs->nspare * sizeof rs->spare_asked[0]);
+	}
+	if (taken && rs->nspare) {
+		id = rs->spare[0];
+		memmove(rs->spare, rs->spare + 1, --rs->nspare * sizeof rs->spare[0]);
+		memmove(rs->spare_asked, rs->spare_asked + 1,
+			rs->nspare * sizeof rs->spare_asked[0]);
+	}
+	sv_unlock_or_abort(&rs->spare_lock);
+	if (!id) {
+		int r = rados_ioctx_selfmanaged_snap_create(rs->io, &id);
+		if (r < 0)
+			return r;
+	}
+	SV_LOCK_SCOPE(&rs->spare_lock);
+	if (id > rs->hwm)
+		rs->hwm = id;
+	/* From the second on: a command that makes one snapshot and exits
+	 * would only wait at its close for spares it cannot use. */
+	if (taken && rs->takes++)
+		refill_locked(rs);
+	*snap = id;
+	return 0;
+}
+
+/* At close: wait for an allocation in flight; remove the spares if asked. */
+static void
+spare_drop(struct rados_store *rs, bool remove)
+{
+	sv_lock_or_abort(&rs->spare_lock);
+	rs->takes = 0; /* no more refills */
+	while (rs->refilling)
+		pthread_cond_wait(&rs->spare_cond, &rs->spare_lock);
+	rados_completion_t cs[2] = {rs->done_c, rs->refill};
+	rs->done_c = rs->refill = NULL;
+	sv_unlock_or_abort(&rs->spare_lock); /* a callback may be returning */
+	for (int k = 0; k < 2; k++)
+		if (cs[k]) {
+			rados_aio_wait_for_complete_and_cb(cs[k]);
+			rados_aio_release(cs[k]);
+		}
+	for (unsigned k = 0; remove && k < rs->nspare; k++)
+		(void)rados_ioctx_selfmanaged_snap_remove(rs->io, rs->spare[k]);
+	rs->nspare = 0;
+}
+
 static int
 rados_obj_open(struct sv_store *st, const char *vol, const char *obj, uint64_t size, unsigned flags,
 	       struct sv_obj **out)
@@ -1789,7 +1945,7 @@ rados_obj_open(struct sv_store *st, const char *vol, const char *obj, uint64_t s
 			/* The snap id (a monitor round trip), then the index
 			 * entry that names it: a crash between leaves an id
 			 * nothing names and nothing preserves into. */
-			if ((r = rados_ioctx_selfmanaged_snap_create(rs->io, &snap)) < 0)
+			if ((r = take_snap_id(rs, vol, &snap)) < 0)
 				return fail_ctl(r);
 			snprintf(sz, sizeof sz, "%" PRIu64 " snap=%" PRIu64, size, snap);
 		}
