@@ -610,7 +610,7 @@ TMP=$(mktemp -d "$BENCH_TMPDIR/snapvol-cow.XXXXXX")
 mkdir -p "$TMP/fio" "$TMP/log"
 RUNS=$TMP/runs.tsv EVENTS=$TMP/events.tsv MEM=$TMP/mem.tsv PHASES=$TMP/phases.tsv
 printf 'section\ttarget\tqd\tnsnap\tphase\trep\tiops\tp99_us\tp50_us\tmax_us\tios\tsecs\tcopied_mib\tcommits\tnote\n' >"$RUNS"
-printf 'target\tvia\tevent\ti\tt0_ms\tdur_ms\tserver_ms\tswitch_ms\tmax_lat_us\tn_ios\tpause_ms\tidle_max_lat_us\tidle_pause_ms\tlive_max_lat_us\tlive_pause_ms\tbytes\n' >"$EVENTS"
+printf 'target\tvia\tevent\ti\tt0_ms\tdur_ms\tserver_ms\tswitch_ms\tmax_lat_us\tn_ios\tpause_ms\tidle_max_lat_us\tidle_pause_ms\tlive_max_lat_us\tlive_pause_ms\tbytes\tstep_slow\tidle_slow\tlive_slow\tplacebo_idle_max_lat_us\tplacebo_live_max_lat_us\n' >"$EVENTS"
 printf 'target\tphase\tn\tp50_us\tp99_us\tp999_us\tmax_us\n' >"$PHASES"
 printf 'key\tstep\twritten_mib\tsnapshots\tvm_rss_kib\tvm_hwm_kib\trss_anon_kib\trss_file_kib\tsnapshot_space_mib\tnote\n' >"$MEM"
 OUT=$RESULTS_DIR/cow-$(date +%Y-%m-%d-%H%M%S)
