@@ -46,7 +46,7 @@ sv create vm1 --size 512M >/dev/null
 start_server
 if [ -n "$GROUP" ]; then
 	head -c 16M /dev/urandom >"$T/db1.img"
-	nbdcopy "$T/db1.img" "$(uri db1)" # flushes at the end
+	nbdcopy --flush "$T/db1.img" "$(uri db1)"
 fi
 stack_up live vm1
 case $FS in

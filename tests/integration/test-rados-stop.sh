@@ -65,12 +65,12 @@ sv create vm1 --size 16M
 start_server
 U=$(uri vm1 "$RUN/nbd.sock")
 head -c $((16 * M)) /dev/urandom >"$T/a.img"
-nbdcopy "$T/a.img" "$U" # nbdcopy flushes at the end
+nbdcopy --flush "$T/a.img" "$U"
 sv snapshot create vm1@s1 >/dev/null
 head -c $((4 * M)) /dev/urandom >"$T/b.img"
 cp "$T/a.img" "$T/live.img"
 dd if="$T/b.img" of="$T/live.img" bs=1M seek=6 conv=notrunc status=none
-nbdcopy "$T/live.img" "$U"
+nbdcopy --flush "$T/live.img" "$U" # flushed: a stop in an outage keeps it
 
 log "one SIGTERM during an outage: a clean stop that leaves the claim to lapse"
 stop_during_outage TERM
@@ -82,7 +82,7 @@ start_after_lapse
 assert_eq "vm1 after a stop during an outage" "$(sha "$T/live.img")" "$(nbd_sha "$U")"
 head -c $((4 * M)) /dev/urandom >"$T/c.img"
 dd if="$T/c.img" of="$T/live.img" bs=1M seek=10 conv=notrunc status=none
-nbdcopy "$T/live.img" "$U"
+nbdcopy --flush "$T/live.img" "$U" # flushed: a stop in an outage keeps it
 
 log "two SIGTERMs during an outage: the second ends the process at once"
 stop_during_outage TERM TERM
