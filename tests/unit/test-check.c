@@ -200,6 +200,43 @@ test_stray_copy(void **state)
 	sv_pool_close(pool);
 }
 
+/* A stray copy (a crash cut it short) under a chunk whose old contents are
+ * a hole: the chunk's first write in that epoch copies nothing (holes are
+ * not copied) and sets its bit, and the snapshots must read zeros there,
+ * not the stray bytes (cow.c, punch_stale; found by test-powerloss). */
+static void
+test_stray_copy_then_write(void **state)
+{
+	struct fixture *fx = *state;
+	char pre[32];
+	newest_pre(fx, pre, sizeof pre);
+	char junk[CHUNK];
+	memset(junk, 0x5a, sizeof junk);
+	put_bytes(fx, pre, 60 * CHUNK, junk, sizeof junk, false);
+	struct sv_pool *pool;
+	assert_int_equal(sv_pool_open(fx->dir, 0, &pool), 0);
+	struct sv_view *v;
+	assert_int_equal(sv_view_open(pool, "v", 1, &v), 0);
+	write_chunks(v, 60, 1, 4); /* chunk 60 was a hole: no copy */
+	sv_view_close(v);
+	char buf[CHUNK], zero[CHUNK] = {0};
+	int err;
+	for (int k = 0; k < 2; k++) {
+		assert_int_equal(sv_view_open(pool, k ? "v@a" : "v@b", 3, &v), 0);
+		assert_int_equal(sv_view_pread(v, buf, CHUNK, 60 * CHUNK, &err), 0);
+		assert_memory_equal(buf, zero, CHUNK);
+		sv_view_close(v);
+	}
+	sv_pool_close(pool);
+	/* and after a reopen (the punch was durable with the record) */
+	assert_int_equal(sv_pool_open(fx->dir, 0, &pool), 0);
+	assert_int_equal(sv_view_open(pool, "v@b", 3, &v), 0);
+	assert_int_equal(sv_view_pread(v, buf, CHUNK, 60 * CHUNK, &err), 0);
+	assert_memory_equal(buf, zero, CHUNK);
+	sv_view_close(v);
+	sv_pool_close(pool);
+}
+
 static void
 test_unknown_pre_object(void **state)
 {
@@ -476,6 +513,7 @@ main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test_setup_teardown(test_clean_pool, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_stray_copy, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_stray_copy_then_write, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_unknown_pre_object, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_journal_not_checkpointed, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_log_restores_pre_images, setup, teardown),
