@@ -1836,6 +1836,17 @@ refill_locked(struct rados_store *rs)
 	rados_aio_ioctx_selfmanaged_snap_create(rs->io, &rs->refill_id, rs->refill);
 }
 
+/* Take the oldest spare off the stash; spare_lock. */
+static uint64_t
+spare_pop_locked(struct rados_store *rs)
+{
+	uint64_t id = rs->spare[0];
+	rs->nspare--;
+	memmove(rs->spare, rs->spare + 1, rs->nspare * sizeof rs->spare[0]);
+	memmove(rs->spare_asked, rs->spare_asked + 1, rs->nspare * sizeof rs->spare_asked[0]);
+	return id;
+}
+
 /* A new snap id for a native pre-image of vol: a spare if one may be
  * taken (above), else one asked for now.  0, or a negative errno. */
 static int
@@ -1852,17 +1863,10 @@ take_snap_id(struct rados_store *rs, const char *vol, uint64_t *snap)
 		pthread_cond_wait(&rs->spare_cond, &rs->spare_lock);
 	/* Below an id handed out (it lost a race at the monitor), or asked
 	 * for before this volume was ours: left, like a crash's. */
-	while (rs->nspare && (rs->spare[0] <= rs->hwm || (taken && rs->spare_asked[0] <= taken))) {
-		memmove(rs->spare, rs->spare + 1, --rs->nspare * sizeof rs->spare[0]);
-		memmove(rs->spare_asked, rs->spare_asked + 1,
-			rs->nspare * sizeof rs->spare_asked[0]);
-	}
-	if (taken && rs->nspare) {
-		id = rs->spare[0];
-		memmove(rs->spare, rs->spare + 1, --rs->nspare * sizeof rs->spare[0]);
-		memmove(rs->spare_asked, rs->spare_asked + 1,
-			rs->nspare * sizeof rs->spare_asked[0]);
-	}
+	while (rs->nspare && (rs->spare[0] <= rs->hwm || (taken && rs->spare_asked[0] <= taken)))
+		spare_pop_locked(rs);
+	if (taken && rs->nspare)
+		id = spare_pop_locked(rs);
 	sv_unlock_or_abort(&rs->spare_lock);
 	if (!id) {
 		int r = rados_ioctx_selfmanaged_snap_create(rs->io, &id);

@@ -133,6 +133,19 @@ start_ceph() {
 	export CEPH_CONF=$T/ceph/ceph.conf
 }
 
+# ceph_daemons: MON and OSD, the PIDs of start_ceph's daemons themselves
+# (children of their "timeout" wrappers), for tests that stop them
+# (SIGSTOP); resume_cluster (SIGCONT) also runs at exit.
+ceph_daemons() {
+	local m o
+	m=$(cat "$T/ceph/mon.pid") o=$(cat "$T/ceph/osd.pid")
+	MON=$(awk '{print $1}' "/proc/$m/task/$m/children")
+	OSD=$(awk '{print $1}' "/proc/$o/task/$o/children")
+	[ -n "$MON" ] && [ -n "$OSD" ] || fail "cannot find the Ceph daemons"
+	cleanup_fn resume_cluster
+}
+resume_cluster() { kill -CONT "$OSD" "$MON" 2>/dev/null || true; }
+
 sv() {
 	"$SNAPVOL" --pool "$P" "$@"
 }

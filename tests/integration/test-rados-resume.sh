@@ -23,13 +23,7 @@ P=rados:blk
 RUN=$XDG_RUNTIME_DIR/snapvol/rados:blk
 M=1048576
 
-# The daemons themselves (children of their "timeout" wrappers).
-daemon() { cat "/proc/$1/task/$1/children" | awk '{print $1}'; }
-MON=$(daemon "$(cat "$T/ceph/mon.pid")")
-OSD=$(daemon "$(cat "$T/ceph/osd.pid")")
-[ -n "$MON" ] && [ -n "$OSD" ] || fail "cannot find the Ceph daemons"
-resume_cluster() { kill -CONT "$OSD" "$MON" 2>/dev/null || true; }
-cleanup_fn resume_cluster
+ceph_daemons
 
 sv create vm1 --size 16M
 WAIT_FOR="$RUN/nbd.sock $RUN/control.sock" start_server

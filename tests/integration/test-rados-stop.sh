@@ -22,12 +22,7 @@ RUN=$XDG_RUNTIME_DIR/snapvol/rados:blk
 WAIT_FOR="$RUN/nbd.sock $RUN/control.sock"
 M=1048576
 
-daemon() { cat "/proc/$1/task/$1/children" | awk '{print $1}'; }
-MON=$(daemon "$(cat "$T/ceph/mon.pid")")
-OSD=$(daemon "$(cat "$T/ceph/osd.pid")")
-[ -n "$MON" ] && [ -n "$OSD" ] || fail "cannot find the Ceph daemons"
-resume_cluster() { kill -CONT "$OSD" "$MON" 2>/dev/null || true; }
-cleanup_fn resume_cluster
+ceph_daemons
 
 # A new server; vm1 opens once the last server's claim has lapsed.
 start_after_lapse() {

@@ -160,17 +160,23 @@ test_clean_pool(void **state)
 	assert_int_equal(fs.n, 0);
 }
 
+/* Chunk 60 was never written, so no epoch records it: bytes there in the
+ * newest pre-image are a copy whose record never became durable. */
+static void
+plant_stray_copy(struct fixture *fx)
+{
+	char pre[32];
+	newest_pre(fx, pre, sizeof pre);
+	char junk[CHUNK];
+	memset(junk, 0x5a, sizeof junk);
+	put_bytes(fx, pre, 60 * CHUNK, junk, sizeof junk, false);
+}
+
 static void
 test_stray_copy(void **state)
 {
 	struct fixture *fx = *state;
-	char pre[32];
-	newest_pre(fx, pre, sizeof pre);
-	/* chunk 60 was never written, so no epoch records it: data there is
-	 * a copy whose record never became durable */
-	char junk[CHUNK];
-	memset(junk, 0x5a, sizeof junk);
-	put_bytes(fx, pre, 60 * CHUNK, junk, sizeof junk, false);
+	plant_stray_copy(fx);
 	struct findings fs;
 	assert_int_equal(run_check(fx, false, &fs), 0);
 	assert_int_equal(fs.warnings, 1);
@@ -208,11 +214,7 @@ static void
 test_stray_copy_then_write(void **state)
 {
 	struct fixture *fx = *state;
-	char pre[32];
-	newest_pre(fx, pre, sizeof pre);
-	char junk[CHUNK];
-	memset(junk, 0x5a, sizeof junk);
-	put_bytes(fx, pre, 60 * CHUNK, junk, sizeof junk, false);
+	plant_stray_copy(fx);
 	struct sv_pool *pool;
 	assert_int_equal(sv_pool_open(fx->dir, 0, &pool), 0);
 	struct sv_view *v;

@@ -66,6 +66,18 @@ trash_files(const char *dir)
 	return n;
 }
 
+/* Step st's trash until it is empty (1000 steps at most): nothing left. */
+static void
+drain(struct sv_store *st, const char *dir)
+{
+	uint64_t left = 1;
+	unsigned steps = 0;
+	while (sv_store_file_ops.trash_step(st, true, &left) == 1)
+		assert_true(++steps < 1000);
+	assert_int_equal(left, 0);
+	assert_int_equal(trash_files(dir), 0);
+}
+
 /* A store with volume "v" and object "pre-1" of NRUNS scattered chunks
  * (byte i+1 in chunk i); the object stays open in *o if o. */
 static struct sv_store *
@@ -173,11 +185,7 @@ test_trash_resume(void **state)
 	uint64_t resumed;
 	assert_int_equal(ops->trash_step(st, false, &resumed), 1);
 	assert_int_equal(resumed, left);
-	unsigned steps = 0;
-	while (ops->trash_step(st, true, &left) == 1)
-		assert_true(++steps < 1000);
-	assert_int_equal(left, 0);
-	assert_int_equal(trash_files(dir), 0);
+	drain(st, dir);
 	ops->close(st);
 	assert_int_equal(test_rmtree(dir), 0);
 }
@@ -235,11 +243,7 @@ test_trash_stuck(void **state)
 	}
 	assert_int_equal(trash_files(dir), 1); /* nothing lost, nothing half-done */
 	assert_int_equal(set_immutable(dir, false), 0);
-	unsigned steps = 0;
-	while (ops->trash_step(st, true, &left) == 1)
-		assert_true(++steps < 1000);
-	assert_int_equal(left, 0);
-	assert_int_equal(trash_files(dir), 0);
+	drain(st, dir);
 	ops->close(st);
 	assert_int_equal(test_rmtree(dir), 0);
 }
